@@ -1,0 +1,394 @@
+"""Typed run configuration.
+
+A run config is a JSON file with one section per component::
+
+    {"data": {...}, "model": {...}, "method": {...}, "optim": {...}, "train": {...},
+     "deepspeed": {...}}
+
+Each section loads into its own dataclass and each component receives only its own section.
+The ``deepspeed`` block stays a plain dict: it is DeepSpeed's own schema and is handed to
+``deepspeed.initialize`` after the trainer fills in the batch sizes.
+
+Errors name the key path (``method.conf_thresh``) and say what is allowed, so a user can fix
+the file without reading this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_prob(value: float, key: str) -> None:
+    _check(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")
+
+
+def _check_range(lo: float, hi: float, key: str, *, lo_min: float = 0.0) -> None:
+    _check(lo_min <= lo <= hi, key, f"needs {lo_min} <= min <= max, got min={lo}, max={hi}")
+
+
+@dataclass
+class AugConfig:
+    """Augmentation recipe (DESIGN.md section 2, steps 1-2). Probabilities and ranges only."""
+
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip_prob: float = 0.5
+    labeled_strong: bool = False  # photometric augmentation on the labeled student input too
+    jitter_prob: float = 0.8
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    cutmix_prob: float = 0.5
+    cutmix_area_min: float = 0.02
+    cutmix_area_max: float = 0.4
+    cutmix_aspect_min: float = 0.3  # aspect ratio drawn (log-uniformly) in [min, 1/min]
+
+    def validate(self, prefix: str) -> None:
+        _check_range(self.scale_min, self.scale_max, f"{prefix}.scale_min/scale_max", lo_min=1e-3)
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "cutmix_prob"):
+            _check_prob(getattr(self, name), f"{prefix}.{name}")
+        for name in ("brightness", "contrast", "saturation"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{prefix}.{name}", "must be in [0, 1]")
+        _check(0.0 <= self.hue <= 0.5, f"{prefix}.hue", f"must be in [0, 0.5], got {self.hue}")
+        _check_range(self.blur_sigma_min, self.blur_sigma_max, f"{prefix}.blur_sigma_min/blur_sigma_max")
+        _check_range(self.cutmix_area_min, self.cutmix_area_max, f"{prefix}.cutmix_area_min/cutmix_area_max")
+        _check(self.cutmix_area_max <= 1.0, f"{prefix}.cutmix_area_max", "must be <= 1")
+        _check(0.0 < self.cutmix_aspect_min <= 1.0, f"{prefix}.cutmix_aspect_min", "must be in (0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how batches are made. ``batch_size`` is per rank and per step,
+    for labeled and unlabeled data each (the paper's "batch 16" counts labeled images)."""
+
+    root: str = "data/synth_voc"
+    crop_size: int = 512
+    batch_size: int = 8
+    num_threads: int = 2
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    shuffle_buffer: int = 256
+    eval_mode: Literal["auto", "whole", "sliding"] = "auto"
+    eval_batch_size: int = 1
+    eval_stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the crop
+    aug: AugConfig = field(default_factory=AugConfig)
+
+    def validate(self, prefix: str = "data") -> None:
+        _check(self.crop_size >= 16, f"{prefix}.crop_size", f"must be >= 16, got {self.crop_size}")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.num_threads >= 1, f"{prefix}.num_threads", "must be >= 1")
+        _check(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", "must be >= 1")
+        _check(self.eval_batch_size >= 1, f"{prefix}.eval_batch_size", "must be >= 1")
+        _check(0.0 < self.eval_stride_ratio <= 1.0, f"{prefix}.eval_stride_ratio", "must be in (0, 1]")
+        self.aug.validate(f"{prefix}.aug")
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c"] = "resnet101"
+    output_stride: int = 16
+    pretrained: str | None = None  # local torchvision-format ResNet state dict
+    sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
+
+    def validate(self, prefix: str = "model") -> None:
+        _check(self.output_stride in (8, 16), f"{prefix}.output_stride",
+               f"must be 8 or 16, got {self.output_stride}")
+
+
+@dataclass
+class MethodConfig:
+    """The semi-supervised recipe. ``rec_conf_thresh`` defaults to ``conf_thresh``;
+    ``fg_classes`` defaults to the dataset manifest's ``foreground_classes``."""
+
+    name: Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"] = "forec"
+    conf_thresh: float = 0.95
+    rec_conf_thresh: float | None = None
+    lambda_u: float = 1.0
+    rec_weight_labeled: float = 1.0
+    rec_weight_unlabeled: float = 0.5
+    fg_classes: list[int] | None = None
+    ema_decay: float = 0.99
+    warmup_epochs: int = 0  # supervised-only epochs before the unlabeled losses start
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+
+    def validate(self, prefix: str = "method") -> None:
+        _check_prob(self.conf_thresh, f"{prefix}.conf_thresh")
+        if self.rec_conf_thresh is not None:
+            _check_prob(self.rec_conf_thresh, f"{prefix}.rec_conf_thresh")
+        _check(0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        for name in ("lambda_u", "rec_weight_labeled", "rec_weight_unlabeled"):
+            _check(getattr(self, name) >= 0.0, f"{prefix}.{name}", "must be >= 0")
+        _check(self.warmup_epochs >= 0, f"{prefix}.warmup_epochs", "must be >= 0")
+        if self.fg_classes is not None:
+            _check(all(c >= 0 for c in self.fg_classes), f"{prefix}.fg_classes", "class ids must be >= 0")
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        return self.name != "supervised"
+
+    @property
+    def reconstruction(self) -> str | None:
+        """The auxiliary head the method needs: "rgb", "fgbg" or None."""
+        return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.name)
+
+    @property
+    def rec_thresh(self) -> float:
+        return self.conf_thresh if self.rec_conf_thresh is None else self.rec_conf_thresh
+
+
+@dataclass
+class OptimConfig:
+    """SGD with poly decay; the decoders get ``lr * head_lr_mult``."""
+
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+
+    def validate(self, prefix: str = "optim") -> None:
+        _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        _check(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(self.head_lr_mult > 0, f"{prefix}.head_lr_mult", "must be > 0")
+        _check(self.poly_power >= 0, f"{prefix}.poly_power", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    epochs: int = 80
+    max_steps: int | None = None  # overrides epochs when set
+    log_every: int = 20
+    eval_every: int = 1  # in epochs; the last epoch is always evaluated
+    checkpoint_every: int = 500  # in optimizer steps; the end of a run is always saved
+    keep_checkpoints: int = 2
+    seed: int = 0
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    deterministic: bool = False
+
+    def validate(self, prefix: str = "train") -> None:
+        _check(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a non-empty name without '/'")
+        _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 (or null for epochs)")
+        for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        self.data.validate("data")
+        self.model.validate("model")
+        self.method.validate("method")
+        self.optim.validate("optim")
+        self.train.validate("train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check_paths(self) -> None:
+        """Fail early when files the run needs are missing (called before any process group)."""
+        manifest = Path(self.data.root) / "manifest.json"
+        _check(manifest.is_file(), "data.root",
+               f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
+        if self.model.pretrained is not None:
+            _check(Path(self.model.pretrained).is_file(), "model.pretrained",
+                   f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclass conversion with key paths in the errors
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "an object"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"must be an object, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None:
+            _check(type(None) in args, key, f"must be {_type_name(tp)}, got null")
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        _check(value in allowed, key, f"must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        _check(isinstance(value, list), key, f"must be {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _check(isinstance(value, dict), key, f"must be an object, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys here are {', '.join(sorted(names))}")
+    kwargs = {name: _convert(v, hints[name], f"{prefix}.{name}" if prefix else name) for name, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _from_dict(Config, data, "")
+    cfg.validate()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# --set key.sub=value overrides
+
+
+def _parse_override_value(text: str, tp: Any, key: str) -> Any:
+    """Turn the text of ``--set key=text`` into a value of the field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        if text.lower() in ("null", "none"):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _parse_override_value(text, inner[0], key) if len(inner) == 1 else json.loads(text)
+    if tp is bool:
+        low = text.lower()
+        _check(low in ("true", "false", "1", "0"), key, f"must be true or false, got {text!r}")
+        return low in ("true", "1")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: must be an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: must be a number, got {text!r}") from None
+    if origin is list:
+        if text.startswith("["):
+            return json.loads(text)
+        (item,) = typing.get_args(tp)
+        return [_parse_override_value(t.strip(), item, key) for t in text.split(",") if t.strip()]
+    if tp is str or origin is Literal:
+        return text
+    try:  # free-form blocks (deepspeed): JSON when it parses, else a string
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a raw config dict, parsing values with the field types."""
+    data = json.loads(json.dumps(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        cls: Any = Config
+        node = data
+        for i, part in enumerate(parts):
+            path = ".".join(parts[: i + 1])
+            tp: Any = Any
+            if cls is not None:
+                hints = typing.get_type_hints(cls)
+                if part not in hints:
+                    raise ConfigError(f"{path}: unknown key; allowed keys here are {', '.join(sorted(hints))}")
+                tp = hints[part]
+            if i == len(parts) - 1:
+                node[part] = _parse_override_value(text, tp, path)
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{path}: is not an object, cannot set {key}")
+                cls = tp if dataclasses.is_dataclass(tp) else None
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train")
+    try:
+        return config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
