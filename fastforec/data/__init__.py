@@ -1,0 +1,1 @@
+"""Data side: manifest, DALI pipelines, reference loader."""
