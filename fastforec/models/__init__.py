@@ -1,0 +1,6 @@
+"""Segmentation models."""
+
+from fastforec.models.backbones import BACKBONES, PretrainedError, ResNetBackbone
+from fastforec.models.deeplab import Decoder, DeepLabV3Plus, deeplabv3plus
+
+__all__ = ["BACKBONES", "Decoder", "DeepLabV3Plus", "PretrainedError", "ResNetBackbone", "deeplabv3plus"]
