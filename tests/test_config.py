@@ -1,0 +1,231 @@
+"""Config loading: typed sections, key paths in every error, --set overrides with field types."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastforec.config import (
+    AugConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
+
+
+def _write(tmp_path: Path, data: Any, name: str = "run.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _error(tmp_path: Path, data: Any, overrides: tuple[str, ...] = ()) -> str:
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, overrides)
+    return str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
+    path = _write(tmp_path, {
+        "data": {"root": "data/x", "crop_size": 321, "aug": {"cutmix_prob": 0.25}},
+        "model": {"backbone": "resnet18", "output_stride": 8},
+        "method": {"name": "rec", "conf_thresh": 0.9, "fg_classes": [1, 2]},
+        "optim": {"lr": 1},  # an integer where a float is expected is a number
+        "train": {"epochs": 3, "max_steps": None},
+        "deepspeed": {"zero_optimization": {"stage": 1}},
+    })
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert isinstance(cfg.data, DataConfig) and isinstance(cfg.data.aug, AugConfig)
+    assert isinstance(cfg.model, ModelConfig) and isinstance(cfg.method, MethodConfig)
+    assert isinstance(cfg.optim, OptimConfig) and isinstance(cfg.train, TrainConfig)
+    assert cfg.data.root == "data/x" and cfg.data.crop_size == 321
+    assert cfg.data.aug.cutmix_prob == 0.25
+    assert cfg.data.aug.jitter_prob == AugConfig().jitter_prob  # untouched keys keep defaults
+    assert cfg.model.backbone == "resnet18" and cfg.model.output_stride == 8
+    assert cfg.method.name == "rec" and cfg.method.fg_classes == [1, 2]
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 3 and cfg.train.max_steps is None
+    assert cfg.deepspeed == {"zero_optimization": {"stage": 1}}
+
+
+def test_empty_file_gives_the_design_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, {}))
+    # DESIGN.md section 2: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
+    assert cfg.method.conf_thresh == 0.95 and cfg.method.lambda_u == 1.0
+    assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled) == (1.0, 0.5)
+    assert cfg.method.ema_decay == 0.99
+    assert cfg.model.output_stride == 16
+    assert cfg.optim.momentum == 0.9 and cfg.optim.poly_power == 0.9
+
+
+def test_to_dict_is_json_and_reloads_to_the_same_config(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, {"method": {"name": "fgbg", "fg_classes": [3]},
+                                        "train": {"max_steps": 7}}))
+    resolved = cfg.to_dict()
+    text = json.dumps(resolved)  # the resolved config is saved as JSON in the run directory
+    assert resolved["method"]["fg_classes"] == [3] and resolved["train"]["max_steps"] == 7
+    assert resolved["data"]["aug"]["cutmix_area_max"] == 0.4
+    again = load_config(_write(tmp_path, json.loads(text), "resolved.json"))
+    assert again == cfg
+
+
+def test_method_derived_properties() -> None:
+    assert MethodConfig(name="rec").reconstruction == "rgb"
+    assert MethodConfig(name="forec").reconstruction == "rgb"
+    assert MethodConfig(name="fgbg").reconstruction == "fgbg"
+    assert MethodConfig(name="mean_teacher").reconstruction is None
+    assert MethodConfig(name="supervised").reconstruction is None
+    assert not MethodConfig(name="supervised").uses_unlabeled
+    assert MethodConfig(name="mean_teacher").uses_unlabeled
+    assert MethodConfig(conf_thresh=0.8).rec_thresh == 0.8  # tau_rec defaults to tau
+    assert MethodConfig(conf_thresh=0.8, rec_conf_thresh=0.6).rec_thresh == 0.6
+
+
+# ---------------------------------------------------------------------------------------------
+# errors name the key path and what is allowed
+
+
+def test_unknown_key_names_its_path_and_the_allowed_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"method": {"conf_tresh": 0.9}})
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "method.conf_tresh: unknown key" in msg
+    assert "conf_thresh" in msg and "ema_decay" in msg  # the allowed keys are listed
+
+
+def test_unknown_nested_and_top_level_keys(tmp_path: Path) -> None:
+    assert "data.aug.cutmix: unknown key" in _error(tmp_path, {"data": {"aug": {"cutmix": 0.5}}})
+    msg = _error(tmp_path, {"modle": {}})
+    assert "modle: unknown key" in msg and "model" in msg and "deepspeed" in msg
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"model": {"output_stride": "16"}}, "model.output_stride: must be an integer, got '16'"),
+    ({"train": {"epochs": True}}, "train.epochs: must be an integer, got True"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: must be an integer, got 2.5"),
+    ({"optim": {"lr": "0.01"}}, "optim.lr: must be a number, got '0.01'"),
+    ({"model": {"sync_bn": 1}}, "model.sync_bn: must be true or false, got 1"),
+    ({"data": {"root": 3}}, "data.root: must be a string, got 3"),
+    ({"data": {"aug": []}}, "data.aug: must be an object, got list"),
+    ({"model": {"backbone": "resnet34"}}, "model.backbone: must be one of 'resnet18', 'resnet50'"),
+    ({"method": {"fg_classes": [1, "car"]}}, "method.fg_classes: must be a list of int or null, got [1, 'car']"),
+    ({"method": {"fg_classes": 5}}, "method.fg_classes: must be a list of int or null, got 5"),
+    ({"method": {"rec_conf_thresh": "high"}}, "method.rec_conf_thresh: must be float or null, got 'high'"),
+    ({"deepspeed": [1]}, "deepspeed: must be an object, got list"),
+])
+def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: dict, expected: str) -> None:
+    assert expected in _error(tmp_path, data)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"method": {"conf_thresh": 1.5}}, "method.conf_thresh: must be a probability in [0, 1], got 1.5"),
+    ({"method": {"conf_thresh": -0.1}}, "method.conf_thresh: must be a probability in [0, 1]"),
+    ({"method": {"rec_conf_thresh": 2.0}}, "method.rec_conf_thresh: must be a probability in [0, 1]"),
+    ({"model": {"output_stride": 32}}, "model.output_stride: must be 8 or 16, got 32"),
+    ({"method": {"ema_decay": 1.0}}, "method.ema_decay: must be in [0, 1), got 1.0"),
+    ({"data": {"aug": {"cutmix_prob": 1.2}}}, "data.aug.cutmix_prob: must be a probability in [0, 1]"),
+    ({"data": {"aug": {"scale_min": 2.0, "scale_max": 0.5}}}, "data.aug.scale_min/scale_max: needs"),
+    ({"data": {"crop_size": 8}}, "data.crop_size: must be >= 16, got 8"),
+    ({"optim": {"lr": 0}}, "optim.lr: must be > 0, got 0.0"),
+    ({"train": {"name": "a/b"}}, "train.name: must be a non-empty name without '/'"),
+    ({"method": {"fg_classes": [1, -2]}}, "method.fg_classes: class ids must be >= 0"),
+])
+def test_out_of_range_values_say_what_is_allowed(tmp_path: Path, data: dict, expected: str) -> None:
+    assert expected in _error(tmp_path, data)
+
+
+def test_missing_file_bad_json_and_non_object_top_level(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ConfigError, match="nope.json' does not exist"):
+        load_config(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"backbone": "resnet18",}}')
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="the top level must be an object"):
+        load_config(_write(tmp_path, [1, 2]))
+
+
+def test_check_paths_names_the_missing_manifest_and_weights(tmp_path: Path) -> None:
+    cfg = config_from_dict({"data": {"root": str(tmp_path / "shards")}})
+    with pytest.raises(ConfigError, match=r"data.root: no manifest.json in .*run `dataprep`"):
+        cfg.check_paths()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text("{}")
+    cfg.check_paths()  # present: no error
+    cfg.model.pretrained = str(tmp_path / "r101.pth")
+    with pytest.raises(ConfigError, match=r"model.pretrained: file '.*r101.pth' does not exist"):
+        cfg.check_paths()
+
+
+# ---------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def test_overrides_are_parsed_with_the_field_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"train": {"max_steps": 5}, "model": {"pretrained": "w.pth"}})
+    cfg = load_config(path, [
+        "method.conf_thresh=0.8",
+        "train.epochs=12",
+        "train.max_steps=null",
+        "model.sync_bn=false",
+        "model.pretrained=none",
+        "model.backbone=resnet50",
+        "method.rec_conf_thresh=0.7",
+        "method.fg_classes=1,2, 3",
+        "data.aug.hue=0.1",
+        "data.root=some/where=odd",  # only the first '=' splits key from value
+        "deepspeed.zero_optimization.stage=2",
+        "deepspeed.bf16={\"enabled\": true}",
+    ])
+    assert cfg.method.conf_thresh == 0.8 and isinstance(cfg.method.conf_thresh, float)
+    assert cfg.train.epochs == 12 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.max_steps is None
+    assert cfg.model.sync_bn is False
+    assert cfg.model.pretrained is None
+    assert cfg.model.backbone == "resnet50"
+    assert cfg.method.rec_conf_thresh == 0.7 and cfg.method.rec_thresh == 0.7
+    assert cfg.method.fg_classes == [1, 2, 3]
+    assert cfg.data.aug.hue == 0.1
+    assert cfg.data.root == "some/where=odd"
+    assert cfg.deepspeed == {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
+
+
+def test_overrides_do_not_modify_the_input_dict() -> None:
+    raw = {"method": {"conf_thresh": 0.9}}
+    out = apply_overrides(raw, ["method.conf_thresh=0.5", "method.fg_classes=[4, 5]"])
+    assert raw == {"method": {"conf_thresh": 0.9}}
+    assert out == {"method": {"conf_thresh": 0.5, "fg_classes": [4, 5]}}
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("method.conf_thresh=high", "method.conf_thresh: must be a number, got 'high'"),
+    ("train.epochs=1.5", "train.epochs: must be an integer, got '1.5'"),
+    ("model.sync_bn=maybe", "model.sync_bn: must be true or false, got 'maybe'"),
+    ("method.conf_tresh=0.5", "method.conf_tresh: unknown key; allowed keys here are"),
+    ("methd.conf_thresh=0.5", "methd: unknown key"),
+    ("method.conf_thresh", "expected key.sub=value"),
+    ("method.conf_thresh=1.5", "method.conf_thresh: must be a probability in [0, 1], got 1.5"),
+    ("model.output_stride=4", "model.output_stride: must be 8 or 16, got 4"),
+    ("model.backbone=vgg16", "model.backbone: must be one of"),
+])
+def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: str) -> None:
+    assert expected in _error(tmp_path, {}, (override,))
