@@ -86,7 +86,7 @@ def test_corrupted_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
 
 def test_a_failed_save_leaves_the_previous_file_at_that_path_intact(tmp_path: Path) -> None:
     path = save_checkpoint(_state(5), tmp_path / "latest.pt")
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # depends on where the lambda lives
         save_checkpoint({"model": _state(6)["model"], "bad": lambda: 0}, path)  # cannot be pickled
     _assert_same(_state(5), load_checkpoint(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
