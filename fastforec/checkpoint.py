@@ -27,6 +27,12 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
 
+def rank_file(path: str | Path, rank: int) -> Path:
+    """The per-rank companion of a checkpoint (optimizer partition, data position, RNG)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}.pt")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -76,5 +82,8 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints; returns the deleted paths."""
     old = list_checkpoints(directory)[:-keep] if keep > 0 else []
     for p in old:
+        # the shared file first: without it the rank files are never read
         p.unlink(missing_ok=True)
+        for companion in p.parent.glob(f"{p.stem}.rank*.pt"):
+            companion.unlink(missing_ok=True)
     return old

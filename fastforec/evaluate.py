@@ -1,0 +1,72 @@
+"""Inference for evaluation: whole image (VOC) or sliding window (Cityscapes), and mIoU."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastforec.metrics import ConfusionMatrix
+
+EvalMode = Literal["whole", "sliding"]
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    if size <= window:
+        return [0]
+    n = math.ceil((size - window) / stride) + 1
+    # the last window is aligned to the border so every pixel is covered
+    return sorted({min(i * stride, size - window) for i in range(n)})
+
+
+@torch.no_grad()
+def sliding_window_logits(model: nn.Module, image: torch.Tensor, *, num_classes: int, window: int,
+                          stride: int) -> torch.Tensor:
+    """Average of the logits of overlapping ``window`` x ``window`` crops (zero-padded when the
+    image is smaller than the window), at the image's resolution."""
+    b, _, h, w = image.shape
+    ph, pw = max(0, window - h), max(0, window - w)
+    padded = F.pad(image, (0, pw, 0, ph)) if ph or pw else image
+    H, W = padded.shape[-2:]
+    logits = torch.zeros(b, num_classes, H, W, device=image.device)
+    count = torch.zeros(1, 1, H, W, device=image.device)
+    for y in _window_starts(H, window, stride):
+        for x in _window_starts(W, window, stride):
+            crop = padded[:, :, y:y + window, x:x + window]
+            logits[:, :, y:y + window, x:x + window] += model(crop)["seg"].float()
+            count[:, :, y:y + window, x:x + window] += 1
+    return (logits / count)[:, :, :h, :w]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: torch.Tensor, *, mode: EvalMode, num_classes: int, window: int,
+            stride: int) -> torch.Tensor:
+    """Class map (B, H, W) for images in [0, 1]."""
+    if mode == "sliding":
+        logits = sliding_window_logits(model, image, num_classes=num_classes, window=window, stride=stride)
+    else:
+        logits = model(image)["seg"]
+    return logits.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
+             ignore_index: int, mode: EvalMode, window: int, stride: int, device: torch.device,
+             autocast: Callable[[], object], on_batch: Callable[[], None] | None = None) -> dict[str, object]:
+    """mIoU over ``batches`` of this rank, reduced over all ranks (every rank must call it)."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for batch in batches:
+        with autocast():
+            pred = predict(model, batch["image"].to(device), mode=mode, num_classes=num_classes,
+                           window=window, stride=stride)
+        cm.update(pred, batch["label"].to(device))
+        if on_batch is not None:
+            on_batch()
+    cm.all_reduce()
+    model.train(was_training)
+    return cm.compute()

@@ -1,0 +1,25 @@
+"""Result tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *, title: str = "IoU") -> Table:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, v in zip(class_names, iou):
+        absent = v is None or (isinstance(v, float) and math.isnan(v))
+        table.add_row(name, "-" if absent else f"{100 * v:.2f}")
+    table.add_section()
+    table.add_row("[bold]mIoU", f"[bold]{100 * miou:.2f}")
+    return table
+
+
+def print_iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *, title: str = "IoU") -> None:
+    Console().print(iou_table(class_names, iou, miou, title=title))

@@ -1,0 +1,89 @@
+"""Run-directory logging: metrics.jsonl, DeepSpeed's monitor, and the rich progress bar.
+
+Only rank 0 writes. Scalars are accumulated as device tensors and turned into Python numbers
+only at log steps: every ``.item()`` is a host-device sync that would stall a GPU step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class ScalarMeter:
+    """Running sums of named scalar tensors since the last ``pop()``."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._count += 1
+
+    def pop(self) -> dict[str, float]:
+        if not self._count:
+            return {}
+        keys = list(self._sums)
+        # one sync for all of them
+        means = (torch.stack([self._sums[k] for k in keys]) / self._count).tolist()
+        self._sums, self._count = {}, 0
+        return dict(zip(keys, means))
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, *, enabled: bool, monitor: Any = None):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
+        self.console = Console(stderr=True)
+
+    def log(self, record: dict[str, Any], *, step: int, prefix: str) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": prefix, "time": time.time(), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.monitor is not None:
+            events = [(f"{prefix}/{k}", float(v), step) for k, v in record.items()
+                      if isinstance(v, (int, float)) and k not in ("time", "step")]
+            self.monitor.write_events(events)
+
+    def progress(self, total: int, completed: int) -> "TrainProgress":
+        return TrainProgress(self.console, total=total, completed=completed, enabled=self.enabled)
+
+
+class TrainProgress:
+    """A rich progress bar over optimizer steps (rank 0 only); a no-op elsewhere."""
+
+    def __init__(self, console: Console, *, total: int, completed: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self._progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  console=console, transient=False)
+        self._task = self._progress.add_task("train", total=total, completed=completed, epoch=0, rate="")
+
+    def __enter__(self) -> "TrainProgress":
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, *, completed: int, epoch: int, samples_per_s: float | None = None) -> None:
+        if not self.enabled:
+            return
+        rate = f"{samples_per_s:.1f} samples/s" if samples_per_s is not None else ""
+        self._progress.update(self._task, completed=completed, epoch=epoch, rate=rate)
