@@ -24,19 +24,59 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from fastforec.train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train a model (same as fastforec/train.py)"))
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="mIoU of a checkpoint on the val split")
+    p.add_argument("--config", required=True, help="run config (JSON): data and evaluation settings")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--mode", choices=["whole", "sliding"], default=None,
+                   help="whole image (VOC default) or sliding window (Cityscapes default)")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="palette-coloured masks and overlays for images")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--input", required=True, help="an image file or a directory of images")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastforec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
     _add_bench(sub)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from fastforec.bench import run_bench
+    args = parser.parse_args(argv)
+    from fastforec.checkpoint import CheckpointError
+    from fastforec.config import ConfigError
+    from fastforec.data.manifest import ManifestError
+    from fastforec.models import PretrainedError
 
-        return run_bench(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        if args.command == "train":
+            from fastforec.train import run
+        elif args.command == "eval":
+            from fastforec.eval_cli import run
+        elif args.command == "predict":
+            from fastforec.predict import run
+        else:
+            from fastforec.bench import run_bench as run
+        return run(args)
+    except (ConfigError, CheckpointError, ManifestError, PretrainedError, FileNotFoundError) as e:
+        # user-facing failures (bad paths, corrupt files) carry their own message: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

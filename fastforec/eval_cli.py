@@ -1,0 +1,53 @@
+"""`fastforec eval`: mIoU of a checkpoint on the val split, on one process or many."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastforec.checkpoint import CheckpointError
+from fastforec.config import ConfigError, load_config
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        cfg.check_paths()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from fastforec.atomic import atomic_write_json
+    from fastforec.data import ValData, resolve_device
+    from fastforec.data.manifest import Manifest
+    from fastforec.distributed import init_distributed
+    from fastforec.evaluate import evaluate
+    from fastforec.inference import load_trained_model
+    from fastforec.report import print_iou_table
+    from fastforec.trainer import autocast_context, nan_to_none
+
+    dist = init_distributed(args.local_rank)
+    try:
+        model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    manifest = Manifest.load(cfg.data.root)
+    if dataset["num_classes"] != manifest.num_classes:
+        print(f"error: checkpoint has {dataset['num_classes']} classes, dataset '{cfg.data.root}' has "
+              f"{manifest.num_classes}", file=sys.stderr)
+        return 2
+    mode = args.mode or ("sliding" if manifest.dataset == "cityscapes" else "whole")
+    val = ValData(manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+                  device=resolve_device(cfg.data.device))
+    crop = cfg.data.crop_size
+    result = evaluate(model, val, num_classes=manifest.num_classes, ignore_index=manifest.ignore_index, mode=mode,
+                      window=crop, stride=max(1, int(crop * cfg.data.eval_stride_ratio)), device=dist.device,
+                      autocast=autocast_context(cfg.deepspeed, dist.device))
+    if dist.is_main:
+        print_iou_table(manifest.class_names, result["iou"], result["miou"], title=f"{args.checkpoint} ({mode})")
+        if args.json_out:
+            atomic_write_json(args.json_out, {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "mode": mode,
+                                              "per_class_iou": {n: nan_to_none(v) for n, v in
+                                                                zip(manifest.class_names, result["iou"])},
+                                              "checkpoint": str(args.checkpoint), "weights": args.weights})
+    return 0

@@ -1,0 +1,35 @@
+"""Models from checkpoints, for evaluation, prediction and visualisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from fastforec.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from fastforec.config import Config, config_from_dict
+from fastforec.models import DeepLabV3Plus, deeplabv3plus
+
+Weights = Literal["student", "teacher"]
+
+
+def load_trained_model(path: str | Path, *, weights: Weights = "student", device: torch.device | str = "cpu"
+                       ) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+    """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint or run dir.
+
+    The teacher has no reconstruction decoder; ``weights="student"`` keeps it.
+    """
+    ckpt_path = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt_path)
+    if "student" not in state or "config" not in state:
+        raise CheckpointError(f"'{ckpt_path}' is not a fastforec training checkpoint (no student/config)")
+    cfg = config_from_dict(state["config"])
+    dataset = state["dataset"]
+    if weights == "teacher" and state.get("teacher") is None:
+        raise CheckpointError(f"'{ckpt_path}' has no teacher (method {cfg.method.name}); use the student weights")
+    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
+                          output_stride=cfg.model.output_stride,
+                          reconstruction=cfg.method.reconstruction if weights == "student" else None)
+    model.load_state_dict(state[weights])
+    return model.to(device).eval(), cfg, dataset
