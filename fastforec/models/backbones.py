@@ -21,6 +21,8 @@ BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c"]
 # resnet101c: the deep-stem ("V1c") ResNet-101 of mmseg/U2PL/UniMatch: three 3x3 convs replace the 7x7 stem.
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "resnet101", "resnet101c")
 LOW_LEVEL_STAGE, LAST_STAGE = 1, 4
+RESIDUAL_STAGE_PREFIX = "layer"  # torchvision/timm name of the residual stages: layer1..layer4
+BN_COUNTER = "num_batches_tracked"
 
 
 class PretrainedError(ValueError):
@@ -67,6 +69,17 @@ class ResNetBackbone(nn.Module):
                                   f"ResNet names such as 'conv1.weight', 'layer1.0.conv1.weight'")
         missing = sorted(set(own) - set(matched))
         unexpected = sorted(k for k in set(state) - set(own) if not k.startswith("fc."))
+        # ResNet-50 and -101 share every shape and differ only in the number of layer3 blocks,
+        # so a wrong-depth file would otherwise load "successfully" with random blocks left.
+        # Stem differences (torchvision weights into the deep-stem resnet101c) stay warnings, and
+        # so does a missing BN step counter: torchvision's published weights predate it.
+        stage_missing = [k for k in missing if k.startswith(RESIDUAL_STAGE_PREFIX) and not k.endswith(BN_COUNTER)]
+        stage_unexpected = [k for k in unexpected if k.startswith(RESIDUAL_STAGE_PREFIX)]
+        if stage_missing or stage_unexpected:
+            raise PretrainedError(
+                f"'{path}': the residual stages do not match the backbone ({len(stage_missing)} tensors "
+                f"missing from the file, e.g. {stage_missing[:1]}; {len(stage_unexpected)} not in the "
+                f"backbone, e.g. {stage_unexpected[:1]}); is it the right ResNet depth?")
         self.body.load_state_dict(matched, strict=False)
         log.info("loaded %d tensors from %s; missing %d, unexpected %d", len(matched), path, len(missing), len(unexpected))
         if missing:
