@@ -112,7 +112,8 @@ class Trainer:
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
                                 pretrained=cfg.model.pretrained)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
-        if cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1:
+        self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
+        if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student.to(self.device)
@@ -209,11 +210,25 @@ class Trainer:
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
         if boundary:
+            self._average_bn_statistics()
             if self.teacher is not None:
                 self.teacher.update(self.student, self.state.step, fp32_param=self._fp32_getter())
             self.state.step += 1
         self.meter.add({k: v for k, v in terms.items()})
         return True
+
+    def _average_bn_statistics(self) -> None:
+        # Without SyncBatchNorm every rank's running statistics drift apart (each sees its own
+        # micro-batches), and so would the teachers, which average them. One small all-reduce of
+        # the float buffers keeps student and teacher identical on every rank.
+        if self.dist.world_size == 1 or self.uses_sync_bn:
+            return
+        bufs = [b for b in self.student.buffers() if b.is_floating_point()]
+        if bufs:
+            flat = torch.cat([b.reshape(-1) for b in bufs])
+            torch.distributed.all_reduce(flat)
+            flat /= self.dist.world_size
+            torch._foreach_copy_(bufs, [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in bufs]), bufs)])
 
     def _fp32_getter(self) -> Callable[[nn.Parameter], torch.Tensor] | None:
         # Module weights are fp32 unless DeepSpeed casts them (bf16/fp16 blocks); only then do we
