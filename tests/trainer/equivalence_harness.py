@@ -1,0 +1,88 @@
+"""Train a few steps on fixed, seeded batches and dump losses and weights (rank 0).
+
+Used by test_distributed.py: 2 ranks x batch B must match 1 rank x batch B x 2 accumulation
+steps, since the micro-batches are the same (rank r <-> micro-batch r) and so are the dropout
+masks (the torch RNG is re-seeded per micro-batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fastforec.config import load_config
+from fastforec.distributed import init_distributed
+from fastforec.trainer import Trainer
+
+
+def make_batch(step: int, part: int, *, batch: int, crop: int, num_classes: int) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(1000 * step + part)
+    label = torch.randint(0, num_classes, (batch, crop, crop), generator=g)
+    label[:, :3] = 255
+    weak = torch.rand(batch, 3, crop, crop, generator=g)
+    valid = torch.ones(batch, crop, crop, dtype=torch.bool)
+    valid[:, -5:] = False
+    box = torch.zeros(batch, crop, crop, dtype=torch.bool)
+    box[::2, 4:20, 6:30] = True
+    labeled = {"image": torch.rand(batch, 3, crop, crop, generator=g), "label": label}
+    unlabeled = {"weak": weak, "strong": (0.7 * weak + 0.2).clamp(0, 1), "valid": valid, "box": box}
+    return labeled, unlabeled
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None)
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    info = init_distributed(args.local_rank)
+    out = Path(args.out)
+    trainer = Trainer(cfg, run_dir=out.parent / "harness_run", dist=info)
+    parts = [info.rank] if info.world_size > 1 else list(range(trainer.accum))
+    losses = {}
+    for step in range(args.steps):
+        for part in parts:
+            torch.manual_seed(10 * step + part)
+            labeled, unlabeled = make_batch(step, part, batch=cfg.data.batch_size, crop=cfg.data.crop_size,
+                                            num_classes=trainer.num_classes)
+            terms = trainer.compute_losses(labeled, unlabeled, epoch=0)
+            loss = terms["loss"]
+            trainer.engine.backward(loss)
+            boundary = trainer.engine.is_gradient_accumulation_boundary()
+            trainer.engine.step()
+            if boundary:
+                trainer._average_bn_statistics()
+                trainer.teacher.update(trainer.student, trainer.state.step)
+                trainer.state.step += 1
+            losses[f"{step}.{part}"] = {k: float(v) for k, v in terms.items()}
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, {"losses": losses, "teacher": digest(trainer.teacher.module.state_dict()),
+                                      "student": digest(trainer.student.state_dict())})
+    if info.is_main:
+        merged = {k: v for g in gathered for k, v in g["losses"].items()}
+        torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.module.state_dict()},
+                   out.with_suffix(".pt"))
+        out.write_text(json.dumps({"losses": merged, "teacher_digests": [g["teacher"] for g in gathered],
+                                   "student_digests": [g["student"] for g in gathered]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

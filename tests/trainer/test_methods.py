@@ -1,0 +1,122 @@
+"""Every method builds its losses as DESIGN.md section 2 says, checked against targets computed
+here independently from the same forward pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config, write_config
+from equivalence_harness import make_batch
+from fastforec.config import load_config
+from fastforec.distributed import init_distributed
+from fastforec.trainer import Trainer
+
+SEED = 123
+
+
+@pytest.fixture(scope="module")
+def world():
+    return init_distributed()
+
+
+def _trainer(shards: Path, tmp_path: Path, world, method: str) -> Trainer:
+    cfg = write_config(tmp_path / f"{method}.json",
+                       tiny_config(shards, method={"name": method, "conf_thresh": 0.3, "rec_conf_thresh": 0.35}))
+    return Trainer(load_config(cfg), run_dir=tmp_path / method, dist=world)
+
+
+def _mixed_inputs(tr: Trainer, labeled: dict, unlabeled: dict):
+    """Teacher pseudo-labels and CutMix, recomputed with plain torch ops."""
+    with torch.no_grad():
+        prob = tr.teacher(unlabeled["weak"])["seg"].softmax(1)
+    conf, pl = prob.max(1)
+    partner = torch.roll(torch.arange(pl.shape[0]), 1)
+    box = unlabeled["box"]
+    mix = lambda t: torch.where(box if t.dim() == 3 else box[:, None], t[partner], t)  # noqa: E731
+    return mix(unlabeled["strong"]), mix(pl), mix(conf), mix(unlabeled["valid"])
+
+
+def _student(tr: Trainer, x: torch.Tensor) -> dict:
+    torch.manual_seed(SEED)
+    return tr.engine(x)
+
+
+def _losses(tr: Trainer, labeled: dict, unlabeled: dict | None) -> dict:
+    torch.manual_seed(SEED)
+    return {k: float(v) for k, v in tr.compute_losses(labeled, unlabeled, epoch=0).items()}
+
+
+def _mse(rec, target, mask):
+    return float(((rec - target) ** 2 * mask[:, None]).sum() / (3 * mask.sum()))
+
+
+def _bce(logit, target, mask):
+    return float((F.binary_cross_entropy_with_logits(logit[:, 0], target.float(), reduction="none") * mask).sum()
+                 / mask.sum())
+
+
+@pytest.mark.parametrize("method", ["rec", "forec", "fgbg"])
+def test_auxiliary_targets(shards: Path, tmp_path: Path, world, method: str) -> None:
+    tr = _trainer(shards, tmp_path, world, method)
+    labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    got = _losses(tr, labeled, unlabeled)
+    strong, pl, conf, valid = _mixed_inputs(tr, labeled, unlabeled)
+    x, y = labeled["image"], labeled["label"]
+    pred = _student(tr, torch.cat([x, strong]))
+    fg_ids = torch.tensor(tr.fg_classes)
+    known = y != 255
+    m = tr.cfg.method
+    if method == "rec":
+        want = (m.rec_weight_labeled * _mse(pred["rec"][:2], x, known)
+                + m.rec_weight_unlabeled * _mse(pred["rec"][2:], strong, valid))
+    elif method == "forec":
+        fg_l = torch.isin(y, fg_ids)
+        fg_u = torch.isin(pl, fg_ids) & valid
+        sure = valid & (conf > m.rec_conf_thresh)
+        want = (m.rec_weight_labeled * _mse(pred["rec"][:2], x * fg_l[:, None], known)
+                + m.rec_weight_unlabeled * _mse(pred["rec"][2:], strong * fg_u[:, None], sure))
+    else:
+        sure = valid & (conf > m.rec_conf_thresh)
+        want = (m.rec_weight_labeled * _bce(pred["fgbg"][:2], torch.isin(y, fg_ids), known)
+                + m.rec_weight_unlabeled * _bce(pred["fgbg"][2:], torch.isin(pl, fg_ids) & valid, sure))
+    assert got["loss_rec"] == pytest.approx(want, rel=1e-4)
+    ce_u = F.cross_entropy(pred["seg"][2:], pl, reduction="none")
+    want_u = float((ce_u * ((conf > m.conf_thresh) & valid)).sum() / valid.sum())
+    assert got["loss_u"] == pytest.approx(want_u, rel=1e-4)
+    assert got["loss"] == pytest.approx(got["loss_s"] + got["loss_u"] + got["loss_rec"], rel=1e-5)
+
+
+@pytest.mark.parametrize("method,keys", [("supervised", {"loss", "loss_s"}),
+                                         ("mean_teacher", {"loss", "loss_s", "loss_u", "pl_coverage", "teacher_conf"})])
+def test_methods_without_reconstruction(shards: Path, tmp_path: Path, world, method: str, keys: set) -> None:
+    tr = _trainer(shards, tmp_path, world, method)
+    assert (tr.teacher is None) == (method == "supervised")
+    assert tr.student.aux_head is None
+    labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    got = _losses(tr, labeled, unlabeled if method != "supervised" else None)
+    assert set(got) == keys
+    assert all(torch.isfinite(torch.tensor(v)) for v in got.values())
+    # and a full step changes the weights
+    before = [p.detach().clone() for p in tr.student.parameters()]
+    assert tr.train_step(labeled, unlabeled if method != "supervised" else None)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.student.parameters()))
+
+
+def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_path: Path, world) -> None:
+    tr = _trainer(shards, tmp_path, world, "mean_teacher")
+    labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    labeled["image"] = labeled["image"] * float("nan")
+    before = [p.detach().clone() for p in tr.student.parameters()]
+    limit = tr.cfg.train.max_nonfinite
+    for _ in range(limit - 1):
+        assert tr.train_step(labeled, unlabeled) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.student.parameters())), "a skipped step changed weights"
+    with pytest.raises(RuntimeError, match="consecutive non-finite"):
+        tr.train_step(labeled, unlabeled)
+    assert (tr.ckpt_dir / "step_00000000.pt").is_file()
+    assert tr.state.nonfinite_total == limit

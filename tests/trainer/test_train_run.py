@@ -1,0 +1,76 @@
+"""End-to-end runs of fastforec/train.py as a user runs it (single process, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from conftest import read_jsonl, run_train, tiny_config, write_config
+
+
+def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards))
+    run_dir = tmp_path / "run"
+    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) >= {"miou_last", "miou_best", "best_epoch", "per_class_iou", "class_names"}
+    assert 0.0 <= results["miou_last"] <= 1.0 and results["miou_best"] >= results["miou_last"]
+    assert list(results["per_class_iou"]) == results["class_names"]
+    assert results["step"] == 4
+
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for r in train:
+        for key in ("loss", "loss_s", "loss_u", "loss_rec", "lr", "samples_per_s", "data_wait_frac"):
+            assert math.isfinite(r[key]), (key, r)
+        assert 0.0 <= r["pl_coverage"] <= 1.0 and 0.0 < r["teacher_conf"] <= 1.0
+    assert train[1]["lr"] < train[0]["lr"], "poly decay"
+    assert len(evals) >= 1 and evals[-1]["miou"] == results["miou_last"]
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["method"]["name"] == "forec" and saved["data"]["root"] == str(shards)
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_00000002.pt", "step_00000002.rank0.pt", "step_00000004.pt", "step_00000004.rank0.pt"]
+
+
+def test_config_errors_stop_before_any_work(shards: Path, tmp_path: Path) -> None:
+    bad = tiny_config(shards, method={"conf_tresh": 0.9})
+    proc = run_train(["--config", str(write_config(tmp_path / "bad.json", bad)), "--run-dir", str(tmp_path / "r1")],
+                     cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "method.conf_tresh: unknown key" in proc.stderr and "conf_thresh" in proc.stderr
+    assert not (tmp_path / "r1").exists()
+
+    missing = tiny_config(tmp_path / "no_such_dir")
+    proc = run_train(["--config", str(write_config(tmp_path / "m.json", missing)), "--run-dir", str(tmp_path / "r2")],
+                     cwd=tmp_path)
+    assert proc.returncode == 2 and "data.root" in proc.stderr and "no_such_dir" in proc.stderr
+    assert not (tmp_path / "r2").exists()
+
+    proc = run_train(["--config", str(write_config(tmp_path / "ok.json", tiny_config(shards))),
+                      "--set", "model.output_stride=32", "--run-dir", str(tmp_path / "r3")], cwd=tmp_path)
+    assert proc.returncode == 2 and "model.output_stride: must be 8 or 16" in proc.stderr
+
+
+def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritten(shards: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={"max_steps": 2}))
+    run_dir = tmp_path / "run"
+    assert run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path).returncode == 0
+    ckpt = run_dir / "checkpoints" / "step_00000002.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir), "--resume"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "step_00000002.pt" in proc.stderr and "corrupt" in proc.stderr
+    after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+    # a fresh start into a run directory that holds checkpoints is refused
+    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
