@@ -1,0 +1,339 @@
+"""The torch-facing data API: :class:`TrainData`, :class:`ValData`, :func:`resolve_device`.
+
+Training batches (``B`` = ``cfg.batch_size`` per rank, ``H = W = cfg.crop_size``)::
+
+    labeled   = {"image": float32 (B,3,H,W) RGB in [0,1] (strong photometric if aug.labeled_strong),
+                 "label": int64 (B,H,W), 255 on padding/ignore}
+    unlabeled = {"weak": float32 (B,3,H,W) [0,1], "strong": float32 (B,3,H,W) [0,1],
+                 "valid": bool (B,H,W) False on padding,
+                 "box": bool (B,H,W) CutMix box, all False when CutMix was not drawn}
+
+Validation batches: ``{"image": float32 (N,3,H,W), "label": int64 (N,H,W)}``, whole images,
+padded bottom/right with image 0 / label 255 to the largest image of the batch.
+
+Tensors live on the CPU for ``device="cpu"`` and on the current CUDA device for ``"gpu"``.
+
+Position and determinism: batch (epoch, step) is a pure function of (seed, rank, world_size,
+epoch, step) (:mod:`fastforec.data.plan`). DALI prefetches ahead of the consumer; the inputs of
+every batch in flight are remembered in a FIFO so that :meth:`TrainData.state_dict` reports the
+position of the next batch the *consumer* will get, and a restore simply rebuilds the pipeline
+at that position.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from fastforec.config import DataConfig
+from fastforec.data import plan
+from fastforec.data.manifest import Manifest
+from fastforec.data.pipelines import (IGNORE_FILL, TrainGraph, build_train_pipeline, build_val_pipeline)
+from fastforec.data.shards import ShardError, SplitReader
+
+DEVICES = ("auto", "cpu", "gpu")
+PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the consumer
+STATE_FORMAT = 1
+IDENTITY_TAPS = np.ones((1, 1), dtype=np.float32)  # fed where no blur is drawn (branch not run)
+EVAL_MODES = {"cityscapes": "sliding"}  # datasets evaluated by sliding window; others whole
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``gpu`` when CUDA is available, else ``cpu``; ``gpu`` without CUDA is an error."""
+    if requested not in DEVICES:
+        raise ValueError(f"data.device: must be one of {', '.join(DEVICES)}, got {requested!r}")
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "gpu" if cuda else "cpu"
+    if requested == "gpu" and not cuda:
+        raise ValueError("data.device: 'gpu' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return requested
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu' (call resolve_device first), got {device!r}")
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+
+
+def _to_torch(tensor_list: Any, *, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Copy a dense DALI batch into a fresh torch tensor: DALI recycles its output buffers on the
+    next run, so handing out views would let a later batch overwrite this one."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = tensor_list.as_tensor()
+    if device == "gpu":
+        out = torch.empty(dense.shape(), dtype=dtype, device=torch.device("cuda", torch.cuda.current_device()))
+        return feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+    out = torch.empty(dense.shape(), dtype=dtype)
+    return feed_ndarray(dense, out)
+
+
+def _scalar_list(values: np.ndarray, dtype: type) -> list[np.ndarray]:
+    return [np.array(v, dtype=dtype) for v in values]
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """Inputs of one branch (labeled or unlabeled) of one batch, kept until it is consumed."""
+
+    indices: np.ndarray
+    geometry: plan.Geometry
+    cutmix: plan.CutMixBoxes | None
+
+
+def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
+    taps = [plan.gaussian_taps(float(s)) if b else IDENTITY_TAPS[0] for s, b in zip(p.sigma, p.blur)]
+    return [_scalar_list(p.colour, np.bool_), _scalar_list(p.brightness, np.float32),
+            _scalar_list(p.contrast, np.float32), _scalar_list(p.saturation, np.float32),
+            _scalar_list(p.hue, np.float32), _scalar_list(p.blur, np.bool_),
+            [t.reshape(1, -1) for t in taps], [t.reshape(-1, 1) for t in taps]]
+
+
+def _geometry_feeds(g: plan.Geometry) -> list[list[np.ndarray]]:
+    return [list(g.roi_start), list(g.roi_end), list(g.valid.astype(np.float32)),
+            _scalar_list(g.flip, np.int32)]
+
+
+class TrainData:
+    """Labeled (and unlabeled) training batches for one rank. See the module docstring."""
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, seed: int,
+                 with_unlabeled: bool, device: str) -> None:
+        _check_device(device)
+        _check_rank(rank, world_size)
+        if manifest.ignore_index != IGNORE_FILL:
+            raise ShardError(f"{manifest.root / 'manifest.json'}: ignore_index {manifest.ignore_index} is not "
+                             f"supported, padding is labelled {int(IGNORE_FILL)}; re-run dataprep")
+        self.cfg, self.rank, self.world_size, self.seed, self.device = cfg, rank, world_size, seed, device
+        self._labeled = SplitReader(manifest, "labeled", with_labels=True)
+        self._unlabeled = SplitReader(manifest, "unlabeled", with_labels=False) if with_unlabeled else None
+        self._graph = TrainGraph(labeled=True, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled)
+        epoch_split = self._unlabeled or self._labeled
+        self.steps_per_epoch = plan.per_rank(len(epoch_split), world_size) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ShardError(f"split '{epoch_split.split}' of '{manifest.root}' has {len(epoch_split)} samples, "
+                             f"fewer than one batch of {cfg.batch_size} on each of {world_size} ranks; lower "
+                             f"data.batch_size or add data")
+        if plan.per_rank(len(self._labeled), world_size) < 1:
+            raise ShardError(f"split 'labeled' of '{manifest.root}' has {len(self._labeled)} samples, fewer "
+                             f"than the {world_size} ranks")
+        self._consumed = (0, 0)  # (epoch, step) of the next batch next_batch returns
+        self._fed = (0, 0)  # (epoch, step) of the next batch handed to DALI
+        self._inflight: deque[tuple[_Branch, _Branch | None]] = deque()
+        self._pipe: Any = None
+
+    # ---- position -------------------------------------------------------------------------
+
+    def _advance(self, pos: tuple[int, int]) -> tuple[int, int]:
+        epoch, step = pos
+        return (epoch + 1, 0) if step + 1 == self.steps_per_epoch else (epoch, step + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next batch; the same on every rank (batches depend on the rank only
+        through the plan), JSON-serialisable."""
+        epoch, step = self._consumed
+        return {"format": STATE_FORMAT, "epoch": epoch, "step": step, "seed": self.seed,
+                "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("format", "epoch", "step", "seed", "world_size", "steps_per_epoch"):
+            if key not in state:
+                raise ValueError(f"data state: missing key '{key}' (got {sorted(state)})")
+        if state["format"] != STATE_FORMAT:
+            raise ValueError(f"data state: format {state['format']} is not supported (expected {STATE_FORMAT})")
+        same = {k: state[k] for k in ("seed", "world_size", "steps_per_epoch")}
+        mine = {"seed": self.seed, "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
+        if same != mine:
+            raise ValueError(f"data state was saved with {same} but this run has {mine}; the saved position "
+                             f"does not describe this run's batches (resume with the same seed, world size, "
+                             f"batch size and data)")
+        self._reposition((int(state["epoch"]), int(state["step"])))
+
+    def _reposition(self, pos: tuple[int, int]) -> None:
+        # Batches already prefetched belong to the old position: drop the pipeline with them.
+        self._pipe = None
+        self._inflight.clear()
+        self._consumed = self._fed = pos
+
+    # ---- what goes into a batch ---------------------------------------------------------------
+
+    def _rng(self, stream: int, epoch: int, step: int) -> np.random.Generator:
+        return plan._rng(self.seed, stream, self.rank, epoch, step)
+
+    def _labeled_indices(self, epoch: int, step: int) -> np.ndarray:
+        common = dict(num_samples=len(self._labeled), seed=self.seed, stream=plan.STREAM_ORDER_LABELED,
+                      batch_size=self.cfg.batch_size, rank=self.rank, world_size=self.world_size)
+        if self._unlabeled is None:
+            return plan.epoch_batch(epoch=epoch, step=step, **common)
+        position = (epoch * self.steps_per_epoch + step) * self.cfg.batch_size
+        return plan.stream_batch(position=position, **common)
+
+    def _sizes(self, reader: SplitReader, indices: np.ndarray, encoded: list[np.ndarray]) -> np.ndarray:
+        return np.array([reader.image_size(int(i), e) for i, e in zip(indices, encoded)], dtype=np.int64)
+
+    def _labeled_feeds(self, epoch: int, step: int) -> tuple[_Branch, list[list[np.ndarray]]]:
+        aug, crop = self.cfg.aug, self.cfg.crop_size
+        idx = self._labeled_indices(epoch, step)
+        images = [self._labeled.image_bytes(int(i)) for i in idx]
+        labels = [self._labeled.label_bytes(int(i)) for i in idx]
+        rng = self._rng(plan.STREAM_AUG_LABELED, epoch, step)
+        geo = plan.draw_geometry(rng, sizes=self._sizes(self._labeled, idx, images), crop=crop, aug=aug)
+        feeds = [images, labels] + _geometry_feeds(geo)
+        if self._graph.labeled_strong:
+            feeds += _photometric_feeds(plan.draw_photometric(rng, n=len(idx), aug=aug))
+        return _Branch(indices=idx, geometry=geo, cutmix=None), feeds
+
+    def _unlabeled_feeds(self, epoch: int, step: int) -> tuple[_Branch, list[list[np.ndarray]]]:
+        assert self._unlabeled is not None
+        aug, crop = self.cfg.aug, self.cfg.crop_size
+        idx = plan.epoch_batch(num_samples=len(self._unlabeled), seed=self.seed, stream=plan.STREAM_ORDER_UNLABELED,
+                               epoch=epoch, step=step, batch_size=self.cfg.batch_size, rank=self.rank,
+                               world_size=self.world_size)
+        images = [self._unlabeled.image_bytes(int(i)) for i in idx]
+        rng = self._rng(plan.STREAM_AUG_UNLABELED, epoch, step)
+        geo = plan.draw_geometry(rng, sizes=self._sizes(self._unlabeled, idx, images), crop=crop, aug=aug)
+        photo = plan.draw_photometric(rng, n=len(idx), aug=aug)
+        boxes = plan.draw_cutmix(rng, n=len(idx), crop=crop, aug=aug)
+        feeds = [images] + _geometry_feeds(geo) + _photometric_feeds(photo)
+        return _Branch(indices=idx, geometry=geo, cutmix=boxes), feeds
+
+    def _source(self) -> list[list[np.ndarray]]:
+        """Called by DALI (in this thread, during run()) once per batch it prefetches."""
+        epoch, step = self._fed
+        labeled, feeds = self._labeled_feeds(epoch, step)
+        unlabeled = None
+        if self._unlabeled is not None:
+            unlabeled, more = self._unlabeled_feeds(epoch, step)
+            feeds += more
+        self._inflight.append((labeled, unlabeled))
+        self._fed = self._advance(self._fed)
+        return feeds
+
+    # ---- batches ------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._pipe = build_train_pipeline(graph=self._graph, source=self._source, device=self.device,
+                                          crop=self.cfg.crop_size, batch_size=self.cfg.batch_size,
+                                          num_threads=self.cfg.num_threads, prefetch=PREFETCH_DEPTH)
+
+    def _describe_inflight(self) -> str:
+        parts = []
+        for labeled, unlabeled in self._inflight:
+            parts.append(self._labeled.describe([int(i) for i in labeled.indices]))
+            if unlabeled is not None and self._unlabeled is not None:
+                parts.append(self._unlabeled.describe([int(i) for i in unlabeled.indices]))
+        return "; ".join(parts)
+
+    def next_batch(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        consumed_epoch, consumed_step = self._consumed
+        if epoch != consumed_epoch:
+            if epoch == consumed_epoch - 1 and consumed_step == 0:
+                raise RuntimeError(f"next_batch({epoch}) called more than steps_per_epoch="
+                                   f"{self.steps_per_epoch} times in epoch {epoch}")
+            self._reposition((epoch, 0))  # e.g. an epoch cut short by max_steps
+        if self._pipe is None:
+            self._build()
+        try:
+            outputs = self._pipe.run()
+        except ShardError:
+            raise
+        except RuntimeError as e:
+            raise ShardError(f"reading a training batch failed ({str(e).splitlines()[0]}); the batch came from "
+                             f"{self._describe_inflight()}") from e
+        labeled, unlabeled = self._inflight.popleft()
+        self._consumed = self._advance(self._consumed)
+        named = dict(zip(self._graph.outputs, outputs))
+        return self._labeled_batch(named), (None if unlabeled is None else self._unlabeled_batch(named, unlabeled))
+
+    def _labeled_batch(self, named: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image = _to_torch(named["l_image"], dtype=torch.float32, device=self.device)
+        label = _to_torch(named["l_label"], dtype=torch.uint8, device=self.device)
+        return {"image": image, "label": label.squeeze(-1).long()}
+
+    def _unlabeled_batch(self, named: dict[str, Any], branch: _Branch) -> dict[str, torch.Tensor]:
+        weak = _to_torch(named["u_weak"], dtype=torch.float32, device=self.device)
+        strong = _to_torch(named["u_strong"], dtype=torch.float32, device=self.device)
+        assert branch.cutmix is not None
+        valid, box = _masks(branch.geometry, branch.cutmix, crop=self.cfg.crop_size, device=weak.device)
+        return {"weak": weak, "strong": strong, "valid": valid, "box": box}
+
+    def close(self) -> None:
+        self._pipe = None
+        self._inflight.clear()
+        self._labeled.close()
+        if self._unlabeled is not None:
+            self._unlabeled.close()
+
+
+def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid and CutMix masks from the drawn parameters: two comparisons per pixel instead of
+    pushing extra planes through DALI. Padding is bottom/right before the flip, so a flipped
+    crop has its padding on the left."""
+    pos = torch.arange(crop, device=device)
+    rows, cols = pos.view(1, crop, 1), pos.view(1, 1, crop)
+    valid_hw = torch.as_tensor(geo.valid, device=device)
+    flip = torch.as_tensor(geo.flip, device=device).view(-1, 1, 1)
+    vh, vw = valid_hw[:, 0].view(-1, 1, 1), valid_hw[:, 1].view(-1, 1, 1)
+    valid_cols = torch.where(flip, cols >= crop - vw, cols < vw)
+    valid = (rows < vh) & valid_cols
+    y0, x0 = (torch.as_tensor(boxes.top_left[:, i], device=device).view(-1, 1, 1) for i in range(2))
+    bh, bw = (torch.as_tensor(boxes.extent[:, i], device=device).view(-1, 1, 1) for i in range(2))
+    apply = torch.as_tensor(boxes.apply, device=device).view(-1, 1, 1)
+    box = apply & (rows >= y0) & (rows < y0 + bh) & (cols >= x0) & (cols < x0 + bw)
+    return valid, box
+
+
+class ValData:
+    """Validation batches for one rank: sample i goes to rank i % world_size, in manifest order,
+    so ranks are disjoint and together see every sample exactly once."""
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, device: str,
+                 split: str = "val") -> None:
+        _check_device(device)
+        _check_rank(rank, world_size)
+        self.cfg, self.device = cfg, device
+        self._reader = SplitReader(manifest, split, with_labels=True)
+        self._indices = np.arange(rank, len(self._reader), world_size)
+        self.batch_size = cfg.eval_batch_size
+        mode = cfg.eval_mode if cfg.eval_mode != "auto" else EVAL_MODES.get(manifest.dataset, "whole")
+        self.sliding = mode == "sliding"  # the evaluator slides a crop_size window over each image
+        self._pending: deque[np.ndarray] = deque()
+
+    def __len__(self) -> int:
+        return -(-len(self._indices) // self.batch_size)
+
+    def _source(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if not self._pending:
+            raise StopIteration  # DALI's end-of-data signal for a callback source
+        idx = self._pending.popleft()
+        return ([self._reader.image_bytes(int(i)) for i in idx], [self._reader.label_bytes(int(i)) for i in idx])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if len(self._indices) == 0:
+            return
+        batches = [self._indices[i: i + self.batch_size] for i in range(0, len(self._indices), self.batch_size)]
+        self._pending = deque(batches)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pipe = build_val_pipeline(source=self._source, device=self.device, batch_size=self.batch_size,
+                                      num_threads=self.cfg.num_threads)
+        for idx in batches:
+            try:
+                image_tl, label_tl = pipe.run()
+            except RuntimeError as e:
+                raise ShardError(f"reading a validation batch failed ({str(e).splitlines()[0]}); the batch came "
+                                 f"from {self._reader.describe([int(i) for i in idx])}") from e
+            image = _to_torch(image_tl, dtype=torch.float32, device=self.device)
+            label = _to_torch(label_tl, dtype=torch.uint8, device=self.device)
+            yield {"image": image, "label": label.squeeze(-1).long()}

@@ -1,0 +1,175 @@
+"""DALI graphs for training and validation, one definition for both devices.
+
+``device="gpu"`` decodes with ``mixed`` and runs every image operator on the GPU;
+``device="cpu"`` builds the pipeline with ``device_id=None`` and runs the same operators on
+DALI's CPU backend. Inputs arrive through one ``external_source`` per pipeline (encoded bytes
+and the per-sample random parameters drawn by :mod:`fastforec.data.plan`), so the graph itself
+holds no random state.
+
+Cost plan (the CPU backend is the bottleneck on a 2-core machine; see docs/bench_data.md):
+
+* only the source region that lands inside the crop is resized (``roi_start``/``roi_end``), so
+  at scale 2 a quarter of the pixels is touched and nothing is computed for padding;
+* the photometric branch works on that unpadded window and runs only for samples that drew it
+  (DALI conditionals): ~16 % of samples skip the colour transform, half skip the blur;
+* jitter and grayscale are one ``color_twist`` (grayscale = saturation 0 of the jittered image)
+  with float output, which is much cheaper than its uint8 output path on the CPU backend;
+* the blur is two 1-D ``filter`` passes with per-sample taps sized to the drawn sigma;
+* padding, flip, scaling to [0, 1] and HWC -> CHW happen in one ``crop_mirror_normalize``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+PIXEL_MAX = 255.0
+IMAGE_FILL = 0.0
+IGNORE_FILL = 255.0  # label value of padding; the manifest's ignore_index is checked against it
+DALI_SEED = 1  # no DALI random operator is used; fixed for completeness
+
+# Names of the external_source outputs, in callback order.
+GEOMETRY_INPUTS = ("roi_start", "roi_end", "size", "flip")
+PHOTOMETRIC_INPUTS = ("colour", "brightness", "contrast", "saturation", "hue", "blur", "taps_x", "taps_y")
+
+
+def labeled_inputs(*, strong: bool) -> tuple[str, ...]:
+    names = ("image", "label") + GEOMETRY_INPUTS
+    return tuple(f"l_{n}" for n in names + (PHOTOMETRIC_INPUTS if strong else ()))
+
+
+def unlabeled_inputs() -> tuple[str, ...]:
+    return tuple(f"u_{n}" for n in ("image",) + GEOMETRY_INPUTS + PHOTOMETRIC_INPUTS)
+
+
+@dataclass(frozen=True)
+class TrainGraph:
+    """Which branches a training pipeline has and the order of its inputs/outputs."""
+
+    labeled: bool
+    labeled_strong: bool
+    unlabeled: bool
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        names: tuple[str, ...] = ()
+        if self.labeled:
+            names += labeled_inputs(strong=self.labeled_strong)
+        if self.unlabeled:
+            names += unlabeled_inputs()
+        return names
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        names: tuple[str, ...] = ()
+        if self.labeled:
+            names += ("l_image", "l_label")
+        if self.unlabeled:
+            names += ("u_weak", "u_strong")
+        return names
+
+
+def _decode(encoded, *, device: str, gray: bool = False):
+    # adjust_orientation=False: label PNGs are aligned with the stored pixel grid, so an EXIF
+    # rotation applied to the image only would misalign them.
+    return fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
+                             output_type=types.GRAY if gray else types.RGB, adjust_orientation=False)
+
+
+def _window(image, roi_start, roi_end, size, *, nearest: bool = False):
+    """The part of the scaled image inside the crop, resized from its source region only."""
+    if nearest:
+        return fn.resize(image, roi_start=roi_start, roi_end=roi_end, size=size,
+                         interp_type=types.INTERP_NN, antialias=False)
+    return fn.resize(image, roi_start=roi_start, roi_end=roi_end, size=size, interp_type=types.INTERP_LINEAR,
+                     antialias=True)
+
+
+def _place(window, flip, *, crop: int, fill: float, dtype, layout: str, scale: float):
+    """Pad the window bottom/right to crop x crop, mirror the whole crop, scale, transpose."""
+    return fn.crop_mirror_normalize(window, crop_h=crop, crop_w=crop, crop_pos_x=0.0, crop_pos_y=0.0,
+                                    out_of_bounds_policy="pad", fill_values=fill, mirror=flip,
+                                    mean=0.0, std=scale, dtype=dtype, output_layout=layout)
+
+
+def _photometric(window, colour, brightness, contrast, saturation, hue, blur, taps_x, taps_y):
+    """Strong view of an uint8 HWC window as float HWC in [0, 255]. Python ``if`` on per-sample
+    predicates becomes a DALI conditional: each branch runs only on the samples that take it."""
+    if colour:
+        strong = fn.color_twist(window, brightness=brightness, contrast=contrast, saturation=saturation,
+                                hue=hue, dtype=types.FLOAT)
+        # Float output is not saturated by the operator; brightness 1.5 would leave [0, 255].
+        strong = dmath.clamp(strong, 0.0, PIXEL_MAX)
+    else:
+        strong = fn.cast(window, dtype=types.FLOAT)
+    if blur:
+        strong = fn.filter(strong, taps_x, dtype=types.FLOAT, border="reflect_101")
+        strong = fn.filter(strong, taps_y, dtype=types.FLOAT, border="reflect_101")
+    return strong
+
+
+def _labeled_branch(inp: dict, *, device: str, crop: int, strong: bool) -> list:
+    image = _decode(inp["l_image"], device=device)
+    label = _decode(inp["l_label"], device=device, gray=True)
+    geo = [inp[f"l_{n}"] for n in GEOMETRY_INPUTS[:3]]
+    window = _window(image, *geo)
+    if strong:
+        window = _photometric(window, *[inp[f"l_{n}"] for n in PHOTOMETRIC_INPUTS])
+    out_image = _place(window, inp["l_flip"], crop=crop, fill=IMAGE_FILL, dtype=types.FLOAT, layout="CHW",
+                       scale=PIXEL_MAX)
+    out_label = _place(_window(label, *geo, nearest=True), inp["l_flip"], crop=crop, fill=IGNORE_FILL,
+                       dtype=types.UINT8, layout="HWC", scale=1.0)
+    return [out_image, out_label]
+
+
+
+def _unlabeled_branch(inp: dict, *, device: str, crop: int) -> list:
+    image = _decode(inp["u_image"], device=device)
+    window = _window(image, *[inp[f"u_{n}"] for n in GEOMETRY_INPUTS[:3]])
+    strong = _photometric(window, *[inp[f"u_{n}"] for n in PHOTOMETRIC_INPUTS])
+    place = dict(crop=crop, fill=IMAGE_FILL, dtype=types.FLOAT, layout="CHW", scale=PIXEL_MAX)
+    return [_place(window, inp["u_flip"], **place), _place(strong, inp["u_flip"], **place)]
+
+
+def build_train_pipeline(*, graph: TrainGraph, source: Callable[[], Sequence], device: str, crop: int,
+                         batch_size: int, num_threads: int, prefetch: int):
+    """A built pipeline whose single external_source calls ``source()`` once per batch; it must
+    return one list of per-sample arrays per name in ``graph.inputs``."""
+
+    @pipeline_def(enable_conditionals=True)
+    def train_pipeline():
+        feeds = fn.external_source(source=source, num_outputs=len(graph.inputs), batch=True)
+        inp = dict(zip(graph.inputs, feeds))
+        outputs = []
+        if graph.labeled:
+            outputs += _labeled_branch(inp, device=device, crop=crop, strong=graph.labeled_strong)
+        if graph.unlabeled:
+            outputs += _unlabeled_branch(inp, device=device, crop=crop)
+        return tuple(outputs)
+
+    pipe = train_pipeline(batch_size=batch_size, num_threads=num_threads,
+                          device_id=0 if device == "gpu" else None, seed=DALI_SEED,
+                          prefetch_queue_depth=prefetch)
+    pipe.build()
+    return pipe
+
+
+def build_val_pipeline(*, source: Callable[[], Sequence], device: str, batch_size: int, num_threads: int):
+    """Whole images, padded bottom/right to the largest image of the batch (image 0, label 255)."""
+
+    @pipeline_def
+    def val_pipeline():
+        encoded, label_encoded = fn.external_source(source=source, num_outputs=2, batch=True)
+        image = fn.crop_mirror_normalize(_decode(encoded, device=device), mean=0.0, std=PIXEL_MAX,
+                                         dtype=types.FLOAT, output_layout="CHW")
+        label = _decode(label_encoded, device=device, gray=True)
+        return (fn.pad(image, fill_value=IMAGE_FILL, axes=(1, 2)),
+                fn.pad(label, fill_value=IGNORE_FILL, axes=(0, 1)))
+
+    pipe = val_pipeline(batch_size=batch_size, num_threads=num_threads,
+                        device_id=0 if device == "gpu" else None, seed=DALI_SEED, prefetch_queue_depth=1)
+    pipe.build()
+    return pipe

@@ -1,0 +1,191 @@
+"""What goes into batch (epoch, step) of a rank: which samples, and every random parameter.
+
+Everything here is a pure function of (seed, epoch, step, rank) and the sample sizes. That is
+the whole determinism story of the data side: no generator carries state across batches, so a
+resumed run only needs the position (epoch, step) to see exactly the batches of the
+uninterrupted run, and prefetching ahead of the consumer cannot change what is drawn.
+
+Ordering: each epoch draws one global permutation of the split (identical on every rank, seeded
+without the rank); rank r takes every world_size-th element starting at r, truncated to the
+same length on every rank. Ranks are therefore disjoint and together cover the split up to the
+``< world_size`` samples dropped per epoch (a different few each epoch).
+
+Augmentation parameters are drawn in numpy, batch-wise, from a generator seeded with
+(seed, stream, rank, epoch, step), and handed to DALI as per-sample argument inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastforec.config import AugConfig
+
+# Independent random streams, so that e.g. enabling labeled_strong does not shift the
+# unlabeled augmentation parameters.
+STREAM_ORDER_LABELED = 1
+STREAM_ORDER_UNLABELED = 2
+STREAM_AUG_LABELED = 3
+STREAM_AUG_UNLABELED = 4
+
+HUE_DEGREES = 360.0  # the config's hue is a fraction of the colour circle (torchvision's convention)
+BLUR_TRUNCATE = 3.0  # kernel radius in sigmas: the Gaussian tail beyond 3 sigma is < 0.3 %
+CUTMIX_MAX_ROUNDS = 100  # rejection rounds before an oversized box is clipped to the crop
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(w) for w in words]))
+
+
+def epoch_order(*, num_samples: int, seed: int, stream: int, epoch: int) -> np.ndarray:
+    """The global permutation of epoch ``epoch``: the same on every rank."""
+    return _rng(seed, stream, epoch).permutation(num_samples)
+
+
+def per_rank(num_samples: int, world_size: int) -> int:
+    """Samples each rank takes from one permutation (equal on all ranks)."""
+    return num_samples // world_size
+
+
+def rank_indices(order: np.ndarray, *, rank: int, world_size: int) -> np.ndarray:
+    return order[rank::world_size][: per_rank(len(order), world_size)]
+
+
+def epoch_batch(*, num_samples: int, seed: int, stream: int, epoch: int, step: int, batch_size: int,
+                rank: int, world_size: int) -> np.ndarray:
+    """Sample indices of batch ``step`` of ``epoch`` when the split defines the epoch."""
+    mine = rank_indices(epoch_order(num_samples=num_samples, seed=seed, stream=stream, epoch=epoch),
+                        rank=rank, world_size=world_size)
+    return mine[step * batch_size: (step + 1) * batch_size]
+
+
+def stream_batch(*, num_samples: int, seed: int, stream: int, position: int, batch_size: int,
+                 rank: int, world_size: int) -> np.ndarray:
+    """Sample indices at ``position .. position+batch_size`` of an endless stream made of
+    consecutive epochs of the split (the labeled set while the unlabeled set defines epochs)."""
+    n = per_rank(num_samples, world_size)
+    out = np.empty(batch_size, dtype=np.int64)
+    cache: dict[int, np.ndarray] = {}
+    for j in range(batch_size):
+        cycle, within = divmod(position + j, n)
+        if cycle not in cache:
+            cache[cycle] = rank_indices(epoch_order(num_samples=num_samples, seed=seed, stream=stream,
+                                                    epoch=cycle), rank=rank, world_size=world_size)
+        out[j] = cache[cycle][within]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# random parameters
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Scale / crop / flip of a batch. The crop is taken from the image scaled by ``scale``,
+    padded on the bottom/right to at least crop x crop, and then flipped as a whole; only the
+    part of the source inside the crop window is ever resized (``roi_*`` in source pixels, to
+    an output of ``valid`` pixels)."""
+
+    scale: np.ndarray  # (B,) drawn scale factor
+    roi_start: np.ndarray  # (B, 2) float32 (y, x) in source pixel coordinates
+    roi_end: np.ndarray  # (B, 2) float32
+    valid: np.ndarray  # (B, 2) int64 (rows, cols) of image inside the crop, before flipping
+    flip: np.ndarray  # (B,) bool
+
+
+def draw_geometry(rng: np.random.Generator, *, sizes: np.ndarray, crop: int, aug: AugConfig) -> Geometry:
+    """``sizes`` (B, 2) holds (height, width) of each source image."""
+    n = len(sizes)
+    scale = rng.uniform(aug.scale_min, aug.scale_max, size=n)
+    scaled = np.maximum(1, np.floor(sizes * scale[:, None] + 0.5)).astype(np.int64)
+    # Crop position uniform over the padded scaled image, as a pad-then-random-crop would draw it.
+    start = rng.integers(0, np.maximum(scaled, crop) - crop + 1)
+    valid = np.minimum(scaled - start, crop)
+    # The effective per-axis scale is the rounded one, so the ROI maps exactly onto the pixels a
+    # full resize to `scaled` followed by the crop would have produced.
+    factor = scaled / sizes
+    flip = rng.random(n) < aug.flip_prob
+    return Geometry(scale=scale.astype(np.float32), roi_start=(start / factor).astype(np.float32),
+                    roi_end=((start + valid) / factor).astype(np.float32), valid=valid, flip=flip)
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """Per-sample strong-view parameters. ``colour`` gates the colour-twist operator: it runs
+    when jitter or grayscale is drawn (grayscale is saturation 0 of the same linear colour
+    transform: the luma of the jittered image)."""
+
+    colour: np.ndarray  # (B,) bool
+    jitter: np.ndarray  # (B,) bool
+    gray: np.ndarray  # (B,) bool
+    brightness: np.ndarray  # (B,) float32 factors, 1 = unchanged
+    contrast: np.ndarray
+    saturation: np.ndarray
+    hue: np.ndarray  # (B,) degrees
+    blur: np.ndarray  # (B,) bool
+    sigma: np.ndarray  # (B,) float32
+
+
+def _factor(rng: np.random.Generator, strength: float, n: int) -> np.ndarray:
+    return rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength, size=n)
+
+
+def draw_photometric(rng: np.random.Generator, *, n: int, aug: AugConfig) -> Photometric:
+    jitter = rng.random(n) < aug.jitter_prob
+    brightness = _factor(rng, aug.brightness, n)
+    contrast = _factor(rng, aug.contrast, n)
+    saturation = _factor(rng, aug.saturation, n)
+    hue = rng.uniform(-aug.hue, aug.hue, size=n) * HUE_DEGREES
+    gray = rng.random(n) < aug.grayscale_prob
+    blur = rng.random(n) < aug.blur_prob
+    sigma = rng.uniform(aug.blur_sigma_min, aug.blur_sigma_max, size=n)
+    ones = np.ones(n)
+    f32 = np.float32
+    return Photometric(
+        colour=jitter | gray, jitter=jitter, gray=gray,
+        brightness=np.where(jitter, brightness, ones).astype(f32),
+        contrast=np.where(jitter, contrast, ones).astype(f32),
+        saturation=np.where(gray, 0.0, np.where(jitter, saturation, ones)).astype(f32),
+        hue=np.where(jitter & ~gray, hue, 0.0).astype(f32),
+        blur=blur, sigma=sigma.astype(f32))
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian, radius ceil(3 sigma): the blur is separable, two 1-D passes."""
+    radius = max(1, math.ceil(BLUR_TRUNCATE * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CutMixBoxes:
+    """Per-sample CutMix boxes in crop coordinates; ``apply`` False means no box."""
+
+    apply: np.ndarray  # (B,) bool
+    top_left: np.ndarray  # (B, 2) int64 (y, x)
+    extent: np.ndarray  # (B, 2) int64 (h, w)
+
+
+def draw_cutmix(rng: np.random.Generator, *, n: int, crop: int, aug: AugConfig) -> CutMixBoxes:
+    """Area uniform in [min, max] of the crop, aspect h/w log-uniform in [a, 1/a], the box inside
+    the crop. Boxes that do not fit are redrawn whole (as the peers' rejection loop does), so
+    area and aspect stay within their bounds."""
+    apply = rng.random(n) < aug.cutmix_prob
+    log_a = math.log(aug.cutmix_aspect_min)
+    extent = np.zeros((n, 2), dtype=np.int64)
+    todo = np.arange(n)
+    for _ in range(CUTMIX_MAX_ROUNDS):
+        area = rng.uniform(aug.cutmix_area_min, aug.cutmix_area_max, size=len(todo)) * crop * crop
+        aspect = np.exp(rng.uniform(log_a, -log_a, size=len(todo)))
+        hw = np.stack([np.sqrt(area * aspect), np.sqrt(area / aspect)], axis=1)
+        hw = np.maximum(1, np.floor(hw + 0.5)).astype(np.int64)
+        extent[todo] = hw
+        todo = todo[(hw > crop).any(axis=1)]
+        if len(todo) == 0:
+            break
+    extent = np.minimum(extent, crop)
+    top_left = rng.integers(0, crop - extent + 1)
+    return CutMixBoxes(apply=apply, top_left=top_left, extent=extent)

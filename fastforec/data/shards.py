@@ -1,0 +1,175 @@
+"""Random access to the samples of one split, straight from the tar shards through their index.
+
+The DALI pipelines are fed by ``external_source`` instead of ``readers.webdataset`` so that the
+order of samples is a pure function of (seed, epoch, rank): a global permutation per epoch, no
+shuffle buffer, and a resumed run repositions by arithmetic instead of replaying a reader. The
+index files (``wds2idx`` format ``v1.2``) give byte offsets, so reading a sample is a slice of a
+memory map: no tar parsing on the hot path and no copy until DALI copies the bytes in.
+
+Corruption is detected where it is cheap: the index must fit inside the shard, and the tar
+header in front of each member must carry that member's name. Either failure raises
+:class:`ShardError` naming the shard.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest, ManifestError
+
+INDEX_VERSION = "v1.2"
+TAR_BLOCK = 512
+TAR_NAME_FIELD = 100  # bytes of the member name at the start of a ustar header
+
+
+class ShardError(ManifestError):
+    """A shard or its index is missing, truncated or does not match the manifest."""
+
+
+@dataclass(frozen=True)
+class Member:
+    offset: int  # of the data, i.e. just after the 512-byte tar header
+    size: int
+    name: str
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: int  # position in the split's shard list
+    key: str
+    image: Member
+    label: Member | None
+
+
+def _parse_index(index_path: Path, shard_path: Path, shard_size: int) -> list[dict[str, Member]]:
+    """Read one ``wds2idx`` index: a header ``v1.2 N`` then one line per sample of
+    ``ext offset size name`` groups."""
+    try:
+        lines = index_path.read_text().splitlines()
+    except OSError as e:
+        raise ShardError(f"index '{index_path}' of shard '{shard_path}' cannot be read ({e})") from None
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
+        raise ShardError(f"index '{index_path}' of shard '{shard_path}': bad header {lines[:1]}, "
+                         f"expected '{INDEX_VERSION} <count>'; re-run dataprep")
+    samples: list[dict[str, Member]] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) % 4:
+            raise ShardError(f"index '{index_path}' line {lineno}: expected groups of 'ext offset size name'")
+        members = {}
+        for i in range(0, len(parts), 4):
+            ext, offset, size, name = parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]
+            if offset < TAR_BLOCK or offset + size > shard_size:
+                raise ShardError(f"shard '{shard_path}' is truncated or does not match its index "
+                                 f"'{index_path}' (member '{name}' at {offset}+{size} > {shard_size} bytes); "
+                                 f"re-run dataprep")
+            members[ext] = Member(offset=offset, size=size, name=name)
+        samples.append(members)
+    if len(samples) != int(head[1]):
+        raise ShardError(f"index '{index_path}' announces {head[1]} samples but lists {len(samples)}")
+    return samples
+
+
+def _image_member(members: dict[str, Member], *, where: str) -> Member:
+    for ext in IMAGE_EXTS:
+        if ext in members:
+            return members[ext]
+    raise ShardError(f"{where}: sample has no image (extensions {sorted(members)}, expected one of {IMAGE_EXTS})")
+
+
+class SplitReader:
+    """All samples of one split of a manifest, addressable by a global index 0..N-1."""
+
+    def __init__(self, manifest: Manifest, split: str, *, with_labels: bool) -> None:
+        manifest.check_files(split)  # a missing shard or index is named before any work starts
+        self.split = split
+        self.paths = manifest.shard_paths(split)
+        self._maps: list[mmap.mmap | None] = [None] * len(self.paths)
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self.samples: list[SampleRef] = []
+        for shard_no, (info, path, index) in enumerate(zip(manifest.split(split).shards, self.paths,
+                                                           manifest.index_paths(split))):
+            entries = _parse_index(index, path, path.stat().st_size)
+            if len(entries) != info.num_samples:
+                raise ShardError(f"shard '{path}' has {len(entries)} samples in its index, the manifest says "
+                                 f"{info.num_samples}; re-run dataprep")
+            for members in entries:
+                where = f"shard '{path}'"
+                image = _image_member(members, where=where)
+                label = members.get(LABEL_EXT)
+                if with_labels and label is None:
+                    raise ShardError(f"{where}: sample '{image.name}' has no '{LABEL_EXT}' (split '{split}' "
+                                     f"needs labels)")
+                key = image.name.split(".", 1)[0]
+                self.samples.append(SampleRef(shard=shard_no, key=key, image=image,
+                                              label=label if with_labels else None))
+        if not self.samples:
+            raise ShardError(f"split '{split}' of '{manifest.root}' has no samples")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _map(self, shard: int) -> mmap.mmap:
+        m = self._maps[shard]
+        if m is None:
+            with open(self.paths[shard], "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[shard] = m
+        return m
+
+    def _read(self, shard: int, member: Member) -> np.ndarray:
+        m = self._map(shard)
+        header = m[member.offset - TAR_BLOCK: member.offset - TAR_BLOCK + TAR_NAME_FIELD]
+        if header.split(b"\0", 1)[0].decode(errors="replace") != member.name:
+            raise ShardError(f"shard '{self.paths[shard]}' is corrupt: no tar member '{member.name}' at "
+                             f"offset {member.offset - TAR_BLOCK}; re-run dataprep")
+        return np.frombuffer(m, dtype=np.uint8, count=member.size, offset=member.offset).copy()
+
+    def image_bytes(self, index: int) -> np.ndarray:
+        ref = self.samples[index]
+        return self._read(ref.shard, ref.image)
+
+    def label_bytes(self, index: int) -> np.ndarray:
+        ref = self.samples[index]
+        if ref.label is None:
+            raise ShardError(f"split '{self.split}' was opened without labels")
+        return self._read(ref.shard, ref.label)
+
+    def image_size(self, index: int, data: np.ndarray) -> tuple[int, int]:
+        """(height, width) from the encoded header, cached: the crop geometry is drawn in Python
+        before DALI decodes, and a header parse is ~1000x cheaper than a decode."""
+        if index not in self._sizes:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(io.BytesIO(data.tobytes())) as im:
+                    w, h = im.size
+            except (UnidentifiedImageError, OSError) as e:
+                ref = self.samples[index]
+                raise ShardError(f"shard '{self.paths[ref.shard]}' is corrupt: image '{ref.image.name}' "
+                                 f"cannot be read ({e}); re-run dataprep") from None
+            self._sizes[index] = (h, w)
+        return self._sizes[index]
+
+    def describe(self, indices: list[int]) -> str:
+        """Human-readable 'shard: keys' for an error message about a batch."""
+        by_shard: dict[int, list[str]] = {}
+        for i in indices:
+            ref = self.samples[i]
+            by_shard.setdefault(ref.shard, []).append(ref.key)
+        return "; ".join(f"shard '{self.paths[s]}' (samples {', '.join(keys[:4])}"
+                         f"{', ...' if len(keys) > 4 else ''})" for s, keys in by_shard.items())
+
+    def close(self) -> None:
+        for i, m in enumerate(self._maps):
+            if m is not None:
+                m.close()
+                self._maps[i] = None
