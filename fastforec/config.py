@@ -255,14 +255,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             _check(type(None) in args, key, f"must be {_type_name(tp)}, got null")
             return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own error is the precise one (e.g. a list item)
-            return _convert(value, options[0], key)
-        for arg in options:
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, arg, key)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                if not str(e).startswith(f"{key}:"):
+                    raise  # an error deeper inside (a list item, a nested key) is the precise one
         raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)

@@ -127,7 +127,7 @@ def test_unknown_nested_and_top_level_keys(tmp_path: Path) -> None:
     ({"data": {"aug": []}}, "data.aug: must be an object, got list"),
     ({"model": {"backbone": "resnet34"}}, "model.backbone: must be one of 'resnet18', 'resnet50'"),
     ({"method": {"fg_classes": [1, "car"]}}, "method.fg_classes[1]: must be an integer, got 'car'"),
-    ({"method": {"fg_classes": 5}}, "method.fg_classes: must be a list of int, got 5"),
+    ({"method": {"fg_classes": 5}}, "method.fg_classes: must be a list of int or null, got 5"),
     ({"method": {"rec_conf_thresh": "high"}}, "method.rec_conf_thresh: must be float or null, got 'high'"),
     ({"deepspeed": [1]}, "deepspeed: must be an object, got list"),
 ])
