@@ -1,0 +1,128 @@
+"""PyTorch implementations that are efficient on the CPU: the same math as the Triton kernels,
+run chunk by chunk.
+
+Why chunks: the naive composition materialises several full (B, C, H, W) fp32 tensors
+(softmax, log-softmax, its gradient, the target image, the squared error) and streams each
+through DRAM. Here every intermediate lives only for one chunk of about ``CHUNK_ELEMENTS``
+values, small enough to stay in the L2 cache while the following ops re-read it, and the only
+full-size tensor allocated is the gradient itself. The gradient is produced in the forward pass
+(the autograd wrapper scales it in backward), so nothing else is saved for backward.
+
+Every function returns fp32 results computed from fp32 copies of the inputs, whatever their
+dtype (bf16/fp16 inputs are upcast chunk by chunk, never as a whole).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+# 2**19 fp32 values = 2 MiB: the L2 size per core of the machines this was tuned on; measured
+# best of 2**15..2**20 for both losses at B=8, C=21, 256x256 (docs/bench_kernels.md).
+CHUNK_ELEMENTS = 2**19
+
+Index = tuple[slice, slice]
+
+
+def _chunks(batch: int, height: int, elements_per_row: int) -> Iterator[Index]:
+    """(batch slice, row slice) pairs covering (B, H); each chunk holds about CHUNK_ELEMENTS.
+
+    Whole samples are grouped when one sample is smaller than a chunk (fewer, larger ops);
+    larger samples are split along rows.
+    """
+    per_sample = elements_per_row * height
+    if per_sample <= CHUNK_ELEMENTS:
+        step = max(1, CHUNK_ELEMENTS // per_sample)
+        for b in range(0, batch, step):
+            yield slice(b, b + step), slice(None)
+        return
+    rows = max(1, CHUNK_ELEMENTS // elements_per_row)
+    for b in range(batch):
+        for r in range(0, height, rows):
+            yield slice(b, b + 1), slice(r, r + rows)
+
+
+def _fp32_nchw(t: torch.Tensor) -> torch.Tensor:
+    # Softmax along dim 1 is several times faster on an NCHW-contiguous chunk than on a strided
+    # or channels-last view, so the chunk is copied once (a no-op when it already is one).
+    return t.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def pseudo_label(logits: torch.Tensor, lut: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(argmax label int64, max softmax prob fp32, foreground bool), all (B, H, W).
+
+    conf = max_c softmax = 1 / sum_c exp(x_c - max): no probability tensor is formed.
+    ``torch.max`` along a dim returns the first maximal index, matching the reference ties.
+    """
+    batch, classes, height, width = logits.shape
+    label = torch.empty((batch, height, width), dtype=torch.int64, device=logits.device)
+    conf = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
+    for bs, rs in _chunks(batch, height, classes * width):
+        x = _fp32_nchw(logits[bs, :, rs])
+        top, idx = x.max(dim=1)
+        denom = torch.sub(x, top.unsqueeze(1)).exp_().sum(dim=1)
+        conf[bs, rs] = denom.reciprocal_()
+        label[bs, rs] = idx
+    fg = lut[label] if lut is not None else torch.zeros_like(label, dtype=torch.bool)
+    return label, conf, fg
+
+
+def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor,
+                    conf_thresh: float, *, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, d loss / d logits or None).
+
+    loss = sum_keep (logsumexp(x) - x[label]) / n_valid with keep = valid & (conf > thresh);
+    gradient = keep * (softmax(x) - onehot(label)) / n_valid, from the same log-softmax chunk.
+    """
+    batch, classes, height, width = logits.shape
+    n_valid = valid.sum()
+    scale = n_valid.clamp_min(1).to(torch.float32).reciprocal()
+    keep = valid & (conf > conf_thresh)
+    grad = torch.empty_like(logits) if need_grad else None
+    partial_sums = []
+    for bs, rs in _chunks(batch, height, classes * width):
+        log_prob = torch.log_softmax(_fp32_nchw(logits[bs, :, rs]), dim=1)
+        target = label[bs, rs].unsqueeze(1)
+        weight = keep[bs, rs].unsqueeze(1).to(torch.float32)
+        # -sum(log p[label] * keep): a dot product, no per-pixel loss tensor.
+        partial_sums.append(-torch.dot(log_prob.gather(1, target).view(-1), weight.view(-1)))
+        if grad is not None:
+            weight.mul_(scale)
+            prob = log_prob.exp_().mul_(weight)
+            grad[bs, :, rs] = prob.scatter_add_(1, target, weight.neg_())
+    loss = torch.stack(partial_sums).sum() / n_valid.clamp_min(1)
+    return loss, grad
+
+
+def _masked_target(image: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """A fresh NCHW-contiguous fp32 buffer holding image * fg (the caller overwrites it, so it
+    must never be a view of ``image``; contiguous so it flattens without a copy)."""
+    out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
+    return torch.mul(image, fg, out=out)
+
+
+def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor, *,
+               need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, d loss / d rec or None) of sum(mask * (rec - image * fg)^2) / (3 * sum(mask)).
+
+    The masked difference d = mask * (rec - image * fg) is formed per chunk in one buffer; the
+    loss is d.d and the gradient is 2 d / (3 n), written over the same buffer.
+    """
+    batch, channels, height, width = rec.shape
+    n_mask = mask.sum()
+    denom = (channels * n_mask).clamp_min(1)
+    grad_scale = 2.0 / denom.to(torch.float32)
+    grad = torch.empty_like(rec) if need_grad else None
+    partial_sums = []
+    for bs, rs in _chunks(batch, height, channels * width):
+        diff = _masked_target(image[bs, :, rs], fg[bs, rs].unsqueeze(1))
+        torch.sub(rec[bs, :, rs], diff, out=diff)
+        diff.mul_(mask[bs, rs].unsqueeze(1))
+        flat = diff.view(-1)
+        partial_sums.append(torch.dot(flat, flat))
+        if grad is not None:
+            grad[bs, :, rs] = diff.mul_(grad_scale)
+    loss = torch.stack(partial_sums).sum() / denom
+    return loss, grad
