@@ -26,9 +26,10 @@ from fastforec.data.manifest import Manifest, ShardInfo, SplitInfo
 
 JPEG_QUALITY = 90
 CHECKER_CELL = 4  # pixels per checker cell of the coordinate image
-CHECKER_AMPLITUDE = 48
+CHECKER_AMPLITUDE = 40
 COORD_BASE = 16  # keeps every channel > 0 so that padding (exact 0) is recognisable
-COORD_RANGE = 160
+COORD_RANGE = 120  # red/green span; blue sits above it so no pixel is ever gray
+COORD_BLUE = 200
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,13 @@ def class_colour_sample(rng: np.random.Generator, *, height: int, width: int,
 
 def coordinate_image(*, height: int, width: int) -> np.ndarray:
     """Red = source column, green = source row (both linear ramps), blue constant, plus an
-    achromatic checker; every channel stays in [COORD_BASE, 255]."""
+    achromatic checker. Every channel stays in [COORD_BASE, 255], blue - red >= 64 everywhere,
+    and red - blue / green - blue are exact ramps (the checker cancels)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     checker = (((yy // CHECKER_CELL) + (xx // CHECKER_CELL)) % 2) * CHECKER_AMPLITUDE
     image = np.stack([COORD_BASE + COORD_RANGE * xx / max(1, width - 1),
                       COORD_BASE + COORD_RANGE * yy / max(1, height - 1),
-                      np.full_like(xx, COORD_BASE + COORD_RANGE / 2)], axis=-1) + checker[..., None]
+                      np.full_like(xx, COORD_BLUE)], axis=-1) + checker[..., None]
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,164 @@
+"""The augmentation recipe done the way the peer repositories do it: PIL + torchvision
+transforms, one sample at a time, in a ``torch.utils.data.DataLoader`` with worker processes,
+reading the same shards through the ``webdataset`` library.
+
+It is the throughput baseline of ``fastforec bench --what data`` and the independent check of
+the DALI pipelines' augmentation statistics. It shares the config (probabilities and ranges)
+and nothing else with :mod:`fastforec.data.pipelines`: its own random draws (Python ``random``
+and torch, seeded per worker by the DataLoader), its own geometry (resize the whole image,
+pad, crop), its own photometric operators (torchvision ColorJitter, RandomGrayscale, PIL
+GaussianBlur).
+
+Output dicts have the same names, shapes and dtypes as :class:`fastforec.data.TrainData`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fastforec.config import AugConfig, DataConfig
+from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest
+
+IGNORE = 255
+
+
+def _decode(data: bytes, mode: str) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert(mode)
+
+
+class Recipe:
+    """Weak geometric + strong photometric augmentation with PIL/torchvision."""
+
+    def __init__(self, aug: AugConfig, crop: int) -> None:
+        from torchvision import transforms
+
+        self.aug, self.crop = aug, crop
+        self.jitter = transforms.RandomApply(
+            [transforms.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)], p=aug.jitter_prob)
+        self.gray = transforms.RandomGrayscale(p=aug.grayscale_prob)
+        self.to_tensor = transforms.ToTensor()
+
+    def geometric(self, rnd: random.Random, image: Image.Image,
+                  label: Image.Image) -> tuple[Image.Image, Image.Image]:
+        """``label`` is the class map (labeled) or an all-zero map whose padding becomes 255 (the
+        peers' 'ignore mask' trick for unlabeled crops)."""
+        w, h = image.size
+        s = rnd.uniform(self.aug.scale_min, self.aug.scale_max)
+        ow, oh = max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
+        image = image.resize((ow, oh), Image.BILINEAR)
+        label = label.resize((ow, oh), Image.NEAREST)
+        padw, padh = max(self.crop - ow, 0), max(self.crop - oh, 0)
+        if padw or padh:
+            image = ImageOps.expand(image, border=(0, 0, padw, padh), fill=0)
+            label = ImageOps.expand(label, border=(0, 0, padw, padh), fill=IGNORE)
+        x = rnd.randint(0, image.size[0] - self.crop)
+        y = rnd.randint(0, image.size[1] - self.crop)
+        box = (x, y, x + self.crop, y + self.crop)
+        image, label = image.crop(box), label.crop(box)
+        if rnd.random() < self.aug.flip_prob:
+            image, label = image.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
+        return image, label
+
+    def photometric(self, rnd: random.Random, image: Image.Image) -> Image.Image:
+        image = self.gray(self.jitter(image))
+        if rnd.random() < self.aug.blur_prob:
+            image = image.filter(ImageFilter.GaussianBlur(radius=rnd.uniform(self.aug.blur_sigma_min,
+                                                                                self.aug.blur_sigma_max)))
+        return image
+
+    def cutmix_box(self, rnd: random.Random) -> torch.Tensor:
+        box = torch.zeros(self.crop, self.crop, dtype=torch.bool)
+        if rnd.random() >= self.aug.cutmix_prob:
+            return box
+        log_a = math.log(self.aug.cutmix_aspect_min)
+        while True:  # redraw until the box fits, as the peers do
+            area = rnd.uniform(self.aug.cutmix_area_min, self.aug.cutmix_area_max) * self.crop ** 2
+            aspect = math.exp(rnd.uniform(log_a, -log_a))
+            bh, bw = int(math.sqrt(area * aspect) + 0.5), int(math.sqrt(area / aspect) + 0.5)
+            if 1 <= bh <= self.crop and 1 <= bw <= self.crop:
+                break
+        y, x = rnd.randint(0, self.crop - bh), rnd.randint(0, self.crop - bw)
+        box[y: y + bh, x: x + bw] = True
+        return box
+
+    def labeled(self, rnd: random.Random, image: Image.Image, label: Image.Image,
+                strong: bool) -> dict[str, torch.Tensor]:
+        image, label = self.geometric(rnd, image, label)
+        if strong:
+            image = self.photometric(rnd, image)
+        return {"image": self.to_tensor(image), "label": torch.from_numpy(np.array(label, dtype=np.int64))}
+
+    def unlabeled(self, rnd: random.Random, image: Image.Image) -> dict[str, torch.Tensor]:
+        weak, pad = self.geometric(rnd, image, Image.new("L", image.size, 0))
+        strong = self.photometric(rnd, weak.copy())
+        return {"weak": self.to_tensor(weak), "strong": self.to_tensor(strong),
+                "valid": torch.from_numpy(np.array(pad) != IGNORE), "box": self.cutmix_box(rnd)}
+
+
+def _image_of(sample: dict[str, Any]) -> bytes:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise KeyError(f"sample '{sample.get('__key__')}' from '{sample.get('__url__')}' has no image "
+                   f"({sorted(sample)})")
+
+
+class ReferenceDataset(IterableDataset):
+    """Endless (or ``passes``-long) stream of augmented samples of one split. Each DataLoader
+    worker reads every shard and keeps every num_workers-th sample, so a single shard still
+    feeds all workers (the peers' shard-per-worker split would idle all but one)."""
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, *, split: str, seed: int,
+                 passes: int | None = None) -> None:
+        super().__init__()
+        manifest.check_files(split)
+        self.urls = [str(p) for p in manifest.shard_paths(split)]
+        self.cfg, self.split, self.seed, self.passes = cfg, split, seed, passes
+
+    def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        source = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples())
+        for i, sample in enumerate(source):
+            if i % workers == worker:
+                yield sample
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # torchvision's transforms draw from torch's global generator, which the DataLoader
+        # seeds per worker from its base seed; our own draws use a worker-seeded Random.
+        base = torch.initial_seed() if info is not None else self.seed
+        rnd = random.Random(base)
+        if info is None:
+            torch.manual_seed(self.seed)
+        recipe = Recipe(self.cfg.aug, self.cfg.crop_size)
+        done = 0
+        while self.passes is None or done < self.passes:
+            for sample in self._samples(worker, workers):
+                image = _decode(_image_of(sample), "RGB")
+                if self.split == "unlabeled":
+                    yield recipe.unlabeled(rnd, image)
+                else:
+                    label = _decode(sample[LABEL_EXT], "L")
+                    yield recipe.labeled(rnd, image, label, strong=self.cfg.aug.labeled_strong)
+            done += 1
+
+
+def reference_loader(manifest: Manifest, cfg: DataConfig, *, split: str = "unlabeled", num_workers: int = 2,
+                     seed: int = 0, passes: int | None = None) -> DataLoader:
+    """Batches of ``cfg.batch_size`` as the peers build them: default collate, worker processes,
+    pinned memory off (CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(ReferenceDataset(manifest, cfg, split=split, seed=seed, passes=passes),
+                      batch_size=cfg.batch_size, num_workers=num_workers, generator=generator,
+                      persistent_workers=num_workers > 0, drop_last=True)
