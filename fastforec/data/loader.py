@@ -78,6 +78,11 @@ def _to_torch(tensor_list: Any, *, dtype: torch.dtype, device: str) -> torch.Ten
     return feed_ndarray(dense, out)
 
 
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _scalar_list(values: np.ndarray, dtype: type) -> list[np.ndarray]:
     return [np.array(v, dtype=dtype) for v in values]
 
@@ -226,13 +231,20 @@ class TrainData:
                                           crop=self.cfg.crop_size, batch_size=self.cfg.batch_size,
                                           num_threads=self.cfg.num_threads, prefetch=PREFETCH_DEPTH)
 
-    def _describe_inflight(self) -> str:
-        parts = []
+    def _explain_failure(self, error: RuntimeError) -> ShardError:
+        """Name the shard behind a failed DALI batch: the failing batch is one of those in flight
+        (prefetching), so re-check their samples one by one."""
+        groups: list[tuple[SplitReader, list[int]]] = []
         for labeled, unlabeled in self._inflight:
-            parts.append(self._labeled.describe([int(i) for i in labeled.indices]))
+            groups.append((self._labeled, [int(i) for i in labeled.indices]))
             if unlabeled is not None and self._unlabeled is not None:
-                parts.append(self._unlabeled.describe([int(i) for i in unlabeled.indices]))
-        return "; ".join(parts)
+                groups.append((self._unlabeled, [int(i) for i in unlabeled.indices]))
+        for reader, indices in groups:
+            culprit = reader.first_undecodable(indices)
+            if culprit is not None:
+                return ShardError(culprit)
+        where = "; ".join(reader.describe(indices) for reader, indices in groups)
+        return ShardError(f"reading a training batch failed ({_last_line(error)}); it came from one of {where}")
 
     def next_batch(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         consumed_epoch, consumed_step = self._consumed
@@ -248,8 +260,8 @@ class TrainData:
         except ShardError:
             raise
         except RuntimeError as e:
-            raise ShardError(f"reading a training batch failed ({str(e).splitlines()[0]}); the batch came from "
-                             f"{self._describe_inflight()}") from e
+            self._pipe = None  # a DALI pipeline is unusable after an error
+            raise self._explain_failure(e) from e
         labeled, unlabeled = self._inflight.popleft()
         self._consumed = self._advance(self._consumed)
         named = dict(zip(self._graph.outputs, outputs))
@@ -332,8 +344,10 @@ class ValData:
             try:
                 image_tl, label_tl = pipe.run()
             except RuntimeError as e:
-                raise ShardError(f"reading a validation batch failed ({str(e).splitlines()[0]}); the batch came "
-                                 f"from {self._reader.describe([int(i) for i in idx])}") from e
+                indices = [int(i) for i in idx]
+                culprit = self._reader.first_undecodable(indices)
+                raise ShardError(culprit or f"reading a validation batch failed ({_last_line(e)}); it came from "
+                                            f"{self._reader.describe(indices)}") from e
             image = _to_torch(image_tl, dtype=torch.float32, device=self.device)
             label = _to_torch(label_tl, dtype=torch.uint8, device=self.device)
             yield {"image": image, "label": label.squeeze(-1).long()}

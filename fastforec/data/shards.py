@@ -159,6 +159,23 @@ class SplitReader:
             self._sizes[index] = (h, w)
         return self._sizes[index]
 
+    def first_undecodable(self, indices: list[int]) -> str | None:
+        """Fully decode the given samples with PIL and describe the first that fails. Only on the
+        error path: DALI reports a decode failure per batch, not per sample."""
+        from PIL import Image
+
+        for i in indices:
+            ref = self.samples[i]
+            members = [ref.image] + ([ref.label] if ref.label is not None else [])
+            for member in members:
+                try:
+                    with Image.open(io.BytesIO(self._read(ref.shard, member).tobytes())) as im:
+                        im.load()
+                except (OSError, SyntaxError, ValueError) as e:
+                    return (f"shard '{self.paths[ref.shard]}' is corrupt: '{member.name}' cannot be decoded ({e}); "
+                            f"re-run dataprep")
+        return None
+
     def describe(self, indices: list[int]) -> str:
         """Human-readable 'shard: keys' for an error message about a batch."""
         by_shard: dict[int, list[str]] = {}
