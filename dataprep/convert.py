@@ -1,0 +1,190 @@
+"""Run a ConversionPlan: encode samples in parallel, write shards in plan order, resume from
+complete shards, and write rejected.json and (last) manifest.json."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from fastforec.atomic import atomic_write_json
+from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
+
+from .encode import EncodedSample, SampleTask, encode_sample
+from .errors import DataprepError, Rejection
+from .labels import IGNORE_INDEX
+from .plan import ConversionPlan
+from .progress import make_console, progress_bar
+from .shards import (STATE_DIR, ShardCaps, ShardRecord, SplitShardWriter, completed_prefix, remove_stale_shards,
+                     remove_temporaries)
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.json"
+LOCK = ".dataprep/lock"
+# Bump when the shard bytes for the same inputs change (encoding, tar layout): old shards are
+# then redone instead of being trusted.
+SHARD_LAYOUT_VERSION = 1
+DEFAULT_SHARD_SAMPLES = 5000
+DEFAULT_SHARD_MB = 256.0
+_BYTES_PER_MB = 1 << 20
+# Tasks handed to a worker at once: large enough to amortise IPC, small enough that the
+# in-order writer never waits long behind one slow worker.
+_MAX_CHUNK = 16
+_CHUNKS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    workers: int
+    caps: ShardCaps
+    skip_bad: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    manifest: Manifest
+    encoded: int  # samples processed in this run (the rest came from complete shards)
+    reused_shards: int
+    rejected: list[Rejection]
+    seconds: float
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def make_caps(*, shard_samples: int, shard_mb: float) -> ShardCaps:
+    if shard_samples < 1:
+        raise DataprepError(f"--shard-samples must be >= 1, got {shard_samples}")
+    if shard_mb <= 0:
+        raise DataprepError(f"--shard-mb must be > 0, got {shard_mb}")
+    return ShardCaps(max_samples=shard_samples, max_bytes=int(shard_mb * _BYTES_PER_MB))
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """One dataprep per output directory. flock is released by the kernel even on kill -9."""
+    path = out / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataprepError(f"'{out}' is being written by another dataprep process "
+                                f"(lock {path}); wait for it or choose another --out") from None
+        yield
+
+
+def _options_digest(plan: ConversionPlan, caps: ShardCaps) -> str:
+    meta = plan.meta
+    blob = json.dumps([SHARD_LAYOUT_VERSION, plan.encode.digest(), caps.max_samples, caps.max_bytes,
+                       meta.num_classes]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _results(tasks: list[SampleTask], workers: int) -> Iterator[EncodedSample | Rejection]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(encode_sample, tasks)
+        return
+    chunk = max(1, min(_MAX_CHUNK, len(tasks) // (workers * _CHUNKS_PER_WORKER)))
+    # forkserver: workers start from a clean process, not a fork of a parent that may hold
+    # threads (the progress bar, or torch/DALI pools when called from a test or a notebook).
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(processes=min(workers, len(tasks))) as pool:
+        yield from pool.imap(encode_sample, tasks, chunksize=chunk)
+
+
+def _rejected_sort_key(r: Rejection) -> tuple[Any, ...]:
+    # Plan order, so a resumed run writes the same rejected.json as an uninterrupted one.
+    return (SPLITS.index(r.split) if r.split in SPLITS else len(SPLITS), r.key, r.file, r.problem)
+
+
+def _build_manifest(plan: ConversionPlan, out: Path, records: dict[str, list[ShardRecord]],
+                    num_rejected: int) -> Manifest:
+    meta = plan.meta
+    splits = {name: SplitInfo(tuple(ShardInfo(file=r.file, index=r.index, num_samples=r.num_samples,
+                                              sha256=r.sha256) for r in recs))
+              for name, recs in records.items()}
+    source = {"tool": "dataprep", **meta.source, "sample_order": "sorted by id", "rejected": num_rejected}
+    return Manifest(root=out, dataset=meta.dataset, num_classes=meta.num_classes, class_names=meta.class_names,
+                    palette=meta.palette, ignore_index=IGNORE_INDEX, foreground_classes=meta.foreground_classes,
+                    splits=splits, source=source)
+
+
+def _prepare_output(out: Path) -> None:
+    # From here until the end, no manifest may claim the directory is complete.
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / REJECTED).unlink(missing_ok=True)
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
+
+
+def _drain(results: Iterable[EncodedSample | Rejection], writers: dict[str, SplitShardWriter], *,
+           skip_bad: bool, advance: Any) -> None:
+    for item in results:
+        if isinstance(item, Rejection) and not skip_bad:
+            raise DataprepError(f"{item}\nfix the input, or pass --skip-bad to leave bad samples out "
+                                f"(they are then listed in rejected.json)")
+        writers[item.split].consume(item)
+        advance()
+
+
+def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResult:
+    out = options.out
+    if out.exists() and not out.is_dir():
+        raise DataprepError(f"--out '{out}' exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    console = make_console(quiet=options.quiet)
+    t0 = time.perf_counter()
+    with _output_lock(out):
+        _prepare_output(out)
+        digest = _options_digest(plan, options.caps)
+        prefixes: dict[str, list[ShardRecord]] = {}
+        writers: dict[str, SplitShardWriter] = {}
+        tasks: list[SampleTask] = []
+        for split, samples in plan.splits.items():
+            signatures = [s.stat_signature() for s in samples]
+            prefix = completed_prefix(out=out, split=split, signatures=signatures, options=digest)
+            start = prefix[-1].end if prefix else 0
+            prefixes[split] = prefix
+            writers[split] = SplitShardWriter(out=out, split=split, signatures=signatures, options=digest,
+                                              caps=options.caps, first_shard=len(prefix), start=start)
+            tasks += [SampleTask(split=split, source=s, options=plan.encode) for s in samples[start:]]
+        reused = sum(len(p) for p in prefixes.values())
+        if reused:
+            console.print(f"resuming: {reused} complete shard(s) kept, {len(tasks)} sample(s) to convert")
+        try:
+            with progress_bar(console) as progress:
+                bar = progress.add_task(f"converting {plan.meta.dataset}", total=len(tasks))
+                _drain(_results(tasks, options.workers), writers, skip_bad=options.skip_bad,
+                       advance=lambda: progress.advance(bar))
+            records = {split: prefixes[split] + writer.close() for split, writer in writers.items()}
+        finally:
+            for writer in writers.values():
+                writer.abort()
+        for split, writer in writers.items():
+            remove_stale_shards(out=out, split=split, keep=writer.num_shards)
+        rejected = list(plan.rejected)
+        for split in writers:
+            rejected += [Rejection(**r) for rec in prefixes[split] for r in rec.rejected]
+            rejected += writers[split].rejections
+        rejected.sort(key=_rejected_sort_key)
+        if options.skip_bad:
+            atomic_write_json(out / REJECTED, [r.to_dict() for r in rejected])
+        manifest = _build_manifest(plan, out, records, len(rejected))
+        atomic_write_json(out / MANIFEST, manifest.to_dict())
+    seconds = time.perf_counter() - t0
+    rate = len(tasks) / seconds if seconds > 0 else 0.0
+    console.print(f"{len(tasks)} image(s) converted in {seconds:.1f} s ({rate:,.1f} images/s); "
+                  f"{reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}")
+    return ConversionResult(manifest=manifest, encoded=len(tasks), reused_shards=reused, rejected=rejected,
+                            seconds=seconds)

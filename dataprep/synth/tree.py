@@ -1,0 +1,28 @@
+"""Run per-sample generation tasks, in parallel when asked, with a progress bar."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Callable, Sequence, TypeVar
+
+from ..progress import make_console, progress_bar
+
+T = TypeVar("T")
+_CHUNK = 4
+
+
+def run_tasks(fn: Callable[[T], None], tasks: Sequence[T], *, workers: int, description: str, quiet: bool) -> None:
+    """Call ``fn`` on every task. Each task writes its own files and draws from its own RNG,
+    so the order (and the number of workers) does not change the output."""
+    console = make_console(quiet=quiet)
+    with progress_bar(console) as progress:
+        bar = progress.add_task(description, total=len(tasks))
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                fn(task)
+                progress.advance(bar)
+            return
+        ctx = multiprocessing.get_context("forkserver")
+        with ctx.Pool(processes=min(workers, len(tasks))) as pool:
+            for _ in pool.imap_unordered(fn, tasks, chunksize=_CHUNK):
+                progress.advance(bar)

@@ -1,0 +1,55 @@
+"""Write a synthetic dataset in the official VOC2012 directory layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ..labels import bit_palette
+from ..splitfiles import write_split_list
+from .common import encode_jpeg, encode_png, sample_rng, write_file
+from .tree import run_tasks
+from .voc import render_voc_scene
+
+IMAGE_DIR = "JPEGImages"
+CLASSIC_DIR = "SegmentationClass"
+AUG_DIR = "SegmentationClassAug"
+SETS_DIR = "ImageSets/Segmentation"
+# Real VOC has SegmentationClass masks for 1464 of the 10582 trainaug ids; here every second
+# (sorted) training id is in train.txt, so both the classic and blender paths have data.
+CLASSIC_EVERY = 2
+
+
+@dataclass(frozen=True)
+class VocTask:
+    image_id: str
+    classic: bool  # also write SegmentationClass/<id>.png (train.txt and val ids)
+
+
+def _write_sample(task: VocTask, *, out: Path, size: tuple[int, int], seed: int, jpeg_quality: int) -> None:
+    image, label = render_voc_scene(sample_rng(seed, task.image_id), size)
+    palette = bit_palette()
+    write_file(out / IMAGE_DIR / f"{task.image_id}.jpg", encode_jpeg(image, quality=jpeg_quality))
+    png = encode_png(label, palette=palette)
+    write_file(out / AUG_DIR / f"{task.image_id}.png", png)
+    if task.classic:
+        write_file(out / CLASSIC_DIR / f"{task.image_id}.png", png)
+
+
+def write_voc_tree(out: Path, *, train_ids: list[str], val_ids: list[str], size: tuple[int, int], seed: int,
+                   jpeg_quality: int, workers: int, quiet: bool) -> Path:
+    """JPEGImages/*.jpg, SegmentationClass/*.png (train.txt + val), SegmentationClassAug/*.png
+    (all), ImageSets/Segmentation/{train,val,trainaug}.txt."""
+    for d in (IMAGE_DIR, CLASSIC_DIR, AUG_DIR, SETS_DIR):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    trainaug = sorted(train_ids)
+    classic = trainaug[::CLASSIC_EVERY]
+    classic_set = set(classic) | set(val_ids)
+    tasks = [VocTask(i, i in classic_set) for i in trainaug + sorted(val_ids)]
+    run_tasks(partial(_write_sample, out=out, size=size, seed=seed, jpeg_quality=jpeg_quality), tasks,
+              workers=workers, description="synthesising voc", quiet=quiet)
+    write_split_list(out / SETS_DIR / "trainaug.txt", trainaug)
+    write_split_list(out / SETS_DIR / "train.txt", classic)
+    write_split_list(out / SETS_DIR / "val.txt", sorted(val_ids))
+    return out
