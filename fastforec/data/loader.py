@@ -65,17 +65,12 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
 
 
-def _to_torch(tensor_list: Any, *, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """Copy a dense DALI batch into a fresh torch tensor: DALI recycles its output buffers on the
-    next run, so handing out views would let a later batch overwrite this one."""
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-
-    dense = tensor_list.as_tensor()
-    if device == "gpu":
-        out = torch.empty(dense.shape(), dtype=dtype, device=torch.device("cuda", torch.cuda.current_device()))
-        return feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
-    out = torch.empty(dense.shape(), dtype=dtype)
-    return feed_ndarray(dense, out)
+def _to_torch(tensor_list: Any) -> torch.Tensor:
+    """Zero-copy view of a dense DALI batch. Safe because the pipelines run DALI's dynamic
+    executor, whose outputs are reference-counted: the DLPack capsule keeps the buffer alive
+    for as long as the torch tensor lives, and DALI allocates fresh buffers for later batches.
+    (A copy here cost ~0.4 ms per sample at crop 321 on the CPU, ~15 % of the whole pipeline.)"""
+    return torch.from_dlpack(tensor_list.as_tensor())
 
 
 def _last_line(error: Exception) -> str:
@@ -113,16 +108,20 @@ class TrainData:
     """Labeled (and unlabeled) training batches for one rank. See the module docstring."""
 
     def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, seed: int,
-                 with_unlabeled: bool, device: str) -> None:
+                 with_unlabeled: bool, device: str, labeled: bool = True) -> None:
+        """``labeled=False`` (benchmarks only) drops the labeled branch: next_batch then returns
+        ``(None, unlabeled)``."""
         _check_device(device)
         _check_rank(rank, world_size)
+        if not (labeled or with_unlabeled):
+            raise ValueError("TrainData needs the labeled or the unlabeled branch")
         if manifest.ignore_index != IGNORE_FILL:
             raise ShardError(f"{manifest.root / 'manifest.json'}: ignore_index {manifest.ignore_index} is not "
                              f"supported, padding is labelled {int(IGNORE_FILL)}; re-run dataprep")
         self.cfg, self.rank, self.world_size, self.seed, self.device = cfg, rank, world_size, seed, device
         self._labeled = SplitReader(manifest, "labeled", with_labels=True)
         self._unlabeled = SplitReader(manifest, "unlabeled", with_labels=False) if with_unlabeled else None
-        self._graph = TrainGraph(labeled=True, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled)
+        self._graph = TrainGraph(labeled=labeled, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled)
         epoch_split = self._unlabeled or self._labeled
         self.steps_per_epoch = plan.per_rank(len(epoch_split), world_size) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -134,7 +133,7 @@ class TrainData:
                              f"than the {world_size} ranks")
         self._consumed = (0, 0)  # (epoch, step) of the next batch next_batch returns
         self._fed = (0, 0)  # (epoch, step) of the next batch handed to DALI
-        self._inflight: deque[tuple[_Branch, _Branch | None]] = deque()
+        self._inflight: deque[tuple[_Branch | None, _Branch | None]] = deque()
         self._pipe: Any = None
 
     # ---- position -------------------------------------------------------------------------
@@ -215,7 +214,7 @@ class TrainData:
     def _source(self) -> list[list[np.ndarray]]:
         """Called by DALI (in this thread, during run()) once per batch it prefetches."""
         epoch, step = self._fed
-        labeled, feeds = self._labeled_feeds(epoch, step)
+        labeled, feeds = self._labeled_feeds(epoch, step) if self._graph.labeled else (None, [])
         unlabeled = None
         if self._unlabeled is not None:
             unlabeled, more = self._unlabeled_feeds(epoch, step)
@@ -236,7 +235,8 @@ class TrainData:
         (prefetching), so re-check their samples one by one."""
         groups: list[tuple[SplitReader, list[int]]] = []
         for labeled, unlabeled in self._inflight:
-            groups.append((self._labeled, [int(i) for i in labeled.indices]))
+            if labeled is not None:
+                groups.append((self._labeled, [int(i) for i in labeled.indices]))
             if unlabeled is not None and self._unlabeled is not None:
                 groups.append((self._unlabeled, [int(i) for i in unlabeled.indices]))
         for reader, indices in groups:
@@ -246,7 +246,7 @@ class TrainData:
         where = "; ".join(reader.describe(indices) for reader, indices in groups)
         return ShardError(f"reading a training batch failed ({_last_line(error)}); it came from one of {where}")
 
-    def next_batch(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    def next_batch(self, epoch: int) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
         consumed_epoch, consumed_step = self._consumed
         if epoch != consumed_epoch:
             if epoch == consumed_epoch - 1 and consumed_step == 0:
@@ -265,16 +265,17 @@ class TrainData:
         labeled, unlabeled = self._inflight.popleft()
         self._consumed = self._advance(self._consumed)
         named = dict(zip(self._graph.outputs, outputs))
-        return self._labeled_batch(named), (None if unlabeled is None else self._unlabeled_batch(named, unlabeled))
+        return (None if labeled is None else self._labeled_batch(named),
+                None if unlabeled is None else self._unlabeled_batch(named, unlabeled))
 
     def _labeled_batch(self, named: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image = _to_torch(named["l_image"], dtype=torch.float32, device=self.device)
-        label = _to_torch(named["l_label"], dtype=torch.uint8, device=self.device)
+        image = _to_torch(named["l_image"])
+        label = _to_torch(named["l_label"])
         return {"image": image, "label": label.squeeze(-1).long()}
 
     def _unlabeled_batch(self, named: dict[str, Any], branch: _Branch) -> dict[str, torch.Tensor]:
-        weak = _to_torch(named["u_weak"], dtype=torch.float32, device=self.device)
-        strong = _to_torch(named["u_strong"], dtype=torch.float32, device=self.device)
+        weak = _to_torch(named["u_weak"])
+        strong = _to_torch(named["u_strong"])
         assert branch.cutmix is not None
         valid, box = _masks(branch.geometry, branch.cutmix, crop=self.cfg.crop_size, device=weak.device)
         return {"weak": weak, "strong": strong, "valid": valid, "box": box}
@@ -289,21 +290,24 @@ class TrainData:
 
 def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int,
            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Valid and CutMix masks from the drawn parameters: two comparisons per pixel instead of
-    pushing extra planes through DALI. Padding is bottom/right before the flip, so a flipped
-    crop has its padding on the left."""
-    pos = torch.arange(crop, device=device)
-    rows, cols = pos.view(1, crop, 1), pos.view(1, 1, crop)
-    valid_hw = torch.as_tensor(geo.valid, device=device)
-    flip = torch.as_tensor(geo.flip, device=device).view(-1, 1, 1)
-    vh, vw = valid_hw[:, 0].view(-1, 1, 1), valid_hw[:, 1].view(-1, 1, 1)
-    valid_cols = torch.where(flip, cols >= crop - vw, cols < vw)
-    valid = (rows < vh) & valid_cols
-    y0, x0 = (torch.as_tensor(boxes.top_left[:, i], device=device).view(-1, 1, 1) for i in range(2))
-    bh, bw = (torch.as_tensor(boxes.extent[:, i], device=device).view(-1, 1, 1) for i in range(2))
-    apply = torch.as_tensor(boxes.apply, device=device).view(-1, 1, 1)
-    box = apply & (rows >= y0) & (rows < y0 + bh) & (cols >= x0) & (cols < x0 + bw)
-    return valid, box
+    """Valid and CutMix masks from the drawn parameters: both are rectangles, so they are two
+    slice assignments per sample (a memset each) instead of full-size comparisons or extra
+    planes pushed through DALI. Padding is bottom/right before the flip, so a flipped crop has
+    its padding on the left."""
+    n = len(geo.flip)
+    valid = np.zeros((n, crop, crop), dtype=np.bool_)
+    box = np.zeros((n, crop, crop), dtype=np.bool_)
+    for b in range(n):
+        rows, cols = (int(v) for v in geo.valid[b])
+        first = crop - cols if geo.flip[b] else 0
+        valid[b, :rows, first: first + cols] = True
+        if boxes.apply[b]:
+            (y, x), (h, w) = boxes.top_left[b], boxes.extent[b]
+            box[b, y: y + h, x: x + w] = True
+    masks = torch.from_numpy(valid), torch.from_numpy(box)
+    if device.type == "cpu":
+        return masks
+    return tuple(m.to(device, non_blocking=True) for m in masks)  # type: ignore[return-value]
 
 
 class ValData:
@@ -348,6 +352,6 @@ class ValData:
                 culprit = self._reader.first_undecodable(indices)
                 raise ShardError(culprit or f"reading a validation batch failed ({_last_line(e)}); it came from "
                                             f"{self._reader.describe(indices)}") from e
-            image = _to_torch(image_tl, dtype=torch.float32, device=self.device)
-            label = _to_torch(label_tl, dtype=torch.uint8, device=self.device)
+            image = _to_torch(image_tl)
+            label = _to_torch(label_tl)
             yield {"image": image, "label": label.squeeze(-1).long()}

@@ -151,7 +151,7 @@ def build_train_pipeline(*, graph: TrainGraph, source: Callable[[], Sequence], d
         return tuple(outputs)
 
     pipe = train_pipeline(batch_size=batch_size, num_threads=num_threads,
-                          device_id=0 if device == "gpu" else None, seed=DALI_SEED,
+                          device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True,
                           prefetch_queue_depth=prefetch)
     pipe.build()
     return pipe
@@ -170,6 +170,20 @@ def build_val_pipeline(*, source: Callable[[], Sequence], device: str, batch_siz
                 fn.pad(label, fill_value=IGNORE_FILL, axes=(0, 1)))
 
     pipe = val_pipeline(batch_size=batch_size, num_threads=num_threads,
-                        device_id=0 if device == "gpu" else None, seed=DALI_SEED, prefetch_queue_depth=1)
+                        device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=1)
+    pipe.build()
+    return pipe
+
+
+def build_decode_pipeline(*, source: Callable[[], Sequence], device: str, batch_size: int, num_threads: int,
+                          prefetch: int):
+    """Decode only: the ceiling any augmentation graph on the same feed can reach."""
+
+    @pipeline_def
+    def decode_pipeline():
+        return _decode(fn.external_source(source=source, batch=True), device=device)
+
+    pipe = decode_pipeline(batch_size=batch_size, num_threads=num_threads,
+                           device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=prefetch)
     pipe.build()
     return pipe

@@ -176,3 +176,16 @@ def test_val_ranks_cover_every_sample_once(identity_data, eval_batch):
 def test_val_mode(identity_data):
     assert not ValData(identity_data, DataConfig(), rank=0, world_size=1, device="cpu").sliding
     assert ValData(identity_data, DataConfig(eval_mode="sliding"), rank=0, world_size=1, device="cpu").sliding
+
+
+def test_batches_stay_valid_while_later_batches_are_made(identity_data):
+    """Batches are zero-copy views of DALI buffers: a batch kept by the trainer must not be
+    overwritten by the batches produced after it."""
+    data = _train(identity_data)
+    kept = [data.next_batch(0) for _ in range(2)]
+    copies = [({k: v.clone() for k, v in lab.items()}, {k: v.clone() for k, v in unl.items()}) for lab, unl in kept]
+    for epoch in range(3):
+        for _ in range(data.steps_per_epoch - (2 if epoch == 0 else 0)):
+            data.next_batch(epoch)
+    for (lab, unl), (lab_copy, unl_copy) in zip(kept, copies):
+        assert _same(lab, lab_copy) and _same(unl, unl_copy)

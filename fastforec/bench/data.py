@@ -1,0 +1,197 @@
+"""`fastforec bench --what data`: DALI unlabeled pipeline vs the PIL/torchvision DataLoader
+baseline vs DALI decode-only, side by side in one process on the same shards and thread count.
+
+The unlabeled recipe is timed because it is the heavier one (two views, photometric branch).
+Contenders are measured in interleaved rounds (A B C A B C ...) so that load from other
+processes on a shared machine hits all of them alike; each contender reports the median of its
+rounds. At the start of every round the batches a contender prefetched while the others ran
+are drained untimed, so every timed batch was produced inside the timed window.
+
+JSON keys: dali_samples_per_s, baseline_samples_per_s, ratio (= dali / baseline),
+decode_only_samples_per_s, plus the settings and the per-round numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+DEFAULT_BATCHES = 30  # timed batches per contender and round
+ROUNDS = 3
+WARMUP_BATCHES = 3
+BENCH_SAMPLES = 512  # generated when --data points to an empty directory (VOC-sized JPEGs)
+DRAIN = 4  # batches a contender may have prefetched while another one was timed
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    crop: int
+    threads: int
+    batch_size: int
+    batches: int
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
+    from fastforec.config import ConfigError, load_config
+
+    if not args.config:
+        raise ConfigError("bench --what data needs --config (a run config; its data section is used)")
+    cfg = load_config(args.config, args.overrides)
+    data = cfg.data
+    if args.data:
+        data.root = args.data
+    if args.crop:
+        data.crop_size = args.crop
+    if args.threads:
+        data.num_threads = args.threads
+    data.validate("data")
+    settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
+                        batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES)
+    return settings, data
+
+
+def _manifest(root: Path, console: Any) -> Any:
+    from fastforec.data.manifest import Manifest
+
+    if not (root / "manifest.json").is_file():
+        if root.exists() and any(root.iterdir()):
+            raise FileNotFoundError(f"'{root}' has no manifest.json and is not empty; point --data at shards "
+                                    f"written by dataprep, or at an empty/new directory to generate some")
+        from fastforec.data.testing import make_bench_dataset
+
+        console.print(f"[yellow]no shards in '{root}': generating {BENCH_SAMPLES} VOC-sized (500x375) JPEGs")
+        make_bench_dataset(root, num_samples=BENCH_SAMPLES)
+    return Manifest.load(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# contenders: each is a zero-argument "give me the next batch" callable
+
+
+def _dali(manifest: Any, data: Any) -> Callable[[], Any]:
+    from fastforec.data.loader import TrainData
+
+    train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device="cpu",
+                      labeled=False)
+    position = {"epoch": 0, "step": 0}
+
+    def next_batch() -> Any:
+        if position["step"] == train.steps_per_epoch:
+            position["epoch"], position["step"] = position["epoch"] + 1, 0
+        position["step"] += 1
+        return train.next_batch(position["epoch"])[1]
+
+    return next_batch
+
+
+def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
+    from fastforec.data.reference import reference_loader
+
+    batches: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=threads))
+    return lambda: next(batches)
+
+
+def _decode_only(manifest: Any, data: Any) -> Callable[[], Any]:
+    from fastforec.data.pipelines import build_decode_pipeline
+    from fastforec.data.shards import SplitReader
+
+    reader = SplitReader(manifest, "unlabeled", with_labels=False)
+    order: deque[int] = deque()
+
+    def source() -> list[np.ndarray]:
+        if len(order) < data.batch_size:
+            order.extend(range(len(reader)))
+        return [reader.image_bytes(order.popleft()) for _ in range(data.batch_size)]
+
+    pipe = build_decode_pipeline(source=source, device="cpu", batch_size=data.batch_size,
+                                 num_threads=data.num_threads, prefetch=2)
+    return lambda: pipe.run()
+
+
+def _time(next_batch: Callable[[], Any], batches: int) -> float:
+    for _ in range(DRAIN):
+        next_batch()
+    start = time.perf_counter()
+    for _ in range(batches):
+        next_batch()
+    return time.perf_counter() - start
+
+
+def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[float]]:
+    for name, next_batch in contenders.items():
+        for _ in range(WARMUP_BATCHES):
+            next_batch()
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    task = progress.add_task("timing", total=ROUNDS * len(contenders))
+    for _ in range(ROUNDS):
+        for name, next_batch in contenders.items():
+            progress.update(task, description=f"timing {name}")
+            rates[name].append(s.batches * s.batch_size / _time(next_batch, s.batches))
+            progress.advance(task)
+    return rates
+
+
+def _report(rates: dict[str, list[float]], s: Settings, num_samples: int) -> dict[str, Any]:
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "dali_samples_per_s": med["dali"], "baseline_samples_per_s": med["baseline"],
+        "ratio": med["dali"] / med["baseline"], "decode_only_samples_per_s": med["decode_only"],
+        "dali_fraction_of_decode_only": med["dali"] / med["decode_only"],
+        "crop": s.crop, "threads": s.threads, "batch_size": s.batch_size, "batches_per_round": s.batches,
+        "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples, "per_round": rates,
+        "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "device": "cpu",
+    }
+
+
+def _print(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"data pipeline, unlabeled recipe, crop {result['crop']}, batch {result['batch_size']}, "
+                        f"{result['threads']} threads/workers (median of {result['rounds']} rounds)")
+    table.add_column("contender")
+    table.add_column("samples/s", justify="right")
+    table.add_column("vs baseline", justify="right")
+    base = result["baseline_samples_per_s"]
+    for label, key in (("DALI (fastforec)", "dali_samples_per_s"),
+                       ("PIL + torchvision DataLoader", "baseline_samples_per_s"),
+                       ("DALI decode only (ceiling)", "decode_only_samples_per_s")):
+        table.add_row(label, f"{result[key]:.1f}", f"{result[key] / base:.2f}x")
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fastforec.atomic import atomic_write_json
+    from fastforec.config import ConfigError
+    from fastforec.data.manifest import ManifestError
+
+    console = Console(stderr=True)
+    try:
+        settings, data = _settings(args)
+        manifest = _manifest(settings.root, console)
+        num_samples = manifest.split("unlabeled").num_samples
+        if num_samples < settings.batch_size:
+            raise ManifestError(f"'{settings.root}' has {num_samples} unlabeled samples, fewer than one batch")
+        contenders = {"dali": _dali(manifest, data), "baseline": _baseline(manifest, data, settings.threads),
+                      "decode_only": _decode_only(manifest, data)}
+        with Progress(console=console, transient=True) as progress:
+            result = _report(_measure(contenders, settings, progress), settings, num_samples)
+    except (ConfigError, ManifestError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print(result, Console())
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+    return 0
