@@ -107,15 +107,21 @@ class _HashingFile:
     """A write-only file object that hashes what passes through (no second read of the shard)."""
 
     def __init__(self, f: BinaryIO):
-        self._f = f
+        self._f: BinaryIO | None = f
         self.sha256 = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
+        if self._f is None:  # discarded: the tar may still flush its trailer, into nowhere
+            return len(data)
         self.sha256.update(data)
         return self._f.write(data)
 
+    def detach(self) -> None:
+        self._f = None
+
     def flush(self) -> None:
-        self._f.flush()
+        if self._f is not None:
+            self._f.flush()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -158,6 +164,8 @@ class _OpenShard:
         return self._hashing.sha256.hexdigest()
 
     def discard(self) -> None:
+        self._hashing.detach()
+        self._tar.close()
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 

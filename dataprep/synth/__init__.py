@@ -24,9 +24,12 @@ def default_voc_ids(num_train: int, num_val: int) -> tuple[list[str], list[str]]
 
 
 def synthesize(layout: str, out: Path, *, train_ids: list[str], val_ids: list[str], size: tuple[int, int],
-               seed: int, workers: int = 1, jpeg_quality: int = DEFAULT_JPEG_QUALITY, quiet: bool = True) -> Path:
+               seed: int, workers: int = 1, jpeg_quality: int = DEFAULT_JPEG_QUALITY, quiet: bool = True,
+               classic_ids: list[str] | None = None) -> Path:
     """Write the samples named by ``train_ids``/``val_ids`` (VOC ids, or Cityscapes
-    ``<city>_<seq>_<frame>`` keys) under ``out``; returns ``out``, the ``--root`` to convert."""
+    ``<city>_<seq>_<frame>`` keys) under ``out``; returns ``out``, the ``--root`` to convert.
+    VOC: ``classic_ids`` (default every second training id) form train.txt and get
+    SegmentationClass masks, like the 1464 classic ids of real VOC."""
     if layout not in LAYOUTS:
         raise DataprepError(f"--layout must be one of {LAYOUTS}, got '{layout}'")
     if min(size) < MIN_SIDE:
@@ -38,7 +41,7 @@ def synthesize(layout: str, out: Path, *, train_ids: list[str], val_ids: list[st
     out.mkdir(parents=True, exist_ok=True)
     if layout == "voc":
         return write_voc_tree(out, train_ids=train_ids, val_ids=val_ids, size=size, seed=seed,
-                              jpeg_quality=jpeg_quality, workers=workers, quiet=quiet)
+                              jpeg_quality=jpeg_quality, workers=workers, quiet=quiet, classic_ids=classic_ids)
     return write_cityscapes_tree(out, train_keys=train_ids, val_keys=val_ids, size=size, seed=seed,
                                  workers=workers, quiet=quiet)
 

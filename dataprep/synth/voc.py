@@ -23,7 +23,7 @@ BIRD, CAR, CAT, PERSON, PLANT = (VOC_CLASS_NAMES.index(n) for n in ("bird", "car
 SYNTH_CLASSES = (BIRD, CAR, CAT, PERSON, PLANT)
 # VOC's void band is ~5 px wide on ~375x500 images.
 BAND_HALF_WIDTH_FRACTION = 0.006
-OBJECT_COUNT_PROBS = {1: 0.35, 2: 0.35, 3: 0.2, 4: 0.1}
+OBJECT_COUNT_PROBS = {1: 0.25, 2: 0.35, 3: 0.25, 4: 0.15}
 MAX_DISTRACTORS = 3
 # Share of objects drawn regardless of the scene: context is a strong hint, not a rule.
 OFF_CONTEXT_PROB = 0.2
@@ -174,11 +174,11 @@ class ObjectDesign:
 
 
 DESIGNS = {
-    CAR: ObjectDesign(CAR, car_parts, paint_car, (0.45, 0.95), 0.12, True, 0.63),
-    PERSON: ObjectDesign(PERSON, person_parts, paint_person, (0.45, 0.95), 0.15, True, 1.0),
-    BIRD: ObjectDesign(BIRD, bird_parts, paint_bird, (0.3, 0.6), 0.8, False, 0.3),
-    CAT: ObjectDesign(CAT, cat_parts, paint_cat, (0.4, 0.8), 0.25, True, 0.62),
-    PLANT: ObjectDesign(PLANT, plant_parts, paint_plant, (0.4, 0.8), 0.1, True, 1.0),
+    CAR: ObjectDesign(CAR, car_parts, paint_car, (0.55, 1.1), 0.12, True, 0.63),
+    PERSON: ObjectDesign(PERSON, person_parts, paint_person, (0.55, 1.0), 0.15, True, 1.0),
+    BIRD: ObjectDesign(BIRD, bird_parts, paint_bird, (0.4, 0.8), 0.8, False, 0.3),
+    CAT: ObjectDesign(CAT, cat_parts, paint_cat, (0.5, 1.0), 0.25, True, 0.62),
+    PLANT: ObjectDesign(PLANT, plant_parts, paint_plant, (0.5, 0.9), 0.1, True, 1.0),
 }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..errors import DataprepError
 from ..labels import bit_palette
 from ..splitfiles import write_split_list
 from .common import encode_jpeg, encode_png, sample_rng, write_file
@@ -38,13 +39,15 @@ def _write_sample(task: VocTask, *, out: Path, size: tuple[int, int], seed: int,
 
 
 def write_voc_tree(out: Path, *, train_ids: list[str], val_ids: list[str], size: tuple[int, int], seed: int,
-                   jpeg_quality: int, workers: int, quiet: bool) -> Path:
+                   jpeg_quality: int, workers: int, quiet: bool, classic_ids: list[str] | None = None) -> Path:
     """JPEGImages/*.jpg, SegmentationClass/*.png (train.txt + val), SegmentationClassAug/*.png
     (all), ImageSets/Segmentation/{train,val,trainaug}.txt."""
     for d in (IMAGE_DIR, CLASSIC_DIR, AUG_DIR, SETS_DIR):
         (out / d).mkdir(parents=True, exist_ok=True)
     trainaug = sorted(train_ids)
-    classic = trainaug[::CLASSIC_EVERY]
+    classic = trainaug[::CLASSIC_EVERY] if classic_ids is None else sorted(classic_ids)
+    if not set(classic) <= set(trainaug):
+        raise DataprepError(f"classic ids must be training ids: {sorted(set(classic) - set(trainaug))[:5]}")
     classic_set = set(classic) | set(val_ids)
     tasks = [VocTask(i, i in classic_set) for i in trainaug + sorted(val_ids)]
     run_tasks(partial(_write_sample, out=out, size=size, seed=seed, jpeg_quality=jpeg_quality), tasks,
