@@ -100,8 +100,8 @@ def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
 
 
 def _geometry_feeds(g: plan.Geometry) -> list[list[np.ndarray]]:
-    return [list(g.roi_start), list(g.roi_end), list(g.valid.astype(np.float32)),
-            _scalar_list(g.flip, np.int32)]
+    return [list(g.decode_start), list(g.decode_shape), list(g.roi_start), list(g.roi_end),
+            list(g.valid.astype(np.float32)), _scalar_list(g.flip, np.int32)]
 
 
 class TrainData:

@@ -84,12 +84,15 @@ def stream_batch(*, num_samples: int, seed: int, stream: int, position: int, bat
 @dataclass(frozen=True)
 class Geometry:
     """Scale / crop / flip of a batch. The crop is taken from the image scaled by ``scale``,
-    padded on the bottom/right to at least crop x crop, and then flipped as a whole; only the
-    part of the source inside the crop window is ever resized (``roi_*`` in source pixels, to
-    an output of ``valid`` pixels)."""
+    padded on the bottom/right to at least crop x crop, and then flipped as a whole. Only the
+    source region under the crop window is decoded (``decode_*``, with a margin for the
+    interpolation filter) and resized (``roi_*``, relative to the decoded region, to an output
+    of ``valid`` pixels)."""
 
     scale: np.ndarray  # (B,) drawn scale factor
-    roi_start: np.ndarray  # (B, 2) float32 (y, x) in source pixel coordinates
+    decode_start: np.ndarray  # (B, 2) int32 (y, x) in source pixels
+    decode_shape: np.ndarray  # (B, 2) int32 (h, w)
+    roi_start: np.ndarray  # (B, 2) float32 (y, x) relative to decode_start
     roi_end: np.ndarray  # (B, 2) float32
     valid: np.ndarray  # (B, 2) int64 (rows, cols) of image inside the crop, before flipping
     flip: np.ndarray  # (B,) bool
@@ -107,8 +110,16 @@ def draw_geometry(rng: np.random.Generator, *, sizes: np.ndarray, crop: int, aug
     # full resize to `scaled` followed by the crop would have produced.
     factor = scaled / sizes
     flip = rng.random(n) < aug.flip_prob
-    return Geometry(scale=scale.astype(np.float32), roi_start=(start / factor).astype(np.float32),
-                    roi_end=((start + valid) / factor).astype(np.float32), valid=valid, flip=flip)
+    roi_start, roi_end = start / factor, (start + valid) / factor
+    # The linear filter reads up to 1/factor source pixels beyond the ROI when downscaling
+    # (antialiasing) and one pixel when upscaling; decoding that margin keeps the result equal
+    # to resizing the whole image.
+    margin = np.ceil(1.0 / np.minimum(factor, 1.0)).astype(np.int64) + 1
+    lo = np.maximum(np.floor(roi_start).astype(np.int64) - margin, 0)
+    hi = np.minimum(np.ceil(roi_end).astype(np.int64) + margin, sizes)
+    return Geometry(scale=scale.astype(np.float32), decode_start=lo.astype(np.int32),
+                    decode_shape=(hi - lo).astype(np.int32), roi_start=(roi_start - lo).astype(np.float32),
+                    roi_end=(roi_end - lo).astype(np.float32), valid=valid, flip=flip)
 
 
 @dataclass(frozen=True)
