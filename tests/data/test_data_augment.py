@@ -191,3 +191,12 @@ def test_label_image_alignment(class_colour_data):
                 assert not wrong.any(), f"{int(wrong.sum())} misaligned pixels away from boundaries"
                 checked += int(valid.sum())
     assert checked > 10000
+
+
+def test_reference_labeled_contract(coordinate_data):
+    cfg = DataConfig(crop_size=STATS_CROP, batch_size=8, aug=AugConfig())
+    batch = next(iter(reference_loader(coordinate_data, cfg, split="labeled", num_workers=2, passes=1)))
+    assert batch["image"].shape == (8, 3, STATS_CROP, STATS_CROP) and str(batch["image"].dtype) == "torch.float32"
+    assert batch["label"].shape == (8, STATS_CROP, STATS_CROP) and str(batch["label"].dtype) == "torch.int64"
+    for image, label in zip(batch["image"].numpy(), batch["label"].numpy()):
+        np.testing.assert_array_equal(label == 255, A.padding(image))

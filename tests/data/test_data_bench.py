@@ -1,0 +1,39 @@
+"""`fastforec bench --what data` end to end on a tiny shard set (numbers are not asserted:
+performance is measured by running the benchmark, not in tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fastforec.cli import main
+
+
+def _args(tmp_path, data, **kw) -> list[str]:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"batch_size": 4, "num_threads": 1}}))
+    argv = ["bench", "--what", "data", "--config", str(config), "--data", str(data), "--crop", "32",
+            "--threads", "2", "--batches", "2"]
+    for k, v in kw.items():
+        argv += [f"--{k}", str(v)]
+    return argv
+
+
+def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
+    out = tmp_path / "bench.json"
+    assert main(_args(tmp_path, identity_data.root, json=out)) == 0
+    result = json.loads(out.read_text())
+    for key in ("dali_samples_per_s", "baseline_samples_per_s", "ratio", "decode_only_samples_per_s"):
+        assert result[key] > 0, key
+    assert abs(result["ratio"] - result["dali_samples_per_s"] / result["baseline_samples_per_s"]) < 1e-9
+    assert result["crop"] == 32 and result["threads"] == 2 and result["batch_size"] == 4
+    assert all(len(v) == result["rounds"] for v in result["per_round"].values())
+    assert "PIL + torchvision" in capsys.readouterr().out
+
+
+def test_bench_data_refuses_a_directory_that_is_not_shards(tmp_path, capsys):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    assert main(_args(tmp_path, junk)) == 2
+    assert "no manifest.json" in capsys.readouterr().err
