@@ -162,13 +162,14 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
         reused = sum(len(p) for p in prefixes.values())
         if reused:
             console.print(f"resuming: {reused} complete shard(s) kept, {len(tasks)} sample(s) to convert")
+        results = _results(tasks, options.workers)
         try:
             with progress_bar(console) as progress:
                 bar = progress.add_task(f"converting {plan.meta.dataset}", total=len(tasks))
-                _drain(_results(tasks, options.workers), writers, skip_bad=options.skip_bad,
-                       advance=lambda: progress.advance(bar))
+                _drain(results, writers, skip_bad=options.skip_bad, advance=lambda: progress.advance(bar))
             records = {split: prefixes[split] + writer.close() for split, writer in writers.items()}
         finally:
+            results.close()  # stops the worker pool now, not whenever the generator is collected
             for writer in writers.values():
                 writer.abort()
         for split, writer in writers.items():

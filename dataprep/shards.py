@@ -22,9 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from webdataset import TarWriter
-from wds2idx import IndexCreator  # ships with the nvidia-dali wheel
-
 from fastforec.atomic import atomic_path, atomic_write_json
 from fastforec.data.manifest import LABEL_EXT
 
@@ -140,6 +137,10 @@ class _OpenShard:
         self.start = start
         self.final = out / f"{stem}.tar"
         self.tmp = out / f".{stem}.tar.tmp-{os.getpid()}"
+        # Imported here: webdataset imports torch, which `dataprep --help`, the planners and the
+        # encoding workers do not need.
+        from webdataset import TarWriter
+
         self._file = open(self.tmp, "wb")
         self._hashing = _HashingFile(self._file)
         self._tar = TarWriter(self._hashing, encoder=False, mtime=TAR_MTIME)
@@ -172,6 +173,8 @@ class _OpenShard:
 
 def write_index(tar: Path, idx: Path) -> None:
     """DALI's own indexer (``wds2idx``), into a temporary file renamed when complete."""
+    from wds2idx import IndexCreator  # ships with the nvidia-dali wheel
+
     with atomic_path(idx) as tmp:
         with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
             creator.create_index()
