@@ -1,0 +1,59 @@
+"""Inputs and tolerances shared by the kernel tests (small shapes: the interpreter is slow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("triton", "torch")
+DTYPES = (torch.float32, torch.bfloat16)
+LOGIT_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """(B, C, H, W) plus layout. H*W is never a multiple of the Triton pixel block."""
+
+    batch: int
+    classes: int
+    height: int
+    width: int
+    channels_last: bool
+
+    def __str__(self) -> str:
+        layout = "nhwc" if self.channels_last else "nchw"
+        return f"B{self.batch}C{self.classes}_{self.height}x{self.width}_{layout}"
+
+
+# C = 19 (Cityscapes), 21 (VOC), 5 and 33 (not powers of two, 33 just above one); batch 1 and 3.
+SHAPES = (
+    Shape(1, 19, 13, 17, False),
+    Shape(3, 21, 9, 31, True),
+    Shape(3, 5, 11, 7, False),
+    Shape(1, 33, 6, 23, True),
+)
+
+
+def layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
+
+
+def logits(shape: Shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((shape.batch, shape.classes, shape.height, shape.width), generator=gen) * LOGIT_SCALE
+    return layout(x.to(dtype), shape.channels_last)
+
+
+def pixel_rand(shape: Shape, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((shape.batch, shape.height, shape.width), generator=gen)
+
+
+def grad_tol(dtype: torch.dtype) -> dict[str, float]:
+    # Both sides compute in fp32; a bf16 gradient then differs by its rounding (and the
+    # rounding of the grad_output scaling), i.e. about 2 ulp of bf16.
+    return {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-5}
+
+
+LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
