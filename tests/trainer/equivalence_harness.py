@@ -71,14 +71,12 @@ def main() -> int:
                 trainer._average_bn_statistics()
                 trainer.teacher.update(trainer.student, trainer.state.step)
                 trainer.state.step += 1
-            losses[f"{step}.{part}"] = {k: float(v) for k, v in terms.items()}
+            losses[f"{step}.{part}"] = {k: float(v.detach()) for k, v in terms.items()}
     gathered = [None] * info.world_size
     dist.all_gather_object(gathered, {"losses": losses, "teacher": digest(trainer.teacher.module.state_dict()),
                                       "student": digest(trainer.student.state_dict())})
     if info.is_main:
         merged = {k: v for g in gathered for k, v in g["losses"].items()}
-        torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.module.state_dict()},
-                   out.with_suffix(".pt"))
         out.write_text(json.dumps({"losses": merged, "teacher_digests": [g["teacher"] for g in gathered],
                                    "student_digests": [g["student"] for g in gathered]}))
     return 0

@@ -48,7 +48,7 @@ def _student(tr: Trainer, x: torch.Tensor) -> dict:
 
 def _losses(tr: Trainer, labeled: dict, unlabeled: dict | None) -> dict:
     torch.manual_seed(SEED)
-    return {k: float(v) for k, v in tr.compute_losses(labeled, unlabeled, epoch=0).items()}
+    return {k: float(v.detach()) for k, v in tr.compute_losses(labeled, unlabeled, epoch=0).items()}
 
 
 def _mse(rec, target, mask):
@@ -64,13 +64,16 @@ def _bce(logit, target, mask):
 def test_auxiliary_targets(shards: Path, tmp_path: Path, world, method: str) -> None:
     tr = _trainer(shards, tmp_path, world, method)
     labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
-    got = _losses(tr, labeled, unlabeled)
     strong, pl, conf, valid = _mixed_inputs(tr, labeled, unlabeled)
+    # thresholds inside the teacher's confidence range, so both sides of each threshold occur
+    m = tr.cfg.method
+    m.conf_thresh, m.rec_conf_thresh = float(conf.quantile(0.5)), float(conf.quantile(0.3))
+    got = _losses(tr, labeled, unlabeled)
     x, y = labeled["image"], labeled["label"]
-    pred = _student(tr, torch.cat([x, strong]))
+    with torch.no_grad():
+        pred = _student(tr, torch.cat([x, strong]))
     fg_ids = torch.tensor(tr.fg_classes)
     known = y != 255
-    m = tr.cfg.method
     if method == "rec":
         want = (m.rec_weight_labeled * _mse(pred["rec"][:2], x, known)
                 + m.rec_weight_unlabeled * _mse(pred["rec"][2:], strong, valid))
