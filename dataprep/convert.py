@@ -186,6 +186,6 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
     seconds = time.perf_counter() - t0
     rate = len(tasks) / seconds if seconds > 0 else 0.0
     console.print(f"{len(tasks)} image(s) converted in {seconds:.1f} s ({rate:,.1f} images/s); "
-                  f"{reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}")
+                  f"{reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}", soft_wrap=True)
     return ConversionResult(manifest=manifest, encoded=len(tasks), reused_shards=reused, rejected=rejected,
                             seconds=seconds)
