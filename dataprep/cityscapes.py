@@ -83,8 +83,10 @@ def cityscapes_plan(*, root: Path, split_dir: Path, image_format: str, skip_bad:
                     jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> ConversionPlan:
     """Labeled/unlabeled from ``split_dir`` (U2PL lists of leftImg8bit paths); val from
     ``split_dir/val.txt`` if present, else every image under ``leftImg8bit/val``."""
-    require_dir(root, "--root", hint="pass the directory holding leftImg8bit/ and gtFine/")
-    require_dir(split_dir, "--split-dir", hint="pass a directory holding labeled.txt and unlabeled.txt")
+    # Absolute paths: a re-run from another working directory must recognise its own shards.
+    root = require_dir(root, "--root", hint="pass the directory holding leftImg8bit/ and gtFine/").resolve()
+    split_dir = require_dir(split_dir, "--split-dir", hint="pass a directory holding labeled.txt and "
+                                                           "unlabeled.txt").resolve()
     require_dir(root / IMAGE_ROOT, "image directory")
     require_dir(root / LABEL_ROOT, "label directory")
     problems: list[Rejection] = []

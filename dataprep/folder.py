@@ -114,13 +114,15 @@ def _random_partition(split: FolderSplit, *, images: dict[str, Path], masks: dic
 
 def folder_plan(*, images_dir: Path, masks_dir: Path, unlabeled_dir: Path | None, classes: FolderClasses,
                 split: FolderSplit, name: str, skip_bad: bool) -> ConversionPlan:
-    require_dir(images_dir, "--images")
-    require_dir(masks_dir, "--masks")
+    # Absolute paths: a re-run from another working directory must recognise its own shards.
+    images_dir = require_dir(images_dir, "--images").resolve()
+    masks_dir = require_dir(masks_dir, "--masks").resolve()
     problems: list[Rejection] = []
     images = _index(images_dir, FOLDER_IMAGE_SUFFIXES, problems)
     masks = _index(masks_dir, (MASK_SUFFIX,), problems)
-    extra = _index(require_dir(unlabeled_dir, "--unlabeled"), FOLDER_IMAGE_SUFFIXES, problems) \
-        if unlabeled_dir is not None else {}
+    if unlabeled_dir is not None:
+        unlabeled_dir = require_dir(unlabeled_dir, "--unlabeled").resolve()
+    extra = _index(unlabeled_dir, FOLDER_IMAGE_SUFFIXES, problems) if unlabeled_dir is not None else {}
     source: dict = {"subcommand": "folder", "images": str(images_dir.resolve()), "masks": str(masks_dir.resolve()),
                     "unlabeled": str(unlabeled_dir.resolve()) if unlabeled_dir else None}
     if split.split_dir is not None:

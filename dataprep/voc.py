@@ -32,8 +32,10 @@ def voc_plan(*, root: Path, split_dir: Path, blender: bool, skip_bad: bool) -> C
     """Labeled/unlabeled from ``split_dir`` (U2PL or UniMatch lists); labels from
     SegmentationClass (classic) or SegmentationClassAug (blender); val from ``split_dir/val.txt``
     if present, else the official ``ImageSets/Segmentation/val.txt`` with SegmentationClass labels."""
-    require_dir(root, "--root", hint="pass the VOC2012 directory (the one holding JPEGImages/)")
-    require_dir(split_dir, "--split-dir", hint="pass a directory holding labeled.txt and unlabeled.txt")
+    # Absolute paths: a re-run from another working directory must recognise its own shards.
+    root = require_dir(root, "--root", hint="pass the VOC2012 directory (the one holding JPEGImages/)").resolve()
+    split_dir = require_dir(split_dir, "--split-dir", hint="pass a directory holding labeled.txt and "
+                                                           "unlabeled.txt").resolve()
     image_dir = require_dir(root / IMAGE_DIR, "image directory")
     train_label_dir = require_dir(root / (BLENDER_LABEL_DIR if blender else CLASSIC_LABEL_DIR), "label directory",
                                   hint="SegmentationClassAug comes from the SBD-augmented set (see docs/data.md)"

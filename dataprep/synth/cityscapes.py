@@ -201,62 +201,93 @@ def _paint_background(rng: Rng, s: _Scene, image: np.ndarray, label: np.ndarray)
         _paint_region(image, label, rail, ID["guard rail"], rng)
 
 
-def _objects(rng: Rng, s: _Scene) -> list[PlacedObject]:
-    """Things on the street, nearest last (painted over the farther ones)."""
-    objects: list[tuple[float, PlacedObject]] = []  # (ground y, object): larger y is nearer
-    short = min(s.h, s.w)
+Depth = tuple[float, PlacedObject]  # (ground line y, object): a larger y is nearer the camera
+RIDER_PROB = 0.3
+BICYCLE_PROB = 0.7  # of riders; the others ride motorcycles
+POLEGROUP_PROB = 0.1
+SIGN_PROB = 0.5  # of poles; the others carry a traffic light
+STATIC_PROB = 0.6  # of clutter; the rest is "dynamic"
+
+
+def _ground_y(s: _Scene, t: float) -> float:
+    return s.hy + t * (s.h - s.hy)
+
+
+def _vehicles(rng: Rng, s: _Scene) -> list[Depth]:
+    out = []
     for _ in range(int(rng.integers(1, MAX_VEHICLES + 1))):
-        kind = rng.choice(["car", "car", "car", "truck", "bus"])
+        kind = str(rng.choice(["car", "car", "car", "truck", "bus"]))
         t = rng.uniform(0.1, 1.0)
-        scale = (0.03 + 0.22 * t) * short * (1.3 if kind != "car" else 1.0)
-        y = s.hy + t * (s.h - s.hy)
+        scale = (0.03 + 0.22 * t) * min(s.h, s.w) * (1.3 if kind != "car" else 1.0)
+        y = _ground_y(s, t)
         parts, painter = _vehicle(rng, kind)
-        objects.append((y, PlacedObject(ID[kind], parts, Placement(s.road_x(rng, t, lane=rng.uniform(-0.9, 0.9)),
-                                                                   y - scale, scale, 0.0, False), painter)))
+        x = s.road_x(rng, t, lane=rng.uniform(-0.9, 0.9))
+        out.append((y, PlacedObject(ID[kind], parts, Placement(x, y - scale, scale, 0.0, False), painter)))
+    return out
+
+
+def _people(rng: Rng, s: _Scene) -> list[Depth]:
+    out: list[Depth] = []
     for _ in range(int(rng.integers(0, MAX_PEOPLE + 1))):
         t = rng.uniform(0.1, 1.0)
-        scale = (0.04 + 0.35 * t) * short
-        y = s.hy + t * (s.h - s.hy)
+        scale = (0.04 + 0.35 * t) * min(s.h, s.w)
+        y = _ground_y(s, t)
         parts, painter = _person(rng)
-        if rng.uniform() < 0.3:  # a rider on a bicycle or motorcycle, on the road edge
-            x = s.road_x(rng, t, lane=rng.choice([-0.85, 0.85]))
-            bike = "bicycle" if rng.uniform() < 0.7 else "motorcycle"
-            objects.append((y, PlacedObject(ID["rider"], parts, Placement(x, y - 1.6 * scale, scale, 0.0, False),
-                                            painter)))
-            objects.append((y + 0.5, PlacedObject(ID[bike], _bicycle_parts(), Placement(x, y - scale, scale, 0.0, False),
-                                                  _solid(hsv(rng.uniform(), 0.6, 0.3)))))
+        if rng.uniform() < RIDER_PROB:  # on a bicycle or motorcycle, at the road edge
+            x = s.road_x(rng, t, lane=float(rng.choice([-0.85, 0.85])))
+            bike = "bicycle" if rng.uniform() < BICYCLE_PROB else "motorcycle"
+            out.append((y, PlacedObject(ID["rider"], parts, Placement(x, y - 1.6 * scale, scale, 0.0, False),
+                                        painter)))
+            out.append((y + 0.5, PlacedObject(ID[bike], _bicycle_parts(), Placement(x, y - scale, scale, 0.0, False),
+                                              _solid(hsv(rng.uniform(), 0.6, 0.3)))))
         else:
-            objects.append((y, PlacedObject(ID["person"], parts, Placement(s.sidewalk_x(rng, t), y - scale, scale,
-                                                                           0.0, bool(rng.integers(2))), painter)))
+            placement = Placement(s.sidewalk_x(rng, t), y - scale, scale, 0.0, bool(rng.integers(2)))
+            out.append((y, PlacedObject(ID["person"], parts, placement, painter)))
+    return out
+
+
+def _poles(rng: Rng, s: _Scene) -> list[Depth]:
+    """Poles on the sidewalk, each topped by a traffic sign or a traffic light."""
+    out: list[Depth] = []
     for _ in range(int(rng.integers(0, MAX_POLES + 1))):
         t = rng.uniform(0.15, 1.0)
-        y = s.hy + t * (s.h - s.hy)
-        x = s.sidewalk_x(rng, t)
+        y, x = _ground_y(s, t), s.sidewalk_x(rng, t)
         height = (0.15 + 0.6 * t) * s.h
         width = max(1.0, 0.008 * s.w * (0.3 + t))
-        pole_id = ID["polegroup"] if rng.uniform() < 0.1 else ID["pole"]
-        objects.append((y, PlacedObject(pole_id, [Part(rect(-width, -height, width, 0.0), 0)],
-                                        Placement(x, y, 1.0, 0.0, False), _solid(hsv(0.0, 0.0, 0.55)))))
+        pole_id = ID["polegroup"] if rng.uniform() < POLEGROUP_PROB else ID["pole"]
+        out.append((y, PlacedObject(pole_id, [Part(rect(-width, -height, width, 0.0), 0)],
+                                    Placement(x, y, 1.0, 0.0, False), _solid(hsv(0.0, 0.0, 0.55)))))
         head = max(2.0, 0.05 * height)
-        if rng.uniform() < 0.5:
+        top = Placement(x, y - height, 1.0, 0.0, False)
+        if rng.uniform() < SIGN_PROB:
             sign = ellipse(0, 0, head, head) if rng.uniform() < 0.5 else rect(-head, -head, head, head)
-            objects.append((y, PlacedObject(ID["traffic sign"], [Part(sign, 0)],
-                                            Placement(x, y - height, 1.0, 0.0, False),
-                                            _solid(hsv(rng.choice([0.0, 0.6, 0.15]), 0.8, 0.85)))))
+            out.append((y, PlacedObject(ID["traffic sign"], [Part(sign, 0)], top,
+                                        _solid(hsv(float(rng.choice([0.0, 0.6, 0.15])), 0.8, 0.85)))))
         else:
             box = rect(-0.5 * head, -1.5 * head, 0.5 * head, 1.5 * head)
-            objects.append((y, PlacedObject(ID["traffic light"], [Part(box, 0)],
-                                            Placement(x, y - height, 1.0, 0.0, False), _solid(hsv(0.1, 0.3, 0.15)))))
-    for _ in range(int(rng.integers(0, MAX_CLUTTER + 1))):  # bins, boxes: void classes
+            out.append((y, PlacedObject(ID["traffic light"], [Part(box, 0)], top, _solid(hsv(0.1, 0.3, 0.15)))))
+    return out
+
+
+def _clutter(rng: Rng, s: _Scene) -> list[Depth]:
+    """Bins and boxes on the sidewalk: void classes (static, dynamic) that map to 255."""
+    out = []
+    for _ in range(int(rng.integers(0, MAX_CLUTTER + 1))):
         t = rng.uniform(0.2, 1.0)
-        y = s.hy + t * (s.h - s.hy)
-        size = (0.01 + 0.06 * t) * short
-        clutter_id = ID["static"] if rng.uniform() < 0.6 else ID["dynamic"]
-        objects.append((y, PlacedObject(clutter_id, [Part(rect(-1, -2, 1, 0), 0)],
-                                        Placement(s.sidewalk_x(rng, t), y, size, 0.0, False),
-                                        _solid(hsv(rng.uniform(), 0.4, 0.4), 0.3))))
+        y = _ground_y(s, t)
+        size = (0.01 + 0.06 * t) * min(s.h, s.w)
+        clutter_id = ID["static"] if rng.uniform() < STATIC_PROB else ID["dynamic"]
+        out.append((y, PlacedObject(clutter_id, [Part(rect(-1, -2, 1, 0), 0)],
+                                    Placement(s.sidewalk_x(rng, t), y, size, 0.0, False),
+                                    _solid(hsv(rng.uniform(), 0.4, 0.4), 0.3))))
+    return out
+
+
+def _objects(rng: Rng, s: _Scene) -> list[PlacedObject]:
+    """Things on the street, nearest last (painted over the farther ones)."""
+    placed = _vehicles(rng, s) + _people(rng, s) + _poles(rng, s) + _clutter(rng, s)
     # stable sort on the ground line only: equal depths keep their (seeded) creation order
-    return [obj for _, obj in sorted(objects, key=lambda pair: pair[0])]
+    return [obj for _, obj in sorted(placed, key=lambda pair: pair[0])]
 
 
 def _paint_frame(rng: Rng, s: _Scene, image: np.ndarray, label: np.ndarray) -> None:
