@@ -110,8 +110,10 @@ class ModelConfig:
     output_stride: int = 16
     pretrained: str | None = None  # local torchvision-format ResNet state dict
     sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
+    decoder_channels: int = 256  # ASPP/fuse width of both decoders (the paper's 256; less for CPU demos)
 
     def validate(self, prefix: str = "model") -> None:
+        _check(self.decoder_channels >= 8, f"{prefix}.decoder_channels", "must be >= 8")
         _check(self.output_stride in (8, 16), f"{prefix}.output_stride",
                f"must be 8 or 16, got {self.output_stride}")
 

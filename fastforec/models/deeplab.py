@@ -61,13 +61,14 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """DeepLabV3+ decoder: ``features(c1, c4)`` is the map entering the last 1x1 conv."""
 
-    def __init__(self, *, low_channels: int, high_channels: int, out_channels: int, dilations: tuple[int, int, int]):
+    def __init__(self, *, low_channels: int, high_channels: int, out_channels: int, dilations: tuple[int, int, int],
+                 channels: int = ASPP_CHANNELS):
         super().__init__()
-        self.aspp = ASPP(high_channels, ASPP_CHANNELS, dilations)
+        self.aspp = ASPP(high_channels, channels, dilations)
         self.reduce = _conv_bn_relu(low_channels, LOW_LEVEL_CHANNELS, 1)
-        self.fuse = nn.Sequential(_conv_bn_relu(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, ASPP_CHANNELS, 3),
-                                  _conv_bn_relu(ASPP_CHANNELS, ASPP_CHANNELS, 3))
-        self.classifier = nn.Conv2d(ASPP_CHANNELS, out_channels, 1)
+        self.fuse = nn.Sequential(_conv_bn_relu(channels + LOW_LEVEL_CHANNELS, channels, 3),
+                                  _conv_bn_relu(channels, channels, 3))
+        self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         high = F.interpolate(self.aspp(c4), size=c1.shape[-2:], mode="bilinear", align_corners=False)
@@ -80,7 +81,7 @@ class Decoder(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """``forward(x)`` with x RGB in [0, 1] returns a dict of maps at the input resolution:
     ``seg`` (B, num_classes), and ``rec`` (B, 3) or ``fgbg`` (B, 1) when an auxiliary head exists;
-    ``latent`` (B, 256, H/4, W/4) as well with ``return_latent=True``."""
+    ``latent`` (B, decoder_channels, H/4, W/4) as well with ``return_latent=True``."""
 
     def __init__(self, *, backbone: ResNetBackbone, seg_head: Decoder, aux_head: Decoder | None,
                  aux_kind: str | None):
@@ -122,10 +123,11 @@ def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: int = 16,
                   reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
-                  pretrained: str | Path | None = None) -> DeepLabV3Plus:
+                  pretrained: str | Path | None = None, decoder_channels: int = ASPP_CHANNELS) -> DeepLabV3Plus:
     """Build DeepLabV3+ (optionally with the reconstruction or fg/bg decoder).
 
     ``pretrained``: a local torchvision-format ResNet state dict for the backbone.
+    ``decoder_channels``: ASPP / fuse width (256 in the paper; smaller for CPU-sized runs).
     """
     if output_stride not in DILATIONS:
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
@@ -139,7 +141,7 @@ def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: in
 
     def head(out_channels: int) -> Decoder:
         return Decoder(low_channels=encoder.low_channels, high_channels=encoder.high_channels,
-                       out_channels=out_channels, dilations=DILATIONS[output_stride])
+                       out_channels=out_channels, dilations=DILATIONS[output_stride], channels=decoder_channels)
 
     aux = head(AUX_CHANNELS[reconstruction]) if reconstruction is not None else None
     return DeepLabV3Plus(backbone=encoder, seg_head=head(num_classes), aux_head=aux, aux_kind=reconstruction)
