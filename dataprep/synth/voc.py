@@ -17,14 +17,14 @@ import numpy as np
 from ..labels import IGNORE_INDEX, VOC_CLASS_NAMES
 from .common import PlacedObject, boundary_band, finish_image, paint_object
 from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
-from .textures import Rng, blend, hsv, jitter_colour, shade, smooth_noise, stripes, vertical_ramp
+from .textures import Rng, blend, hsv, shade, smooth_noise, stripes, vertical_ramp
 
 BIRD, CAR, CAT, PERSON, PLANT = (VOC_CLASS_NAMES.index(n) for n in ("bird", "car", "cat", "person", "pottedplant"))
 SYNTH_CLASSES = (BIRD, CAR, CAT, PERSON, PLANT)
 # VOC's void band is ~5 px wide on ~375x500 images.
 BAND_HALF_WIDTH_FRACTION = 0.006
 OBJECT_COUNT_PROBS = {1: 0.25, 2: 0.35, 3: 0.25, 4: 0.15}
-MAX_DISTRACTORS = 3
+MAX_DISTRACTORS = 2
 # Share of objects drawn regardless of the scene: context is a strong hint, not a rule.
 OFF_CONTEXT_PROB = 0.2
 
@@ -107,14 +107,30 @@ def _flat(rng: Rng, shape: tuple[int, int], colour: np.ndarray, noise: float = 0
     return shade(colour, smooth_noise(rng, *shape, cells=4), noise)
 
 
-CAR_BODY_COLOURS = ((0.0, 0.85, 0.75), (0.6, 0.8, 0.6), (0.14, 0.85, 0.9), (0.0, 0.03, 0.92), (0.0, 0.0, 0.15),
-                    (0.58, 0.08, 0.62))
+# Each class has a typical hue band (a strong cue, which a small network picks up within a few
+# hundred steps), but OFF_PALETTE_PROB of the instances take any colour, so shape and texture
+# are needed too.
+OFF_PALETTE_PROB = 0.15
+HUE_JITTER = 0.03
+
+
+def class_colour(rng: Rng, hues: tuple[float, ...], *, s: tuple[float, float], v: tuple[float, float]) -> np.ndarray:
+    if rng.uniform() < OFF_PALETTE_PROB:
+        return hsv(rng.uniform(), rng.uniform(0.0, 0.9), rng.uniform(0.15, 0.95))
+    hue = float(rng.choice(hues)) + rng.uniform(-HUE_JITTER, HUE_JITTER)
+    return hsv(hue, rng.uniform(*s), rng.uniform(*v))
+
+
+CAR_HUES = (0.0, 0.6)  # red or blue bodies
+SHIRT_HUES = (0.8,)  # purple / magenta
+BIRD_HUES = (0.12,)  # yellow-brown
+CAT_HUES = (0.07,)  # orange
+LEAF_HUES = (0.3,)
 
 
 def paint_car(rng: Rng, partmap: np.ndarray) -> np.ndarray:
     h, w = partmap.shape
-    body = hsv(*CAR_BODY_COLOURS[int(rng.integers(len(CAR_BODY_COLOURS)))])
-    body = jitter_colour(rng, body, 0.06)
+    body = class_colour(rng, CAR_HUES, s=(0.7, 0.95), v=(0.55, 0.9))
     ramp = vertical_ramp(h, w)
     highlight = np.exp(-((ramp - rng.uniform(0.3, 0.5)) ** 2) / 0.01)  # a glossy band along the body
     glass = shade(hsv(0.58, 0.25, 0.3), stripes(h, w, period=max(4.0, w / 6), angle=0.8, phase=0.0), 0.4)
@@ -125,7 +141,7 @@ def paint_car(rng: Rng, partmap: np.ndarray) -> np.ndarray:
 
 def paint_person(rng: Rng, partmap: np.ndarray) -> np.ndarray:
     h, w = partmap.shape
-    shirt = hsv(rng.uniform(), rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.9))
+    shirt = class_colour(rng, SHIRT_HUES, s=(0.5, 0.9), v=(0.45, 0.85))
     shirt_img = _flat(rng, (h, w), shirt)
     if rng.uniform() < 0.5:
         shirt_img = shade(shirt, stripes(h, w, period=max(3.0, h / 14), angle=np.pi / 2, phase=0.0), 0.35)
@@ -137,7 +153,7 @@ def paint_person(rng: Rng, partmap: np.ndarray) -> np.ndarray:
 
 def paint_bird(rng: Rng, partmap: np.ndarray) -> np.ndarray:
     h, w = partmap.shape
-    base = hsv(rng.choice([0.08, 0.1, 0.6, 0.14, 0.0]), rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8))
+    base = class_colour(rng, BIRD_HUES, s=(0.5, 0.9), v=(0.5, 0.9))
     feathers = stripes(h, w, period=rng.uniform(2.5, 5.0), angle=rng.uniform(0, np.pi), phase=0.0)
     texture = 0.6 * feathers + 0.4 * smooth_noise(rng, h, w, cells=6)
     return _fill(partmap, {0: shade(base, texture, 0.35), 1: _flat(rng, (h, w), hsv(0.09, 0.9, 0.9)),
@@ -146,7 +162,7 @@ def paint_bird(rng: Rng, partmap: np.ndarray) -> np.ndarray:
 
 def paint_cat(rng: Rng, partmap: np.ndarray) -> np.ndarray:
     h, w = partmap.shape
-    base = hsv(*[(0.07, 0.75, 0.85), (0.0, 0.0, 0.55), (0.0, 0.0, 0.12), (0.1, 0.25, 0.9)][int(rng.integers(4))])
+    base = class_colour(rng, CAT_HUES, s=(0.6, 0.85), v=(0.7, 0.9))
     tabby = stripes(h, w, period=max(4.0, w / rng.uniform(6, 10)), angle=rng.uniform(-0.3, 0.3), phase=0.0)
     fur = np.clip(tabby, -0.2, 1.0) + 0.3 * smooth_noise(rng, h, w, cells=10)
     return _fill(partmap, {0: shade(base, fur, -0.4), 1: _flat(rng, (h, w), hsv(0.25, 0.8, 0.7))})
@@ -154,7 +170,7 @@ def paint_cat(rng: Rng, partmap: np.ndarray) -> np.ndarray:
 
 def paint_plant(rng: Rng, partmap: np.ndarray) -> np.ndarray:
     h, w = partmap.shape
-    leaf = hsv(rng.uniform(0.22, 0.38), rng.uniform(0.5, 0.9), rng.uniform(0.3, 0.7))
+    leaf = class_colour(rng, LEAF_HUES, s=(0.5, 0.9), v=(0.3, 0.7))
     veins = stripes(h, w, period=rng.uniform(3.0, 6.0), angle=rng.uniform(0, np.pi), phase=0.0)
     pot = hsv(rng.choice([0.05, 0.55, 0.0]), rng.uniform(0.4, 0.7), rng.uniform(0.45, 0.75))
     pot_img = shade(pot, stripes(h, w, period=max(4.0, h / 8), angle=np.pi / 2, phase=0.0), 0.15)
@@ -251,7 +267,7 @@ def _distractor(rng: Rng, image: np.ndarray, short: int) -> None:
     size = rng.uniform(0.05, 0.25) * short
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     part = [Part(ellipse(0, 0, 1.0, rng.uniform(0.3, 1.0)) if rng.uniform() < 0.5 else rect(-1, -0.6, 1, 0.6), 0)]
-    colour = hsv(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.2, 0.9))
+    colour = hsv(rng.uniform(), rng.uniform(0.1, 0.5), rng.uniform(0.2, 0.9))  # muted, like most clutter
     obj = PlacedObject(0, part, Placement(cx, cy, size, rng.uniform(0, np.pi), False),
                        lambda r, pm: shade(colour, smooth_noise(r, *pm.shape, cells=3), 0.25))
     scratch = np.zeros((h, w), np.uint8)
