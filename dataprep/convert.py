@@ -12,7 +12,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from rich.console import Console
 
 from fastforec.atomic import atomic_write_json
 from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
@@ -129,13 +131,64 @@ def _prepare_output(out: Path) -> None:
 
 
 def _drain(results: Iterable[EncodedSample | Rejection], writers: dict[str, SplitShardWriter], *,
-           skip_bad: bool, advance: Any) -> None:
+           skip_bad: bool, advance: Callable[[], None]) -> None:
     for item in results:
         if isinstance(item, Rejection) and not skip_bad:
             raise DataprepError(f"{item}\nfix the input, or pass --skip-bad to leave bad samples out "
                                 f"(they are then listed in rejected.json)")
         writers[item.split].consume(item)
         advance()
+
+
+@dataclass
+class _Resume:
+    """Per split: the complete shards kept from earlier runs and the writer that continues after
+    them; plus the samples still to encode, in plan order."""
+
+    prefixes: dict[str, list[ShardRecord]]
+    writers: dict[str, SplitShardWriter]
+    tasks: list[SampleTask]
+
+    @property
+    def reused(self) -> int:
+        return sum(len(p) for p in self.prefixes.values())
+
+
+def _resume(plan: ConversionPlan, out: Path, caps: ShardCaps) -> _Resume:
+    digest = _options_digest(plan, caps)
+    state = _Resume(prefixes={}, writers={}, tasks=[])
+    for split, samples in plan.splits.items():
+        signatures = [s.stat_signature() for s in samples]
+        prefix = completed_prefix(out=out, split=split, signatures=signatures, options=digest)
+        start = prefix[-1].end if prefix else 0
+        state.prefixes[split] = prefix
+        state.writers[split] = SplitShardWriter(out=out, split=split, signatures=signatures, options=digest,
+                                                caps=caps, first_shard=len(prefix), start=start)
+        state.tasks += [SampleTask(split=split, source=s, options=plan.encode) for s in samples[start:]]
+    return state
+
+
+def _all_rejections(plan: ConversionPlan, state: _Resume) -> list[Rejection]:
+    """Cheap-check rejections, those recorded with reused shards, and this run's."""
+    rejected = list(plan.rejected)
+    for split, writer in state.writers.items():
+        rejected += [Rejection(**r) for rec in state.prefixes[split] for r in rec.rejected]
+        rejected += writer.rejections
+    return sorted(rejected, key=_rejected_sort_key)
+
+
+def _encode_and_write(state: _Resume, *, workers: int, skip_bad: bool, console: Console,
+                      description: str) -> dict[str, list[ShardRecord]]:
+    results = _results(state.tasks, workers)
+    try:
+        with progress_bar(console) as progress:
+            bar = progress.add_task(description, total=len(state.tasks))
+            _drain(results, state.writers, skip_bad=skip_bad, advance=lambda: progress.advance(bar))
+        return {split: state.prefixes[split] + writer.close() for split, writer in state.writers.items()}
+    finally:
+        results.close()  # stops the worker pool now, not whenever the generator is collected
+        for writer in state.writers.values():
+            writer.abort()  # a no-op after close(); on error, removes the half-written shard
 
 
 def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResult:
@@ -147,45 +200,22 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
     t0 = time.perf_counter()
     with _output_lock(out):
         _prepare_output(out)
-        digest = _options_digest(plan, options.caps)
-        prefixes: dict[str, list[ShardRecord]] = {}
-        writers: dict[str, SplitShardWriter] = {}
-        tasks: list[SampleTask] = []
-        for split, samples in plan.splits.items():
-            signatures = [s.stat_signature() for s in samples]
-            prefix = completed_prefix(out=out, split=split, signatures=signatures, options=digest)
-            start = prefix[-1].end if prefix else 0
-            prefixes[split] = prefix
-            writers[split] = SplitShardWriter(out=out, split=split, signatures=signatures, options=digest,
-                                              caps=options.caps, first_shard=len(prefix), start=start)
-            tasks += [SampleTask(split=split, source=s, options=plan.encode) for s in samples[start:]]
-        reused = sum(len(p) for p in prefixes.values())
-        if reused:
-            console.print(f"resuming: {reused} complete shard(s) kept, {len(tasks)} sample(s) to convert")
-        results = _results(tasks, options.workers)
-        try:
-            with progress_bar(console) as progress:
-                bar = progress.add_task(f"converting {plan.meta.dataset}", total=len(tasks))
-                _drain(results, writers, skip_bad=options.skip_bad, advance=lambda: progress.advance(bar))
-            records = {split: prefixes[split] + writer.close() for split, writer in writers.items()}
-        finally:
-            results.close()  # stops the worker pool now, not whenever the generator is collected
-            for writer in writers.values():
-                writer.abort()
-        for split, writer in writers.items():
+        state = _resume(plan, out, options.caps)
+        if state.reused:
+            console.print(f"resuming: {state.reused} complete shard(s) kept, {len(state.tasks)} sample(s) to convert")
+        records = _encode_and_write(state, workers=options.workers, skip_bad=options.skip_bad, console=console,
+                                    description=f"converting {plan.meta.dataset}")
+        for split, writer in state.writers.items():
             remove_stale_shards(out=out, split=split, keep=writer.num_shards)
-        rejected = list(plan.rejected)
-        for split in writers:
-            rejected += [Rejection(**r) for rec in prefixes[split] for r in rec.rejected]
-            rejected += writers[split].rejections
-        rejected.sort(key=_rejected_sort_key)
+        rejected = _all_rejections(plan, state)
         if options.skip_bad:
             atomic_write_json(out / REJECTED, [r.to_dict() for r in rejected])
         manifest = _build_manifest(plan, out, records, len(rejected))
-        atomic_write_json(out / MANIFEST, manifest.to_dict())
+        atomic_write_json(out / MANIFEST, manifest.to_dict())  # last: the directory is now complete
     seconds = time.perf_counter() - t0
-    rate = len(tasks) / seconds if seconds > 0 else 0.0
-    console.print(f"{len(tasks)} image(s) converted in {seconds:.1f} s ({rate:,.1f} images/s); "
-                  f"{reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}", soft_wrap=True)
-    return ConversionResult(manifest=manifest, encoded=len(tasks), reused_shards=reused, rejected=rejected,
-                            seconds=seconds)
+    rate = len(state.tasks) / seconds if seconds > 0 else 0.0
+    console.print(f"{len(state.tasks)} image(s) converted in {seconds:.1f} s ({rate:,.1f} images/s); "
+                  f"{state.reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}",
+                  soft_wrap=True)
+    return ConversionResult(manifest=manifest, encoded=len(state.tasks), reused_shards=state.reused,
+                            rejected=rejected, seconds=seconds)
