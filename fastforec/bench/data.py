@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 DEFAULT_BATCHES = 30  # timed batches per contender and round
-ROUNDS = 3
+ROUNDS = 5
 WARMUP_BATCHES = 3
 BENCH_SAMPLES = 512  # generated when --data points to an empty directory (VOC-sized JPEGs)
 DRAIN = 4  # batches a contender may have prefetched while another one was timed

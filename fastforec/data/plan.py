@@ -33,6 +33,7 @@ STREAM_AUG_UNLABELED = 4
 HUE_DEGREES = 360.0  # the config's hue is a fraction of the colour circle (torchvision's convention)
 BLUR_TRUNCATE = 3.0  # kernel radius in sigmas: the Gaussian tail beyond 3 sigma is < 0.3 %
 CUTMIX_MAX_ROUNDS = 100  # rejection rounds before an oversized box is clipped to the crop
+LINEAR_SUPPORT = 1  # source pixels a linear interpolation reads beyond its sample point
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -114,7 +115,7 @@ def draw_geometry(rng: np.random.Generator, *, sizes: np.ndarray, crop: int, aug
     # The linear filter reads up to 1/factor source pixels beyond the ROI when downscaling
     # (antialiasing) and one pixel when upscaling; decoding that margin keeps the result equal
     # to resizing the whole image.
-    margin = np.ceil(1.0 / np.minimum(factor, 1.0)).astype(np.int64) + 1
+    margin = np.ceil(1.0 / np.minimum(factor, 1.0)).astype(np.int64) + LINEAR_SUPPORT
     lo = np.maximum(np.floor(roi_start).astype(np.int64) - margin, 0)
     hi = np.minimum(np.ceil(roi_end).astype(np.int64) + margin, sizes)
     return Geometry(scale=scale.astype(np.float32), decode_start=lo.astype(np.int32),
