@@ -4,8 +4,14 @@ baseline vs DALI decode-only, side by side in one process on the same shards and
 The unlabeled recipe is timed because it is the heavier one (two views, photometric branch).
 Contenders are measured in interleaved rounds (A B C A B C ...) so that load from other
 processes on a shared machine hits all of them alike; each contender reports the median of its
-rounds. At the start of every round the batches a contender prefetched while the others ran
-are drained untimed, so every timed batch was produced inside the timed window.
+rounds. Before a timed window the process first waits for the other contenders' background
+prefetching to finish (they are then idle), and drains the batches this contender prefetched
+untimed, so every timed batch is produced inside the window with the CPU to itself.
+
+Besides wall-clock throughput, the CPU time (all threads of this process plus the DataLoader
+worker processes) spent per sample is reported: on a shared machine it is much less sensitive
+to other load than wall time, and ``cpu_ratio`` (baseline CPU per sample / DALI CPU per sample)
+is what the throughput ratio is on an otherwise idle machine when both saturate the cores.
 
 JSON keys: dali_samples_per_s, baseline_samples_per_s, ratio (= dali / baseline),
 decode_only_samples_per_s, plus the settings and the per-round numbers.
@@ -30,6 +36,9 @@ ROUNDS = 5
 WARMUP_BATCHES = 3
 BENCH_SAMPLES = 512  # generated when --data points to an empty directory (VOC-sized JPEGs)
 DRAIN = 4  # batches a contender may have prefetched while another one was timed
+SETTLE_POLL_S = 0.05  # the DataLoader workers count as idle once they use < 10 % CPU per poll
+SETTLE_IDLE_CPU_S = 0.005
+SETTLE_MAX_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -118,37 +127,81 @@ def _decode_only(manifest: Any, data: Any) -> Callable[[], Any]:
     return lambda: pipe.run()
 
 
-def _time(next_batch: Callable[[], Any], batches: int) -> float:
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's live children (the DataLoader workers), from /proc: rusage
+    only counts children once they have exited."""
+    me, tick, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:  # ppid; utime and stime follow at fixed positions
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _cpu_seconds() -> float:
+    return time.process_time() + _children_cpu_seconds()
+
+
+def _settle() -> None:
+    """Wait until the DataLoader workers stop prefetching (DALI's in-process prefetch of two
+    batches is covered by the first poll interval)."""
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    before = _children_cpu_seconds()
+    while time.perf_counter() < deadline:
+        time.sleep(SETTLE_POLL_S)
+        now = _children_cpu_seconds()
+        if now - before < SETTLE_IDLE_CPU_S:
+            return
+        before = now
+
+
+@dataclass(frozen=True)
+class Window:
+    samples_per_s: float
+    cpu_ms_per_sample: float
+
+
+def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
+    _settle()
     for _ in range(DRAIN):
         next_batch()
-    start = time.perf_counter()
-    for _ in range(batches):
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    for _ in range(s.batches):
         next_batch()
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    samples = s.batches * s.batch_size
+    return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples)
 
 
-def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[float]]:
+def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[Window]]:
     for name, next_batch in contenders.items():
         for _ in range(WARMUP_BATCHES):
             next_batch()
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    windows: dict[str, list[Window]] = {name: [] for name in contenders}
     task = progress.add_task("timing", total=ROUNDS * len(contenders))
     for _ in range(ROUNDS):
         for name, next_batch in contenders.items():
             progress.update(task, description=f"timing {name}")
-            rates[name].append(s.batches * s.batch_size / _time(next_batch, s.batches))
+            windows[name].append(_time(next_batch, s))
             progress.advance(task)
-    return rates
+    return windows
 
 
-def _report(rates: dict[str, list[float]], s: Settings, num_samples: int) -> dict[str, Any]:
-    med = {k: statistics.median(v) for k, v in rates.items()}
+def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> dict[str, Any]:
+    rate = {k: statistics.median(w.samples_per_s for w in v) for k, v in windows.items()}
+    cpu = {k: statistics.median(w.cpu_ms_per_sample for w in v) for k, v in windows.items()}
     return {
-        "dali_samples_per_s": med["dali"], "baseline_samples_per_s": med["baseline"],
-        "ratio": med["dali"] / med["baseline"], "decode_only_samples_per_s": med["decode_only"],
-        "dali_fraction_of_decode_only": med["dali"] / med["decode_only"],
+        "dali_samples_per_s": rate["dali"], "baseline_samples_per_s": rate["baseline"],
+        "ratio": rate["dali"] / rate["baseline"], "decode_only_samples_per_s": rate["decode_only"],
+        "dali_cpu_ms_per_sample": cpu["dali"], "baseline_cpu_ms_per_sample": cpu["baseline"],
+        "decode_only_cpu_ms_per_sample": cpu["decode_only"], "cpu_ratio": cpu["baseline"] / cpu["dali"],
         "crop": s.crop, "threads": s.threads, "batch_size": s.batch_size, "batches_per_round": s.batches,
-        "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples, "per_round": rates,
+        "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples,
+        "per_round": {k: [round(w.samples_per_s, 1) for w in v] for k, v in windows.items()},
+        "per_round_cpu_ms": {k: [round(w.cpu_ms_per_sample, 3) for w in v] for k, v in windows.items()},
         "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "device": "cpu",
     }
 
@@ -161,12 +214,15 @@ def _print(result: dict[str, Any], console: Any) -> None:
     table.add_column("contender")
     table.add_column("samples/s", justify="right")
     table.add_column("vs baseline", justify="right")
-    base = result["baseline_samples_per_s"]
-    for label, key in (("DALI (fastforec)", "dali_samples_per_s"),
-                       ("PIL + torchvision DataLoader", "baseline_samples_per_s"),
-                       ("DALI decode only (ceiling)", "decode_only_samples_per_s")):
-        table.add_row(label, f"{result[key]:.1f}", f"{result[key] / base:.2f}x")
+    table.add_column("CPU ms/sample", justify="right")
+    table.add_column("CPU vs baseline", justify="right")
+    base, base_cpu = result["baseline_samples_per_s"], result["baseline_cpu_ms_per_sample"]
+    for label, key in (("DALI", "dali"), ("PIL DataLoader", "baseline"), ("DALI decode only", "decode_only")):
+        rate, cpu = result[f"{key}_samples_per_s"], result[f"{key}_cpu_ms_per_sample"]
+        table.add_row(label, f"{rate:.1f}", f"{rate / base:.2f}x", f"{cpu:.2f}", f"{base_cpu / cpu:.2f}x")
     console.print(table)
+    console.print(f"load average during the run: {', '.join(f'{x:.2f}' for x in result['load_average'])} "
+                  f"on {result['cpu_count']} CPUs")
 
 
 def run(args: argparse.Namespace) -> int:

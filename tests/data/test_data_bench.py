@@ -23,12 +23,13 @@ def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
     out = tmp_path / "bench.json"
     assert main(_args(tmp_path, identity_data.root, json=out)) == 0
     result = json.loads(out.read_text())
-    for key in ("dali_samples_per_s", "baseline_samples_per_s", "ratio", "decode_only_samples_per_s"):
+    for key in ("dali_samples_per_s", "baseline_samples_per_s", "ratio", "decode_only_samples_per_s",
+                "dali_cpu_ms_per_sample", "baseline_cpu_ms_per_sample", "cpu_ratio"):
         assert result[key] > 0, key
     assert abs(result["ratio"] - result["dali_samples_per_s"] / result["baseline_samples_per_s"]) < 1e-9
     assert result["crop"] == 32 and result["threads"] == 2 and result["batch_size"] == 4
     assert all(len(v) == result["rounds"] for v in result["per_round"].values())
-    assert "PIL + torchvision" in capsys.readouterr().out
+    assert "PIL DataLoader" in capsys.readouterr().out
 
 
 def test_bench_data_refuses_a_directory_that_is_not_shards(tmp_path, capsys):
