@@ -60,11 +60,15 @@ def pseudo_label(logits: torch.Tensor, lut: torch.Tensor | None
     label = torch.empty((batch, height, width), dtype=torch.int64, device=logits.device)
     conf = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
     for bs, rs in _chunks(batch, height, classes * width):
-        x = _fp32_nchw(logits[bs, :, rs])
-        top, idx = x.max(dim=1)
-        denom = torch.sub(x, top.unsqueeze(1)).exp_().sum(dim=1)
-        conf[bs, rs] = denom.reciprocal_()
-        label[bs, rs] = idx
+        chunk = logits[bs, :, rs]
+        x = _fp32_nchw(chunk)
+        # (B, H, W) slices of whole rows are contiguous: the results go straight to the outputs.
+        top = torch.empty_like(conf[bs, rs])
+        torch.max(x, dim=1, out=(top, label[bs, rs]))
+        # x - top in place when x is already a private copy (never into the caller's logits).
+        shifted = torch.sub(x, top.unsqueeze(1)) if x is chunk else x.sub_(top.unsqueeze(1))
+        torch.sum(shifted.exp_(), dim=1, out=conf[bs, rs])
+        conf[bs, rs].reciprocal_()
     fg = lut[label] if lut is not None else torch.zeros_like(label, dtype=torch.bool)
     return label, conf, fg
 
@@ -74,26 +78,42 @@ def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tenso
     """(loss, d loss / d logits or None).
 
     loss = sum_keep (logsumexp(x) - x[label]) / n_valid with keep = valid & (conf > thresh);
-    gradient = keep * (softmax(x) - onehot(label)) / n_valid, from the same log-softmax chunk.
+    gradient = (softmax(x) - onehot(label)) * keep / n_valid, from the same log-softmax chunk,
+    which is computed straight into the gradient's memory when it is fp32 there.
     """
     batch, classes, height, width = logits.shape
     n_valid = valid.sum()
-    scale = n_valid.clamp_min(1).to(torch.float32).reciprocal()
-    keep = valid & (conf > conf_thresh)
+    keep = (valid & (conf > conf_thresh)).to(torch.float32)
+    weight = keep * n_valid.clamp_min(1).to(torch.float32).reciprocal() if need_grad else None
     grad = torch.empty_like(logits) if need_grad else None
+    minus_one = torch.full((), -1.0, device=logits.device)
     partial_sums = []
     for bs, rs in _chunks(batch, height, classes * width):
-        log_prob = torch.log_softmax(_fp32_nchw(logits[bs, :, rs]), dim=1)
+        grad_chunk = None if grad is None else grad[bs, :, rs]
+        log_prob, in_grad = _log_softmax_into(logits[bs, :, rs], grad_chunk)
         target = label[bs, rs].unsqueeze(1)
-        weight = keep[bs, rs].unsqueeze(1).to(torch.float32)
-        # -sum(log p[label] * keep): a dot product, no per-pixel loss tensor.
-        partial_sums.append(-torch.dot(log_prob.gather(1, target).view(-1), weight.view(-1)))
-        if grad is not None:
-            weight.mul_(scale)
-            prob = log_prob.exp_().mul_(weight)
-            grad[bs, :, rs] = prob.scatter_add_(1, target, weight.neg_())
-    loss = torch.stack(partial_sums).sum() / n_valid.clamp_min(1)
+        # sum(log p[label] * keep): a dot product, no per-pixel loss tensor.
+        partial_sums.append(torch.dot(log_prob.gather(1, target).view(-1), keep[bs, rs].reshape(-1)))
+        if grad_chunk is not None and weight is not None:
+            # softmax - onehot, then the per-pixel weight; the -1 is a broadcast scalar, not a tensor.
+            log_prob.exp_().scatter_add_(1, target, minus_one.expand(target.shape))
+            log_prob.mul_(weight[bs, rs].unsqueeze(1))
+            if not in_grad:
+                grad_chunk.copy_(log_prob)
+    loss = -torch.stack(partial_sums).sum() / n_valid.clamp_min(1)
     return loss, grad
+
+
+def _log_softmax_into(logits: torch.Tensor, grad: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """(log_softmax over classes of one chunk in fp32, whether it lives in ``grad``).
+
+    Written into ``grad`` when that is an fp32 NCHW-contiguous view (saves a buffer and a copy),
+    else into a fresh buffer.
+    """
+    x = _fp32_nchw(logits)
+    if grad is not None and grad.dtype == torch.float32 and grad.is_contiguous():
+        return torch.log_softmax(x, dim=1, out=grad), True
+    return torch.log_softmax(x, dim=1), False
 
 
 def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor, *,

@@ -210,9 +210,11 @@ def pseudo_label(logits: torch.Tensor, lut: torch.Tensor | None
     block_c, block_p = _class_blocks(classes)
     label = torch.empty((batch, height, width), dtype=torch.int64, device=logits.device)
     conf = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
-    fg = torch.zeros((batch, height, width), dtype=torch.bool, device=logits.device)
+    # Without foreground classes the kernel never writes fg, so it starts as zeros.
+    fg_alloc = torch.empty if lut is not None else torch.zeros
+    fg = fg_alloc((batch, height, width), dtype=torch.bool, device=logits.device)
     grid = (triton.cdiv(height * width, block_p), batch)
-    lut_bytes = _as_bytes(lut) if lut is not None else fg.view(torch.uint8)
+    lut_bytes = _as_bytes(lut) if lut is not None else fg.view(torch.uint8)  # unused without fg
     _pseudo_label_kernel[grid](logits, label, conf, fg.view(torch.uint8), lut_bytes,
                                classes, height * width, width, *logits.stride(),
                                HAS_FG=lut is not None, BLOCK_C=block_c, BLOCK_P=block_p)

@@ -18,7 +18,9 @@ FG = (1, 2, 3, 7, 11, 18)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference(backend: str, dtype: torch.dtype, shape: Shape) -> None:
     x = logits(shape, dtype, seed=shape.classes)
+    before = x.clone()
     label, conf, fg = kernels.pseudo_label(x, FG, backend=backend)
+    assert torch.equal(x, before)  # the input is never used as scratch space
     ref_label, ref_conf, ref_fg = pseudo_label_reference(x, FG)
     assert label.dtype == torch.int64 and conf.dtype == torch.float32 and fg.dtype == torch.bool
     assert label.shape == conf.shape == fg.shape == (shape.batch, shape.height, shape.width)

@@ -36,8 +36,10 @@ def loss_and_grad(fn, student: torch.Tensor, *rest, scale: float = 1.0) -> tuple
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_value_and_gradient_match_reference(backend: str, dtype: torch.dtype, shape: Shape) -> None:
     student, label, conf, valid = inputs(shape, dtype, seed=shape.classes)
+    before = [t.clone() for t in (student, label, conf, valid)]
     loss, grad = loss_and_grad(lambda *a: kernels.pseudo_label_ce(*a, backend=backend),
                                student, label, conf, valid, THRESH)
+    assert all(torch.equal(a, b) for a, b in zip((student, label, conf, valid), before))
     ref_loss, ref_grad = loss_and_grad(pseudo_label_ce_reference, student, label, conf, valid, THRESH)
     assert loss.dtype == torch.float32 and loss.dim() == 0 and ref_loss > 0
     torch.testing.assert_close(loss, ref_loss, **LOSS_TOL)
