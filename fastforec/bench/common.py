@@ -1,0 +1,350 @@
+"""Shared machinery of `fastforec bench --what step` and `--what e2e`.
+
+Both benchmarks drive the real :class:`fastforec.trainer.Trainer` (DeepSpeed engine, EMA teacher,
+losses, optimizer) built from a run config. A *sample* is one labeled image together with its
+unlabeled partner: the unit of ``data.batch_size`` and of the paper's "batch 16". FLOPs are
+counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, forward and
+backward; elementwise work, the optimizer and the EMA count as zero), so MFU means *model* FLOP
+utilisation.
+
+Multi-rank (``deepspeed`` / ``torchrun``): every rank times its own steps (the ranks run in
+lockstep because the gradient all-reduce is a collective), the per-rank numbers are gathered,
+and rank 0 prints and writes them with the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastforec.config import Config, ConfigError, load_config
+
+DEFAULT_BATCHES = 10  # timed steps per round (and per contender for e2e)
+DEFAULT_ROUNDS = 3
+WARMUP_STEPS = 2  # first steps pay for allocator growth and oneDNN/cuDNN algorithm selection
+MEMORY_BATCHES = 2  # distinct in-memory batches the step benchmark cycles through
+FLOPS_ONLY = 0  # `--batches 0`: FLOPs per sample from the config alone (meta device, no data)
+# The peak is the best of a few square matmuls: big enough to be compute-bound, small enough
+# to take ~1 s on a 2-core CPU.
+PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
+PEAK_REPEATS = 3
+DEFAULT_NUM_CLASSES = 21  # VOC; only used when counting FLOPs without a dataset
+TERA = 1e12
+GIGA = 1e9
+
+Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]
+
+
+class BenchError(ValueError):
+    """Bad benchmark arguments: the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batches: int  # timed steps per round; FLOPS_ONLY = count FLOPs without running
+    rounds: int
+    warmup: int
+    peak_tflops: float | None  # given by the user, else measured
+
+
+def bench_settings(args: argparse.Namespace, *, rounds: int = DEFAULT_ROUNDS) -> BenchSettings:
+    batches = DEFAULT_BATCHES if args.batches is None else args.batches
+    if batches < 0:
+        raise BenchError(f"--batches must be >= 0 (0 = count FLOPs only), got {batches}")
+    peak = getattr(args, "peak_tflops", None)
+    if peak is not None and not peak > 0:
+        raise BenchError(f"--peak-tflops must be > 0, got {peak}")
+    return BenchSettings(batches=batches, rounds=rounds, warmup=WARMUP_STEPS, peak_tflops=peak)
+
+
+def bench_config(args: argparse.Namespace, *, what: str, need_data: bool = True) -> Config:
+    """The run config with the benchmark's command-line overrides applied.
+
+    ``method.warmup_epochs`` is forced to 0: a benchmark times the full semi-supervised step, not
+    the supervised-only warm-up epochs.
+    """
+    if not args.config:
+        raise ConfigError(f"bench --what {what} needs --config (a run config: model, method, batch size)")
+    cfg = load_config(args.config, args.overrides)
+    if args.data:
+        cfg.data.root = args.data
+    if args.crop:
+        cfg.data.crop_size = args.crop
+    if args.threads:
+        cfg.data.num_threads = args.threads
+    cfg.method.warmup_epochs = 0
+    cfg.validate()
+    if need_data:
+        cfg.check_paths()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer under test and its inputs
+
+
+@contextlib.contextmanager
+def bench_trainer(cfg: Config, dist: Any) -> Iterator[Any]:
+    """A Trainer whose run directory is a throw-away temporary directory (nothing is logged or
+    checkpointed: only ``train_step`` is called)."""
+    from fastforec.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="fastforec-bench-") as tmp:
+        trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist)
+        try:
+            yield trainer
+        finally:
+            trainer.train_data.close()
+
+
+def pipeline_batch(train_data: Any) -> Batch:
+    """The next training batch of the DALI pipeline, whatever epoch it belongs to."""
+    return train_data.next_batch(train_data.state_dict()["epoch"])
+
+
+def _own(batch: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    # DALI's tensors are zero-copy views of its buffers: clone so the batch outlives them.
+    return None if batch is None else {k: v.to(device).clone() for k, v in batch.items()}
+
+
+def memory_batches(train_data: Any, device: torch.device, count: int = MEMORY_BATCHES) -> list[Batch]:
+    """``count`` real batches from the pipeline, copied to the device once."""
+    batches = []
+    for _ in range(count):
+        labeled, unlabeled = pipeline_batch(train_data)
+        batches.append((_own(labeled, device), _own(unlabeled, device)))  # type: ignore[arg-type]
+    return batches
+
+
+def cycle(batches: list[Batch]) -> Callable[[], Batch]:
+    position = {"i": 0}
+
+    def next_batch() -> Batch:
+        batch = batches[position["i"] % len(batches)]
+        position["i"] += 1
+        return batch
+    return next_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Window:
+    """One timed run of consecutive steps."""
+
+    steps: int
+    samples: int
+    seconds: float
+    wait_seconds: float  # inside the feed (waiting for the data pipeline)
+    skipped: int = 0  # non-finite losses: the step was dropped by the trainer
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def wait_fraction(self) -> float:
+        return self.wait_seconds / self.seconds
+
+
+def run_steps(trainer: Any, feed: Callable[[], Batch], steps: int) -> Window:
+    """``steps`` training steps fed by ``feed``; the clock stops after the device is idle."""
+    device = trainer.device
+    skipped = 0
+    wait = 0.0
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        labeled, unlabeled = feed()
+        wait += time.perf_counter() - t0
+        if not trainer.train_step(labeled, unlabeled):
+            skipped += 1
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return Window(steps=steps, samples=steps * trainer.cfg.data.batch_size, seconds=seconds, wait_seconds=wait,
+                  skipped=skipped)
+
+
+def median_rate(windows: list[Window]) -> float:
+    return statistics.median(w.samples_per_s for w in windows)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of everything ``fn`` dispatches (a multiply-add counts 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def step_flops(trainer: Any, batch: Batch) -> int:
+    """FLOPs of one real ``train_step``: teacher forward, student forward and backward, losses,
+    optimizer, EMA (the last three are elementwise, 0 FLOPs in the counter's model)."""
+    labeled, unlabeled = batch
+    return count_flops(lambda: trainer.train_step(labeled, unlabeled))
+
+
+def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
+    """FLOPs of one training step of ``cfg``'s model, counted on the meta device (shapes only:
+    nothing is allocated or computed, so a ResNet-101 at crop 712 takes a second).
+
+    It mirrors ``Trainer.compute_losses``: teacher forward on B weak views (semi-supervised
+    methods), student forward and backward on [B labeled ; B strong] (B labeled for
+    ``supervised``). The input image needs no gradient, as in the trainer.
+    """
+    from fastforec.models import deeplabv3plus
+
+    b, crop = cfg.data.batch_size, cfg.data.crop_size
+    semi = cfg.method.uses_unlabeled
+    with torch.device("meta"):
+        student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
+                                output_stride=cfg.model.output_stride, reconstruction=cfg.method.reconstruction)
+        teacher = student.segmentation_copy().eval() if semi else None
+        x = torch.empty((2 * b if semi else b), 3, crop, crop)
+    teacher_flops = 0
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_flops = count_flops(lambda: teacher(x[:b]))
+
+    def student_step() -> None:
+        out = student(x)
+        sum(v.sum() for v in out.values()).backward()
+    student_flops = count_flops(student_step)
+    return {"teacher": teacher_flops, "student": student_flops, "total": teacher_flops + student_flops}
+
+
+# ---------------------------------------------------------------------------------------------
+# the device's peak
+
+
+def compute_dtype(trainer: Any) -> torch.dtype:
+    """The dtype the convolutions run in: the autocast dtype if any, else the weights' dtype."""
+    ds = trainer.ds_config
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if ds.get("torch_autocast", {}).get("enabled"):
+        return names[str(ds["torch_autocast"].get("dtype", "bfloat16"))]
+    return trainer.input_dtype
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of the best of a few large square matmuls in ``dtype`` (what the hardware gives a
+    well-shaped GEMM: the denominator of MFU when the vendor's number is not given)."""
+    n = PEAK_MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu"]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: library initialisation, first-touch pages
+    best = float("inf")
+    for _ in range(PEAK_REPEATS):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops(settings: BenchSettings, device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    if settings.peak_tflops is not None:
+        return settings.peak_tflops * TERA, "--peak-tflops"
+    return measure_peak_flops(device, dtype), f"measured ({PEAK_MATMUL_SIZE['cuda' if device.type == 'cuda' else 'cpu']}^2 matmul)"
+
+
+# ---------------------------------------------------------------------------------------------
+# ranks
+
+
+def gather_floats(values: list[float], dist: Any) -> list[list[float]]:
+    """``values`` of every rank, in rank order (a no-op in a world of one)."""
+    import torch.distributed as tdist
+
+    if dist.world_size == 1 or not tdist.is_initialized():
+        return [list(values)]
+    local = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    parts = [torch.empty_like(local) for _ in range(dist.world_size)]
+    tdist.all_gather(parts, local)
+    return [p.tolist() for p in parts]
+
+
+@dataclass
+class RankRow:
+    rank: int
+    samples_per_s: float
+    flops_per_sample: float
+    peak_flops_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def achieved_flops_per_s(self) -> float:
+        return self.samples_per_s * self.flops_per_sample
+
+    @property
+    def mfu(self) -> float:
+        return self.achieved_flops_per_s / self.peak_flops_per_s
+
+
+def run_identity(cfg: Config, dist: Any, trainer: Any) -> dict[str, Any]:
+    """Settings that make two benchmark JSON files comparable."""
+    import os
+
+    return {"device": trainer.device.type, "world_size": dist.world_size, "batch_size_per_device": cfg.data.batch_size,
+            "crop": cfg.data.crop_size, "backbone": cfg.model.backbone, "output_stride": cfg.model.output_stride,
+            "method": cfg.method.name, "dtype": str(compute_dtype(trainer)).removeprefix("torch."),
+            "zero_stage": int(trainer.ds_config.get("zero_optimization", {}).get("stage", 0)),
+            "torch_threads": torch.get_num_threads(), "data_threads": cfg.data.num_threads,
+            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "data": cfg.data.root}
+
+
+def print_rich(renderable: Any) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: keep the columns instead of wrapping at 80
+        console = Console(width=160)
+    console.print(renderable)
+
+
+def per_rank_rows(values: list[list[float]]) -> list[RankRow]:
+    """Rows from gathered ``[samples_per_s, flops_per_sample, peak_flops_per_s, *extra]`` lists."""
+    return [RankRow(rank=r, samples_per_s=v[0], flops_per_sample=v[1], peak_flops_per_s=v[2]) for r, v in
+            enumerate(values)]
+
+
+def throughput_summary(rows: list[RankRow]) -> dict[str, Any]:
+    """The JSON keys every step/e2e result has: per device (mean over ranks) and in total."""
+    n = len(rows)
+    return {
+        "samples_per_s_per_device": sum(r.samples_per_s for r in rows) / n,
+        "samples_per_s_total": sum(r.samples_per_s for r in rows),
+        "flops_per_sample": rows[0].flops_per_sample,
+        "achieved_flops_per_s_per_device": sum(r.achieved_flops_per_s for r in rows) / n,
+        "peak_flops_per_s_per_device": sum(r.peak_flops_per_s for r in rows) / n,
+        "mfu": sum(r.mfu for r in rows) / n,
+        "per_rank": [{"rank": r.rank, "samples_per_s": r.samples_per_s, "flops_per_sample": r.flops_per_sample,
+                      "peak_flops_per_s": r.peak_flops_per_s, "mfu": r.mfu, **r.extra} for r in rows],
+    }

@@ -1,0 +1,164 @@
+"""`fastforec bench --what step`: the full training step on tensors already in memory.
+
+    fastforec bench --what step --config configs/synth_demo.json [--batches N] [--json OUT]
+    torchrun --nproc_per_node 2 -m fastforec.cli bench --what step --config ...
+    deepspeed --num_gpus 2 --no_local_rank --module fastforec.cli bench --what step --config ...
+    fastforec bench --what step --config configs/voc_classic_92.json --batches 0 --peak-tflops 989
+
+One step = teacher forward on the weak views, student forward and backward on [labeled ;
+strong], losses, optimizer step, EMA update: ``Trainer.train_step`` itself, fed from a few real
+batches taken from the DALI pipeline once and kept on the device, so the number is what the
+model side of the trainer can do when data is free. Reported per rank and in total: samples/s,
+FLOPs per sample (FlopCounterMode over one real step), achieved FLOP/s and MFU against the
+device's peak (a large matmul in the step's compute dtype, or ``--peak-tflops``).
+
+``--batches 0`` counts the FLOPs per sample of the config's model on the meta device without
+data or timing (any crop and backbone, in a second), and with ``--peak-tflops`` projects
+samples/s per device at a few MFU values: the paper-scale estimate in docs/benchmarks.md.
+
+JSON keys: samples_per_s_per_device, samples_per_s_total, flops_per_sample,
+achieved_flops_per_s_per_device, peak_flops_per_s_per_device, mfu, per_rank, plus settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fastforec.bench.common import (DEFAULT_NUM_CLASSES, FLOPS_ONLY, GIGA, TERA, BenchError, BenchSettings,
+                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_floats,
+                                    median_rate, memory_batches, model_step_flops, peak_flops, per_rank_rows,
+                                    print_rich, run_identity, run_steps, step_flops, throughput_summary)
+from fastforec.config import Config
+
+PROJECTED_MFU = (0.3, 0.4, 0.5)  # MFU values the FLOPs-only mode projects throughput at
+
+
+def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, Any]:
+    """Time ``settings.rounds`` windows of ``settings.batches`` in-memory steps on this rank and
+    gather every rank's numbers."""
+    feed = cycle(memory_batches(trainer.train_data, trainer.device))
+    run_steps(trainer, feed, settings.warmup)
+    flops = step_flops(trainer, feed())
+    peak, peak_source = peak_flops(settings, trainer.device, compute_dtype(trainer))
+    windows = [run_steps(trainer, feed, settings.batches) for _ in range(settings.rounds)]
+    batch = trainer.cfg.data.batch_size
+    rate = median_rate(windows)
+    gathered = gather_floats([rate, flops / batch, peak, float(sum(w.skipped for w in windows))], dist)
+    rows = per_rank_rows(gathered)
+    for row, values in zip(rows, gathered):
+        row.extra["skipped_steps"] = int(values[3])
+    return {"benchmark": "step", **run_identity(trainer.cfg, dist, trainer), **throughput_summary(rows),
+            "step_seconds": batch / rate, "peak_source": peak_source, "batches_per_round": settings.batches,
+            "rounds": settings.rounds, "warmup_steps": settings.warmup,
+            "per_round_samples_per_s": [w.samples_per_s for w in windows]}
+
+
+def step_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"train step on in-memory batches: {result['backbone']} OS{result['output_stride']}, "
+                        f"{result['method']}, crop {result['crop']}, batch {result['batch_size_per_device']}/device, "
+                        f"{result['dtype']}, {result['device']} x {result['world_size']} "
+                        f"(median of {result['rounds']} rounds of {result['batches_per_round']} steps)")
+    for col in ("rank", "samples/s", "ms/step", "GFLOP/sample", "TFLOP/s", "peak TFLOP/s", "MFU"):
+        table.add_column(col, justify="right")
+    batch = result["batch_size_per_device"]
+    for r in result["per_rank"]:
+        table.add_row(str(r["rank"]), f"{r['samples_per_s']:.2f}", f"{1e3 * batch / r['samples_per_s']:.0f}",
+                      f"{r['flops_per_sample'] / GIGA:.1f}", f"{r['samples_per_s'] * r['flops_per_sample'] / TERA:.3f}",
+                      f"{r['peak_flops_per_s'] / TERA:.3f}", f"{100 * r['mfu']:.1f}%")
+    table.add_section()
+    table.add_row("total", f"{result['samples_per_s_total']:.2f}", "", f"{result['flops_per_sample'] / GIGA:.1f}",
+                  f"{result['achieved_flops_per_s_per_device'] * result['world_size'] / TERA:.3f}",
+                  f"{result['peak_flops_per_s_per_device'] * result['world_size'] / TERA:.3f}",
+                  f"{100 * result['mfu']:.1f}%")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs only (no data, no timing)
+
+
+def _num_classes(cfg: Config) -> tuple[int, str]:
+    from pathlib import Path
+
+    from fastforec.data.manifest import Manifest
+
+    if (Path(cfg.data.root) / "manifest.json").is_file():
+        return Manifest.load(cfg.data.root).num_classes, "manifest"
+    return DEFAULT_NUM_CLASSES, f"assumed (no manifest in '{cfg.data.root}')"
+
+
+def flops_only(cfg: Config, settings: BenchSettings) -> dict[str, Any]:
+    num_classes, source = _num_classes(cfg)
+    flops = model_step_flops(cfg, num_classes=num_classes)
+    batch = cfg.data.batch_size
+    result: dict[str, Any] = {
+        "benchmark": "step", "mode": "flops_only", "backbone": cfg.model.backbone,
+        "output_stride": cfg.model.output_stride, "method": cfg.method.name, "crop": cfg.data.crop_size,
+        "batch_size_per_device": batch, "num_classes": num_classes, "num_classes_source": source,
+        "flops_per_sample": flops["total"] / batch, "teacher_flops_per_sample": flops["teacher"] / batch,
+        "student_flops_per_sample": flops["student"] / batch,
+    }
+    if settings.peak_tflops is not None:
+        peak = settings.peak_tflops * TERA
+        result["peak_flops_per_s_per_device"] = peak
+        result["projected_samples_per_s_per_device"] = {f"{m:.2f}": m * peak / result["flops_per_sample"]
+                                                        for m in PROJECTED_MFU}
+    return result
+
+
+def flops_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"FLOPs per sample (1 labeled + 1 unlabeled image): {result['backbone']} "
+                        f"OS{result['output_stride']}, {result['method']}, crop {result['crop']}, "
+                        f"{result['num_classes']} classes")
+    table.add_column("part")
+    table.add_column("GFLOP/sample", justify="right")
+    table.add_row("teacher forward (weak view)", f"{result['teacher_flops_per_sample'] / GIGA:.1f}")
+    table.add_row("student forward + backward", f"{result['student_flops_per_sample'] / GIGA:.1f}")
+    table.add_section()
+    table.add_row("[bold]total", f"[bold]{result['flops_per_sample'] / GIGA:.1f}")
+    for mfu, rate in result.get("projected_samples_per_s_per_device", {}).items():
+        table.add_row(f"samples/s per device at MFU {mfu} of {result['peak_flops_per_s_per_device'] / TERA:.0f} "
+                      f"TFLOP/s", f"{rate:.1f}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _finish(result: dict[str, Any], table: Any, args: argparse.Namespace) -> int:
+    from fastforec.atomic import atomic_write_json
+
+    print_rich(table)
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastforec.config import ConfigError
+    from fastforec.data.manifest import ManifestError
+
+    try:
+        settings = bench_settings(args)
+        if settings.batches == FLOPS_ONLY:
+            cfg = bench_config(args, what="step", need_data=False)
+            result = flops_only(cfg, settings)
+            return _finish(result, flops_table(result), args)
+        cfg = bench_config(args, what="step")
+    except (ConfigError, BenchError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from fastforec.distributed import init_distributed
+
+    dist = init_distributed(args.local_rank)
+    with bench_trainer(cfg, dist) as trainer:
+        result = measure_step(trainer, settings, dist)
+    if not dist.is_main:
+        return 0
+    return _finish(result, step_table(result), args)
