@@ -34,7 +34,10 @@ import numpy as np
 DEFAULT_BATCHES = 30  # timed batches per contender and round
 ROUNDS = 5
 WARMUP_BATCHES = 3
-BENCH_SAMPLES = 512  # generated when --data points to an empty directory (VOC-sized JPEGs)
+BENCH_SAMPLES = 512  # unlabeled samples generated when --data points to an empty directory
+BENCH_LABELED, BENCH_VAL = 64, 8
+BENCH_SIZE = (375, 500)  # (height, width) of a typical VOC image
+GENERATED_SUBDIR = "shards"  # where dataprep.testing.make_shards puts the manifest
 DRAIN = 4  # batches a contender may have prefetched while another one was timed
 SETTLE_POLL_S = 0.05  # the DataLoader workers count as idle once they use < 10 % CPU per poll
 SETTLE_IDLE_CPU_S = 0.005
@@ -70,17 +73,22 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
 
 
 def _manifest(root: Path, console: Any) -> Any:
+    """Shards at ``root`` (or ``root/shards``, where a generated set lives); an empty or new
+    ``root`` gets VOC-sized synthetic shards from dataprep first."""
     from fastforec.data.manifest import Manifest
 
-    if not (root / "manifest.json").is_file():
-        if root.exists() and any(root.iterdir()):
-            raise FileNotFoundError(f"'{root}' has no manifest.json and is not empty; point --data at shards "
-                                    f"written by dataprep, or at an empty/new directory to generate some")
-        from fastforec.data.testing import make_bench_dataset
+    for candidate in (root, root / GENERATED_SUBDIR):
+        if (candidate / "manifest.json").is_file():
+            return Manifest.load(candidate)
+    if root.exists() and any(root.iterdir()):
+        raise FileNotFoundError(f"'{root}' has no manifest.json and is not empty; point --data at shards "
+                                f"written by dataprep, or at an empty/new directory to generate some")
+    from dataprep.testing import make_shards
 
-        console.print(f"[yellow]no shards in '{root}': generating {BENCH_SAMPLES} VOC-sized (500x375) JPEGs")
-        make_bench_dataset(root, num_samples=BENCH_SAMPLES)
-    return Manifest.load(root)
+    console.print(f"[yellow]no shards in '{root}': generating {BENCH_SAMPLES} VOC-sized "
+                  f"({BENCH_SIZE[0]}x{BENCH_SIZE[1]}) JPEGs with dataprep")
+    return Manifest.load(make_shards(root, layout="voc", num_train=BENCH_SAMPLES + BENCH_LABELED,
+                                     num_labeled=BENCH_LABELED, num_val=BENCH_VAL, size=BENCH_SIZE, seed=0))
 
 
 # ---------------------------------------------------------------------------------------------
