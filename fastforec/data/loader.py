@@ -93,9 +93,10 @@ class _Branch:
 
 def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
     taps = [plan.gaussian_taps(float(s)) if b else IDENTITY_TAPS[0] for s, b in zip(p.sigma, p.blur)]
+    # One (3, 1) column per output channel: the correlation taps of _mix_channels.
+    mix_rows = [[np.ascontiguousarray(m[c].reshape(-1, 1)) for m in p.mix] for c in range(3)]
     return [_scalar_list(p.colour, np.bool_), _scalar_list(p.brightness, np.float32),
-            _scalar_list(p.contrast, np.float32), _scalar_list(p.saturation, np.float32),
-            _scalar_list(p.hue, np.float32), _scalar_list(p.blur, np.bool_),
+            _scalar_list(p.contrast, np.float32), *mix_rows, _scalar_list(p.blur, np.bool_),
             [t.reshape(1, -1) for t in taps], [t.reshape(-1, 1) for t in taps]]
 
 

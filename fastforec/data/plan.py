@@ -123,11 +123,27 @@ def draw_geometry(rng: np.random.Generator, *, sizes: np.ndarray, crop: int, aug
                     roi_end=(roi_end - lo).astype(np.float32), valid=valid, flip=flip)
 
 
+# Hue rotation and saturation act on the chroma plane of YIQ (the model of DALI's color_twist
+# and of the colour-jitter in many GPU pipelines); conjugated back to RGB they are one 3x3 matrix.
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
+
+
+def colour_matrix(saturation: float, hue_degrees: float) -> np.ndarray:
+    """RGB -> RGB matrix scaling chroma by ``saturation`` and rotating it by ``hue_degrees``.
+    Saturation 0 maps every channel to the luma: grayscale."""
+    h = math.radians(hue_degrees)
+    c, s = saturation * math.cos(h), saturation * math.sin(h)
+    chroma = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return (YIQ_TO_RGB @ chroma @ RGB_TO_YIQ).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Photometric:
-    """Per-sample strong-view parameters. ``colour`` gates the colour-twist operator: it runs
-    when jitter or grayscale is drawn (grayscale is saturation 0 of the same linear colour
-    transform: the luma of the jittered image)."""
+    """Per-sample strong-view parameters. ``colour`` gates the colour branch: it runs when
+    jitter or grayscale is drawn. Brightness and contrast are applied first, then ``mix``, the
+    saturation/hue matrix (saturation 0 when grayscale is drawn: the luma of the jittered
+    image)."""
 
     colour: np.ndarray  # (B,) bool
     jitter: np.ndarray  # (B,) bool
@@ -136,6 +152,7 @@ class Photometric:
     contrast: np.ndarray
     saturation: np.ndarray
     hue: np.ndarray  # (B,) degrees
+    mix: np.ndarray  # (B, 3, 3) float32, out_rgb = mix @ in_rgb
     blur: np.ndarray  # (B,) bool
     sigma: np.ndarray  # (B,) float32
 
@@ -155,12 +172,14 @@ def draw_photometric(rng: np.random.Generator, *, n: int, aug: AugConfig) -> Pho
     sigma = rng.uniform(aug.blur_sigma_min, aug.blur_sigma_max, size=n)
     ones = np.ones(n)
     f32 = np.float32
+    saturation = np.where(gray, 0.0, np.where(jitter, saturation, ones))
+    hue = np.where(jitter & ~gray, hue, 0.0)
     return Photometric(
         colour=jitter | gray, jitter=jitter, gray=gray,
         brightness=np.where(jitter, brightness, ones).astype(f32),
         contrast=np.where(jitter, contrast, ones).astype(f32),
-        saturation=np.where(gray, 0.0, np.where(jitter, saturation, ones)).astype(f32),
-        hue=np.where(jitter & ~gray, hue, 0.0).astype(f32),
+        saturation=saturation.astype(f32), hue=hue.astype(f32),
+        mix=np.stack([colour_matrix(float(s), float(h)) for s, h in zip(saturation, hue)]),
         blur=blur, sigma=sigma.astype(f32))
 
 

@@ -200,3 +200,26 @@ def test_reference_labeled_contract(coordinate_data):
     assert batch["label"].shape == (8, STATS_CROP, STATS_CROP) and str(batch["label"].dtype) == "torch.int64"
     for image, label in zip(batch["image"].numpy(), batch["label"].numpy()):
         np.testing.assert_array_equal(label == 255, A.padding(image))
+
+
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_jitter_rate(loader, coordinate_data):
+    """With grayscale and blur off, the strong view differs from the weak one exactly when
+    colour jitter was drawn (a draw of four factors all ~1 is vanishingly rare)."""
+    aug = AugConfig(grayscale_prob=0.0, blur_prob=0.0)
+    cfg = DataConfig(crop_size=STATS_CROP, batch_size=8, aug=aug)
+    samples = (_dali_unlabeled(coordinate_data, cfg, epochs=6) if loader == "dali"
+               else _reference_unlabeled(coordinate_data, cfg, passes=3))
+    changed = np.mean([np.abs(s["strong"] - s["weak"])[:, s["valid"]].max() > 3 / 255 for s in samples])
+    assert abs(changed - aug.jitter_prob) < _tol(aug.jitter_prob, len(samples))
+
+
+def test_colour_matrix():
+    from fastforec.data.plan import RGB_TO_YIQ, colour_matrix
+
+    np.testing.assert_allclose(colour_matrix(1.0, 0.0), np.eye(3), atol=1e-6)
+    gray = colour_matrix(0.0, 37.0)
+    np.testing.assert_allclose(gray, np.tile(RGB_TO_YIQ[0], (3, 1)), atol=2e-3)  # every channel = luma
+    rotated = colour_matrix(1.0, 90.0)
+    np.testing.assert_allclose(RGB_TO_YIQ[0] @ rotated, RGB_TO_YIQ[0], atol=1e-6)  # hue keeps luma
+    assert not np.allclose(rotated, np.eye(3), atol=0.1)
