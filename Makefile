@@ -6,6 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
+# The demo: a synthetic VOC-layout dataset -> shards -> FOrec on the CPU -> evaluation.
+DEMO_RAW := data/synth_voc_raw
+DEMO_SPLITS := data/synth_voc_splits
+DEMO_DATA := data/synth_voc
+DEMO_RUN := runs/synth_demo
+DEMO_SYNTH_ARGS := --num-train 400 --num-val 60 --size 128x160 --seed 0
+DEMO_LABELED := 100
+
 # The stamp makes a second `make install` quick; it is redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +27,14 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/dataprep synth --layout voc --out $(DEMO_RAW) $(DEMO_SYNTH_ARGS)
+	$(BIN)/dataprep splits --root $(DEMO_RAW) --layout voc --labeled $(DEMO_LABELED) --seed 0 --out $(DEMO_SPLITS)
+	$(BIN)/dataprep voc --root $(DEMO_RAW) --split-dir $(DEMO_SPLITS) --out $(DEMO_DATA)
+	rm -rf $(DEMO_RUN)
+	time $(BIN)/python fastforec/train.py --config configs/synth_demo.json --run-dir $(DEMO_RUN)
+	$(BIN)/fastforec eval --config configs/synth_demo.json --checkpoint $(DEMO_RUN) --json $(DEMO_RUN)/eval.json
 
 clean:
 	rm -rf $(VENV) data runs
