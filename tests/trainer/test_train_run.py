@@ -10,7 +10,8 @@ from conftest import read_jsonl, run_train, tiny_config, write_config
 
 
 def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards))
+    monitor = {"csv_monitor": {"enabled": True, "output_path": str(tmp_path / "csv"), "job_name": "tiny"}}
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, deepspeed=monitor))
     run_dir = tmp_path / "run"
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,6 +32,12 @@ def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path
         assert 0.0 <= r["pl_coverage"] <= 1.0 and 0.0 < r["teacher_conf"] <= 1.0
     assert train[1]["lr"] < train[0]["lr"], "poly decay"
     assert len(evals) >= 1 and evals[-1]["miou"] == results["miou_last"]
+
+    # the same scalars reach DeepSpeed's monitor (CSV here; TensorBoard / W&B alike)
+    rows = (tmp_path / "csv" / "tiny" / "train_loss_u.csv").read_text().splitlines()
+    assert rows[0] == "step,loss_u" and [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
+    assert float(rows[1].split(",")[1]) == train[0]["loss_u"]
+    assert (tmp_path / "csv" / "tiny" / "eval_miou.csv").is_file()
 
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["method"]["name"] == "forec" and saved["data"]["root"] == str(shards)
