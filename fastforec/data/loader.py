@@ -22,7 +22,6 @@ at that position.
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -341,10 +340,8 @@ class ValData:
             return
         batches = [self._indices[i: i + self.batch_size] for i in range(0, len(self._indices), self.batch_size)]
         self._pending = deque(batches)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pipe = build_val_pipeline(source=self._source, device=self.device, batch_size=self.batch_size,
-                                      num_threads=self.cfg.num_threads)
+        pipe = build_val_pipeline(source=self._source, device=self.device, batch_size=self.batch_size,
+                                  num_threads=self.cfg.num_threads)
         for idx in batches:
             try:
                 image_tl, label_tl = pipe.run()

@@ -150,13 +150,19 @@ def _labeled_branch(inp: dict, *, device: str, crop: int, strong: bool) -> list:
     return [out_image, out_label]
 
 
-
 def _unlabeled_branch(inp: dict, *, device: str, crop: int) -> list:
     image = _decode_region(inp["u_image"], inp["u_decode_start"], inp["u_decode_shape"], device=device)
     window = _window(image, *[inp[f"u_{n}"] for n in ("roi_start", "roi_end", "size")])
     strong = _photometric(window, *[inp[f"u_{n}"] for n in PHOTOMETRIC_INPUTS])
     place = dict(crop=crop, fill=IMAGE_FILL, dtype=types.FLOAT, layout="CHW", scale=PIXEL_MAX)
     return [_place(window, inp["u_flip"], **place), _place(strong, inp["u_flip"], **place)]
+
+
+def _run_options(*, device: str, batch_size: int, num_threads: int, prefetch: int) -> dict:
+    # exec_dynamic: outputs are reference-counted, which makes the zero-copy hand-over to torch
+    # in fastforec.data.loader safe.
+    return dict(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,
+                seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=prefetch)
 
 
 def build_train_pipeline(*, graph: TrainGraph, source: Callable[[], Sequence], device: str, crop: int,
@@ -175,9 +181,8 @@ def build_train_pipeline(*, graph: TrainGraph, source: Callable[[], Sequence], d
             outputs += _unlabeled_branch(inp, device=device, crop=crop)
         return tuple(outputs)
 
-    pipe = train_pipeline(batch_size=batch_size, num_threads=num_threads,
-                          device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True,
-                          prefetch_queue_depth=prefetch)
+    pipe = train_pipeline(**_run_options(device=device, batch_size=batch_size, num_threads=num_threads,
+                                         prefetch=prefetch))
     pipe.build()
     return pipe
 
@@ -194,8 +199,7 @@ def build_val_pipeline(*, source: Callable[[], Sequence], device: str, batch_siz
         return (fn.pad(image, fill_value=IMAGE_FILL, axes=(1, 2)),
                 fn.pad(label, fill_value=IGNORE_FILL, axes=(0, 1)))
 
-    pipe = val_pipeline(batch_size=batch_size, num_threads=num_threads,
-                        device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=1)
+    pipe = val_pipeline(**_run_options(device=device, batch_size=batch_size, num_threads=num_threads, prefetch=1))
     pipe.build()
     return pipe
 
@@ -208,7 +212,7 @@ def build_decode_pipeline(*, source: Callable[[], Sequence], device: str, batch_
     def decode_pipeline():
         return _decode(fn.external_source(source=source, batch=True), device=device)
 
-    pipe = decode_pipeline(batch_size=batch_size, num_threads=num_threads,
-                           device_id=0 if device == "gpu" else None, seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=prefetch)
+    pipe = decode_pipeline(**_run_options(device=device, batch_size=batch_size, num_threads=num_threads,
+                                          prefetch=prefetch))
     pipe.build()
     return pipe
