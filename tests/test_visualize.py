@@ -1,0 +1,198 @@
+"""`fastforec visualize latent|curves`: figures are written, and the latent images shown are the
+channels that recombine, through the reconstruction decoder's last 1x1 conv, into the
+reconstruction (paper eq. 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fastforec.cli import main
+from fastforec.config import Config, ModelConfig, MethodConfig
+from fastforec.models import deeplabv3plus
+from fastforec.visualize import PANEL_INCHES, DPI, read_metrics, series
+
+NUM_CLASSES = 6
+PALETTE = [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0], [0, 200, 200]]
+INPUT_SIZES = ((40, 56), (48, 48))
+CHANNELS = 3
+
+
+def _model(method: str, seed: int):
+    torch.manual_seed(seed)
+    model = deeplabv3plus(backbone="resnet18", num_classes=NUM_CLASSES, reconstruction=MethodConfig(name=method)
+                          .reconstruction)
+    # Non-trivial BN statistics, so that eval-mode outputs are not a near-constant map.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _save_checkpoint(path: Path, method: str, seed: int) -> torch.nn.Module:
+    """A checkpoint in the trainer's shared-file format (student weights, config, dataset info)."""
+    model = _model(method, seed)
+    cfg = Config(model=ModelConfig(backbone="resnet18"), method=MethodConfig(name=method))
+    state = {"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
+             "teacher": None, "dataset": {"num_classes": NUM_CLASSES, "class_names": [f"c{i}" for i in range(6)],
+                                          "palette": PALETTE}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("ckpts")
+    forec = _save_checkpoint(root / "forec" / "checkpoints" / "step_00000003.pt", "forec", 0)
+    rec = _save_checkpoint(root / "rec_step.pt", "rec", 1)
+    supervised = _save_checkpoint(root / "sup.pt", "supervised", 2)
+    return {"forec_dir": root / "forec", "rec_file": root / "rec_step.pt", "sup_file": root / "sup.pt",
+            "models": [forec, rec], "supervised": supervised}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(INPUT_SIZES):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([xx * 255 // w, yy * 255 // h, rng.integers(0, 255, (h, w))], -1).astype(np.uint8)
+        paths.append(root / f"img{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def _load(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_latent_channels_recombine_into_the_reconstruction(checkpoints: dict, images: list[Path],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "fig.png"
+    code = main(["visualize", "latent", "--checkpoint", str(checkpoints["forec_dir"]), str(checkpoints["rec_file"]),
+                 "--input", *map(str, images), "--out", str(out), "--channels", str(CHANNELS)])
+    assert code == 0
+    # one row per input; columns: input + per checkpoint (segmentation, reconstruction, K latents)
+    cols, rows = 1 + 2 * (2 + CHANNELS), len(images)
+    with Image.open(out) as fig:
+        assert fig.format == "PNG"
+        assert fig.size == (round(cols * PANEL_INCHES * DPI), round((rows * PANEL_INCHES + 0.4) * DPI))
+    arrays = np.load(out.with_suffix(".npz"))
+    meta = json.loads(str(arrays["meta"]))
+    assert [c["method"] for c in meta["checkpoints"]] == ["forec", "rec"]
+    for g, model in enumerate(checkpoints["models"]):
+        weight = torch.from_numpy(arrays[f"c{g}_weight"])
+        bias = torch.from_numpy(arrays[f"c{g}_bias"])
+        # the shown channels: largest column norms of the last conv's weights, most important first
+        want = torch.argsort(weight.norm(dim=0), descending=True)[:CHANNELS].tolist()
+        assert arrays[f"c{g}_channels"].tolist() == want
+        assert torch.equal(weight, model.aux_head.classifier.weight.detach()[:, :, 0, 0])
+        for i, path in enumerate(images):
+            latent = torch.from_numpy(arrays[f"c{g}_i{i}_latent"])[None]
+            image = _load(path)
+            assert torch.equal(torch.from_numpy(arrays[f"input{i}"]), image[0])
+            recombined = F.interpolate(F.conv2d(latent, weight[:, :, None, None], bias), size=image.shape[-2:],
+                                       mode="bilinear", align_corners=False)
+            rec = torch.from_numpy(arrays[f"c{g}_i{i}_aux"])[None]
+            torch.testing.assert_close(recombined, rec, atol=1e-5, rtol=1e-5)
+            with torch.no_grad():  # and it is the model's own reconstruction of that input
+                direct = model(image)
+            torch.testing.assert_close(rec, direct["rec"], atol=1e-5, rtol=1e-5)
+            assert np.array_equal(arrays[f"c{g}_i{i}_seg"], direct["seg"][0].argmax(0).numpy())
+
+
+def test_variance_selection_ranks_by_activation_variance(checkpoints: dict, images: list[Path],
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "var.png"
+    assert main(["visualize", "latent", "--checkpoint", str(checkpoints["rec_file"]), "--input", str(images[0]),
+                 "--out", str(out), "--channels", "4", "--select", "variance"]) == 0
+    arrays = np.load(out.with_suffix(".npz"))
+    var = arrays["c0_i0_latent"].reshape(256, -1).var(axis=1)
+    assert arrays["c0_channels"].tolist() == np.argsort(-var, kind="stable")[:4].tolist()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("supervised", "has no reconstruction decoder"),
+    ("missing_input", "does-not-exist.png' does not exist"),
+    ("bad_image", "cannot read image"),
+    ("zero_channels", "--channels must be >= 1"),
+])
+def test_latent_errors_name_the_problem(case: str, message: str, checkpoints: dict, images: list[Path],
+                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, inputs, channels = str(checkpoints["rec_file"]), [str(images[0])], "2"
+    if case == "supervised":
+        ckpt = str(checkpoints["sup_file"])
+    elif case == "missing_input":
+        inputs = [str(tmp_path / "does-not-exist.png")]
+    elif case == "bad_image":
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        inputs = [str(tmp_path / "broken.png")]
+    else:
+        channels = "0"
+    out = tmp_path / "fig.png"
+    assert main(["visualize", "latent", "--checkpoint", ckpt, "--input", *inputs, "--out", str(out),
+                 "--channels", channels]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# curves
+
+
+def _write_metrics(run: Path, records: list[dict]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _records(method: str) -> list[dict]:
+    recs = []
+    for step in range(1, 7):
+        r = {"kind": "train", "step": step, "epoch": step // 3, "loss": 3.0 / step, "loss_s": 2.0 / step,
+             "loss_rec": 0.5 / step, "lr": 0.01 * (1 - step / 7), "pl_coverage": step / 10, "teacher_conf": 0.5}
+        if method != "supervised":
+            r["loss_u"] = 0.0 if step < 3 else 0.5 / step
+        recs.append(r)
+        if step % 3 == 0:
+            recs.append({"kind": "eval", "step": step, "epoch": step // 3 - 1, "miou": 0.1 * step})
+    return recs
+
+
+def test_curves_writes_a_figure_from_metrics(tmp_path: Path) -> None:
+    _write_metrics(tmp_path / "forec", _records("forec"))
+    _write_metrics(tmp_path / "sup", _records("supervised"))
+    out = tmp_path / "curves.png"
+    assert main(["visualize", "curves", "--run", str(tmp_path / "forec"), str(tmp_path / "sup"),
+                 "--out", str(out)]) == 0
+    with Image.open(out) as fig:
+        assert fig.format == "PNG" and fig.size[0] > 500
+    records = read_metrics(tmp_path / "sup")
+    assert series(records, kind="eval", key="miou") == ([3.0, 6.0], [pytest.approx(0.3), pytest.approx(0.6)])
+    assert series(records, kind="train", key="loss_u") == ([], [])  # supervised: no unlabeled loss
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no metrics.jsonl"),
+    ('{"kind": "train", "step": 1}\n{"kind": "tra', "metrics.jsonl:2: not a JSON record"),
+    ('{"kind": "train", "loss": 1.0}\n', "metrics.jsonl:1: a record needs a 'step'"),
+    ("\n", "metrics.jsonl is empty"),
+])
+def test_curves_errors_name_the_file(content: str | None, message: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        (run / "metrics.jsonl").write_text(content)
+    out = tmp_path / "curves.png"
+    assert main(["visualize", "curves", "--run", str(run), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
