@@ -15,12 +15,20 @@ from conftest import TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_con
 HARNESS = Path(__file__).with_name("equivalence_harness.py")
 
 
-def torchrun() -> list[str]:
+def _free_port() -> str:
     # A fixed free port: torchrun's --master_port 0 leaves the workers waiting for a rendezvous.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        return str(s.getsockname()[1])
+
+
+def torchrun() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+
+
+def deepspeed_launcher() -> list[str]:
+    # the `deepspeed` launcher passes --local_rank=N to the script, torchrun does not
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port()]
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -56,11 +64,11 @@ def test_two_ranks_match_one_rank_with_accumulation(shards: Path, tmp_path: Path
         assert d["losses"][key]["loss_s"] == pytest.approx(s["losses"][key]["loss_s"], rel=1e-4), key
 
 
-def test_train_script_under_torchrun_zero2(shards: Path, tmp_path: Path) -> None:
+def test_train_script_under_deepspeed_launcher_zero2(shards: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cfg.json", tiny_config(
         shards, deepspeed={"zero_optimization": {"stage": 2}}, train={"max_steps": 2, "checkpoint_every": 2}))
     run_dir = tmp_path / "run"
-    _run(torchrun() + [str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(run_dir)], tmp_path)
+    _run(deepspeed_launcher() + [str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(run_dir)], tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["step"] == 2
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
