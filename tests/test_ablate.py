@@ -1,0 +1,116 @@
+"""`fastforec ablate` on a tiny study: data prepared with dataprep, real training subprocesses,
+the table, and resumption (finished runs are not redone)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fastforec.ablate import Run, plan_runs, train_command
+from fastforec.cli import main
+
+METHODS = ("supervised", "forec")
+BUDGET = 3
+FAKE_MIOU = {"supervised": 0.25, "forec": 0.5}  # seed 1, "finished earlier"
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = {"data": {"root": "unused", "crop_size": 32, "batch_size": 2, "num_threads": 1, "device": "cpu",
+                    "shuffle_buffer": 8},
+           "model": {"backbone": "resnet18", "output_stride": 16},
+           "method": {"name": "forec", "conf_thresh": 0.5},
+           "optim": {"lr": 0.01},
+           "train": {"name": "x", "epochs": 1, "max_steps": 2, "log_every": 1, "eval_every": 1000,
+                     "checkpoint_every": 1000, "keep_checkpoints": 1},
+           "deepspeed": {}}
+    path = tmp_path_factory.mktemp("ablate_cfg") / "tiny_ablation.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _argv(config: Path, out: Path, *extra: str) -> list[str]:
+    return ["ablate", "--config", str(config), "--methods", ",".join(METHODS), "--budgets", str(BUDGET),
+            "--seeds", "2", "--out", str(out), "--num-train", "16", "--num-val", "3", "--size", "40x48",
+            "--torch-threads", "1", *extra]
+
+
+def _fake_finished(out: Path, method: str) -> None:
+    run = out / "runs" / Run(method, BUDGET, 1).name
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"miou_last": FAKE_MIOU[method], "miou_best": FAKE_MIOU[method],
+                                                  "step": 2}))
+
+
+def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "study"
+    for m in METHODS:
+        _fake_finished(out, m)
+    assert main(_argv(config, out)) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished earlier, skipped") == 2  # the two seed-1 runs
+    runs = {m: out / "runs" / Run(m, BUDGET, 0).name for m in METHODS}
+    for m, run in runs.items():
+        config_used = json.loads((run / "config.json").read_text())
+        assert config_used["method"]["name"] == m and config_used["train"]["seed"] == 0
+        assert Path(config_used["data"]["root"]) == out / "data" / f"shards_{BUDGET}"
+    manifest = json.loads((out / "data" / f"shards_{BUDGET}" / "manifest.json").read_text())
+    assert sum(s["num_samples"] for s in manifest["splits"]["labeled"]["shards"]) == BUDGET
+    assert sum(s["num_samples"] for s in manifest["splits"]["unlabeled"]["shards"]) == 16 - BUDGET
+
+    table = (out / "ablation.md").read_text()
+    report = json.loads((out / "ablation.json").read_text())
+    for m, run in runs.items():
+        values = [100 * json.loads((run / "results.json").read_text())["miou_last"], 100 * FAKE_MIOU[m]]
+        cell = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+        assert cell in table
+        assert report["table"][m][str(BUDGET)]["n"] == 2
+    assert "| Supervised only |" in table and "| + FOrec |" in table
+    with Image.open(out / "ablation.png") as fig:
+        assert fig.format == "PNG"
+
+    logs = {m: (run / "train.log").read_text() for m, run in runs.items()}
+    assert main(_argv(config, out)) == 0  # re-run: every run is finished, nothing is trained again
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 4
+    assert {m: (run / "train.log").read_text() for m, run in runs.items()} == logs
+    assert (out / "ablation.md").read_text() == table
+
+    # the same directory with other data is refused: results of two datasets never get averaged
+    assert main(_argv(config, out)[:-2] + ["--num-val", "4"]) == 2
+    assert "was made with num_val=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--methods", "forec,bogus"), "unknown method(s) bogus"),
+    (("--budgets", "3,99"), "--budgets: [99] not in 1..8"),
+    (("--budgets", "three"), "not a comma-separated list of integers"),
+    (("--seeds", "0"), "--seeds must be >= 1"),
+    (("--set", "method.nope=1"), "method.nope: unknown key"),
+])
+def test_bad_arguments_exit_2_before_any_work(change: tuple[str, str], message: str, config: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    argv = _argv(config, tmp_path / "study")
+    if change[0] in argv and change[0] != "--set":
+        argv[argv.index(change[0]) + 1] = change[1]
+    else:
+        argv += list(change)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+
+
+def test_interrupted_runs_resume_and_runs_are_seed_major(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    cmd = train_command(Run("rec", 20, 1), config=tmp_path / "c.json", run_dir=run_dir, shards=tmp_path / "s",
+                        overrides=["train.max_steps=5"], resume=True)
+    assert cmd[-1] == "--resume"
+    assert ["--set", "method.name=rec"] == cmd[cmd.index("method.name=rec") - 1: cmd.index("method.name=rec") + 1]
+    assert "train.seed=1" in cmd and f"data.root={tmp_path / 's'}" in cmd and "train.max_steps=5" in cmd
+    order = [r.name for r in plan_runs(["a", "b"], [1, 2], 2)]
+    assert order[:4] == ["a_b1_s0", "b_b1_s0", "a_b2_s0", "b_b2_s0"]  # every cell gets seed 0 first
