@@ -50,6 +50,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=["student", "teacher"], default="student")
 
 
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    from fastforec.visualize import add_arguments
+
+    add_arguments(sub.add_parser("visualize", help="latent images (paper Fig. 1/4) and training curves"))
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    from fastforec.ablate import add_arguments
+
+    add_arguments(sub.add_parser("ablate", help="methods x label budgets x seeds study (paper Table 4/5)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastforec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_eval(sub)
     _add_predict(sub)
     _add_bench(sub)
+    _add_visualize(sub)
+    _add_ablate(sub)
     args = parser.parse_args(argv)
     from fastforec.checkpoint import CheckpointError
     from fastforec.config import ConfigError
@@ -70,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastforec.eval_cli import run
         elif args.command == "predict":
             from fastforec.predict import run
+        elif args.command == "visualize":
+            from fastforec.visualize import run
+        elif args.command == "ablate":
+            from fastforec.ablate import run
         else:
             from fastforec.bench import run_bench as run
         return run(args)
