@@ -3,41 +3,50 @@ run chunk by chunk.
 
 Why chunks: the naive composition materialises several full (B, C, H, W) fp32 tensors
 (softmax, log-softmax, its gradient, the target image, the squared error) and streams each
-through DRAM. Here every intermediate lives only for one chunk of about ``CHUNK_ELEMENTS``
-values, small enough to stay in the L2 cache while the following ops re-read it, and the only
-full-size tensor allocated is the gradient itself. The gradient is produced in the forward pass
-(the autograd wrapper scales it in backward), so nothing else is saved for backward.
+through memory. Here every intermediate lives only for one chunk, and the only full-size tensor
+allocated is the gradient itself (fp32 log-probabilities are even computed straight into it).
+The gradient is produced in the forward pass (the autograd wrapper scales it in backward), so
+nothing else is saved for backward.
 
-Every function returns fp32 results computed from fp32 copies of the inputs, whatever their
-dtype (bf16/fp16 inputs are upcast chunk by chunk, never as a whole).
+Chunk size: a fixed fraction of the call (``CHUNKS_PER_CALL``), not a cache-sized constant.
+On an idle 2-core machine 2 MiB (L2-sized) chunks and whole-sample chunks measured the same,
+but every op is an OpenMP parallel region ending in a barrier, and on a shared, oversubscribed
+machine each barrier can wait for a descheduled thread: many small ops then cost several times
+more than a few large ones (docs/bench_kernels.md). A fixed chunk count bounds that cost, and
+1/8 of the tensor keeps the temporaries well under the naive composition's full-size ones.
+
+Every function computes in fp32 whatever the input dtype (bf16/fp16 inputs are upcast chunk by
+chunk, never as a whole).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
 
-# 2**19 fp32 values = 2 MiB: the L2 size per core of the machines this was tuned on; measured
-# best of 2**15..2**20 for both losses at B=8, C=21, 256x256 (docs/bench_kernels.md).
-CHUNK_ELEMENTS = 2**19
+CHUNKS_PER_CALL = 8
+# Below this a chunk's ops are dominated by per-op overhead: small inputs run in one piece.
+MIN_CHUNK_ELEMENTS = 2**16
 
 Index = tuple[slice, slice]
 
 
 def _chunks(batch: int, height: int, elements_per_row: int) -> Iterator[Index]:
-    """(batch slice, row slice) pairs covering (B, H); each chunk holds about CHUNK_ELEMENTS.
+    """(batch slice, row slice) pairs covering (B, H), each about 1/CHUNKS_PER_CALL of the data.
 
-    Whole samples are grouped when one sample is smaller than a chunk (fewer, larger ops);
-    larger samples are split along rows.
+    Whole samples are grouped when one sample is smaller than a chunk (a batch slice of an
+    NCHW tensor is contiguous); larger samples are split along rows.
     """
     per_sample = elements_per_row * height
-    if per_sample <= CHUNK_ELEMENTS:
-        step = max(1, CHUNK_ELEMENTS // per_sample)
+    chunk = max(MIN_CHUNK_ELEMENTS, math.ceil(batch * per_sample / CHUNKS_PER_CALL))
+    if per_sample <= chunk:
+        step = max(1, chunk // per_sample)
         for b in range(0, batch, step):
             yield slice(b, b + step), slice(None)
         return
-    rows = max(1, CHUNK_ELEMENTS // elements_per_row)
+    rows = max(1, chunk // elements_per_row)
     for b in range(batch):
         for r in range(0, height, rows):
             yield slice(b, b + 1), slice(r, r + rows)

@@ -57,3 +57,11 @@ def grad_tol(dtype: torch.dtype) -> dict[str, float]:
 
 
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
+
+
+def force_chunk_elements(monkeypatch, elements: int) -> None:
+    """Make the torch backend cut every call into chunks of ``elements`` values."""
+    import kernels._chunked
+
+    monkeypatch.setattr(kernels._chunked, "MIN_CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(kernels._chunked, "CHUNKS_PER_CALL", 2**62)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, grad_tol, layout, pixel_rand
+from kernel_cases import (BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, layout,
+                          pixel_rand)
 
 import kernels
-import kernels._chunked
 from fastforec.losses import masked_mse_reference
 
 RGB = 3
@@ -82,7 +82,7 @@ def test_torch_backend_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None
     rec, image, fg, mask = inputs(Shape(3, RGB, 10, 9, True), torch.float32, torch.float32, seed=4)
     ref_loss, ref_grad = loss_and_grad(masked_mse_reference, rec, image, fg, mask)
     for chunk in (RGB * 9 * 4, RGB * 10 * 9 * 2):  # rows of one sample; two whole samples
-        monkeypatch.setattr(kernels._chunked, "CHUNK_ELEMENTS", chunk)
+        force_chunk_elements(monkeypatch, chunk)
         loss, grad = loss_and_grad(lambda *a: kernels.masked_mse(*a, backend="torch"), rec, image, fg, mask)
         torch.testing.assert_close(loss, ref_loss, **LOSS_TOL)
         torch.testing.assert_close(grad, ref_grad, **grad_tol(torch.float32))

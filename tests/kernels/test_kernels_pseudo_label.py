@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import BACKENDS, DTYPES, SHAPES, Shape, layout, logits
+from kernel_cases import BACKENDS, DTYPES, SHAPES, Shape, force_chunk_elements, layout, logits
 
 import kernels
-import kernels._chunked
 from fastforec.losses import pseudo_label_reference
 
 FG = (1, 2, 3, 7, 11, 18)
@@ -63,7 +62,7 @@ def test_torch_backend_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None
     x = logits(Shape(3, 21, 10, 9, True), torch.float32, seed=5)
     ref = pseudo_label_reference(x, FG)
     for chunk in (21 * 9 * 3, 21 * 10 * 9 * 2):
-        monkeypatch.setattr(kernels._chunked, "CHUNK_ELEMENTS", chunk)
+        force_chunk_elements(monkeypatch, chunk)
         for got, want in zip(kernels.pseudo_label(x, FG, backend="torch"), ref):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, grad_tol, logits, pixel_rand
+from kernel_cases import (BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
+                          pixel_rand)
 
 import kernels
-import kernels._chunked
 from fastforec.losses import pseudo_label_ce_reference
 
 THRESH = 0.4
@@ -101,7 +101,7 @@ def test_torch_backend_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None
     student, label, conf, valid = inputs(shape, torch.float32, seed=5)
     ref_loss, ref_grad = loss_and_grad(pseudo_label_ce_reference, student, label, conf, valid, THRESH)
     for chunk in (21 * 9 * 3, 21 * 10 * 9 * 2):  # rows of one sample; two whole samples
-        monkeypatch.setattr(kernels._chunked, "CHUNK_ELEMENTS", chunk)
+        force_chunk_elements(monkeypatch, chunk)
         loss, grad = loss_and_grad(lambda *a: kernels.pseudo_label_ce(*a, backend="torch"),
                                    student, label, conf, valid, THRESH)
         torch.testing.assert_close(loss, ref_loss, **LOSS_TOL)

@@ -1,0 +1,36 @@
+"""The torch backend's chunking: every (sample, row) exactly once, in a bounded number of chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernels import _chunked
+
+
+def covered(batch: int, height: int, elements_per_row: int) -> list[tuple[int, int]]:
+    cells = []
+    for bs, rs in _chunked._chunks(batch, height, elements_per_row):
+        for b in range(batch)[bs]:
+            cells.extend((b, r) for r in range(height)[rs])
+    return cells
+
+
+@pytest.mark.parametrize(("batch", "height", "elements_per_row"), [
+    (8, 256, 21 * 256),  # the benchmark: one sample per chunk
+    (8, 512, 21 * 512),
+    (3, 1000, 21 * 1000),  # 3 samples: each split into row blocks
+    (2, 48, 21 * 48),  # trainer-test sized: one chunk
+    (5, 7, 3),
+])
+def test_chunks_cover_every_row_once(batch: int, height: int, elements_per_row: int) -> None:
+    cells = covered(batch, height, elements_per_row)
+    assert sorted(cells) == [(b, r) for b in range(batch) for r in range(height)]
+    chunks = list(_chunked._chunks(batch, height, elements_per_row))
+    total = batch * height * elements_per_row
+    expected_max = max(1, -(-total // _chunked.MIN_CHUNK_ELEMENTS))
+    assert len(chunks) <= min(2 * _chunked.CHUNKS_PER_CALL, expected_max)
+
+
+def test_benchmark_shape_is_cut_per_sample() -> None:
+    chunks = list(_chunked._chunks(8, 256, 21 * 256))
+    assert chunks == [(slice(b, b + 1), slice(None)) for b in range(8)]
