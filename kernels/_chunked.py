@@ -109,7 +109,8 @@ def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tenso
             log_prob.mul_(weight[bs, rs].unsqueeze(1))
             if not in_grad:
                 grad_chunk.copy_(log_prob)
-    loss = -torch.stack(partial_sums).sum() / n_valid.clamp_min(1)
+    # 0 - s rather than -s: +0.0 (not -0.0) when no pixel is kept, as the reference gives.
+    loss = (0.0 - torch.stack(partial_sums).sum()) / n_valid.clamp_min(1)
     return loss, grad
 
 
