@@ -158,10 +158,19 @@ def _unlabeled_branch(inp: dict, *, device: str, crop: int) -> list:
     return [_place(window, inp["u_flip"], **place), _place(strong, inp["u_flip"], **place)]
 
 
+def _device_id(device: str) -> int | None:
+    """The current CUDA device (each rank has set its own), or None for DALI's CPU-only mode."""
+    if device != "gpu":
+        return None
+    import torch
+
+    return torch.cuda.current_device()
+
+
 def _run_options(*, device: str, batch_size: int, num_threads: int, prefetch: int) -> dict:
     # exec_dynamic: outputs are reference-counted, which makes the zero-copy hand-over to torch
     # in fastforec.data.loader safe.
-    return dict(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,
+    return dict(batch_size=batch_size, num_threads=num_threads, device_id=_device_id(device),
                 seed=DALI_SEED, exec_dynamic=True, prefetch_queue_depth=prefetch)
 
 
