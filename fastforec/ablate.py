@@ -141,7 +141,8 @@ def check_study(out: Path, spec: DataSpec) -> None:
 
 def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[int], console: Any) -> dict[int, Path]:
     """The shard directory of every budget, making whatever is missing (resumable)."""
-    from dataprep.convert import DEFAULT_SHARD_MB, DEFAULT_SHARD_SAMPLES, RunOptions, default_workers, make_caps, run_conversion
+    from dataprep.convert import (DEFAULT_SHARD_MB, DEFAULT_SHARD_SAMPLES, RunOptions, default_workers, make_caps,
+                                  run_conversion)
     from dataprep.splits import random_partition, write_partition
     from dataprep.synth import default_ids, synthesize
     from dataprep.voc import voc_plan
@@ -149,7 +150,8 @@ def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[int], console: Any
     raw = out / "data" / "raw"
     marker = out / "data" / "study.json"
     if not marker.is_file():
-        console.print(f"dataprep synth: {spec.num_train} + {spec.num_val} images of {spec.height}x{spec.width} -> {raw}")
+        console.print(f"dataprep synth: {spec.num_train} + {spec.num_val} images of {spec.height}x{spec.width} "
+                      f"-> {raw}")
         train_ids, val_ids = default_ids("voc", spec.num_train, spec.num_val)
         synthesize("voc", raw, train_ids=train_ids, val_ids=val_ids, size=(spec.height, spec.width),
                    seed=spec.data_seed, workers=default_workers(), quiet=True)
@@ -175,7 +177,8 @@ def data_commands(out: Path, spec: DataSpec, budgets: Sequence[int]) -> list[str
             f"--num-val {spec.num_val} --seed {spec.data_seed}"]
     for b in budgets:
         split_dir, shard_dir = data_dirs(out, b)
-        cmds.append(f"dataprep splits --root {raw} --layout voc --labeled {b} --seed {spec.split_seed} --out {split_dir}")
+        cmds.append(f"dataprep splits --root {raw} --layout voc --labeled {b} --seed {spec.split_seed} "
+                    f"--out {split_dir}")
         cmds.append(f"dataprep voc --root {raw} --split-dir {split_dir} --out {shard_dir}")
     return cmds
 
@@ -289,8 +292,8 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
              "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |",
              "|---|" + "---:|" * len(budgets)]
     for m in methods:
-        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(
-            cell([r["miou_last"] for r in table[m][str(b)]["runs"] if _finite(r["miou_last"])]) for b in budgets) + " |")
+        cells = [cell([r["miou_last"] for r in table[m][str(b)]["runs"] if _finite(r["miou_last"])]) for b in budgets]
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", "Every run (final mIoU %, seed in brackets):", "", "| method | budget | runs |", "|---|---:|---|"]
     for m in methods:
         for b in budgets:
@@ -299,7 +302,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
                                               or "-") + " |")
     if failed:
         lines += ["", "Failed runs (see their logs):", ""] + [f"- {o.run.name}: `{o.log}`" for o in failed]
-    lines += ["", "Data preparation (what `fastforec ablate` did, as commands):", "", "```"] + list(commands) + ["```", ""]
+    lines += ["", "Data preparation (what `fastforec ablate` did, as commands):", "", "```", *commands, "```", ""]
     return "\n".join(lines)
 
 
@@ -429,7 +432,8 @@ def run_all(runs: Sequence[Run], *, out: Path, config: Path, shards: dict[int, P
         if outcome.status == "done":
             console.print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
         elif outcome.status == "ran":
-            console.print(f"[{i}/{len(runs)}] {run.name}: done in {outcome.seconds:.0f} s (study {elapsed / 60:.1f} min)")
+            console.print(f"[{i}/{len(runs)}] {run.name}: done in {outcome.seconds:.0f} s "
+                          f"(study {elapsed / 60:.1f} min)")
         else:
             console.print(f"[{i}/{len(runs)}] [red]{run.name}: FAILED[/red], log {outcome.log}")
             failed.append(outcome)

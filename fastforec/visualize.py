@@ -211,7 +211,8 @@ def latent_figure(inputs: Sequence[tuple[str, torch.Tensor]], groups: Sequence[C
             view = g.views[r]
             palette = np.asarray(g.palette, dtype=np.float64) / 255.0
             first = r == 0
-            _panel(axes[r, c], palette[np.clip(view.seg, 0, len(palette) - 1)], f"{g.name}\nsegmentation" if first else None)
+            seg = palette[np.clip(view.seg, 0, len(palette) - 1)]
+            _panel(axes[r, c], seg, f"{g.name}\nsegmentation" if first else None)
             aux, label = _aux_panel(view, g.aux_kind)
             _panel(axes[r, c + 1], aux, f"{g.name}\n{label}" if first else None, cmap="gray" if aux.ndim == 2 else None)
             for j, ch in enumerate(g.channels):

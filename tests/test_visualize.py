@@ -116,7 +116,8 @@ def test_variance_selection_ranks_by_activation_variance(checkpoints: dict, imag
     assert main(["visualize", "latent", "--checkpoint", str(checkpoints["rec_file"]), "--input", str(images[0]),
                  "--out", str(out), "--channels", "4", "--select", "variance"]) == 0
     arrays = np.load(out.with_suffix(".npz"))
-    var = arrays["c0_i0_latent"].reshape(256, -1).var(axis=1)
+    latent = arrays["c0_i0_latent"]
+    var = latent.reshape(latent.shape[0], -1).var(axis=1)
     assert arrays["c0_channels"].tolist() == np.argsort(-var, kind="stable")[:4].tolist()
 
 

@@ -223,7 +223,8 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     semi = cfg.method.uses_unlabeled
     with torch.device("meta"):
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
-                                output_stride=cfg.model.output_stride, reconstruction=cfg.method.reconstruction)
+                                output_stride=cfg.model.output_stride, reconstruction=cfg.method.reconstruction,
+                                decoder_channels=cfg.model.decoder_channels)
         teacher = student.segmentation_copy().eval() if semi else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
     teacher_flops = 0
@@ -272,7 +273,8 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 def peak_flops(settings: BenchSettings, device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     if settings.peak_tflops is not None:
         return settings.peak_tflops * TERA, "--peak-tflops"
-    return measure_peak_flops(device, dtype), f"measured ({PEAK_MATMUL_SIZE['cuda' if device.type == 'cuda' else 'cpu']}^2 matmul)"
+    n = PEAK_MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu"]
+    return measure_peak_flops(device, dtype), f"measured ({n}^2 matmul)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,10 +316,16 @@ def run_identity(cfg: Config, dist: Any, trainer: Any) -> dict[str, Any]:
 
     return {"device": trainer.device.type, "world_size": dist.world_size, "batch_size_per_device": cfg.data.batch_size,
             "crop": cfg.data.crop_size, "backbone": cfg.model.backbone, "output_stride": cfg.model.output_stride,
-            "method": cfg.method.name, "dtype": str(compute_dtype(trainer)).removeprefix("torch."),
+            "decoder_channels": cfg.model.decoder_channels, "method": cfg.method.name,
+            "dtype": str(compute_dtype(trainer)).removeprefix("torch."),
             "zero_stage": int(trainer.ds_config.get("zero_optimization", {}).get("stage", 0)),
             "torch_threads": torch.get_num_threads(), "data_threads": cfg.data.num_threads,
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "data": cfg.data.root}
+
+
+def model_label(result: dict[str, Any]) -> str:
+    """e.g. "resnet18 OS16 decoder 64" for table titles."""
+    return f"{result['backbone']} OS{result['output_stride']} decoder {result['decoder_channels']}"
 
 
 def print_rich(renderable: Any) -> None:

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from fastforec.bench.common import (FLOPS_ONLY, GIGA, TERA, Batch, BenchError, BenchSettings, Window, bench_config,
                                     bench_settings, bench_trainer, compute_dtype, cycle, gather_floats, median_rate,
-                                    memory_batches, peak_flops, per_rank_rows, pipeline_batch, print_rich,
-                                    run_identity, run_steps, step_flops, throughput_summary)
+                                    memory_batches, model_label, peak_flops, per_rank_rows, pipeline_batch,
+                                    print_rich, run_identity, run_steps, step_flops, throughput_summary)
 
 EFFICIENCY_TARGET = 0.9  # issue #7: the pipeline and the trainer's own work hide behind compute
 
@@ -83,8 +83,8 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
 def e2e_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"train step fed by the DALI pipeline vs in memory: {result['backbone']} "
-                        f"OS{result['output_stride']}, {result['method']}, crop {result['crop']}, batch "
+    table = Table(title=f"train step fed by the DALI pipeline vs in memory: {model_label(result)}, "
+                        f"{result['method']}, crop {result['crop']}, batch "
                         f"{result['batch_size_per_device']}/device, {result['dtype']}, {result['device']} x "
                         f"{result['world_size']}, {result['data_threads']} DALI threads (median of "
                         f"{result['rounds']} interleaved rounds of {result['batches_per_round']} steps)")

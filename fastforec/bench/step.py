@@ -28,8 +28,9 @@ from typing import Any
 
 from fastforec.bench.common import (DEFAULT_NUM_CLASSES, FLOPS_ONLY, GIGA, TERA, BenchError, BenchSettings,
                                     bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_floats,
-                                    median_rate, memory_batches, model_step_flops, peak_flops, per_rank_rows,
-                                    print_rich, run_identity, run_steps, step_flops, throughput_summary)
+                                    median_rate, memory_batches, model_label, model_step_flops, peak_flops,
+                                    per_rank_rows, print_rich, run_identity, run_steps, step_flops,
+                                    throughput_summary)
 from fastforec.config import Config
 
 PROJECTED_MFU = (0.3, 0.4, 0.5)  # MFU values the FLOPs-only mode projects throughput at
@@ -58,7 +59,7 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
 def step_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"train step on in-memory batches: {result['backbone']} OS{result['output_stride']}, "
+    table = Table(title=f"train step on in-memory batches: {model_label(result)}, "
                         f"{result['method']}, crop {result['crop']}, batch {result['batch_size_per_device']}/device, "
                         f"{result['dtype']}, {result['device']} x {result['world_size']} "
                         f"(median of {result['rounds']} rounds of {result['batches_per_round']} steps)")
@@ -97,7 +98,8 @@ def flops_only(cfg: Config, settings: BenchSettings) -> dict[str, Any]:
     batch = cfg.data.batch_size
     result: dict[str, Any] = {
         "benchmark": "step", "mode": "flops_only", "backbone": cfg.model.backbone,
-        "output_stride": cfg.model.output_stride, "method": cfg.method.name, "crop": cfg.data.crop_size,
+        "output_stride": cfg.model.output_stride, "decoder_channels": cfg.model.decoder_channels,
+        "method": cfg.method.name, "crop": cfg.data.crop_size,
         "batch_size_per_device": batch, "num_classes": num_classes, "num_classes_source": source,
         "flops_per_sample": flops["total"] / batch, "teacher_flops_per_sample": flops["teacher"] / batch,
         "student_flops_per_sample": flops["student"] / batch,
@@ -113,8 +115,8 @@ def flops_only(cfg: Config, settings: BenchSettings) -> dict[str, Any]:
 def flops_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"FLOPs per sample (1 labeled + 1 unlabeled image): {result['backbone']} "
-                        f"OS{result['output_stride']}, {result['method']}, crop {result['crop']}, "
+    table = Table(title=f"FLOPs per sample (1 labeled + 1 unlabeled image): {model_label(result)}, "
+                        f"{result['method']}, crop {result['crop']}, "
                         f"{result['num_classes']} classes")
     table.add_column("part")
     table.add_column("GFLOP/sample", justify="right")

@@ -18,6 +18,9 @@ import pytest
 import torch
 from torch import nn
 
+# The top-level `kernels` package, imported before any tests/test_*.py module puts tests/ on sys.path
+# (pytest's "prepend" import mode): from then on `import kernels` finds the tests/kernels directory.
+import kernels  # noqa: F401
 from fastforec.bench import common, e2e, step
 from fastforec.config import load_config
 from fastforec.models import deeplabv3plus
@@ -25,7 +28,18 @@ from fastforec.models import deeplabv3plus
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 2
 CROP = 32
+DECODER = 32  # decoder width: a narrow decoder keeps the tests fast
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny steps are dominated by per-op overhead; one thread also keeps them from stalling in OpenMP
+    barriers when other processes share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +54,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {"data": {"root": str(shards), "crop_size": CROP, "batch_size": BATCH, "num_threads": 1, "device": "cpu",
                     "shuffle_buffer": 8},
-           "model": {"backbone": "resnet18", "output_stride": 16},
+           "model": {"backbone": "resnet18", "output_stride": 16, "decoder_channels": DECODER},
            "method": {"name": "forec", "conf_thresh": 0.5, "warmup_epochs": 3},
            "optim": {"lr": 0.01},
            "train": {"name": "bench", "epochs": 1, "max_steps": 50},
@@ -112,7 +126,8 @@ def test_step_flops_match_a_hand_count(step_result: dict, config: Path, tmp_path
     conv shapes recorded by hooks: teacher forward on B + student forward and backward on 2B."""
     result = step_result
     num_classes = json.loads((Path(result["data"]) / "manifest.json").read_text())["num_classes"]
-    student = deeplabv3plus(backbone="resnet18", num_classes=num_classes, reconstruction="rgb").eval()
+    student = deeplabv3plus(backbone="resnet18", num_classes=num_classes, reconstruction="rgb",
+                            decoder_channels=DECODER).eval()
     teacher = student.segmentation_copy().eval()
     teacher_fwd, _ = _conv_hand_count(teacher, torch.rand(BATCH, 3, CROP, CROP))
     student_fwd, stem = _conv_hand_count(student, torch.rand(2 * BATCH, 3, CROP, CROP))
