@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fastforec.atomic import atomic_path, atomic_write_json
+from fastforec.atomic import atomic_path, atomic_write_json, fsync_dir
 from fastforec.data.manifest import LABEL_EXT
 
 from .encode import EncodedSample
@@ -121,14 +121,6 @@ class _HashingFile:
             self._f.flush()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _OpenShard:
     """One tar being written under a temporary name."""
 
@@ -161,7 +153,7 @@ class _OpenShard:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return self._hashing.sha256.hexdigest()
 
     def discard(self) -> None:
