@@ -128,6 +128,7 @@ class Trainer:
         optimizer, scheduler = build_optimizer(student, cfg.optim, max_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+        _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
         self.state = TrainState()
@@ -209,7 +210,8 @@ class Trainer:
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
-        if boundary:
+        # fp16 loss scaling skips the optimizer step on overflow: then nothing else moves either
+        if boundary and self.engine.was_step_applied():
             self._average_bn_statistics()
             if self.teacher is not None:
                 self.teacher.update(self.student, self.state.step, fp32_param=self._fp32_getter())
@@ -389,6 +391,16 @@ class Trainer:
         return Path(resume)
 
 
+def _optimizer_kind(opt: Any) -> str:
+    """"zero" (ZeRO 1/2 partitions) or "torch" (stage 0 in fp32 / torch_autocast); else an error."""
+    if hasattr(opt, "single_partition_of_fp32_groups"):
+        return "zero"
+    if isinstance(opt, torch.optim.Optimizer):
+        return "torch"
+    raise CheckpointError(f"checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not supported; "
+                          f"use ZeRO stage >= 1 or the torch_autocast block for mixed precision")
+
+
 def _optimizer_state(opt: Any) -> dict[str, Any]:
     """Optimizer state as plain tensors, loadable with weights_only=True.
 
@@ -396,13 +408,10 @@ def _optimizer_state(opt: Any) -> dict[str, Any]:
     partition itself (the master weights when the module is bf16/fp16), not DeepSpeed's full
     state_dict, which pickles Python objects.
     """
-    if hasattr(opt, "single_partition_of_fp32_groups"):
+    if _optimizer_kind(opt) == "zero":
         return {"kind": "zero", "base": opt.optimizer.state_dict(),
                 "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups]}
-    if isinstance(opt, torch.optim.Optimizer):
-        return {"kind": "torch", "base": opt.state_dict()}
-    raise CheckpointError(f"checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not supported; "
-                          f"use ZeRO stage >= 1 or the torch_autocast block for mixed precision")
+    return {"kind": "torch", "base": opt.state_dict()}
 
 
 def _load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
