@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -274,6 +275,15 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: above the core count, 2-thread CPU timings are unreliable
+    (docs/bench_kernels.md), so the report records them next to the numbers."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def print_table(results: list[Result], *, device: torch.device, backend: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -291,6 +301,10 @@ def print_table(results: list[Result], *, device: torch.device, backend: str) ->
     if not console.is_terminal:  # a log file or pipe: do not truncate the columns to 80 chars
         console = Console(width=PIPE_WIDTH)
     console.print(table)
+    load, cpus = load_average(), os.cpu_count() or 1
+    if device.type == "cpu" and load is not None and load[0] > cpus and torch.get_num_threads() > 1:
+        console.print(f"load average {load[0]:.1f} > {cpus} CPUs: multi-threaded timings are distorted by "
+                      "oversubscription; --threads 1 gives stable ratios")
 
 
 def report(results: list[Result], skipped: list[dict[str, object]], *, device: torch.device, backend: str,
@@ -300,7 +314,8 @@ def report(results: list[Result], skipped: list[dict[str, object]], *, device: t
     for r in results:
         headline.setdefault(r.kernel, {k: v for k, v in asdict(r).items() if k != "times_ms"})
     return {"benchmark": "kernels", "device": device.type, "fused_backend": backend,
-            "threads": torch.get_num_threads(), "batch": BATCH, "classes": CLASSES, "repeats": repeats,
+            "threads": torch.get_num_threads(), "load_average": load_average(), "cpus": os.cpu_count(),
+            "batch": BATCH, "classes": CLASSES, "repeats": repeats,
             "targets": {"cpu_min_speedup": CPU_MIN_SPEEDUP, "cpu_max_peak_ratio": CPU_MAX_PEAK_RATIO,
                         "gpu_min_bandwidth_fraction": GPU_MIN_BANDWIDTH_FRACTION, "kernels": list(TARGETED)},
             "kernels": headline, "runs": [asdict(r) for r in results], "skipped": skipped}
