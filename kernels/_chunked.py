@@ -130,8 +130,9 @@ def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: t
                need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(loss, d loss / d rec or None) of sum(mask * (rec - image * fg)^2) / (3 * sum(mask)).
 
-    The masked difference d = mask * (rec - image * fg) is formed per chunk in one fp32 buffer;
-    the loss is d.d and the gradient is 2 d / (3 n), written over the same buffer. (Multiplying
+    The masked difference d = mask * (rec - image * fg) is formed per chunk in one fp32 buffer
+    (the gradient itself when that is fp32); the loss is d.d and the gradient is 2 d / (3 n),
+    written over the same buffer. (Multiplying
     by the bool maps measured 5x faster than ``masked_fill_`` with a broadcast mask.)
     """
     batch, channels, height, width = rec.shape
@@ -142,14 +143,19 @@ def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: t
     partial_sums = []
     for bs, rs in _chunks(batch, height, channels * width):
         image_chunk = image[bs, :, rs]
-        # NCHW-contiguous and fresh: flattens without a copy, and never aliases ``image``.
-        diff = torch.empty(image_chunk.shape, dtype=torch.float32, device=image.device)
+        grad_chunk = None if grad is None else grad[bs, :, rs]
+        in_grad = grad_chunk is not None and grad_chunk.dtype == torch.float32 and grad_chunk.is_contiguous()
+        # NCHW-contiguous (flattens without a copy) and never aliasing ``image``: the gradient's
+        # own memory when it is fp32 there, else a fresh buffer.
+        diff = grad_chunk if in_grad else torch.empty(image_chunk.shape, dtype=torch.float32, device=image.device)
         torch.mul(image_chunk, fg[bs, rs].unsqueeze(1), out=diff)
         torch.sub(rec[bs, :, rs], diff, out=diff)
         diff.mul_(mask[bs, rs].unsqueeze(1))
         flat = diff.view(-1)
         partial_sums.append(torch.dot(flat, flat))
-        if grad is not None:
-            grad[bs, :, rs] = diff.mul_(grad_scale)
+        if grad_chunk is not None:
+            diff.mul_(grad_scale)
+            if not in_grad:
+                grad_chunk.copy_(diff)
     loss = torch.stack(partial_sums).sum() / denom
     return loss, grad
