@@ -2,7 +2,7 @@
 
 Each fused kernel of the current device (Triton on CUDA, the chunked PyTorch path on the CPU)
 against the naive PyTorch composition (``fastforec.losses.*_reference``), side by side in one
-process: median time over interleaved repeats, peak extra memory, and on a GPU the achieved
+process: median (and min) time over interleaved repeats, peak extra memory, and on a GPU the achieved
 bandwidth against the device's peak. The losses are timed forward + backward, because the fused
 versions compute their gradient in the forward pass.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -33,7 +34,12 @@ from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, ps
 BATCH = 8
 CLASSES = 21
 DEFAULT_SIZES = (256, 512)
+# Repeats per contender when --batches is not given: at least DEFAULT_REPEATS, more for
+# millisecond kernels so each contender is timed for about TARGET_SECONDS (their medians are
+# otherwise at the mercy of a few scheduler time slices on a shared machine).
 DEFAULT_REPEATS = 7
+TARGET_SECONDS = 1.0
+MAX_REPEATS = 200
 DTYPES = (torch.float32, torch.bfloat16)
 CONF_THRESH = 0.95
 VALID_FRACTION = 0.9
@@ -77,6 +83,9 @@ class Result:
     fused_ms: float
     naive_ms: float
     speedup: float
+    fused_min_ms: float
+    naive_min_ms: float
+    repeats: int
     fused_peak_bytes: int
     naive_peak_bytes: int
     peak_ratio: float
@@ -237,16 +246,25 @@ def device_peak_bandwidth(device: torch.device) -> float | None:
     return 2.0 * clock_khz * 1e3 * bus_bits / 8
 
 
-def measure(case: Case, *, repeats: int, device: torch.device) -> Result:
+def adaptive_repeats(seconds_per_call: float) -> int:
+    return min(MAX_REPEATS, max(DEFAULT_REPEATS, math.ceil(TARGET_SECONDS / max(seconds_per_call, 1e-6))))
+
+
+def measure(case: Case, *, repeats: int | None, device: torch.device) -> Result:
+    """``repeats`` None: chosen from the warm-up time (adaptive_repeats)."""
     calls = {"fused": case.fused, "naive": case.naive}
-    for call in calls.values():  # warm-up: Triton compilation, allocator, first-touch pages
-        call()
+    # Warm-up (Triton compilation, allocator, first-touch pages), which also sizes the repeats.
+    warm = time_interleaved(calls, repeats=1, device=device, reset=case.reset)
+    if repeats is None:
+        repeats = adaptive_repeats(max(t[0] for t in warm.values()) * 1e-3)
     peaks = {name: peak_bytes(call, device, case.reset) for name, call in calls.items()}
     times = time_interleaved(calls, repeats=repeats, device=device, reset=case.reset)
     fused_ms, naive_ms = statistics.median(times["fused"]), statistics.median(times["naive"])
     result = Result(kernel=case.kernel, size=case.size, dtype=case.dtype,
                     fused_ms=round(fused_ms, 3), naive_ms=round(naive_ms, 3),
                     speedup=round(naive_ms / fused_ms, 3),
+                    fused_min_ms=round(min(times["fused"]), 3), naive_min_ms=round(min(times["naive"]), 3),
+                    repeats=repeats,
                     fused_peak_bytes=peaks["fused"], naive_peak_bytes=peaks["naive"],
                     peak_ratio=round(peaks["fused"] / max(peaks["naive"], 1), 3),
                     times_ms={k: [round(t, 3) for t in v] for k, v in times.items()})
@@ -308,14 +326,14 @@ def print_table(results: list[Result], *, device: torch.device, backend: str) ->
 
 
 def report(results: list[Result], skipped: list[dict[str, object]], *, device: torch.device, backend: str,
-           repeats: int) -> dict[str, object]:
+           repeats: int | None) -> dict[str, object]:
     """JSON document: per kernel the headline run (first size, fp32), plus every run."""
     headline: dict[str, dict[str, object]] = {}
     for r in results:
         headline.setdefault(r.kernel, {k: v for k, v in asdict(r).items() if k != "times_ms"})
     return {"benchmark": "kernels", "device": device.type, "fused_backend": backend,
             "threads": torch.get_num_threads(), "load_average": load_average(), "cpus": os.cpu_count(),
-            "batch": BATCH, "classes": CLASSES, "repeats": repeats,
+            "batch": BATCH, "classes": CLASSES, "repeats": "adaptive" if repeats is None else repeats,
             "targets": {"cpu_min_speedup": CPU_MIN_SPEEDUP, "cpu_max_peak_ratio": CPU_MAX_PEAK_RATIO,
                         "gpu_min_bandwidth_fraction": GPU_MIN_BANDWIDTH_FRACTION, "kernels": list(TARGETED)},
             "kernels": headline, "runs": [asdict(r) for r in results], "skipped": skipped}
@@ -337,9 +355,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     crop, batches = getattr(args, "crop", None), getattr(args, "batches", None)
     sizes = DEFAULT_SIZES if crop is None else (crop,)
-    repeats = DEFAULT_REPEATS if batches is None else batches
-    if repeats < 1 or min(sizes) < 1:
-        print(f"bench kernels: --batches (repeats) and --crop must be >= 1, got --batches {repeats} "
+    if (batches is not None and batches < 1) or min(sizes) < 1:
+        print(f"bench kernels: --batches (timed repeats) and --crop must be >= 1, got --batches {batches} "
               f"and --crop {crop}")
         return 2
     results: list[Result] = []
@@ -348,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         for dtype in DTYPES:
             try:
                 cases = build_cases(size=size, dtype=dtype, device=device, backend=backend)
-                results.extend(measure(case, repeats=repeats, device=device) for case in cases)
+                results.extend(measure(case, repeats=batches, device=device) for case in cases)
             except RuntimeError as err:
                 if not _is_oom(err):
                     raise
@@ -357,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     print_table(results, device=device, backend=backend)
-    doc = report(results, skipped, device=device, backend=backend, repeats=repeats)
+    doc = report(results, skipped, device=device, backend=backend, repeats=batches)
     if getattr(args, "json_out", None):
         atomic_write_json(args.json_out, doc)
     return 0
