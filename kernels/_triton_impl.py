@@ -226,7 +226,7 @@ def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tenso
     _check_runnable(logits)
     batch, classes, height, width = logits.shape
     block_c, block_p = _class_blocks(classes)
-    n_valid = valid.sum()
+    n_valid = torch.count_nonzero(valid)
     scale = n_valid.clamp_min(1).to(torch.float32).reciprocal().reshape(1)
     blocks = triton.cdiv(height * width, block_p)
     partial = torch.empty(batch * blocks, dtype=torch.float32, device=logits.device)
@@ -244,7 +244,7 @@ def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: t
                need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check_runnable(rec)
     batch, channels, height, width = rec.shape
-    denom = (channels * mask.sum()).clamp_min(1)
+    denom = (channels * torch.count_nonzero(mask)).clamp_min(1)
     grad_scale = (2.0 / denom.to(torch.float32)).reshape(1)
     blocks = triton.cdiv(height * width, MSE_BLOCK_PIXELS)
     partial = torch.empty(batch * blocks, dtype=torch.float32, device=rec.device)

@@ -32,9 +32,10 @@ def test_cli_writes_the_json_report(tmp_path: Path) -> None:
 
 
 def test_fused_losses_allocate_less_than_half_of_the_naive_ones() -> None:
-    # 160x160: one sample (21*160*160 values) is larger than a chunk, so the row-chunked path runs.
+    # bf16 at 160x160: the losses run in two chunks with fp32 buffers next to the bf16 gradient,
+    # the least favourable of the benchmark's cases for the memory target.
     results = {}
-    for case in bench.build_cases(size=160, dtype=bench.DTYPES[0], device=bench.torch.device("cpu"),
+    for case in bench.build_cases(size=160, dtype=bench.DTYPES[1], device=bench.torch.device("cpu"),
                                   backend="torch"):
         case.fused()
         case.naive()
