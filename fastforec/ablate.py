@@ -44,6 +44,7 @@ DEFAULT_SIZE = (96, 128)  # H x W of the synthetic images
 DEFAULT_DATA_SEED = 0
 DEFAULT_SPLIT_SEED = 0
 STUDY_FORMAT = 1
+OMP_WAIT_POLICY = "PASSIVE"
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "rec": "+ reconstruction (rec)",
                  "forec": "+ FOrec", "fgbg": "+ fg/bg prediction"}
@@ -199,8 +200,14 @@ def train_command(run: Run, *, config: Path, run_dir: Path, shards: Path, overri
 
 
 def child_env(torch_threads: int | None) -> dict[str, str]:
-    """No launcher variables from this process (a child is a world of one of its own)."""
+    """No launcher variables from this process (a child is a world of one of its own).
+
+    OpenMP threads wait passively unless the user says otherwise: with libgomp's default
+    (active spinning after every parallel region) a CPU shared with other processes made the
+    training steps 10-30x slower in our measurements (docs/results.md).
+    """
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     if torch_threads is not None:
         env["OMP_NUM_THREADS"] = str(torch_threads)
     return env

@@ -36,7 +36,7 @@ FLOPS_ONLY = 0  # `--batches 0`: FLOPs per sample from the config alone (meta de
 # The peak is the best of a few square matmuls: big enough to be compute-bound, small enough
 # to take ~1 s on a 2-core CPU.
 PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
-PEAK_REPEATS = 3
+PEAK_REPEATS = 5  # per sample; the peak is sampled again after every timed round (see PeakMeter)
 DEFAULT_NUM_CLASSES = 21  # VOC; only used when counting FLOPs without a dataset
 TERA = 1e12
 GIGA = 1e9
@@ -270,11 +270,29 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2.0 * n ** 3 / best
 
 
-def peak_flops(settings: BenchSettings, device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    if settings.peak_tflops is not None:
-        return settings.peak_tflops * TERA, "--peak-tflops"
-    n = PEAK_MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu"]
-    return measure_peak_flops(device, dtype), f"measured ({n}^2 matmul)"
+class PeakMeter:
+    """The device's peak FLOP/s: ``--peak-tflops``, or the best matmul seen over the run.
+
+    On a shared machine a single measurement can land in a busy moment and make MFU exceed 1, so
+    the peak is sampled before the timed rounds and after each of them, and the best sample is
+    kept: a peak is what the hardware can do, not what it did once.
+    """
+
+    def __init__(self, settings: BenchSettings, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.given = settings.peak_tflops
+        n = PEAK_MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu"]
+        self.source = "--peak-tflops" if self.given is not None else f"measured (best {n}^2 matmul)"
+        self.best = 0.0
+        self.sample()
+
+    def sample(self) -> None:
+        if self.given is None:
+            self.best = max(self.best, measure_peak_flops(self.device, self.dtype))
+
+    @property
+    def value(self) -> float:
+        return self.given * TERA if self.given is not None else self.best
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,16 +26,17 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from fastforec.bench.common import (FLOPS_ONLY, GIGA, TERA, Batch, BenchError, BenchSettings, Window, bench_config,
-                                    bench_settings, bench_trainer, compute_dtype, cycle, gather_floats, median_rate,
-                                    memory_batches, model_label, peak_flops, per_rank_rows, pipeline_batch,
+from fastforec.bench.common import (FLOPS_ONLY, GIGA, TERA, Batch, BenchError, BenchSettings, PeakMeter, Window,
+                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_floats,
+                                    median_rate, memory_batches, model_label, per_rank_rows, pipeline_batch,
                                     print_rich, run_identity, run_steps, step_flops, throughput_summary)
 
 EFFICIENCY_TARGET = 0.9  # issue #7: the pipeline and the trainer's own work hide behind compute
+ROUNDS = 5  # two contenders whose ratio is the result: more rounds than `step` for a stable median
 
 
 def _rounds(trainer: Any, settings: BenchSettings, *, in_memory: Callable[[], Batch],
-            from_pipeline: Callable[[], Batch]) -> tuple[list[Window], list[Window]]:
+            from_pipeline: Callable[[], Batch], peak: PeakMeter) -> tuple[list[Window], list[Window]]:
     from fastforec.data.loader import PREFETCH_DEPTH
 
     step_windows, e2e_windows = [], []
@@ -43,6 +44,7 @@ def _rounds(trainer: Any, settings: BenchSettings, *, in_memory: Callable[[], Ba
         step_windows.append(run_steps(trainer, in_memory, settings.batches))
         run_steps(trainer, from_pipeline, PREFETCH_DEPTH)  # drain what was prefetched meanwhile
         e2e_windows.append(run_steps(trainer, from_pipeline, settings.batches))
+        peak.sample()
     return step_windows, e2e_windows
 
 
@@ -56,12 +58,13 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
     run_steps(trainer, in_memory, settings.warmup)
     run_steps(trainer, from_pipeline, settings.warmup)
     flops = step_flops(trainer, in_memory())
-    peak, peak_source = peak_flops(settings, trainer.device, compute_dtype(trainer))
-    step_windows, e2e_windows = _rounds(trainer, settings, in_memory=in_memory, from_pipeline=from_pipeline)
+    peak = PeakMeter(settings, trainer.device, compute_dtype(trainer))
+    step_windows, e2e_windows = _rounds(trainer, settings, in_memory=in_memory, from_pipeline=from_pipeline,
+                                        peak=peak)
     e2e_rate, step_rate = median_rate(e2e_windows), median_rate(step_windows)
     wait = sum(w.wait_seconds for w in e2e_windows) / sum(w.seconds for w in e2e_windows)
     skipped = sum(w.skipped for w in step_windows + e2e_windows)
-    gathered = gather_floats([e2e_rate, flops / batch, peak, step_rate, wait, float(skipped)], dist)
+    gathered = gather_floats([e2e_rate, flops / batch, peak.value, step_rate, wait, float(skipped)], dist)
     rows = per_rank_rows(gathered)
     for row, values in zip(rows, gathered):
         row.extra.update(step_samples_per_s=values[3], efficiency=values[0] / values[3], data_wait_fraction=values[4],
@@ -74,7 +77,7 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
             "efficiency": summary["samples_per_s_total"] / step_total,
             "efficiency_target": EFFICIENCY_TARGET,
             "data_wait_fraction": sum(v[4] for v in gathered) / len(rows),
-            "peak_source": peak_source, "batches_per_round": settings.batches, "rounds": settings.rounds,
+            "peak_source": peak.source, "batches_per_round": settings.batches, "rounds": settings.rounds,
             "warmup_steps": settings.warmup,
             "per_round_samples_per_s": {"step": [w.samples_per_s for w in step_windows],
                                         "e2e": [w.samples_per_s for w in e2e_windows]}}
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.data.manifest import ManifestError
 
     try:
-        settings = bench_settings(args)
+        settings = bench_settings(args, rounds=ROUNDS)
         if settings.batches == FLOPS_ONLY:
             raise BenchError("bench --what e2e needs --batches >= 1 (--batches 0 counts FLOPs only: use --what step)")
         cfg = bench_config(args, what="e2e")

@@ -27,8 +27,8 @@ import sys
 from typing import Any
 
 from fastforec.bench.common import (DEFAULT_NUM_CLASSES, FLOPS_ONLY, GIGA, TERA, BenchError, BenchSettings,
-                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_floats,
-                                    median_rate, memory_batches, model_label, model_step_flops, peak_flops,
+                                    PeakMeter, bench_config, bench_settings, bench_trainer, compute_dtype, cycle,
+                                    gather_floats, median_rate, memory_batches, model_label, model_step_flops,
                                     per_rank_rows, print_rich, run_identity, run_steps, step_flops,
                                     throughput_summary)
 from fastforec.config import Config
@@ -42,16 +42,19 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
     feed = cycle(memory_batches(trainer.train_data, trainer.device))
     run_steps(trainer, feed, settings.warmup)
     flops = step_flops(trainer, feed())
-    peak, peak_source = peak_flops(settings, trainer.device, compute_dtype(trainer))
-    windows = [run_steps(trainer, feed, settings.batches) for _ in range(settings.rounds)]
+    peak = PeakMeter(settings, trainer.device, compute_dtype(trainer))
+    windows = []
+    for _ in range(settings.rounds):
+        windows.append(run_steps(trainer, feed, settings.batches))
+        peak.sample()
     batch = trainer.cfg.data.batch_size
     rate = median_rate(windows)
-    gathered = gather_floats([rate, flops / batch, peak, float(sum(w.skipped for w in windows))], dist)
+    gathered = gather_floats([rate, flops / batch, peak.value, float(sum(w.skipped for w in windows))], dist)
     rows = per_rank_rows(gathered)
     for row, values in zip(rows, gathered):
         row.extra["skipped_steps"] = int(values[3])
     return {"benchmark": "step", **run_identity(trainer.cfg, dist, trainer), **throughput_summary(rows),
-            "step_seconds": batch / rate, "peak_source": peak_source, "batches_per_round": settings.batches,
+            "step_seconds": batch / rate, "peak_source": peak.source, "batches_per_round": settings.batches,
             "rounds": settings.rounds, "warmup_steps": settings.warmup,
             "per_round_samples_per_s": [w.samples_per_s for w in windows]}
 
