@@ -299,16 +299,18 @@ class PeakMeter:
 # ranks
 
 
-def gather_floats(values: list[float], dist: Any) -> list[list[float]]:
-    """``values`` of every rank, in rank order (a no-op in a world of one)."""
+def gather_metrics(metrics: dict[str, float], dist: Any) -> list[dict[str, float]]:
+    """This rank's named numbers, gathered from every rank in rank order (every rank must call
+    it with the same keys; a no-op in a world of one)."""
     import torch.distributed as tdist
 
     if dist.world_size == 1 or not tdist.is_initialized():
-        return [list(values)]
-    local = torch.tensor(values, dtype=torch.float64, device=dist.device)
+        return [dict(metrics)]
+    keys = list(metrics)
+    local = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=dist.device)
     parts = [torch.empty_like(local) for _ in range(dist.world_size)]
     tdist.all_gather(parts, local)
-    return [p.tolist() for p in parts]
+    return [dict(zip(keys, p.tolist())) for p in parts]
 
 
 @dataclass
@@ -355,10 +357,14 @@ def print_rich(renderable: Any) -> None:
     console.print(renderable)
 
 
-def per_rank_rows(values: list[list[float]]) -> list[RankRow]:
-    """Rows from gathered ``[samples_per_s, flops_per_sample, peak_flops_per_s, *extra]`` lists."""
-    return [RankRow(rank=r, samples_per_s=v[0], flops_per_sample=v[1], peak_flops_per_s=v[2]) for r, v in
-            enumerate(values)]
+ROW_KEYS = ("samples_per_s", "flops_per_sample", "peak_flops_per_s")
+
+
+def per_rank_rows(gathered: list[dict[str, float]]) -> list[RankRow]:
+    """Rows from gathered metrics: the ROW_KEYS, anything else goes into ``extra``."""
+    return [RankRow(rank=r, samples_per_s=m["samples_per_s"], flops_per_sample=m["flops_per_sample"],
+                    peak_flops_per_s=m["peak_flops_per_s"], extra={k: v for k, v in m.items() if k not in ROW_KEYS})
+            for r, m in enumerate(gathered)]
 
 
 def throughput_summary(rows: list[RankRow]) -> dict[str, Any]:

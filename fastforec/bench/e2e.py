@@ -27,7 +27,7 @@ import sys
 from typing import Any, Callable
 
 from fastforec.bench.common import (FLOPS_ONLY, GIGA, TERA, Batch, BenchError, BenchSettings, PeakMeter, Window,
-                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_floats,
+                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_metrics,
                                     median_rate, memory_batches, model_label, per_rank_rows, pipeline_batch,
                                     print_rich, run_identity, run_steps, step_flops, throughput_summary)
 
@@ -64,19 +64,19 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
     e2e_rate, step_rate = median_rate(e2e_windows), median_rate(step_windows)
     wait = sum(w.wait_seconds for w in e2e_windows) / sum(w.seconds for w in e2e_windows)
     skipped = sum(w.skipped for w in step_windows + e2e_windows)
-    gathered = gather_floats([e2e_rate, flops / batch, peak.value, step_rate, wait, float(skipped)], dist)
-    rows = per_rank_rows(gathered)
-    for row, values in zip(rows, gathered):
-        row.extra.update(step_samples_per_s=values[3], efficiency=values[0] / values[3], data_wait_fraction=values[4],
-                         skipped_steps=int(values[5]))
+    rows = per_rank_rows(gather_metrics({"samples_per_s": e2e_rate, "flops_per_sample": flops / batch,
+                                         "peak_flops_per_s": peak.value, "step_samples_per_s": step_rate,
+                                         "data_wait_fraction": wait, "skipped_steps": skipped}, dist))
+    for row in rows:
+        row.extra["efficiency"] = row.samples_per_s / row.extra["step_samples_per_s"]
     summary = throughput_summary(rows)
-    step_total = sum(v[3] for v in gathered)
+    step_total = sum(row.extra["step_samples_per_s"] for row in rows)
     return {"benchmark": "e2e", **run_identity(trainer.cfg, dist, trainer), **summary,
             "e2e_samples_per_s_per_device": summary["samples_per_s_per_device"],
             "step_samples_per_s_per_device": step_total / len(rows),
             "efficiency": summary["samples_per_s_total"] / step_total,
             "efficiency_target": EFFICIENCY_TARGET,
-            "data_wait_fraction": sum(v[4] for v in gathered) / len(rows),
+            "data_wait_fraction": sum(row.extra["data_wait_fraction"] for row in rows) / len(rows),
             "peak_source": peak.source, "batches_per_round": settings.batches, "rounds": settings.rounds,
             "warmup_steps": settings.warmup,
             "per_round_samples_per_s": {"step": [w.samples_per_s for w in step_windows],

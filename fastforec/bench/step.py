@@ -28,7 +28,7 @@ from typing import Any
 
 from fastforec.bench.common import (DEFAULT_NUM_CLASSES, FLOPS_ONLY, GIGA, TERA, BenchError, BenchSettings,
                                     PeakMeter, bench_config, bench_settings, bench_trainer, compute_dtype, cycle,
-                                    gather_floats, median_rate, memory_batches, model_label, model_step_flops,
+                                    gather_metrics, median_rate, memory_batches, model_label, model_step_flops,
                                     per_rank_rows, print_rich, run_identity, run_steps, step_flops,
                                     throughput_summary)
 from fastforec.config import Config
@@ -49,10 +49,9 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
         peak.sample()
     batch = trainer.cfg.data.batch_size
     rate = median_rate(windows)
-    gathered = gather_floats([rate, flops / batch, peak.value, float(sum(w.skipped for w in windows))], dist)
-    rows = per_rank_rows(gathered)
-    for row, values in zip(rows, gathered):
-        row.extra["skipped_steps"] = int(values[3])
+    rows = per_rank_rows(gather_metrics({"samples_per_s": rate, "flops_per_sample": flops / batch,
+                                         "peak_flops_per_s": peak.value,
+                                         "skipped_steps": sum(w.skipped for w in windows)}, dist))
     return {"benchmark": "step", **run_identity(trainer.cfg, dist, trainer), **throughput_summary(rows),
             "step_seconds": batch / rate, "peak_source": peak.source, "batches_per_round": settings.batches,
             "rounds": settings.rounds, "warmup_steps": settings.warmup,
