@@ -234,8 +234,12 @@ def execute(run: Run, *, out: Path, config: Path, shards: Path, overrides: Seque
         return Outcome(run, "done")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "train.log"
-    cmd = train_command(run, config=config, run_dir=run_dir, shards=shards, overrides=overrides,
-                        resume=has_checkpoint(run_dir))
+    resume = has_checkpoint(run_dir)
+    if not resume:
+        # A killed attempt without a checkpoint starts over: drop its history, or the new run's
+        # records would be appended after it.
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    cmd = train_command(run, config=config, run_dir=run_dir, shards=shards, overrides=overrides, resume=resume)
     start = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")

@@ -51,10 +51,15 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     out = tmp_path / "study"
     for m in METHODS:
         _fake_finished(out, m)
+    # a killed attempt (history, no checkpoint) is started over without its old records
+    killed = out / "runs" / Run("forec", BUDGET, 0).name
+    killed.mkdir(parents=True)
+    (killed / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 999}) + "\n")
     assert main(_argv(config, out)) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 2  # the two seed-1 runs
     runs = {m: out / "runs" / Run(m, BUDGET, 0).name for m in METHODS}
+    assert all(json.loads(line)["step"] != 999 for line in (killed / "metrics.jsonl").read_text().splitlines())
     for m, run in runs.items():
         config_used = json.loads((run / "config.json").read_text())
         assert config_used["method"]["name"] == m and config_used["train"]["seed"] == 0
