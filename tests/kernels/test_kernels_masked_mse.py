@@ -109,3 +109,18 @@ def test_bad_inputs_are_rejected(name: str, bad: torch.Tensor, message: str) -> 
     args[name] = bad
     with pytest.raises(ValueError, match=message):
         kernels.masked_mse(*args.values(), backend="torch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_and_strided_views(backend: str) -> None:
+    rec, image, fg, mask = inputs(Shape(5, RGB, 6, 14, False), torch.float32, torch.float32, seed=8)
+    leaf = rec.clone().requires_grad_()
+    view = (slice(2, None), slice(None), slice(None), slice(None, None, 2))
+    maps = (slice(2, None), slice(None), slice(None, None, 2))
+    loss = kernels.masked_mse(leaf[view], image[view], fg[maps], mask[maps], backend=backend)
+    loss.backward()
+    ref_loss, ref_grad = loss_and_grad(masked_mse_reference, rec[view].contiguous(), image[view], fg[maps],
+                                       mask[maps])
+    torch.testing.assert_close(loss.detach(), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(leaf.grad[view], ref_grad, **grad_tol(torch.float32))
+    assert torch.count_nonzero(leaf.grad[:2]) == 0 and torch.count_nonzero(leaf.grad[2:, ..., 1::2]) == 0

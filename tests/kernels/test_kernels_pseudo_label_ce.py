@@ -130,3 +130,19 @@ def test_bad_maps_are_rejected(name: str, bad: torch.Tensor, message: str) -> No
     args[name] = bad
     with pytest.raises(ValueError, match=message):
         kernels.pseudo_label_ce(*args.values(), THRESH, backend="torch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_and_strided_views(backend: str) -> None:
+    # The trainer passes seg_u = seg.split([B_l, B_u])[1]: a view with a storage offset; strided
+    # (every other column) views must work too. The gradient lands in the right slice of the leaf.
+    student, label, conf, valid = inputs(Shape(5, 21, 7, 18, False), torch.float32, seed=7)
+    leaf = student.clone().requires_grad_()
+    loss = kernels.pseudo_label_ce(leaf.split([2, 3])[1][..., ::2], label[2:, :, ::2], conf[2:, :, ::2],
+                                   valid[2:, :, ::2], THRESH, backend=backend)
+    loss.backward()
+    ref_loss, ref_grad = loss_and_grad(pseudo_label_ce_reference, student[2:, ..., ::2].contiguous(),
+                                       label[2:, :, ::2], conf[2:, :, ::2], valid[2:, :, ::2], THRESH)
+    torch.testing.assert_close(loss.detach(), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(leaf.grad[2:, ..., ::2], ref_grad, **grad_tol(torch.float32))
+    assert torch.count_nonzero(leaf.grad[:2]) == 0 and torch.count_nonzero(leaf.grad[2:, ..., 1::2]) == 0
