@@ -14,7 +14,7 @@ Why so few chunks (not L2-sized ones): every op is an OpenMP parallel region end
 and on a shared, oversubscribed CPU each barrier can wait a scheduler time slice for a
 descheduled thread, so the cost of a call grows with its number of ops. 24 L2-sized chunks per
 call measured up to 7x slower than the naive composition under load, while single-threaded,
-whole-tensor ops and 2 MiB chunks measured within 20 % of each other (docs/bench_kernels.md).
+whole-tensor ops and 2 MiB chunks measured within 20 % of each other (docs/benchmarks.md, fused kernels).
 
 Every function computes in fp32 whatever the input dtype (bf16/fp16 inputs are upcast chunk by
 chunk, never as a whole).

@@ -96,7 +96,7 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------------
-# Bytes per call of the fused kernels (the GPU design model; docs/bench_kernels.md)
+# Bytes per call of the fused kernels (the GPU design model; docs/benchmarks.md)
 
 
 def pseudo_label_bytes(*, pixels: int, classes: int, elem: int) -> int:
@@ -295,7 +295,7 @@ def _mib(n: int) -> str:
 
 def load_average() -> list[float] | None:
     """1/5/15-minute load averages: above the core count, 2-thread CPU timings are unreliable
-    (docs/bench_kernels.md), so the report records them next to the numbers."""
+    (docs/benchmarks.md, fused kernels), so the report records them next to the numbers."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:

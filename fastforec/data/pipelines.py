@@ -6,7 +6,7 @@ DALI's CPU backend. Inputs arrive through one ``external_source`` per pipeline (
 and the per-sample random parameters drawn by :mod:`fastforec.data.plan`), so the graph itself
 holds no random state.
 
-Cost plan (the CPU backend is the bottleneck on a 2-core machine; see docs/bench_data.md):
+Cost plan (the CPU backend is the bottleneck on a 2-core machine; see docs/benchmarks.md):
 
 * only the source region that lands inside the crop is decoded (``decoders.image_slice``) and
   resized (``roi_start``/``roi_end``), so at scale 2 a quarter of the pixels is touched and
