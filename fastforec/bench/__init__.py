@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    # One module per benchmark, each exposing run(args) -> int (the exit code).
-    module = importlib.import_module(f"fastforec.bench.{args.what}")
-    return module.run(args)
+    # Imported on demand: each benchmark pulls in different heavy dependencies (DALI, Triton, DeepSpeed).
+    if args.what == "data":
+        from fastforec.bench import data as bench
+    elif args.what == "kernels":
+        from fastforec.bench import kernels as bench
+    elif args.what == "step":
+        from fastforec.bench import step as bench
+    elif args.what == "e2e":
+        from fastforec.bench import e2e as bench
+    else:
+        raise ValueError(f"unknown benchmark {args.what!r}; choose data, kernels, step or e2e")
+    return bench.run(args)
