@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.distributed as dist
 
 from fastforec.metrics import ConfusionMatrix
@@ -96,21 +97,43 @@ def test_target_outside_the_classes_is_an_error() -> None:
         cm.update(torch.tensor([0, 1]), torch.tensor([0, 3]))
 
 
-def test_all_reduce_without_a_process_group_is_a_no_op() -> None:
-    assert not dist.is_initialized()
+def _no_group_worker(queue) -> None:
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
     before = cm.mat.clone()
     cm.all_reduce()
-    assert torch.equal(cm.mat, before)
+    queue.put((dist.is_initialized(), torch.equal(cm.mat, before)))
 
 
-def test_all_reduce_sums_over_a_gloo_group_of_one(tmp_path: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+def test_all_reduce_without_a_process_group_is_a_no_op() -> None:
+    # a fresh interpreter: other test modules leave a world of one behind in this one
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_no_group_worker, args=(queue,))
+    p.start()
+    p.join(120)
+    assert queue.get(timeout=5) == (False, True)
+
+
+def _two_rank_worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
-        cm = ConfusionMatrix(2)
-        cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+        cm = ConfusionMatrix(3)
+        # rank 0 sees two pixels, rank 1 three (one ignored)
+        if rank == 0:
+            cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+        else:
+            cm.update(torch.tensor([2, 2, 1]), torch.tensor([2, 1, 255]))
         cm.all_reduce()
-        assert cm.mat.tolist() == [[1, 1], [0, 1]]
+        torch.save(cm.mat, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def test_all_reduce_sums_over_two_gloo_ranks(tmp_path: Path) -> None:
+    out = str(tmp_path / "mat")
+    mp.start_processes(_two_rank_worker, args=(f"file://{tmp_path / 'rendezvous'}", out), nprocs=2,
+                       start_method="spawn")
+    want = [[1, 1, 0], [0, 0, 1], [0, 0, 1]]
+    for rank in (0, 1):
+        assert torch.load(f"{out}.{rank}").tolist() == want, rank
