@@ -67,3 +67,11 @@ def force_chunk_elements(monkeypatch, elements: int) -> None:
 
     monkeypatch.setattr(kernels._chunked, "MIN_CHUNK_ELEMENTS", elements)
     monkeypatch.setattr(kernels._chunked, "CHUNKS_PER_CALL", 2**62)
+
+
+def loss_and_grad(fn, x0: torch.Tensor, *rest, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d(scale * loss)/d x0) of ``fn(x0, *rest)``, on a fresh leaf copy of ``x0``."""
+    x = x0.detach().clone().requires_grad_()
+    loss = fn(x, *rest)
+    (loss * scale).backward()
+    return loss.detach(), x.grad

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import (BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, layout,
+from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, layout,
                           pixel_rand)
 
 import kernels
@@ -24,13 +24,6 @@ def inputs(shape: Shape, rec_dtype: torch.dtype, image_dtype: torch.dtype, seed:
     fg = pixel_rand(shape, seed + 1) < 0.5
     mask = pixel_rand(shape, seed + 2) < 0.7
     return rec, image, fg, mask
-
-
-def loss_and_grad(fn, rec: torch.Tensor, *rest, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    x = rec.detach().clone().requires_grad_()
-    loss = fn(x, *rest)
-    (loss * scale).backward()
-    return loss.detach(), x.grad
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

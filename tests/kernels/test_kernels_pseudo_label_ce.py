@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import (BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
+from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
                           pixel_rand)
 
 import kernels
@@ -22,13 +22,6 @@ def inputs(shape: Shape, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, .
     conf = pixel_rand(shape, seed + 2)
     valid = pixel_rand(shape, seed + 3) < VALID_FRACTION
     return student, label, conf, valid
-
-
-def loss_and_grad(fn, student: torch.Tensor, *rest, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    x = student.detach().clone().requires_grad_()
-    loss = fn(x, *rest)
-    (loss * scale).backward()
-    return loss.detach(), x.grad
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
