@@ -18,9 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-# The top-level `kernels` package, imported before any tests/test_*.py module puts tests/ on sys.path
-# (pytest's "prepend" import mode): from then on `import kernels` finds the tests/kernels directory.
-import kernels  # noqa: F401
 from fastforec.bench import common, e2e, step
 from fastforec.config import load_config
 from fastforec.models import deeplabv3plus
