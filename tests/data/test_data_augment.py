@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import data_analysis as A
-from conftest import COORD_SIZE
+from tests.data.conftest import COORD_SIZE
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData
 from fastforec.data import testing as T

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines
+from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines
 from fastforec.data.manifest import Manifest
 
 Damage = Callable[[Path, Path], list[str]]  # (root, split dir) -> substrings the error must contain

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CITY_LABELED, CITY_TRAIN, CITY_VAL, SIZE, VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines, \
+from tests.dataprep.conftest import CITY_LABELED, CITY_TRAIN, CITY_VAL, SIZE, VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines, \
     read_png
 from dataprep.scan import read_samples
 from fastforec.data.manifest import Manifest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CliRunner, lines, read_png
+from tests.dataprep.conftest import CliRunner, lines, read_png
 from dataprep.testing import make_shards
 from fastforec.data.manifest import Manifest
 from test_dataprep_convert import shard_samples

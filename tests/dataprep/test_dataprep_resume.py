@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import CliRunner, lines
+from tests.dataprep.conftest import CliRunner, lines
 
 STARTUP_TIMEOUT_S = 120.0  # generous: the subprocess imports torch (via webdataset) on a busy machine
 POLL_S = 0.05

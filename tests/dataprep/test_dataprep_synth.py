@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CITY_TRAIN, CITY_VAL, SIZE, VOC_TRAIN, VOC_VAL, CliRunner, lines, read_png
+from tests.dataprep.conftest import CITY_TRAIN, CITY_VAL, SIZE, VOC_TRAIN, VOC_VAL, CliRunner, lines, read_png
 from dataprep.labels import CITYSCAPES_LABELS, bit_palette
 from dataprep.synth import make_synthetic
 from dataprep.synth.common import sample_rng

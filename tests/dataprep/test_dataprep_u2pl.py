@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import SIZE, U2PL_DIR, CliRunner, lines
+from tests.dataprep.conftest import SIZE, U2PL_DIR, CliRunner, lines
 from dataprep.synth import synthesize
 from fastforec.data.manifest import Manifest
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from webdataset import TarWriter
 
-from conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
+from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
 from dataprep.shards import write_index
 
 

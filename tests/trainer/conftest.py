@@ -1,19 +1,10 @@
-"""Shared fixtures for the trainer tests: a tiny shard dataset and tiny run configs."""
+"""Shared fixture of the trainer tests: a tiny shard dataset made by dataprep."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "fastforec" / "train.py"
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(scope="session")
@@ -22,43 +13,3 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return make_shards(tmp_path_factory.mktemp("shards"), layout="voc", num_train=24, num_labeled=8, num_val=4,
                        size=(64, 80), seed=0)
-
-
-def tiny_config(data_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A run config small enough for a few CPU steps per second."""
-    cfg: dict[str, Any] = {
-        "data": {"root": str(data_root), "crop_size": 48, "batch_size": 2, "num_threads": 1, "device": "cpu",
-                 "shuffle_buffer": 8},
-        "model": {"backbone": "resnet18", "output_stride": 16},
-        "method": {"name": "forec", "conf_thresh": 0.5},
-        "optim": {"lr": 0.01, "head_lr_mult": 10.0, "weight_decay": 1e-4},
-        "train": {"name": "tiny", "epochs": 1, "max_steps": 4, "log_every": 1, "checkpoint_every": 2,
-                  "keep_checkpoints": 2, "seed": 0, "deterministic": True},
-        "deepspeed": {},
-    }
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    return cfg
-
-
-def write_config(path: Path, cfg: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process: no launcher variables inherited from this process
-    (an in-process world of one sets them, and its port is taken)."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
-    return env
-
-
-def run_train(args: list[str], *, cwd: Path, timeout: float = 300, launcher: list[str] | None = None
-              ) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT)] + args
-    return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

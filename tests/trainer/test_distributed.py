@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
+from trainer_support import TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
 
 HARNESS = Path(__file__).with_name("equivalence_harness.py")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import clean_env, run_train, tiny_config, write_config
+from trainer_support import clean_env, run_train, tiny_config, write_config
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 

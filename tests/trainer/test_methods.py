@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config, write_config
+from trainer_support import tiny_config, write_config
 from equivalence_harness import make_batch
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed

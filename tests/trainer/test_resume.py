@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TRAIN_SCRIPT, clean_env, run_train, tiny_config, write_config
+from trainer_support import TRAIN_SCRIPT, clean_env, run_train, tiny_config, write_config
 
 STEPS = 6
 KILL_AT = 3

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from conftest import read_jsonl, run_train, tiny_config, write_config
+from trainer_support import read_jsonl, run_train, tiny_config, write_config
 
 
 def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path: Path) -> None:
