@@ -17,7 +17,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="shard directory (overrides data.root)")
     p.add_argument("--crop", type=int, help="crop size (overrides data.crop_size)")
     p.add_argument("--threads", type=int, help="DALI threads / DataLoader workers")
-    p.add_argument("--batches", type=int, default=None, help="batches to time per contender")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per contender (step: 0 = count FLOPs only)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
