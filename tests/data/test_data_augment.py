@@ -5,7 +5,7 @@ pipeline and the PIL/torchvision reference loader alike."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ performance is measured by running the benchmark, not in tests)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from fastforec.cli import main

@@ -66,7 +66,7 @@ def test_resolve_device():
 def test_same_seed_same_batches_other_seed_differs(identity_data):
     a, b, c = (_train(identity_data, seed=s) for s in (7, 7, 8))
     for _ in range(3):
-        (la, ua), (lb, ub), (lc, uc) = a.next_batch(0), b.next_batch(0), c.next_batch(0)
+        (la, ua), (lb, ub), (_, uc) = a.next_batch(0), b.next_batch(0), c.next_batch(0)
         assert _same(la, lb) and _same(ua, ub)
     assert not _same(ua, uc)
 

@@ -3,7 +3,6 @@ here independently from the same forward pass."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
