@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from fastforec.checkpoint import CheckpointError
 from fastforec.config import ConfigError, load_config
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-        cfg.check_paths()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Config, checkpoint and manifest errors propagate to `fastforec.cli.main`, which prints
+    them and exits with 2."""
+    cfg = load_config(args.config, args.overrides)
+    cfg.check_paths()
     from fastforec.atomic import atomic_write_json
     from fastforec.data import ValData, resolve_device
     from fastforec.data.manifest import Manifest
@@ -23,19 +19,15 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.evaluate import evaluate
     from fastforec.inference import load_trained_model
     from fastforec.report import print_iou_table
-    from fastforec.trainer import autocast_context, nan_to_none
+    from fastforec.metrics import nan_to_none
+    from fastforec.trainer import autocast_context
 
     dist = init_distributed(args.local_rank)
-    try:
-        model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)
     manifest = Manifest.load(cfg.data.root)
     if dataset["num_classes"] != manifest.num_classes:
-        print(f"error: checkpoint has {dataset['num_classes']} classes, dataset '{cfg.data.root}' has "
-              f"{manifest.num_classes}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"data.root: checkpoint has {dataset['num_classes']} classes, dataset "
+                          f"'{cfg.data.root}' has {manifest.num_classes}")
     mode = args.mode or ("sliding" if manifest.dataset == "cityscapes" else "whole")
     val = ValData(manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
                   device=resolve_device(cfg.data.device))

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
+
+
+def nan_to_none(x: float) -> float | None:
+    """IoU of an absent class (NaN) as JSON null: strict JSON has no NaN."""
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 class ConfusionMatrix:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.data.manifest import Manifest
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.evaluate import evaluate
+from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
 from fastforec.runlog import RunLogger, ScalarMeter
@@ -197,15 +197,16 @@ class Trainer:
             return weight * losses.masked_mse(pred["rec"], image, fg, mask, backend=self.cfg.method.kernels)
         return weight * losses.fgbg_loss(pred["fgbg"], fg, mask)
 
-    def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None) -> bool:
-        """One micro-batch; returns False when the step was skipped (non-finite loss)."""
+    def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
+                   ) -> dict[str, torch.Tensor] | None:
+        """One micro-batch; returns its loss terms, or None when it was skipped (non-finite loss)."""
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
         # Every rank must take the same branch, or the collectives of backward/step deadlock.
         if not all_ranks_true(bool(torch.isfinite(loss)), self.device):
             self._on_nonfinite()
-            return False
+            return None
         self.state.nonfinite_consecutive = 0
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -216,8 +217,8 @@ class Trainer:
             if self.teacher is not None:
                 self.teacher.update(self.student, self.state.step, fp32_param=self._fp32_getter())
             self.state.step += 1
-        self.meter.add({k: v for k, v in terms.items()})
-        return True
+        self.meter.add(terms)
+        return terms
 
     def _average_bn_statistics(self) -> None:
         # Without SyncBatchNorm every rank's running statistics drift apart (each sees its own
@@ -267,7 +268,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 labeled, unlabeled = self.train_data.next_batch(epoch)
                 wait += time.perf_counter() - t0
-                if not self.train_step(labeled, unlabeled):
+                if self.train_step(labeled, unlabeled) is None:
                     continue
                 at_boundary = self.state.batches % self.accum == 0
                 if at_boundary and self.state.step % cfg.log_every == 0:
@@ -421,7 +422,3 @@ def _load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
             dst.data.copy_(src)
     else:
         opt.load_state_dict(state["base"])
-
-
-def nan_to_none(x: float) -> float | None:
-    return None if isinstance(x, float) and math.isnan(x) else x

@@ -62,15 +62,8 @@ def main() -> int:
             torch.manual_seed(10 * step + part)
             labeled, unlabeled = make_batch(step, part, batch=cfg.data.batch_size, crop=cfg.data.crop_size,
                                             num_classes=trainer.num_classes)
-            terms = trainer.compute_losses(labeled, unlabeled, epoch=0)
-            loss = terms["loss"]
-            trainer.engine.backward(loss)
-            boundary = trainer.engine.is_gradient_accumulation_boundary()
-            trainer.engine.step()
-            if boundary:
-                trainer._average_bn_statistics()
-                trainer.teacher.update(trainer.student, trainer.state.step)
-                trainer.state.step += 1
+            terms = trainer.train_step(labeled, unlabeled)
+            assert terms is not None, f"non-finite loss at step {step}, part {part}"
             losses[f"{step}.{part}"] = {k: float(v.detach()) for k, v in terms.items()}
     gathered = [None] * info.world_size
     dist.all_gather_object(gathered, {"losses": losses, "teacher": digest(trainer.teacher.module.state_dict()),

@@ -116,7 +116,7 @@ def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_
     before = [p.detach().clone() for p in tr.student.parameters()]
     limit = tr.cfg.train.max_nonfinite
     for _ in range(limit - 1):
-        assert tr.train_step(labeled, unlabeled) is False
+        assert tr.train_step(labeled, unlabeled) is None
     assert all(torch.equal(a, b) for a, b in zip(before, tr.student.parameters())), "a skipped step changed weights"
     with pytest.raises(RuntimeError, match="consecutive non-finite"):
         tr.train_step(labeled, unlabeled)
