@@ -3,7 +3,7 @@
 A run config is a JSON file with one section per component::
 
     {"data": {...}, "model": {...}, "method": {...}, "optim": {...}, "train": {...},
-     "deepspeed": {...}}
+     "eval": {...}, "deepspeed": {...}}
 
 Each section loads into its own dataclass and each component receives only its own section.
 The ``deepspeed`` block stays a plain dict: it is DeepSpeed's own schema and is handed to
@@ -89,9 +89,6 @@ class DataConfig:
     num_threads: int = 2
     device: Literal["auto", "cpu", "gpu"] = "auto"
     shuffle_buffer: int = 256
-    eval_mode: Literal["auto", "whole", "sliding"] = "auto"
-    eval_batch_size: int = 1
-    eval_stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the crop
     aug: AugConfig = field(default_factory=AugConfig)
 
     def validate(self, prefix: str = "data") -> None:
@@ -99,8 +96,6 @@ class DataConfig:
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
         _check(self.num_threads >= 1, f"{prefix}.num_threads", "must be >= 1")
         _check(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", "must be >= 1")
-        _check(self.eval_batch_size >= 1, f"{prefix}.eval_batch_size", "must be >= 1")
-        _check(0.0 < self.eval_stride_ratio <= 1.0, f"{prefix}.eval_stride_ratio", "must be in (0, 1]")
         self.aug.validate(f"{prefix}.aug")
 
 
@@ -132,6 +127,10 @@ class MethodConfig:
     fg_classes: list[int] | None = None
     ema_decay: float = 0.99
     warmup_epochs: int = 0  # supervised-only epochs before the unlabeled losses start
+    # At the end of the warm-up the teacher becomes a copy of the student and its EMA ramp starts
+    # again (U2PL does this): an average over the warm-up's fast-moving weights is a worse
+    # pseudo-labeller than the student it lags behind. None: on whenever warmup_epochs > 0.
+    warmup_reset_teacher: bool | None = None
     kernels: Literal["auto", "triton", "torch"] = "auto"
 
     def validate(self, prefix: str = "method") -> None:
@@ -153,6 +152,10 @@ class MethodConfig:
     def reconstruction(self) -> str | None:
         """The auxiliary head the method needs: "rgb", "fgbg" or None."""
         return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.name)
+
+    @property
+    def resets_teacher(self) -> bool:
+        return self.warmup_epochs > 0 and self.warmup_reset_teacher is not False
 
     @property
     def rec_thresh(self) -> float:
@@ -183,7 +186,6 @@ class TrainConfig:
     epochs: int = 80
     max_steps: int | None = None  # overrides epochs when set
     log_every: int = 20
-    eval_every: int = 1  # in epochs; the last epoch is always evaluated
     checkpoint_every: int = 500  # in optimizer steps; the end of a run is always saved
     keep_checkpoints: int = 2
     seed: int = 0
@@ -195,8 +197,30 @@ class TrainConfig:
         _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 (or null for epochs)")
-        for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """How models are scored on the val split: during training, by `fastforec eval` and by
+    `fastforec predict` (the mode rule itself is ``fastforec.evaluate.resolve_eval_mode``)."""
+
+    mode: Literal["auto", "whole", "sliding"] = "auto"  # auto: sliding window on Cityscapes, else whole
+    stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the window (= data.crop_size)
+    batch_size: int = 1
+    every: int = 1  # in epochs; the end of training is always evaluated
+    # Which model training scores: the student, the EMA teacher (U2PL reports the teacher), or
+    # both (the student's numbers stay the headline ones; methods without a teacher score the student).
+    model: Literal["student", "teacher", "both"] = "student"
+
+    def validate(self, prefix: str = "eval") -> None:
+        _check(0.0 < self.stride_ratio <= 1.0, f"{prefix}.stride_ratio", "must be in (0, 1]")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.every >= 1, f"{prefix}.every", "must be >= 1")
+
+    def stride(self, window: int) -> int:
+        return max(1, int(window * self.stride_ratio))
 
 
 @dataclass
@@ -206,6 +230,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -214,6 +239,18 @@ class Config:
         self.method.validate("method")
         self.optim.validate("optim")
         self.train.validate("train")
+        self.eval.validate("eval")
+        _check(self.eval.model != "teacher" or self.method.uses_unlabeled, "eval.model",
+               f"method '{self.method.name}' trains no teacher; use 'student' (or 'both')")
+
+    @property
+    def eval_models(self) -> tuple[str, ...]:
+        """The models training evaluates, the scored (headline) one first."""
+        if self.eval.model == "teacher":
+            return ("teacher",)
+        if self.eval.model == "both" and self.method.uses_unlabeled:
+            return ("student", "teacher")
+        return ("student",)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,12 +330,20 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 
 
+# Keys that moved to another section: their old place gets an error that says where they went.
+MOVED_KEYS = {"data.eval_mode": "eval.mode", "data.eval_batch_size": "eval.batch_size",
+              "data.eval_stride_ratio": "eval.stride_ratio", "train.eval_every": "eval.every"}
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
+        moved = MOVED_KEYS.get(f"{where}{unknown[0]}")
+        if moved is not None:
+            raise ConfigError(f"{where}{unknown[0]}: this setting moved; write it as {moved}")
         raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys here are {', '.join(sorted(names))}")
     kwargs = {name: _convert(v, hints[name], f"{prefix}.{name}" if prefix else name) for name, v in data.items()}
     return cls(**kwargs)
@@ -365,6 +410,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if cls is not None:
                 hints = typing.get_type_hints(cls)
                 if part not in hints:
+                    if path in MOVED_KEYS:
+                        raise ConfigError(f"{path}: this setting moved; write it as {MOVED_KEYS[path]}")
                     raise ConfigError(f"{path}: unknown key; allowed keys here are {', '.join(sorted(hints))}")
                 tp = hints[part]
             if i == len(parts) - 1:
@@ -387,7 +434,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train")
+        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train/eval")
     try:
         return config_from_dict(apply_overrides(data, overrides))
     except ConfigError as e:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fastforec.atomic import atomic_write_bytes
-from fastforec.evaluate import predict
+from fastforec.evaluate import predict, resolve_eval_mode
 from fastforec.inference import load_trained_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -56,13 +56,14 @@ def colourise(mask: np.ndarray, palette: list[list[int]]) -> Image.Image:
 def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=device)
-    mode = "sliding" if cfg.data.eval_mode == "sliding" else "whole"
+    # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
+    mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
     crop = cfg.data.crop_size
     out = Path(args.out)
     for path in list_inputs(Path(args.input)):
         image = load_image(path).to(device)
         pred = predict(model, image, mode=mode, num_classes=dataset["num_classes"], window=crop,
-                       stride=max(1, int(crop * cfg.data.eval_stride_ratio)))[0].cpu().numpy()
+                       stride=cfg.eval.stride(crop))[0].cpu().numpy()
         mask = colourise(pred, dataset["palette"])
         rgb = Image.fromarray((image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
         overlay = Image.blend(rgb, mask.convert("RGB"), OVERLAY_ALPHA)

@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     results = trainer.fit()
     if dist.is_main:
         print_iou_table(results["class_names"], list(results["per_class_iou"].values()), results["miou_last"],
-                        title=f"{cfg.train.name}: last epoch {results['last_epoch']}")
-        print(f"miou_last={results['miou_last']:.4f} miou_best={results['miou_best']:.4f} "
-              f"(epoch {results['best_epoch']}) -> {run_dir / 'results.json'}")
+                        title=f"{cfg.train.name} ({results['scored']}): last epoch {results['last_epoch']}")
+        for name, r in results["models"].items():
+            print(f"{name}: miou_last={r['miou_last']:.4f} miou_best={r['miou_best']:.4f} (epoch {r['best_epoch']})")
+        print(f"scored: {results['scored']} -> {run_dir / 'results.json'}")
     return 0
 
 

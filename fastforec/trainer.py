@@ -29,7 +29,7 @@ from fastforec.config import Config
 from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.data.manifest import Manifest
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
-from fastforec.evaluate import evaluate
+from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
@@ -46,16 +46,36 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
+class Score:
+    """One evaluated model's mIoU history (the student's, or the teacher's)."""
+
+    best_miou: float = -1.0
+    best_epoch: int = -1
+    miou_last: float = float("nan")
+
+    def update(self, miou: float, epoch: int) -> None:
+        self.miou_last = miou
+        if miou > self.best_miou:
+            self.best_miou, self.best_epoch = miou, epoch
+
+
+@dataclass
 class TrainState:
     """Counters saved with every checkpoint (the trainer's position)."""
 
     step: int = 0  # optimizer steps done
     batches: int = 0  # micro-batches consumed: the data position
-    best_miou: float = -1.0
-    best_epoch: int = -1
-    miou_last: float = float("nan")
+    scores: dict[str, Score] = dataclasses.field(default_factory=dict)  # per evaluated model
     nonfinite_total: int = 0
     nonfinite_consecutive: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "TrainState":
+        scores = {k: Score(**v) for k, v in state.get("scores", {}).items()}
+        return cls(**{**state, "scores": scores})
 
 
 def deepspeed_config(cfg: Config) -> dict[str, Any]:
@@ -104,8 +124,8 @@ class Trainer:
         data_device = resolve_device(cfg.data.device)
         self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
                                     seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
-        self.val_data = ValData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                device=data_device)
+        self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
+                                world_size=dist.world_size, device=data_device)
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
@@ -125,6 +145,7 @@ class Trainer:
                          else cfg.train.epochs * self.steps_per_epoch)
         self.total_steps = max(1, total_batches // self.accum)
         self.total_batches = self.total_steps * self.accum
+        self.warmup_batches = method.warmup_epochs * self.steps_per_epoch if method.uses_unlabeled else 0
         optimizer, scheduler = build_optimizer(student, cfg.optim, max_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
@@ -215,10 +236,22 @@ class Trainer:
         if boundary and self.engine.was_step_applied():
             self._average_bn_statistics()
             if self.teacher is not None:
-                self.teacher.update(self.student, self.state.step, fp32_param=self._fp32_getter())
+                self.teacher.update(self.student, self._ema_step(), fp32_param=self._fp32_getter())
             self.state.step += 1
         self.meter.add(terms)
         return terms
+
+    def _ema_step(self) -> int:
+        """The step of the EMA ramp: counted from the teacher's reset when the warm-up ends in one."""
+        if self.cfg.method.resets_teacher and self.state.batches > self.warmup_batches:
+            return self.state.step - self.warmup_batches // self.accum
+        return self.state.step
+
+    def _end_warmup(self) -> None:
+        # The teacher restarts as a copy of the student (U2PL): see MethodConfig.warmup_reset_teacher.
+        if self.teacher is not None and self.cfg.method.resets_teacher:
+            self.teacher.reset_from(self.student)
+            log.info("warm-up done at step %d: teacher reset from the student", self.state.step)
 
     def _average_bn_statistics(self) -> None:
         # Without SyncBatchNorm every rank's running statistics drift apart (each sees its own
@@ -282,7 +315,9 @@ class Trainer:
                     bar.update(completed=self.state.step, epoch=epoch)
                 epoch_done = self.state.batches % self.steps_per_epoch == 0
                 finished = self.state.batches >= self.total_batches
-                if epoch_done and ((epoch + 1) % cfg.eval_every == 0) and not finished:
+                if self.warmup_batches and self.state.batches == self.warmup_batches:
+                    self._end_warmup()
+                if epoch_done and ((epoch + 1) % self.cfg.eval.every == 0) and not finished:
                     self.run_evaluation(epoch)
                 if at_boundary and self.state.step % cfg.checkpoint_every == 0 and not finished:
                     self.save_checkpoint()
@@ -297,32 +332,46 @@ class Trainer:
                   "nonfinite_skipped": self.state.nonfinite_total}
         self.logger.log(record, step=self.state.step, prefix="train")
 
-    def eval_model(self) -> nn.Module:
-        return self.student
+    def eval_model(self, name: str) -> nn.Module:
+        return self.teacher.module if name == "teacher" else self.student
 
-    def run_evaluation(self, epoch: int) -> dict[str, Any]:
+    def run_evaluation(self, epoch: int) -> dict[str, dict[str, Any]]:
+        """Score every model of ``eval.model``; one metrics record, the headline model's keys
+        unprefixed and, when both are scored, each model's under ``<name>_``."""
         crop = self.cfg.data.crop_size
-        mode = self.cfg.data.eval_mode
-        if mode == "auto":
-            mode = "sliding" if self.manifest.dataset == "cityscapes" else "whole"
-        result = evaluate(self.eval_model(), self.val_data, num_classes=self.num_classes,
-                          ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
-                          stride=max(1, int(crop * self.cfg.data.eval_stride_ratio)), device=self.device,
-                          autocast=self.autocast)
-        miou = result["miou"]
-        self.state.miou_last = miou
-        self.last_eval = {**result, "epoch": epoch}
-        if miou > self.state.best_miou:
-            self.state.best_miou, self.state.best_epoch = miou, epoch
-        self.logger.log({"step": self.state.step, "epoch": epoch, "miou": miou, "pixel_acc": result["pixel_acc"],
-                         "iou": [nan_to_none(v) for v in result["iou"]]}, step=self.state.step, prefix="eval")
-        return result
+        mode = resolve_eval_mode(self.cfg.eval.mode, self.manifest.dataset)
+        names = self.cfg.eval_models
+        results = {}
+        for name in names:
+            result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
+                              ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
+                              stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
+            self.state.scores.setdefault(name, Score()).update(result["miou"], epoch)
+            results[name] = {**result, "epoch": epoch}
+        self.last_eval = results
+        record: dict[str, Any] = {"step": self.state.step, "epoch": epoch, "model": names[0]}
+        for i, name in enumerate(names):
+            r = results[name]
+            fields = {"miou": r["miou"], "pixel_acc": r["pixel_acc"], "iou": [nan_to_none(v) for v in r["iou"]]}
+            if i == 0:
+                record.update(fields)
+            if len(names) > 1:
+                record.update({f"{name}_{k}": v for k, v in fields.items()})
+        self.logger.log(record, step=self.state.step, prefix="eval")
+        return results
 
     def write_results(self) -> dict[str, Any]:
-        last = self.last_eval
-        results = {"miou_last": last["miou"], "miou_best": self.state.best_miou, "best_epoch": self.state.best_epoch,
-                   "last_epoch": last["epoch"], "step": self.state.step,
-                   "per_class_iou": {n: nan_to_none(v) for n, v in zip(self.manifest.class_names, last["iou"])},
+        """results.json: the headline model's numbers at the top level (``scored`` says which) and
+        every evaluated model's under ``models``."""
+        models = {}
+        for name, last in self.last_eval.items():
+            score = self.state.scores[name]
+            models[name] = {"miou_last": last["miou"], "miou_best": score.best_miou, "best_epoch": score.best_epoch,
+                            "per_class_iou": {n: nan_to_none(v) for n, v in zip(self.manifest.class_names,
+                                                                                last["iou"])}}
+        scored = self.cfg.eval_models[0]
+        results = {**models[scored], "scored": scored, "models": models,
+                   "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
                    "class_names": list(self.manifest.class_names), "method": self.cfg.method.name,
                    "nonfinite_skipped": self.state.nonfinite_total}
         if self.dist.is_main:
@@ -345,11 +394,12 @@ class Trainer:
 
     def _shared_state(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "world_size": self.dist.world_size,
-                "state": dataclasses.asdict(self.state),
+                "state": self.state.state_dict(),
                 "student": self.student.state_dict(),
                 "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
                 "scheduler": self.scheduler.state_dict(),
-                "dataset": {"num_classes": self.num_classes, "class_names": list(self.manifest.class_names),
+                "dataset": {"kind": self.manifest.dataset, "num_classes": self.num_classes,
+                            "class_names": list(self.manifest.class_names),
                             "palette": [list(c) for c in self.manifest.palette]}}
 
     def _rank_state(self) -> dict[str, Any]:
@@ -373,7 +423,7 @@ class Trainer:
             self.teacher.module.load_state_dict(shared["teacher"])
         _load_optimizer_state(self.optimizer, own["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
-        self.state = TrainState(**shared["state"])
+        self.state = TrainState.from_state_dict(shared["state"])
         self.train_data.load_state_dict(own["data"])
         torch.set_rng_state(own["rng"]["torch"])
         if "cuda" in own["rng"] and self.device.type == "cuda":

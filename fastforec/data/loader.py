@@ -39,7 +39,6 @@ DEVICES = ("auto", "cpu", "gpu")
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the consumer
 STATE_FORMAT = 1
 IDENTITY_TAPS = np.ones((1, 1), dtype=np.float32)  # fed where no blur is drawn (branch not run)
-EVAL_MODES = {"cityscapes": "sliding"}  # datasets evaluated by sliding window; others whole
 
 
 def resolve_device(requested: str) -> str:
@@ -314,16 +313,14 @@ class ValData:
     """Validation batches for one rank: sample i goes to rank i % world_size, in manifest order,
     so ranks are disjoint and together see every sample exactly once."""
 
-    def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, device: str,
-                 split: str = "val") -> None:
+    def __init__(self, manifest: Manifest, cfg: DataConfig, *, batch_size: int, rank: int, world_size: int,
+                 device: str, split: str = "val") -> None:
         _check_device(device)
         _check_rank(rank, world_size)
         self.cfg, self.device = cfg, device
         self._reader = SplitReader(manifest, split, with_labels=True)
         self._indices = np.arange(rank, len(self._reader), world_size)
-        self.batch_size = cfg.eval_batch_size
-        mode = cfg.eval_mode if cfg.eval_mode != "auto" else EVAL_MODES.get(manifest.dataset, "whole")
-        self.sliding = mode == "sliding"  # the evaluator slides a crop_size window over each image
+        self.batch_size = batch_size
         self._pending: deque[np.ndarray] = deque()
 
     def __len__(self) -> int:
