@@ -23,6 +23,7 @@ BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "resnet101", "resnet101c")
 LOW_LEVEL_STAGE, LAST_STAGE = 1, 4
 RESIDUAL_STAGE_PREFIX = "layer"  # torchvision/timm name of the residual stages: layer1..layer4
 BN_COUNTER = "num_batches_tracked"
+FASTFOREC_ENCODER_PREFIX = "backbone.body."  # where a fastforec checkpoint keeps the encoder
 
 
 class PretrainedError(ValueError):
@@ -56,6 +57,10 @@ class ResNetBackbone(nn.Module):
             raise PretrainedError(f"pretrained weights '{path}' cannot be read ({type(e).__name__}: {e})") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
+        if isinstance(state, dict) and isinstance(state.get("student"), dict) and "format" in state:
+            # A fastforec training checkpoint: its student's encoder (pretraining on other data).
+            state = {k[len(FASTFOREC_ENCODER_PREFIX):]: v for k, v in state["student"].items()
+                     if k.startswith(FASTFOREC_ENCODER_PREFIX)}
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise PretrainedError(f"'{path}' is not a state dict of tensors (a torchvision ResNet checkpoint is expected)")
         own = self.body.state_dict()

@@ -187,3 +187,20 @@ def test_other_bad_files(tmp_path: Path) -> None:
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
     with pytest.raises(PretrainedError, match="module.pth' cannot be read"):
         backbone.load_pretrained(tmp_path / "module.pth")
+
+
+def test_encoder_of_a_fastforec_checkpoint_as_pretrained_weights(tmp_path: Path) -> None:
+    # pretraining on other data: a training checkpoint's student encoder initialises a new model
+    torch.manual_seed(3)
+    donor = deeplabv3plus(backbone="resnet18", num_classes=6, output_stride=16, reconstruction="rgb",
+                          decoder_channels=16)
+    _randomise_bn(donor, 5)
+    path = tmp_path / "step_000010.pt"
+    torch.save({"format": "fastforec-checkpoint-v1", "student": donor.state_dict(), "teacher": None}, path)
+    torch.manual_seed(4)
+    model = deeplabv3plus(backbone="resnet18", num_classes=11, output_stride=16, pretrained=str(path),
+                          decoder_channels=16)
+    got, want = model.backbone.body.state_dict(), donor.backbone.body.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # the heads are not taken (other classes): the new model's classifier has its own shape
+    assert model.seg_head.classifier.weight.shape[0] == 11
