@@ -44,9 +44,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "fastforec-checkpoint-v1"
 ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
 # Settings a checkpoint must share with the config that resumes it: the architecture (else the
-# weights do not fit) and what fixes the data position (else the resumed batches differ).
+# weights do not fit), what fixes the data position (else the resumed batches differ), and what the
+# optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
 RESUME_MUST_MATCH = ("model.backbone", "model.output_stride", "model.decoder_channels", "method.name",
-                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps")
+                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
+                     "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
+                     "train.epochs", "train.max_steps")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -224,6 +227,10 @@ class Trainer:
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
                    ) -> dict[str, torch.Tensor] | None:
         """One micro-batch; returns its loss terms, or None when it was skipped (non-finite loss)."""
+        # The forward pass updates the BatchNorm running statistics; a skipped batch must not leave
+        # its (possibly NaN) statistics behind, so they are kept to be put back.
+        buffers = list(self.student.buffers())
+        kept = _copy_all(buffers)
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
@@ -233,6 +240,8 @@ class Trainer:
             # Skipping batches cannot repair diverged weights: stop now, save nothing.
             raise self._diverged()
         if not loss_ok:
+            if buffers:
+                torch._foreach_copy_(buffers, kept)
             self._on_nonfinite()
             return None
         self.state.nonfinite_consecutive = 0
@@ -284,15 +293,17 @@ class Trainer:
             path = self.save_checkpoint()
             raise NonFiniteLossError(
                 f"{self.state.nonfinite_consecutive} consecutive non-finite losses at step {self.state.step}; "
-                f"the weights are still finite and are saved in '{path}'. Lower optim.lr or check the data, "
-                f"then continue with --resume.")
+                f"the weights are still finite and are saved in '{path}', positioned after the skipped batches "
+                f"(--resume continues from there). If it happens again, check the data (`dataprep verify`) or "
+                f"start a new run with a lower optim.lr.")
 
-    def _diverged(self, which: str = "") -> NonFiniteLossError:
+    def _diverged(self, which: list[str] | None = None) -> NonFiniteLossError:
         latest = latest_checkpoint(self.ckpt_dir)
-        where = (f"the newest checkpoint, '{latest}', holds the last finite state: continue from it with "
-                 f"--resume {latest} --set optim.lr=<lower>" if latest is not None else
-                 "no checkpoint was written before; start again with a lower optim.lr")
-        return NonFiniteLossError(f"the weights became non-finite{which} (inf/NaN) by step {self.state.step} with "
+        where = (f"The newest checkpoint, '{latest}', holds the last finite state (evaluate or predict with it); "
+                 f"to train on, start a new run with a lower optim.lr" if latest is not None else
+                 "No checkpoint was written before; start again with a lower optim.lr")
+        what = f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else ""
+        return NonFiniteLossError(f"the weights became non-finite (inf/NaN){what} by step {self.state.step} with "
                                   f"optim.lr={self.cfg.optim.lr}; nothing was saved from that state. {where}")
 
     # ------------------------------------------------------------------------------------------
@@ -382,7 +393,7 @@ class Trainer:
         bad = [f"{k}.{name}" for k in ("student", "teacher") if shared[k] is not None
                for name, t in shared[k].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if not all_ranks_true(not bad, self.device):
-            raise self._diverged(f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else "")
+            raise self._diverged(bad)
         save_checkpoint(self._rank_state(), rank_file(path, self.dist.rank))
         barrier()
         if self.dist.is_main:
@@ -495,6 +506,20 @@ def _all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
             groups.setdefault((t.device, t.dtype), []).append(t.detach())
     flags = [torch.stack(torch._foreach_norm(g)).isfinite().all() for g in groups.values()]
     return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _copy_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of ``tensors`` in one fused kernel per dtype (a loop of clones would launch one each)."""
+    if not tensors:
+        return []
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    for idx in by_dtype.values():
+        for i, c in zip(idx, torch._foreach_mul([tensors[i].detach() for i in idx], 1)):
+            out[i] = c
+    return out
 
 
 def _optimizer_kind(opt: Any) -> str:
