@@ -77,6 +77,13 @@ class Manifest:
     foreground_classes: tuple[int, ...]
     splits: dict[str, SplitInfo]
     source: dict[str, Any] = field(default_factory=dict)
+    declared_counts: dict[str, int] = field(default_factory=dict)  # the file's split-level num_samples
+
+    def count_problems(self) -> list[str]:
+        """Split-level ``num_samples`` of the file that disagree with the sum over its shards."""
+        return [f"split '{name}' says num_samples={n} but its shards hold "
+                f"{self.splits[name].num_samples}; the manifest was edited or damaged: re-run dataprep"
+                for name, n in self.declared_counts.items() if name in self.splits and n != self.splits[name].num_samples]
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -123,17 +130,14 @@ class Manifest:
                                       for s in info["shards"]))
                 for name, info in raw["splits"].items()
             }
-            for name, info in raw["splits"].items():
-                if "num_samples" in info and int(info["num_samples"]) != splits[name].num_samples:
-                    raise ManifestError(f"{where}: split '{name}' says num_samples={info['num_samples']} but its "
-                                        f"shards hold {splits[name].num_samples}; the manifest was edited or "
-                                        f"damaged: re-run dataprep")
+            declared = {name: int(info["num_samples"]) for name, info in raw["splits"].items()
+                        if info.get("num_samples") is not None}
             m = cls(root=root, dataset=raw["dataset"], num_classes=int(raw["num_classes"]),
                     class_names=tuple(raw["class_names"]),
                     palette=tuple(tuple(int(v) for v in c) for c in raw["palette"]),
                     ignore_index=int(raw["ignore_index"]),
                     foreground_classes=tuple(int(c) for c in raw["foreground_classes"]),
-                    splits=splits, source=raw.get("source", {}))
+                    splits=splits, source=raw.get("source", {}), declared_counts=declared)
         except ManifestError:
             raise
         except KeyError as e:

@@ -70,10 +70,11 @@ def verify_shards(manifest: Manifest, splits: Sequence[str], *, sha256: bool) ->
     workers = max(1, min(len(shards), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         problems = [p for p in pool.map(lambda s: _shard_problem(manifest, s, sha256=sha256), shards) if p]
+    problems = [f"{manifest.root / 'manifest.json'}: {p}" for p in manifest.count_problems()] + problems
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN] + ([f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more"]
                                                  if len(problems) > MAX_PROBLEMS_SHOWN else [])
-        raise ShardError(f"{len(problems)} damaged shard(s) in '{manifest.root}':\n  " + "\n  ".join(shown)
+        raise ShardError(f"{len(problems)} problem(s) with the shards in '{manifest.root}':\n  " + "\n  ".join(shown)
                          + f"\nre-run dataprep for '{manifest.root}' (`dataprep verify {manifest.root}` lists "
                            f"every problem)")
 
