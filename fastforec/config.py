@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 from fastforec.errors import UserError
 
 METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
 class ConfigError(UserError, ValueError):
@@ -181,6 +182,9 @@ class OptimConfig:
         _check(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(self.head_lr_mult > 0, f"{prefix}.head_lr_mult", "must be > 0")
+        # torch converts the step size to the weights' float32 and refuses one beyond its range
+        _check(self.lr * self.head_lr_mult < FLOAT32_MAX, f"{prefix}.lr",
+               f"lr x head_lr_mult = {self.lr * self.head_lr_mult:g} is beyond the float32 range")
         _check(self.poly_power >= 0, f"{prefix}.poly_power", "must be >= 0")
 
 

@@ -303,7 +303,7 @@ class Trainer:
                  f"to train on, start a new run with a lower optim.lr" if latest is not None else
                  "No checkpoint was written before; start again with a lower optim.lr")
         what = f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else ""
-        return NonFiniteLossError(f"the weights became non-finite (inf/NaN){what} by step {self.state.step} with "
+        return NonFiniteLossError(f"the weights became non-finite (inf/NaN, or too large for float32){what} by step {self.state.step} with "
                                   f"optim.lr={self.cfg.optim.lr}; nothing was saved from that state. {where}")
 
     # ------------------------------------------------------------------------------------------
