@@ -24,6 +24,10 @@ from fastforec.trainer import NonFiniteLossError, Trainer
 LOSS_KEYS = ("loss", "loss_s", "loss_u", "loss_rec")
 
 
+class Foreign:
+    """A Python object pickled into a .pt file, as a foreign or malicious file would hold."""
+
+
 def _train_in_process(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """fastforec/train.py's main() in this process: an exception that escaped it would fail the test
     (the traceback a user would see); a user error returns 2 with the message on stderr."""
@@ -314,9 +318,6 @@ def test_unwritable_outputs_and_foreign_files_are_named(finished: tuple[Path, Pa
     assert blocker.read_text() == "keep me"
 
     # 8. a pickle that is not tensors: said for what it is, and never "use weights_only=False"
-    class Foreign:
-        pass
-
     evil = tmp_path / "model.pt"
     torch.save({"student": Foreign()}, evil)
     assert fastforec(["predict", "--checkpoint", str(evil), "--input", str(image), "--out", str(tmp_path / "p")]) == 2
