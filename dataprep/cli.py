@@ -9,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import DataprepError
+from fastforec.errors import EXIT_USER_ERROR, UserError, check_output_dir, output_error, report_user_error
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # verify found problems
-EXIT_BAD_INPUT = 2  # bad input or usage (argparse uses 2 as well)
+EXIT_BAD_INPUT = EXIT_USER_ERROR  # bad input or usage (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130
 DEFAULT_SYNTH_TRAIN = 400
 DEFAULT_SYNTH_VAL = 100
@@ -214,14 +214,20 @@ COMMANDS = {"synth": _cmd_synth, "voc": _cmd_voc, "cityscapes": _cmd_cityscapes,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastforec.data.manifest import ManifestError
-
     args = build_parser().parse_args(argv)
+    out: Path | None = getattr(args, "out", None)
+    prefix = f"dataprep {args.command}: "
     try:
+        if out is not None:
+            check_output_dir(out, "--out")
         return COMMANDS[args.command](args)
-    except (DataprepError, ManifestError) as e:
-        print(f"dataprep {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except UserError as e:  # DataprepError, ManifestError, ...: the message names the file
+        return report_user_error(e, prefix=prefix)
+    except OSError as e:
+        # Input files are checked and named by the planners; an OSError here is the output.
+        if out is None or e.filename is None or not Path(e.filename).resolve().is_relative_to(out.resolve()):
+            raise
+        return report_user_error(output_error(e, out, "--out"), prefix=prefix)
     except KeyboardInterrupt:
         print(f"dataprep {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

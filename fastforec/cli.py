@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_visualize(sub)
     _add_ablate(sub)
     args = parser.parse_args(argv)
-    from fastforec.checkpoint import CheckpointError
-    from fastforec.config import ConfigError
-    from fastforec.data.manifest import ManifestError
-    from fastforec.models import PretrainedError
+    from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
 
+    outputs = _outputs(args)
     try:
+        for option, directory in outputs:
+            check_output_dir(directory, option)
         if args.command == "train":
             from fastforec.train import run
         elif args.command == "eval":
@@ -91,10 +92,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from fastforec.bench import run_bench as run
         return run(args)
-    except (ConfigError, CheckpointError, ManifestError, PretrainedError, FileNotFoundError) as e:
-        # user-facing failures (bad paths, corrupt files) carry their own message: no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        # bad input, damaged or foreign files, unwritable outputs: the message says what to change
+        return report_user_error(e)
+    except OSError as e:
+        for option, directory in outputs:
+            if e.filename is not None and Path(e.filename).resolve().is_relative_to(Path(directory).resolve()):
+                return report_user_error(output_error(e, directory, option))
+        raise
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, directory) of every output the user chose (train checks its --run-dir itself)."""
+    found = []
+    if getattr(args, "json_out", None):
+        found.append(("--json", Path(args.json_out).parent))
+    if args.command in ("predict", "ablate"):
+        found.append(("--out", Path(args.out)))
+    elif args.command == "visualize" and getattr(args, "out", None):
+        found.append(("--out", Path(args.out).parent))
+    return found
 
 
 if __name__ == "__main__":

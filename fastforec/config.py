@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from fastforec.errors import UserError
+
 METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 
@@ -89,6 +93,10 @@ class DataConfig:
     num_threads: int = 2
     device: Literal["auto", "cpu", "gpu"] = "auto"
     shuffle_buffer: int = 256
+    # Checked against the manifest before training: "sha256" re-hashes every shard (seconds for
+    # VOC, see docs/benchmarks.md), "size" only compares byte counts (catches truncation, not
+    # flipped bytes).
+    verify_shards: Literal["sha256", "size"] = "sha256"
     aug: AugConfig = field(default_factory=AugConfig)
 
     def validate(self, prefix: str = "data") -> None:
@@ -177,6 +185,9 @@ class OptimConfig:
         _check(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(self.head_lr_mult > 0, f"{prefix}.head_lr_mult", "must be > 0")
+        # torch converts the step size to the weights' float32 and refuses one beyond its range
+        _check(self.lr * self.head_lr_mult < FLOAT32_MAX, f"{prefix}.lr",
+               f"lr x head_lr_mult = {self.lr * self.head_lr_mult:g} is beyond the float32 range")
         _check(self.poly_power >= 0, f"{prefix}.poly_power", "must be >= 0")
 
 
@@ -260,6 +271,13 @@ class Config:
         manifest = Path(self.data.root) / "manifest.json"
         _check(manifest.is_file(), "data.root",
                f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
+        if self.method.fg_classes is not None:
+            from fastforec.data.manifest import Manifest
+
+            num_classes = Manifest.load(self.data.root).num_classes
+            wrong = [c for c in self.method.fg_classes if c >= num_classes]
+            _check(not wrong, "method.fg_classes", f"class ids {wrong} do not exist: the dataset in "
+                                                   f"'{self.data.root}' has {num_classes} classes (0..{num_classes - 1})")
         if self.model.pretrained is not None:
             _check(Path(self.model.pretrained).is_file(), "model.pretrained",
                    f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
@@ -321,6 +339,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
+        # JSON accepts Infinity/NaN and float() accepts "inf": no setting means anything with them
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -366,7 +386,7 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
         if text.lower() in ("null", "none"):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _parse_override_value(text, inner[0], key) if len(inner) == 1 else json.loads(text)
+        return _parse_override_value(text, inner[0], key) if len(inner) == 1 else _json_value(text, key)
     if tp is bool:
         low = text.lower()
         _check(low in ("true", "false", "1", "0"), key, f"must be true or false, got {text!r}")
@@ -383,7 +403,7 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be a number, got {text!r}") from None
     if origin is list:
         if text.startswith("["):
-            return json.loads(text)
+            return _json_value(text, key)
         (item,) = typing.get_args(tp)
         return [_parse_override_value(t.strip(), item, key) for t in text.split(",") if t.strip()]
     if tp is str or origin is Literal:
@@ -392,6 +412,14 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _json_value(text: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{key}: {text!r} is not valid JSON ({e.msg} at character {e.pos}); "
+                          f"write a list as [1,2,3] or 1,2,3") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -52,11 +53,16 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
 
 def all_ranks_true(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` holds on every rank (one tiny all-reduce; every rank must call it)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    return all_ranks_each([flag], device)[0]
+
+
+def all_ranks_each(flags: Sequence[bool | torch.Tensor], device: torch.device) -> list[bool]:
+    """For each flag (a bool or a 0-d tensor), whether it holds on every rank: one all-reduce and
+    one host sync for all of them. Every rank must call it with the same number of flags."""
+    t = torch.stack([torch.as_tensor(f, device=device).reshape(()).to(torch.int32) for f in flags])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
 
 
 def barrier() -> None:

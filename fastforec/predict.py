@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from fastforec.atomic import atomic_write_bytes
+from fastforec.data.images import decode_problem
+from fastforec.errors import UserError
 from fastforec.evaluate import predict, resolve_eval_mode
 from fastforec.inference import load_trained_model
 
@@ -22,10 +24,10 @@ def list_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in '{path}'")
+            raise UserError(f"--input: no image ({', '.join(IMAGE_SUFFIXES)}) in '{path}'")
         return files
     if not path.is_file():
-        raise FileNotFoundError(f"input '{path}' does not exist")
+        raise UserError(f"--input '{path}' does not exist")
     return [path]
 
 
@@ -35,7 +37,7 @@ def load_image(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
     except OSError as e:
-        raise ValueError(f"cannot read image '{path}': {e}") from None
+        raise UserError(f"cannot read image '{path}': {decode_problem(e, path.read_bytes())}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 

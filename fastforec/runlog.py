@@ -15,6 +15,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fastforec.atomic import atomic_write_bytes
+
 
 class ScalarMeter:
     """Running sums of named scalar tensors since the last ``pop()``."""
@@ -56,6 +58,26 @@ class RunLogger:
             events = [(f"{prefix}/{k}", float(v), step) for k, v in record.items()
                       if isinstance(v, (int, float)) and k not in ("time", "step")]
             self.monitor.write_events(events)
+
+    def drop_after(self, step: int) -> int:
+        """Remove the records of steps after ``step``: a run resumed from the checkpoint at
+        ``step`` writes them again, and each step must appear once. A line torn by a kill goes
+        too. Returns the number of lines removed."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                keep = json.loads(line).get("step", 0) <= step
+            except (json.JSONDecodeError, AttributeError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += line.strip() != ""
+        if dropped:
+            atomic_write_bytes(self.path, "".join(f"{line}\n" for line in kept).encode())
+        return dropped
 
     def progress(self, total: int, completed: int) -> "TrainProgress":
         return TrainProgress(self.console, total=total, completed=completed, enabled=self.enabled)

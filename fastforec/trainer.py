@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import deepspeed
 import torch
@@ -23,12 +23,15 @@ from torch import nn
 
 from fastforec import losses
 from fastforec.atomic import atomic_write_json
-from fastforec.checkpoint import (CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint,
-                                  prune_checkpoints, rank_file, save_checkpoint)
-from fastforec.config import Config
+from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
+                                  first_line, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
+                                  rank_file, remove_partial_writes, save_checkpoint)
+from fastforec.config import Config, ConfigError
 from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.data.manifest import Manifest
-from fastforec.distributed import DistInfo, all_ranks_true, barrier
+from fastforec.data.shards import ShardError, verify_shards
+from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true, barrier
+from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
@@ -39,10 +42,18 @@ from fastforec.teacher import EmaTeacher
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fastforec-checkpoint-v1"
+ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
+# Settings a checkpoint must share with the config that resumes it: the architecture (else the
+# weights do not fit), what fixes the data position (else the resumed batches differ), and what the
+# optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
+RESUME_MUST_MATCH = ("model.backbone", "model.output_stride", "model.decoder_channels", "method.name",
+                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
+                     "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
+                     "train.epochs", "train.max_steps")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many consecutive non-finite losses, or weights that became non-finite."""
 
 
 @dataclass
@@ -78,12 +89,23 @@ class TrainState:
         return cls(**{**state, "scores": scores})
 
 
-def deepspeed_config(cfg: Config) -> dict[str, Any]:
-    """The user's ``deepspeed`` block with what the trainer owns filled in."""
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
+    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
     ds = json.loads(json.dumps(cfg.deepspeed))
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in ZERO_STAGES:
+        raise ConfigError(f"deepspeed.zero_optimization.stage: {stage} is not supported; use 0, 1 or 2 (ZeRO-3 "
+                          f"partitions the parameters, which the EMA teacher and the checkpoints read whole)")
+    autocast = ds.get("torch_autocast", {})
+    fp16 = ds.get("fp16", {}).get("enabled") or (autocast.get("enabled") and
+                                                  str(autocast.get("dtype")) in ("float16", "fp16"))
+    if fp16 and device.type != "cuda":
+        raise ConfigError("deepspeed.fp16: float16 needs a CUDA device and this run is on the CPU; disable it "
+                          "(or use bf16) for CPU runs")
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
-        raise ValueError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
+        raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
                          f"({ds['train_micro_batch_size_per_gpu']} != {cfg.data.batch_size}); remove it from the "
                          "deepspeed block, it is filled in from data.batch_size")
     ds.setdefault("gradient_accumulation_steps", 1)
@@ -117,6 +139,8 @@ class Trainer:
         self.dist = dist
         self.device = dist.device
         self.manifest = Manifest.load(cfg.data.root)
+        self._verify_shards()
+        remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
@@ -138,7 +162,7 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg)
+        self.ds_config = deepspeed_config(cfg, self.device)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -153,6 +177,9 @@ class Trainer:
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
         self.state = TrainState()
+        # Whether the weights after the last optimizer step are finite: a device tensor, read
+        # together with the next loss check so that it costs no extra host sync.
+        self._weights_finite = torch.tensor(True, device=self.device)
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None))
         self.meter = ScalarMeter()
 
@@ -221,11 +248,21 @@ class Trainer:
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
                    ) -> dict[str, torch.Tensor] | None:
         """One micro-batch; returns its loss terms, or None when it was skipped (non-finite loss)."""
+        # The forward pass updates the BatchNorm running statistics; a skipped batch must not leave
+        # its (possibly NaN) statistics behind, so they are kept to be put back.
+        buffers = list(self.student.buffers())
+        kept = _copy_all(buffers)
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
         # Every rank must take the same branch, or the collectives of backward/step deadlock.
-        if not all_ranks_true(bool(torch.isfinite(loss)), self.device):
+        loss_ok, weights_ok = all_ranks_each([torch.isfinite(loss), self._weights_finite], self.device)
+        if not weights_ok:
+            # Skipping batches cannot repair diverged weights: stop now, save nothing.
+            raise self._diverged()
+        if not loss_ok:
+            if buffers:
+                torch._foreach_copy_(buffers, kept)
             self._on_nonfinite()
             return None
         self.state.nonfinite_consecutive = 0
@@ -234,6 +271,8 @@ class Trainer:
         self.engine.step()
         # fp16 loss scaling skips the optimizer step on overflow: then nothing else moves either
         if boundary and self.engine.was_step_applied():
+            # A huge step makes the weights inf/NaN before the loss is; checked with the next loss.
+            self._weights_finite = _all_finite(self.student.parameters())
             self._average_bn_statistics()
             if self.teacher is not None:
                 self.teacher.update(self.student, self._ema_step(), fp32_param=self._fp32_getter())
@@ -282,10 +321,23 @@ class Trainer:
         self.state.nonfinite_total += 1
         self.state.nonfinite_consecutive += 1
         if self.state.nonfinite_consecutive >= self.cfg.train.max_nonfinite:
+            # The weights are finite (checked with this loss), so this state is a good one to keep;
+            # save_checkpoint verifies every saved tensor once more.
             path = self.save_checkpoint()
             raise NonFiniteLossError(
                 f"{self.state.nonfinite_consecutive} consecutive non-finite losses at step {self.state.step}; "
-                f"the last good state is saved in {path}. Lower optim.lr or check the data.")
+                f"the weights are still finite and are saved in '{path}', positioned after the skipped batches "
+                f"(--resume continues from there). If it happens again, check the data (`dataprep verify`) or "
+                f"start a new run with a lower optim.lr.")
+
+    def _diverged(self, which: list[str] | None = None) -> NonFiniteLossError:
+        latest = latest_checkpoint(self.ckpt_dir)
+        where = (f"The newest checkpoint, '{latest}', holds the last finite state (evaluate or predict with it); "
+                 f"to train on, start a new run with a lower optim.lr" if latest is not None else
+                 "No checkpoint was written before; start again with a lower optim.lr")
+        what = f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else ""
+        return NonFiniteLossError(f"the weights became non-finite (inf/NaN, or too large for float32){what} by step {self.state.step} with "
+                                  f"optim.lr={self.cfg.optim.lr}; nothing was saved from that state. {where}")
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -384,10 +436,17 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         path = self.ckpt_dir / checkpoint_name(self.state.step)
+        shared = self._shared_state()
+        # Never write a non-finite state: the newest checkpoint must always be one to resume from.
+        # (Every rank holds the same replicated weights, and all take the same branch.)
+        bad = [f"{k}.{name}" for k in ("student", "teacher") if shared[k] is not None
+               for name, t in shared[k].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if not all_ranks_true(not bad, self.device):
+            raise self._diverged(bad)
         save_checkpoint(self._rank_state(), rank_file(path, self.dist.rank))
         barrier()
         if self.dist.is_main:
-            save_checkpoint(self._shared_state(), path)
+            save_checkpoint(shared, path)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         barrier()
         return path
@@ -410,21 +469,59 @@ class Trainer:
                 "engine": {"global_steps": self.engine.global_steps, "global_samples": self.engine.global_samples,
                            "micro_steps": self.engine.micro_steps}}
 
-    def restore(self, path: Path) -> None:
-        shared = load_checkpoint(path)
+    def resume(self, resume: str) -> Path:
+        """Continue from ``resume``: "latest" (the newest complete, intact checkpoint of this run;
+        damaged newer ones are skipped, and said so) or a checkpoint path (no fallback)."""
+        if resume == "latest":
+            candidates = list_checkpoints(self.ckpt_dir)[::-1]
+            if not candidates:
+                raise CheckpointError(f"--resume: no checkpoint in '{self.ckpt_dir}'")
+        else:
+            candidates = [Path(resume)]
+        skipped: list[str] = []
+        for path in candidates:
+            try:  # every rank checks its own file; all must have an intact one
+                shared, own, problem = load_checkpoint(path), load_checkpoint(rank_file(path, self.dist.rank)), None
+            except CheckpointError as e:
+                shared, own, problem = None, None, e
+            if all_ranks_true(problem is None, self.device):
+                break
+            if resume != "latest":
+                raise problem or CheckpointError(f"checkpoint '{path}': the file of another rank is damaged "
+                                                 f"(see its message); {earlier_checkpoint_hint(path)}")
+            skipped.append(str(problem) if problem else f"'{path}': the file of another rank is damaged")
+        else:
+            raise CheckpointError(f"--resume: no intact checkpoint in '{self.ckpt_dir}':\n  " + "\n  ".join(skipped))
+        if skipped and self.dist.is_main:
+            log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
+                        len(skipped), path, "\n  ".join(skipped))
+        self._restore(path, shared, own)
+        if self.dist.is_main:
+            dropped = self.logger.drop_after(self.state.step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
+                         dropped, self.state.step)
+        return path
+
+    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         if shared.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
         if shared["world_size"] != self.dist.world_size:
             raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
                                   f"number of processes (now {self.dist.world_size})")
-        own = load_checkpoint(rank_file(path, self.dist.rank))
-        self.student.load_state_dict(shared["student"])
-        if self.teacher is not None:
-            self.teacher.module.load_state_dict(shared["teacher"])
-        _load_optimizer_state(self.optimizer, own["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
+        check_same_settings(shared["config"], self.cfg.to_dict(), RESUME_MUST_MATCH, path=path)
+        try:
+            self.student.load_state_dict(shared["student"])
+            if self.teacher is not None:
+                self.teacher.module.load_state_dict(shared["teacher"])
+            _load_optimizer_state(self.optimizer, own["optimizer"])
+            self.scheduler.load_state_dict(shared["scheduler"])
+            self.train_data.load_state_dict(own["data"])
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or positions that do not fit this run
+            raise CheckpointError(f"checkpoint '{path}' does not fit this run ({first_line(e)}); resume with the "
+                                  f"config it was trained with (saved in the checkpoint and the run's config.json)"
+                                  ) from None
         self.state = TrainState.from_state_dict(shared["state"])
-        self.train_data.load_state_dict(own["data"])
         torch.set_rng_state(own["rng"]["torch"])
         if "cuda" in own["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
@@ -432,14 +529,47 @@ class Trainer:
             setattr(self.engine, k, v)
         log.info("resumed from %s at step %d", path, self.state.step)
 
-    def find_resume(self, resume: str) -> Path:
-        """``resume`` is "latest" (this run's newest checkpoint) or a checkpoint path."""
-        if resume == "latest":
-            latest = latest_checkpoint(self.ckpt_dir)
-            if latest is None:
-                raise CheckpointError(f"--resume: no checkpoint in '{self.ckpt_dir}'")
-            return latest
-        return Path(resume)
+    def _verify_shards(self) -> None:
+        """Shards against the manifest (data.verify_shards), once per node (ranks of a node share
+        its files), before any other work; every rank stops if one node finds damage."""
+        splits = ["labeled", "val"] + (["unlabeled"] if self.cfg.method.uses_unlabeled else [])
+        problem = None
+        if self.dist.local_rank == 0:
+            try:
+                verify_shards(self.manifest, splits, sha256=self.cfg.data.verify_shards == "sha256")
+            except ShardError as e:
+                problem = e
+        if not all_ranks_true(problem is None, self.device):
+            raise problem or ShardError(f"the shards in '{self.manifest.root}' are damaged on another node "
+                                        f"(its message names them)")
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor, computed without a host sync: every floating-point element is finite.
+
+    One fused L2 norm per dtype over all tensors: NaN and inf propagate through the sum of
+    squares. A norm beyond the float range counts as non-finite too; such weights have diverged.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point():
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    flags = [torch.stack(torch._foreach_norm(g)).isfinite().all() for g in groups.values()]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _copy_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of ``tensors`` in one fused kernel per dtype (a loop of clones would launch one each)."""
+    if not tensors:
+        return []
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    for idx in by_dtype.values():
+        for i, c in zip(idx, torch._foreach_mul([tensors[i].detach() for i in idx], 1)):
+            out[i] = c
+    return out
 
 
 def _optimizer_kind(opt: Any) -> str:
@@ -448,8 +578,9 @@ def _optimizer_kind(opt: Any) -> str:
         return "zero"
     if isinstance(opt, torch.optim.Optimizer):
         return "torch"
-    raise CheckpointError(f"checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not supported; "
-                          f"use ZeRO stage >= 1 or the torch_autocast block for mixed precision")
+    raise ConfigError(f"deepspeed: checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not "
+                      f"supported; for mixed precision use zero_optimization.stage 1 or 2, or the torch_autocast "
+                      f"block")
 
 
 def _optimizer_state(opt: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastforec.config import Config, ConfigError, load_config
+from fastforec.errors import UserError
 
 DEFAULT_BATCHES = 10  # timed steps per round (and per contender for e2e)
 DEFAULT_ROUNDS = 3
@@ -44,7 +45,7 @@ GIGA = 1e9
 Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]
 
 
-class BenchError(ValueError):
+class BenchError(UserError, ValueError):
     """Bad benchmark arguments: the message says what to change."""
 
 

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from fastforec.config import DataConfig
+from fastforec.config import ConfigError, DataConfig
 from fastforec.data import plan
 from fastforec.data.manifest import Manifest
 from fastforec.data.pipelines import (IGNORE_FILL, TrainGraph, build_train_pipeline, build_val_pipeline)
@@ -44,12 +44,12 @@ IDENTITY_TAPS = np.ones((1, 1), dtype=np.float32)  # fed where no blur is drawn 
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``gpu`` when CUDA is available, else ``cpu``; ``gpu`` without CUDA is an error."""
     if requested not in DEVICES:
-        raise ValueError(f"data.device: must be one of {', '.join(DEVICES)}, got {requested!r}")
+        raise ConfigError(f"data.device: must be one of {', '.join(DEVICES)}, got {requested!r}")
     cuda = torch.cuda.is_available()
     if requested == "auto":
         return "gpu" if cuda else "cpu"
     if requested == "gpu" and not cuda:
-        raise ValueError("data.device: 'gpu' requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ConfigError("data.device: 'gpu' requested but CUDA is not available; use 'auto' or 'cpu'")
     return requested
 
 

@@ -15,6 +15,9 @@ import timm
 import torch
 from torch import nn
 
+from fastforec.checkpoint import NOT_TENSORS, first_line, refused_pickle
+from fastforec.errors import UserError
+
 log = logging.getLogger(__name__)
 
 BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c"]
@@ -26,7 +29,7 @@ BN_COUNTER = "num_batches_tracked"
 FASTFOREC_ENCODER_PREFIX = "backbone.body."  # where a fastforec checkpoint keeps the encoder
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """A pretrained weight file is missing, unreadable or does not fit the backbone."""
 
 
@@ -54,7 +57,9 @@ class ResNetBackbone(nn.Module):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for truncated/corrupt archives
-            raise PretrainedError(f"pretrained weights '{path}' cannot be read ({type(e).__name__}: {e})") from None
+            if refused_pickle(e):
+                raise PretrainedError(f"pretrained weights '{path}' {NOT_TENSORS}") from None
+            raise PretrainedError(f"pretrained weights '{path}' cannot be read ({first_line(e)})") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if isinstance(state, dict) and isinstance(state.get("student"), dict) and "format" in state:
