@@ -106,9 +106,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c"] = "resnet101"
+    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"] = "resnet101"
     output_stride: int = 16
-    pretrained: str | None = None  # local torchvision-format ResNet state dict
+    # ImageNet weights: a local file (torchvision/timm names, U2PL/UniMatch's deep-stem resnet101.pth
+    # with resnet101s, mmseg ResNetV1c with resnet101c), or "timm" / "timm:<name>" from the local cache
+    pretrained: str | None = None
     sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
     decoder_channels: int = 256  # ASPP/fuse width of both decoders (the paper's 256; less for CPU demos)
 
@@ -232,7 +234,13 @@ class Config:
         _check(manifest.is_file(), "data.root",
                f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
         if self.model.pretrained is not None:
-            _check(Path(self.model.pretrained).is_file(), "model.pretrained",
+            from fastforec.models.backbones import PretrainedError, resolve_pretrained
+
+            try:  # "timm[:name]" resolves to timm's cached file, without any download
+                weights = resolve_pretrained(self.model.pretrained, self.model.backbone)
+            except PretrainedError as e:
+                raise ConfigError(str(e)) from None
+            _check(weights.is_file(), "model.pretrained",
                    f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
 
 

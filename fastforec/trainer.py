@@ -122,7 +122,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
-                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels)
+                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
+                                show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if self.uses_sync_bn:
