@@ -53,9 +53,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from fastforec.export import add_arguments
-
-    add_arguments(sub.add_parser("export", help="the segmentation network alone, as safetensors or ONNX"))
+    p = sub.add_parser("export", help="the segmentation network alone, as safetensors or ONNX")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx"],
+                   help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:

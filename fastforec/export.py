@@ -118,13 +118,6 @@ def read_export(path: str | Path, *, weights: str | None = None,
     return model.to(device).eval(), cfg, dataset
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
-    p.add_argument("--format", required=True, choices=list(FORMATS), help="safetensors (weights + metadata) or onnx")
-    p.add_argument("--weights", choices=["student", "teacher"], default="student")
-    p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Errors (missing checkpoint, no teacher, wrong suffix) reach `fastforec.cli.main`: exit 2."""
     out = Path(args.out)
