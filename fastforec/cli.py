@@ -1,4 +1,4 @@
-"""`fastforec` command line: train, eval, predict, bench, visualize, ablate.
+"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate.
 
 Each subcommand lives in its own module; this file only parses arguments and dispatches, and
 imports the heavy modules lazily so `fastforec --help` is instant.
@@ -45,10 +45,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="palette-coloured masks and overlays for images")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file, a run directory (its latest), or a `fastforec export` .safetensors file")
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--weights", choices=["student", "teacher"], default=None,
+                   help="default: the student of a checkpoint, the weights an export holds")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the segmentation network alone, as safetensors or ONNX")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx"],
+                   help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
     p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_bench(sub)
     _add_visualize(sub)
     _add_ablate(sub)
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             from fastforec.eval_cli import run
         elif args.command == "predict":
             from fastforec.predict import run
+        elif args.command == "export":
+            from fastforec.export import run
         elif args.command == "visualize":
             from fastforec.visualize import run
         elif args.command == "ablate":

@@ -109,9 +109,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c"] = "resnet101"
+    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"] = "resnet101"
     output_stride: int = 16
-    pretrained: str | None = None  # local torchvision-format ResNet state dict
+    # ImageNet weights: a local file (torchvision/timm names, U2PL/UniMatch's deep-stem resnet101.pth
+    # with resnet101s, mmseg ResNetV1c with resnet101c), or "timm" / "timm:<name>" from the local cache
+    pretrained: str | None = None
     sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
     decoder_channels: int = 256  # ASPP/fuse width of both decoders (the paper's 256; less for CPU demos)
 
@@ -253,6 +255,14 @@ class Config:
         self.eval.validate("eval")
         _check(self.eval.model != "teacher" or self.method.uses_unlabeled, "eval.model",
                f"method '{self.method.name}' trains no teacher; use 'student' (or 'both')")
+        # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
+        # sample per rank that partner is the image itself and CutMix silently does nothing.
+        _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),
+               "data.batch_size",
+               f"is {self.data.batch_size}, but CutMix (data.aug.cutmix_prob={self.data.aug.cutmix_prob}) mixes "
+               "each unlabeled image with another sample of the same rank's batch, so it needs at least 2 per "
+               "rank; raise data.batch_size (lower deepspeed.gradient_accumulation_steps or use fewer ranks to "
+               "keep the global batch), or set data.aug.cutmix_prob=0 to train without CutMix")
 
     @property
     def eval_models(self) -> tuple[str, ...]:
@@ -279,7 +289,13 @@ class Config:
             _check(not wrong, "method.fg_classes", f"class ids {wrong} do not exist: the dataset in "
                                                    f"'{self.data.root}' has {num_classes} classes (0..{num_classes - 1})")
         if self.model.pretrained is not None:
-            _check(Path(self.model.pretrained).is_file(), "model.pretrained",
+            from fastforec.models.backbones import PretrainedError, resolve_pretrained
+
+            try:  # "timm[:name]" resolves to timm's cached file, without any download
+                weights = resolve_pretrained(self.model.pretrained, self.model.backbone)
+            except PretrainedError as e:
+                raise ConfigError(str(e)) from None
+            _check(weights.is_file(), "model.pretrained",
                    f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
 
 
@@ -452,11 +468,38 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError."""
+# The configs shipped with the project: `--config cityscapes_1_4.json` (or `cityscapes_1_4`)
+# names one of them, as the paper-recipe commands are written.
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_SUFFIX = ".json"
+
+
+def shipped_configs() -> list[str]:
+    """Names (without ``.json``) of the configs in the project's ``configs/`` directory."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob(f"*{CONFIG_SUFFIX}")) if CONFIGS_DIR.is_dir() else []
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given; else a bare name (``cityscapes_1_4.json`` or ``cityscapes_1_4``)
+    of a config in the project's ``configs/``. Raises ConfigError listing those configs."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        name = path.name if path.suffix == CONFIG_SUFFIX else path.name + CONFIG_SUFFIX
+        shipped = CONFIGS_DIR / name
+        if shipped.is_file():
+            return shipped
+    names = shipped_configs()
+    listing = f"the configs in {CONFIGS_DIR} are: {', '.join(names)}" if names else f"{CONFIGS_DIR} holds no config"
+    raise ConfigError(f"config file '{path}' does not exist, and it is not the name of a shipped config; {listing}")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError.
+
+    ``path`` is a file, or the bare name of a config in the project's ``configs/``."""
+    path = resolve_config_path(path)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:

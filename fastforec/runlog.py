@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from rich.console import Console
@@ -42,10 +42,14 @@ class ScalarMeter:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, *, enabled: bool, monitor: Any = None):
+    """metrics.jsonl, and the same numbers to DeepSpeed's monitor (TensorBoard by default) as
+    ``<kind>/<key>`` scalars; a per-class list (``iou``) becomes ``<kind>/<key>/<class name>``."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, monitor: Any = None, class_names: Sequence[str] = ()):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
+        self.class_names = list(class_names)
         self.console = Console(stderr=True)
 
     def log(self, record: dict[str, Any], *, step: int, prefix: str) -> None:
@@ -55,9 +59,20 @@ class RunLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.monitor is not None:
-            events = [(f"{prefix}/{k}", float(v), step) for k, v in record.items()
-                      if isinstance(v, (int, float)) and k not in ("time", "step")]
-            self.monitor.write_events(events)
+            self.monitor.write_events(self._events(record, step=step, prefix=prefix))
+
+    def _events(self, record: dict[str, Any], *, step: int, prefix: str) -> list[tuple[str, float, int]]:
+        events = []
+        for k, v in record.items():
+            if k in ("kind", "time", "step"):
+                continue
+            if isinstance(v, (int, float)):
+                events.append((f"{prefix}/{k}", float(v), step))
+            elif isinstance(v, list) and len(v) == len(self.class_names):
+                # None is a class absent from ground truth and prediction: no point to draw
+                events += [(f"{prefix}/{k}/{name}", float(x), step) for name, x in zip(self.class_names, v)
+                           if isinstance(x, (int, float))]
+        return events
 
     def drop_after(self, step: int) -> int:
         """Remove the records of steps after ``step``: a run resumed from the checkpoint at

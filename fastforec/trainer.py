@@ -89,9 +89,15 @@ class TrainState:
         return cls(**{**state, "scores": scores})
 
 
-def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: runs/<name>/tensorboard/
+
+
+def deepspeed_config(cfg: Config, device: torch.device, run_dir: Path | None = None) -> dict[str, Any]:
     """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
-    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
+    or ``device`` cannot run are a ConfigError before DeepSpeed sees them.
+
+    With a ``run_dir``, DeepSpeed's TensorBoard monitor is on by default and writes into it
+    (``"tensorboard": {"enabled": false}`` turns it off); W&B, CSV and Comet stay opt-in."""
     ds = json.loads(json.dumps(cfg.deepspeed))
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in ZERO_STAGES:
@@ -103,6 +109,12 @@ def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
     if fp16 and device.type != "cuda":
         raise ConfigError("deepspeed.fp16: float16 needs a CUDA device and this run is on the CPU; disable it "
                           "(or use bf16) for CPU runs")
+    if run_dir is not None:
+        tb = ds.setdefault("tensorboard", {})
+        tb.setdefault("enabled", True)
+        if tb["enabled"] and not tb.get("output_path"):
+            tb["output_path"] = str(run_dir)
+            tb.setdefault("job_name", TENSORBOARD_DIR)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
         raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
@@ -154,7 +166,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
-                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels)
+                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
+                                show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if self.uses_sync_bn:
@@ -162,7 +175,7 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg, self.device)
+        self.ds_config = deepspeed_config(cfg, self.device, run_dir)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -180,7 +193,8 @@ class Trainer:
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.
         self._weights_finite = torch.tensor(True, device=self.device)
-        self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None))
+        self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
+                                class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
 
     # ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -103,6 +104,9 @@ def bench_trainer(cfg: Config, dist: Any) -> Iterator[Any]:
     checkpointed: only ``train_step`` is called)."""
     from fastforec.trainer import Trainer
 
+    # DeepSpeed's TensorBoard monitor (on by default in a run) writes and flushes an event at every
+    # optimizer step; a benchmark of the step must not time that.
+    cfg = dataclasses.replace(cfg, deepspeed={**cfg.deepspeed, "tensorboard": {"enabled": False}})
     with tempfile.TemporaryDirectory(prefix="fastforec-bench-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist)
         try:

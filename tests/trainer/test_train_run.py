@@ -6,7 +6,22 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+import torch
+
+from fastforec.config import config_from_dict
+from fastforec.trainer import deepspeed_config
 from trainer_support import read_jsonl, run_train, tiny_config, write_config
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files in ``directory``, read back by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(directory.glob("events.out.tfevents.*")), f"no event file in {directory}"
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path: Path) -> None:
@@ -38,6 +53,16 @@ def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path
     assert rows[0] == "step,loss_u" and [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
     assert float(rows[1].split(",")[1]) == train[0]["loss_u"]
     assert (tmp_path / "csv" / "tiny" / "eval_miou.csv").is_file()
+
+    # TensorBoard, on by default: event files in the run directory holding the same scalars
+    tb = _tensorboard_scalars(run_dir / "tensorboard")
+    for key in ("loss", "loss_s", "loss_u", "loss_rec", "lr", "pl_coverage", "teacher_conf"):
+        assert [s for s, _ in tb[f"train/{key}"]] == [1, 2, 3, 4], key
+        assert [v for _, v in tb[f"train/{key}"]] == pytest.approx([r[key] for r in train], rel=1e-6), key
+    assert tb["eval/miou"] == [(evals[-1]["step"], pytest.approx(results["miou_last"], rel=1e-6))]
+    per_class = {name: v for name, v in results["per_class_iou"].items() if v is not None}
+    assert per_class and all(tb[f"eval/iou/{name}"][-1][1] == pytest.approx(v, rel=1e-6)
+                             for name, v in per_class.items())
 
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["method"]["name"] == "forec" and saved["data"]["root"] == str(shards)
@@ -81,3 +106,15 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritte
     # a fresh start into a run directory that holds checkpoints is refused
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_tensorboard_goes_to_the_run_directory_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "x"
+    ds = deepspeed_config(config_from_dict({}), torch.device("cpu"), run_dir)
+    assert ds["tensorboard"] == {"enabled": True, "output_path": str(run_dir), "job_name": "tensorboard"}
+    off = deepspeed_config(config_from_dict({"deepspeed": {"tensorboard": {"enabled": False}}}), torch.device("cpu"), run_dir)
+    assert off["tensorboard"] == {"enabled": False}
+    own = {"tensorboard": {"enabled": True, "output_path": "/logs", "job_name": "j"}, "wandb": {"enabled": False}}
+    ds = deepspeed_config(config_from_dict({"deepspeed": own}), torch.device("cpu"), run_dir)
+    assert ds["tensorboard"] == own["tensorboard"] and ds["wandb"] == {"enabled": False}
+    assert "csv_monitor" not in ds and "wandb" not in deepspeed_config(config_from_dict({}), torch.device("cpu"), run_dir)
