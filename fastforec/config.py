@@ -27,6 +27,11 @@ from typing import Any, Literal, Sequence
 from fastforec.errors import UserError
 
 METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
+BASES = ("supervised", "mean_teacher", "fixmatch", "unimatch")  # where the unlabeled signal comes from
+AUX_TASKS = ("none", "rec", "forec", "fgbg")  # the auxiliary decoder's task
+# What each method.name means as base x auxiliary task: its meaning from before bases existed.
+NAME_PARTS = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
+              "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"), "fgbg": ("mean_teacher", "fgbg")}
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
@@ -142,9 +147,18 @@ class MethodConfig:
     # pseudo-labeller than the student it lags behind. None: on whenever warmup_epochs > 0.
     warmup_reset_teacher: bool | None = None
     kernels: Literal["auto", "triton", "torch"] = "auto"
+    # Method = base x auxiliary task. ``name`` stands for a pair (NAME_PARTS); ``base`` and ``aux``,
+    # when set, replace its half: name=forec + base=unimatch is UniMatch with FOrec.
+    base: Literal["supervised", "mean_teacher", "fixmatch", "unimatch"] | None = None
+    aux: Literal["none", "rec", "forec", "fgbg"] | None = None
+    fp_dropout: float = 0.5  # UniMatch's feature perturbation: channel dropout on the weak view's c1 and c4
 
     def validate(self, prefix: str = "method") -> None:
         _check_prob(self.conf_thresh, f"{prefix}.conf_thresh")
+        _check(0.0 <= self.fp_dropout < 1.0, f"{prefix}.fp_dropout", f"must be in [0, 1), got {self.fp_dropout}")
+        _check(not (self.warmup_reset_teacher and not self.has_teacher), f"{prefix}.warmup_reset_teacher",
+               f"is true, but base '{self.base_name}' trains no EMA teacher to reset; remove it or use "
+               f"base mean_teacher")
         if self.rec_conf_thresh is not None:
             _check_prob(self.rec_conf_thresh, f"{prefix}.rec_conf_thresh")
         _check(0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
@@ -155,13 +169,40 @@ class MethodConfig:
             _check(all(c >= 0 for c in self.fg_classes), f"{prefix}.fg_classes", "class ids must be >= 0")
 
     @property
+    def base_name(self) -> str:
+        """The base method: ``base`` when set, else the one ``name`` stands for."""
+        return self.base or NAME_PARTS[self.name][0]
+
+    @property
+    def aux_name(self) -> str:
+        """The auxiliary task ("none" for none): ``aux`` when set, else the one ``name`` stands for."""
+        return self.aux or NAME_PARTS[self.name][1]
+
+    @property
+    def label(self) -> str:
+        """A display name: ``name`` when base/aux say what it says, else ``base+aux`` (``base``)."""
+        if NAME_PARTS[self.name] == (self.base_name, self.aux_name):
+            return self.name
+        return self.base_name if self.aux_name == "none" else f"{self.base_name}+{self.aux_name}"
+
+    @property
     def uses_unlabeled(self) -> bool:
-        return self.name != "supervised"
+        return self.base_name != "supervised"
+
+    @property
+    def has_teacher(self) -> bool:
+        """Only the mean teacher keeps an EMA model; FixMatch/UniMatch label with the student itself."""
+        return self.base_name == "mean_teacher"
+
+    @property
+    def strong_views(self) -> int:
+        """Strong views of each unlabeled image the data pipeline makes (UniMatch's dual streams: 2)."""
+        return 2 if self.base_name == "unimatch" else 1
 
     @property
     def reconstruction(self) -> str | None:
         """The auxiliary head the method needs: "rgb", "fgbg" or None."""
-        return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.name)
+        return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.aux_name)
 
     @property
     def resets_teacher(self) -> bool:
@@ -253,8 +294,8 @@ class Config:
         self.optim.validate("optim")
         self.train.validate("train")
         self.eval.validate("eval")
-        _check(self.eval.model != "teacher" or self.method.uses_unlabeled, "eval.model",
-               f"method '{self.method.name}' trains no teacher; use 'student' (or 'both')")
+        _check(self.eval.model != "teacher" or self.method.has_teacher, "eval.model",
+               f"method '{self.method.label}' trains no teacher; use 'student' (or 'both')")
         # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
         # sample per rank that partner is the image itself and CutMix silently does nothing.
         _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),
@@ -269,7 +310,7 @@ class Config:
         """The models training evaluates, the scored (headline) one first."""
         if self.eval.model == "teacher":
             return ("teacher",)
-        if self.eval.model == "both" and self.method.uses_unlabeled:
+        if self.eval.model == "both" and self.method.has_teacher:
             return ("student", "teacher")
         return ("student",)
 

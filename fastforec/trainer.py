@@ -21,7 +21,7 @@ import deepspeed
 import torch
 from torch import nn
 
-from fastforec import losses
+from fastforec import methods
 from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
                                   first_line, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
@@ -47,6 +47,7 @@ ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and
 # weights do not fit), what fixes the data position (else the resumed batches differ), and what the
 # optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
 RESUME_MUST_MATCH = ("model.backbone", "model.output_stride", "model.decoder_channels", "method.name",
+                     "method.base", "method.aux",
                      "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
                      "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
                      "train.epochs", "train.max_steps")
@@ -159,7 +160,8 @@ class Trainer:
         method = cfg.method
         data_device = resolve_device(cfg.data.device)
         self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                    seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
+                                    seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device,
+                                    strong_views=method.strong_views)
         self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
                                 world_size=dist.world_size, device=data_device)
 
@@ -168,7 +170,7 @@ class Trainer:
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
                                 pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
                                 show_pretrained=dist.is_main)
-        self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
+        self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
@@ -189,6 +191,9 @@ class Trainer:
         _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
+        self.step_models = methods.StepModels(student=self.engine, teacher=self.teacher, method=method,
+                                              fg_classes=self.fg_classes, input_dtype=self.input_dtype,
+                                              autocast=self.autocast, device=self.device)
         self.state = TrainState()
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.
@@ -209,55 +214,11 @@ class Trainer:
 
     def compute_losses(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None,
                        *, epoch: int) -> dict[str, torch.Tensor]:
-        """All loss terms (fp32 scalars) and the pseudo-label statistics for one micro-batch."""
+        """All loss terms (fp32 scalars) and the pseudo-label statistics for one micro-batch
+        (fastforec.methods: per base method); supervised only during the warm-up."""
         m = self.cfg.method
-        x_l = labeled["image"].to(self.device, non_blocking=True)
-        y_l = labeled["label"].to(self.device, non_blocking=True)
         use_u = unlabeled is not None and m.uses_unlabeled and epoch >= m.warmup_epochs
-        out: dict[str, torch.Tensor] = {}
-        if not use_u:
-            pred = self.engine(x_l.to(self.input_dtype))
-            out["loss_s"] = losses.supervised_ce(pred["seg"], y_l)
-            if m.reconstruction is not None:
-                out["loss_rec"] = self._aux_loss(pred, x_l, *losses.rec_targets_labeled(
-                    y_l, method=m.name, fg_classes=self.fg_classes), weight=m.rec_weight_labeled)
-            out["loss"] = sum(out.values())
-            return out
-
-        weak = unlabeled["weak"].to(self.device, non_blocking=True)
-        strong = unlabeled["strong"].to(self.device, non_blocking=True)
-        valid = unlabeled["valid"].to(self.device, non_blocking=True)
-        box = unlabeled["box"].to(self.device, non_blocking=True)
-        with self.autocast():
-            t_logits = self.teacher(weak)["seg"]
-        pl, conf, pl_fg = losses.pseudo_label(t_logits, self.fg_classes, backend=m.kernels)
-        # CutMix partner: the next sample of the batch (a fixed permutation keeps resume exact).
-        perm = torch.roll(torch.arange(strong.shape[0], device=self.device), 1)
-        strong, pl, conf, pl_fg, valid = losses.cutmix_batch(box, perm, strong, pl, conf, pl_fg, valid)
-
-        b = x_l.shape[0]
-        pred = self.engine(torch.cat([x_l, strong]).to(self.input_dtype))
-        seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
-        out["loss_s"] = losses.supervised_ce(seg_l, y_l)
-        out["loss_u"] = m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)
-        if m.reconstruction is not None:
-            lab = {k: v[:b] for k, v in pred.items() if k != "seg"}
-            unl = {k: v[b:] for k, v in pred.items() if k != "seg"}
-            fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.name, fg_classes=self.fg_classes)
-            fg_u, mask_u = losses.rec_targets_unlabeled(pl_fg, conf, valid, method=m.name, rec_thresh=m.rec_thresh)
-            out["loss_rec"] = (self._aux_loss(lab, x_l, fg_l, mask_l, weight=m.rec_weight_labeled)
-                               + self._aux_loss(unl, strong, fg_u, mask_u, weight=m.rec_weight_unlabeled))
-        out["loss"] = sum(out.values())
-        n_valid = valid.sum().clamp_min(1)
-        out["pl_coverage"] = ((conf > m.conf_thresh) & valid).sum() / n_valid
-        out["teacher_conf"] = (conf * valid).sum() / n_valid
-        return out
-
-    def _aux_loss(self, pred: dict[str, torch.Tensor], image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor,
-                  *, weight: float) -> torch.Tensor:
-        if "rec" in pred:
-            return weight * losses.masked_mse(pred["rec"], image, fg, mask, backend=self.cfg.method.kernels)
-        return weight * losses.fgbg_loss(pred["fgbg"], fg, mask)
+        return methods.compute_losses(self.step_models, labeled, unlabeled if use_u else None)
 
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
                    ) -> dict[str, torch.Tensor] | None:
@@ -438,7 +399,7 @@ class Trainer:
         scored = self.cfg.eval_models[0]
         results = {**models[scored], "scored": scored, "models": models,
                    "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
-                   "class_names": list(self.manifest.class_names), "method": self.cfg.method.name,
+                   "class_names": list(self.manifest.class_names), "method": self.cfg.method.label,
                    "nonfinite_skipped": self.state.nonfinite_total}
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "results.json", results)

@@ -218,27 +218,34 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     """FLOPs of one training step of ``cfg``'s model, counted on the meta device (shapes only:
     nothing is allocated or computed, so a ResNet-101 at crop 712 takes a second).
 
-    It mirrors ``Trainer.compute_losses``: teacher forward on B weak views (semi-supervised
-    methods), student forward and backward on [B labeled ; B strong] (B labeled for
-    ``supervised``). The input image needs no gradient, as in the trainer.
+    It mirrors ``fastforec.methods``: mean teacher: teacher forward on B weak views, student
+    forward and backward on [B labeled ; B strong]; FixMatch/UniMatch: student forward and backward
+    on [B labeled ; B weak] (with UniMatch's perturbed stream) and on the B (UniMatch: 2B) strong
+    views; B labeled for ``supervised``. The input image needs no gradient, as in the trainer.
     """
     from fastforec.models import deeplabv3plus
 
+    m = cfg.method
     b, crop = cfg.data.batch_size, cfg.data.crop_size
-    semi = cfg.method.uses_unlabeled
+    semi = m.uses_unlabeled
     with torch.device("meta"):
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
-                                output_stride=cfg.model.output_stride, reconstruction=cfg.method.reconstruction,
+                                output_stride=cfg.model.output_stride, reconstruction=m.reconstruction,
                                 decoder_channels=cfg.model.decoder_channels)
-        teacher = student.segmentation_copy().eval() if semi else None
+        teacher = student.segmentation_copy().eval() if m.has_teacher else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
+        strong = torch.empty(m.strong_views * b, 3, crop, crop)
     teacher_flops = 0
     if teacher is not None:
         with torch.no_grad():
             teacher_flops = count_flops(lambda: teacher(x[:b]))
 
     def student_step() -> None:
-        out = student(x)
+        if not semi or m.has_teacher:
+            out = student(x)
+        else:  # self-training: [labeled ; weak] (+ perturbed stream), then the strong views
+            fp = m.fp_dropout if m.base_name == "unimatch" else 0.0
+            out = {**{f"a_{k}": v for k, v in student(x, fp_dropout=fp, fp_from=b).items()}, **student(strong)}
         sum(v.sum() for v in out.values()).backward()
     student_flops = count_flops(student_step)
     return {"teacher": teacher_flops, "student": student_flops, "total": teacher_flops + student_flops}
@@ -341,7 +348,7 @@ def run_identity(cfg: Config, dist: Any, trainer: Any) -> dict[str, Any]:
 
     return {"device": trainer.device.type, "world_size": dist.world_size, "batch_size_per_device": cfg.data.batch_size,
             "crop": cfg.data.crop_size, "backbone": cfg.model.backbone, "output_stride": cfg.model.output_stride,
-            "decoder_channels": cfg.model.decoder_channels, "method": cfg.method.name,
+            "decoder_channels": cfg.model.decoder_channels, "method": cfg.method.label,
             "dtype": str(compute_dtype(trainer)).removeprefix("torch."),
             "zero_stage": int(trainer.ds_config.get("zero_optimization", {}).get("stage", 0)),
             "torch_threads": torch.get_num_threads(), "data_threads": cfg.data.num_threads,

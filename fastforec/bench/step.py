@@ -101,7 +101,7 @@ def flops_only(cfg: Config, settings: BenchSettings) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "step", "mode": "flops_only", "backbone": cfg.model.backbone,
         "output_stride": cfg.model.output_stride, "decoder_channels": cfg.model.decoder_channels,
-        "method": cfg.method.name, "crop": cfg.data.crop_size,
+        "method": cfg.method.label, "crop": cfg.data.crop_size,
         "batch_size_per_device": batch, "num_classes": num_classes, "num_classes_source": source,
         "flops_per_sample": flops["total"] / batch, "teacher_flops_per_sample": flops["teacher"] / batch,
         "student_flops_per_sample": flops["student"] / batch,

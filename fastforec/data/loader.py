@@ -6,7 +6,9 @@ Training batches (``B`` = ``cfg.batch_size`` per rank, ``H = W = cfg.crop_size``
                  "label": int64 (B,H,W), 255 on padding/ignore}
     unlabeled = {"weak": float32 (B,3,H,W) [0,1], "strong": float32 (B,3,H,W) [0,1],
                  "valid": bool (B,H,W) False on padding,
-                 "box": bool (B,H,W) CutMix box, all False when CutMix was not drawn}
+                 "box": bool (B,H,W) CutMix box, all False when CutMix was not drawn,
+                 with strong_views=2 also "strong2", "box2": the second strong view, same
+                 geometry, its own photometric and CutMix draws (plan.STREAM_AUG_UNLABELED_2)}
 
 Validation batches: ``{"image": float32 (N,3,H,W), "label": int64 (N,H,W)}``, whole images,
 padded bottom/right with image 0 / label 255 to the largest image of the batch.
@@ -87,6 +89,7 @@ class _Branch:
     indices: np.ndarray
     geometry: plan.Geometry
     cutmix: plan.CutMixBoxes | None
+    cutmix2: plan.CutMixBoxes | None = None  # the second strong view's boxes
 
 
 def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
@@ -107,9 +110,9 @@ class TrainData:
     """Labeled (and unlabeled) training batches for one rank. See the module docstring."""
 
     def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, seed: int,
-                 with_unlabeled: bool, device: str, labeled: bool = True) -> None:
+                 with_unlabeled: bool, device: str, labeled: bool = True, strong_views: int = 1) -> None:
         """``labeled=False`` (benchmarks only) drops the labeled branch: next_batch then returns
-        ``(None, unlabeled)``."""
+        ``(None, unlabeled)``. ``strong_views=2`` adds the second strong view (UniMatch)."""
         _check_device(device)
         _check_rank(rank, world_size)
         if not (labeled or with_unlabeled):
@@ -120,7 +123,10 @@ class TrainData:
         self.cfg, self.rank, self.world_size, self.seed, self.device = cfg, rank, world_size, seed, device
         self._labeled = SplitReader(manifest, "labeled", with_labels=True)
         self._unlabeled = SplitReader(manifest, "unlabeled", with_labels=False) if with_unlabeled else None
-        self._graph = TrainGraph(labeled=labeled, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled)
+        if strong_views not in (1, 2):
+            raise ValueError(f"strong_views must be 1 or 2, got {strong_views}")
+        self._graph = TrainGraph(labeled=labeled, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled,
+                                 strong_views=strong_views)
         epoch_split = self._unlabeled or self._labeled
         self.steps_per_epoch = plan.per_rank(len(epoch_split), world_size) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -208,7 +214,13 @@ class TrainData:
         photo = plan.draw_photometric(rng, n=len(idx), aug=aug)
         boxes = plan.draw_cutmix(rng, n=len(idx), crop=crop, aug=aug)
         feeds = [images] + _geometry_feeds(geo) + _photometric_feeds(photo)
-        return _Branch(indices=idx, geometry=geo, cutmix=boxes), feeds
+        boxes2 = None
+        if self._graph.strong_views == 2:
+            # its own stream: the first view's draws (and so mean teacher's batches) stay as they are
+            rng2 = self._rng(plan.STREAM_AUG_UNLABELED_2, epoch, step)
+            feeds += _photometric_feeds(plan.draw_photometric(rng2, n=len(idx), aug=aug))
+            boxes2 = plan.draw_cutmix(rng2, n=len(idx), crop=crop, aug=aug)
+        return _Branch(indices=idx, geometry=geo, cutmix=boxes, cutmix2=boxes2), feeds
 
     def _source(self) -> list[list[np.ndarray]]:
         """Called by DALI (in this thread, during run()) once per batch it prefetches."""
@@ -277,7 +289,11 @@ class TrainData:
         strong = _to_torch(named["u_strong"])
         assert branch.cutmix is not None
         valid, box = _masks(branch.geometry, branch.cutmix, crop=self.cfg.crop_size, device=weak.device)
-        return {"weak": weak, "strong": strong, "valid": valid, "box": box}
+        batch = {"weak": weak, "strong": strong, "valid": valid, "box": box}
+        if branch.cutmix2 is not None:
+            batch["strong2"] = _to_torch(named["u_strong2"])
+            batch["box2"] = _masks(branch.geometry, branch.cutmix2, crop=self.cfg.crop_size, device=weak.device)[1]
+        return batch
 
     def close(self) -> None:
         self._pipe = None

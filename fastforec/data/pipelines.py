@@ -43,8 +43,10 @@ def labeled_inputs(*, strong: bool) -> tuple[str, ...]:
     return tuple(f"l_{n}" for n in names + (PHOTOMETRIC_INPUTS if strong else ()))
 
 
-def unlabeled_inputs() -> tuple[str, ...]:
-    return tuple(f"u_{n}" for n in ("image",) + GEOMETRY_INPUTS + PHOTOMETRIC_INPUTS)
+def unlabeled_inputs(strong_views: int = 1) -> tuple[str, ...]:
+    """The second strong view (``u2_``) shares the weak view's geometry and has its own photometric draw."""
+    names = tuple(f"u_{n}" for n in ("image",) + GEOMETRY_INPUTS + PHOTOMETRIC_INPUTS)
+    return names + (tuple(f"u2_{n}" for n in PHOTOMETRIC_INPUTS) if strong_views == 2 else ())
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class TrainGraph:
     labeled: bool
     labeled_strong: bool
     unlabeled: bool
+    strong_views: int = 1  # strong views per unlabeled image: 2 for UniMatch, built only then
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -61,7 +64,7 @@ class TrainGraph:
         if self.labeled:
             names += labeled_inputs(strong=self.labeled_strong)
         if self.unlabeled:
-            names += unlabeled_inputs()
+            names += unlabeled_inputs(self.strong_views)
         return names
 
     @property
@@ -70,7 +73,7 @@ class TrainGraph:
         if self.labeled:
             names += ("l_image", "l_label")
         if self.unlabeled:
-            names += ("u_weak", "u_strong")
+            names += ("u_weak", "u_strong") + (("u_strong2",) if self.strong_views == 2 else ())
         return names
 
 
@@ -150,12 +153,16 @@ def _labeled_branch(inp: dict, *, device: str, crop: int, strong: bool) -> list:
     return [out_image, out_label]
 
 
-def _unlabeled_branch(inp: dict, *, device: str, crop: int) -> list:
+def _unlabeled_branch(inp: dict, *, device: str, crop: int, strong_views: int) -> list:
     image = _decode_region(inp["u_image"], inp["u_decode_start"], inp["u_decode_shape"], device=device)
     window = _window(image, *[inp[f"u_{n}"] for n in ("roi_start", "roi_end", "size")])
-    strong = _photometric(window, *[inp[f"u_{n}"] for n in PHOTOMETRIC_INPUTS])
     place = dict(crop=crop, fill=IMAGE_FILL, dtype=types.FLOAT, layout="CHW", scale=PIXEL_MAX)
-    return [_place(window, inp["u_flip"], **place), _place(strong, inp["u_flip"], **place)]
+    outputs = [_place(window, inp["u_flip"], **place)]
+    # Every strong view starts from the same decoded, resized window: one decode for all views.
+    for prefix in ("u_", "u2_")[:strong_views]:
+        strong = _photometric(window, *[inp[f"{prefix}{n}"] for n in PHOTOMETRIC_INPUTS])
+        outputs.append(_place(strong, inp["u_flip"], **place))
+    return outputs
 
 
 def _device_id(device: str) -> int | None:
@@ -187,7 +194,7 @@ def build_train_pipeline(*, graph: TrainGraph, source: Callable[[], Sequence], d
         if graph.labeled:
             outputs += _labeled_branch(inp, device=device, crop=crop, strong=graph.labeled_strong)
         if graph.unlabeled:
-            outputs += _unlabeled_branch(inp, device=device, crop=crop)
+            outputs += _unlabeled_branch(inp, device=device, crop=crop, strong_views=graph.strong_views)
         return tuple(outputs)
 
     pipe = train_pipeline(**_run_options(device=device, batch_size=batch_size, num_threads=num_threads,

@@ -29,6 +29,7 @@ STREAM_ORDER_LABELED = 1
 STREAM_ORDER_UNLABELED = 2
 STREAM_AUG_LABELED = 3
 STREAM_AUG_UNLABELED = 4
+STREAM_AUG_UNLABELED_2 = 5  # the second strong view (UniMatch): its own photometric and CutMix draws
 
 HUE_DEGREES = 360.0  # the config's hue is a fraction of the colour circle (torchvision's convention)
 BLUR_TRUNCATE = 3.0  # kernel radius in sigmas: the Gaussian tail beyond 3 sigma is < 0.3 %

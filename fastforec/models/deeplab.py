@@ -93,10 +93,21 @@ class DeepLabV3Plus(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, return_latent: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, return_latent: bool = False, fp_dropout: float = 0.0,
+                fp_from: int = 0) -> dict[str, torch.Tensor]:
+        """``fp_dropout`` > 0 adds ``seg_fp``: the segmentation of samples ``fp_from:`` decoded again
+        from their encoder features c1 and c4 under channel dropout (UniMatch's feature perturbation).
+        Clean and perturbed features go through the seg head in one batch, as UniMatch decodes them,
+        so its BatchNorm sees both; the auxiliary head sees the clean features only."""
         size = x.shape[-2:]
         c1, c4 = self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
-        out = {"seg": _upsample(self.seg_head(c1, c4), size)}
+        if fp_dropout > 0:
+            n = x.shape[0]
+            drop = lambda t: F.dropout2d(t[fp_from:], p=fp_dropout, training=True)  # noqa: E731
+            seg = _upsample(self.seg_head(torch.cat([c1, drop(c1)]), torch.cat([c4, drop(c4)])), size)
+            out = {"seg": seg[:n], "seg_fp": seg[n:]}
+        else:
+            out = {"seg": _upsample(self.seg_head(c1, c4), size)}
         if self.aux_head is not None:
             latent = self.aux_head.features(c1, c4)
             out[AUX_OUTPUT[self.aux_kind]] = _upsample(self.aux_head.classifier(latent), size)

@@ -1,0 +1,189 @@
+"""Loss assembly per base method (supervised, mean teacher, FixMatch, UniMatch) with the auxiliary
+task (none, rec, forec, fgbg) on top: ``compute_losses`` is one micro-batch's loss terms.
+
+Mean teacher (DESIGN.md section 2): the EMA teacher labels the weak view; the student sees
+[labeled ; CutMix-ed strong view]; loss = L_s + lambda_u L_u (+ the auxiliary loss).
+
+FixMatch and UniMatch, as in UniMatch (Yang et al., CVPR 2023, "Revisiting weak-to-strong
+consistency") and its code (LiheYoung/UniMatch, ``fixmatch.py`` / ``unimatch.py``):
+
+* the pseudo-labels are the student's own prediction on the weak view, from the same training-mode
+  forward pass as the labeled images, detached (no EMA teacher, no gradient through them);
+* each strong view is CutMix-ed with its own box; the pasted region takes the partner's strong view
+  of the same stream and the partner's weak pseudo-label, confidence and ignore mask;
+* UniMatch adds a second strong view (its own photometric and CutMix draws) and the feature
+  perturbation stream: ``nn.Dropout2d(0.5)`` on the encoder features c1 and c4 of the weak view,
+  decoded by the same segmentation head, trained on the (unmixed) weak pseudo-labels;
+* losses: FixMatch ``(L_s + L_u) / 2``; UniMatch ``(L_s + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``
+  (so the supervised term is 1/2 of the total, each strong view 1/8, the feature stream 1/4);
+* every unlabeled term is CE summed over pixels with a confident pseudo-label, divided by the
+  number of valid (not padding) pixels. UniMatch keeps ``conf >= conf_thresh``; the fused kernel
+  here keeps ``conf > conf_thresh`` (kernels.pseudo_label_ce), which differs only for a
+  confidence exactly equal to the threshold, a set of measure zero for softmax outputs.
+
+Two deliberate differences from UniMatch's code, both for one DALI batch per step and exact
+resume: the CutMix partner is the next sample of the same unlabeled batch (UniMatch draws a second
+unlabeled batch from another pass of its loader and labels it in eval mode under no_grad), and the
+feature dropout perturbs the unlabeled samples only (UniMatch drops the labeled features too and
+discards their output).
+
+With an auxiliary task, every unlabeled image the student sees is a reconstruction input: the weak
+view (FixMatch/UniMatch) and each CutMix-ed strong view, with FOrec/fgbg masks from the weak
+pseudo-labels mixed with that view's box. ``rec_weight_unlabeled`` applies to their mean, so it
+means the same whatever the number of views; the auxiliary loss is added outside UniMatch's /2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from fastforec import losses
+from fastforec.config import MethodConfig
+
+# Fraction of the total each term gets, as the UniMatch code weighs them (see the module docstring);
+# lambda_u scales the unlabeled ones (1 = the paper).
+FIXMATCH_WEIGHTS = {"loss_s": 0.5, "loss_u": 0.5}
+UNIMATCH_WEIGHTS = {"loss_s": 0.5, "loss_u_s1": 0.125, "loss_u_s2": 0.125, "loss_u_fp": 0.25}
+CUTMIX_SHIFT = 1  # CutMix partner of sample i: sample i - 1 of the batch (a fixed permutation keeps resume exact)
+# The unlabeled batch's strong views and their CutMix boxes, in stream order.
+STRONG_VIEWS = (("strong", "box"), ("strong2", "box2"))
+
+
+@dataclass
+class StepModels:
+    """What the loss assembly needs from the trainer."""
+
+    student: Callable[..., dict[str, torch.Tensor]]  # the DeepSpeed engine (forward = the student's)
+    teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None  # EMA teacher, mean teacher only
+    method: MethodConfig
+    fg_classes: Sequence[int]
+    input_dtype: torch.dtype
+    autocast: Callable[[], object]
+    device: torch.device
+
+
+def cutmix_partner(n: int, device: torch.device) -> torch.Tensor:
+    return torch.roll(torch.arange(n, device=device), CUTMIX_SHIFT)
+
+
+def compute_losses(ctx: StepModels, labeled: dict[str, torch.Tensor],
+                   unlabeled: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """All loss terms (fp32 scalars, ``loss`` their weighted total) and pseudo-label statistics.
+    ``unlabeled`` None: the supervised part only (base supervised, or during the warm-up)."""
+    x_l = labeled["image"].to(ctx.device, non_blocking=True)
+    y_l = labeled["label"].to(ctx.device, non_blocking=True)
+    if unlabeled is None:
+        return _supervised(ctx, x_l, y_l)
+    u = {k: v.to(ctx.device, non_blocking=True) for k, v in unlabeled.items()}
+    if ctx.method.base_name == "mean_teacher":
+        return _mean_teacher(ctx, x_l, y_l, u)
+    return _self_training(ctx, x_l, y_l, u)
+
+
+def aux_loss(ctx: StepModels, pred: dict[str, torch.Tensor], image: torch.Tensor, fg: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+    """The auxiliary head's loss on one input: masked MSE of the reconstruction, or fg/bg BCE."""
+    if "rec" in pred:
+        return losses.masked_mse(pred["rec"], image, fg, mask, backend=ctx.method.kernels)
+    return losses.fgbg_loss(pred["fgbg"], fg, mask)
+
+
+def _aux_parts(pred: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str, torch.Tensor]]:
+    """The auxiliary outputs of a forward pass over a concatenated batch, split per input."""
+    keys = [k for k in pred if k in ("rec", "fgbg")]
+    parts = [dict(zip(keys, chunk)) for chunk in zip(*[pred[k].split(sizes) for k in keys])]
+    return parts
+
+
+def _supervised(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, torch.Tensor]:
+    m = ctx.method
+    pred = ctx.student(x_l.to(ctx.input_dtype))
+    out = {"loss_s": losses.supervised_ce(pred["seg"], y_l)}
+    if m.reconstruction is not None:
+        fg, mask = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+        out["loss_rec"] = m.rec_weight_labeled * aux_loss(ctx, pred, x_l, fg, mask)
+    out["loss"] = sum(out.values())
+    return out
+
+
+def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
+                  u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    m = ctx.method
+    assert ctx.teacher is not None
+    with ctx.autocast():
+        t_logits = ctx.teacher(u["weak"])["seg"]
+    pl, conf, pl_fg = losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels)
+    perm = cutmix_partner(u["strong"].shape[0], ctx.device)
+    strong, pl, conf, pl_fg, valid = losses.cutmix_batch(u["box"], perm, u["strong"], pl, conf, pl_fg, u["valid"])
+
+    b = x_l.shape[0]
+    pred = ctx.student(torch.cat([x_l, strong]).to(ctx.input_dtype))
+    seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
+    out = {"loss_s": losses.supervised_ce(seg_l, y_l),
+           "loss_u": m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)}
+    if m.reconstruction is not None:
+        lab, unl = _aux_parts(pred, [b, strong.shape[0]])
+        fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+        fg_u, mask_u = losses.rec_targets_unlabeled(pl_fg, conf, valid, method=m.aux_name, rec_thresh=m.rec_thresh)
+        out["loss_rec"] = (m.rec_weight_labeled * aux_loss(ctx, lab, x_l, fg_l, mask_l)
+                           + m.rec_weight_unlabeled * aux_loss(ctx, unl, strong, fg_u, mask_u))
+    out["loss"] = sum(out.values())
+    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="teacher_conf"))
+    return out
+
+
+def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
+                   u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FixMatch (one strong view) and UniMatch (two, plus the feature-perturbation stream)."""
+    m = ctx.method
+    unimatch = m.base_name == "unimatch"
+    views = STRONG_VIEWS[: m.strong_views]
+    weak, valid = u["weak"], u["valid"]
+    b, n = x_l.shape[0], weak.shape[0]
+    # Labeled and weak images in one forward pass (one BatchNorm batch, as UniMatch does); the
+    # perturbed stream comes out of the same pass.
+    pred_lw = ctx.student(torch.cat([x_l, weak]).to(ctx.input_dtype), fp_dropout=m.fp_dropout if unimatch else 0.0,
+                          fp_from=b)
+    seg_l, seg_w = pred_lw["seg"].split([b, n])
+    with torch.no_grad():
+        pl, conf, pl_fg = losses.pseudo_label(seg_w.detach(), ctx.fg_classes, backend=m.kernels)
+    perm = cutmix_partner(n, ctx.device)
+    # per view: (strong image, pseudo-label, confidence, foreground, valid), all mixed with its box
+    mixed = [losses.cutmix_batch(u[box], perm, u[image], pl, conf, pl_fg, valid) for image, box in views]
+    pred_s = ctx.student(torch.cat([v[0] for v in mixed]).to(ctx.input_dtype))
+    seg_s = pred_s["seg"].split(n)
+
+    out = {"loss_s": losses.supervised_ce(seg_l, y_l)}
+    names = ["loss_u_s1", "loss_u_s2"] if unimatch else ["loss_u"]
+    for name, (_, pl_v, conf_v, _, valid_v), seg in zip(names, mixed, seg_s):
+        out[name] = losses.pseudo_label_ce(seg, pl_v, conf_v, valid_v, m.conf_thresh, backend=m.kernels)
+    if unimatch:
+        out["loss_u_fp"] = losses.pseudo_label_ce(pred_lw["seg_fp"], pl, conf, valid, m.conf_thresh,
+                                                  backend=m.kernels)
+    weights = UNIMATCH_WEIGHTS if unimatch else FIXMATCH_WEIGHTS
+    total = sum(weights[k] * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k in weights)
+    if m.reconstruction is not None:
+        lab, weak_aux = _aux_parts(pred_lw, [b, n])
+        fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+        unl = [(weak_aux, weak, pl_fg, conf, valid)]
+        unl += [(part, v[0], v[3], v[2], v[4]) for part, v in zip(_aux_parts(pred_s, [n] * len(views)), mixed)]
+        rec_u = []
+        for part, image, fg_v, conf_v, valid_v in unl:
+            fg_u, mask_u = losses.rec_targets_unlabeled(fg_v, conf_v, valid_v, method=m.aux_name,
+                                                        rec_thresh=m.rec_thresh)
+            rec_u.append(aux_loss(ctx, part, image, fg_u, mask_u))
+        out["loss_rec"] = (m.rec_weight_labeled * aux_loss(ctx, lab, x_l, fg_l, mask_l)
+                           + m.rec_weight_unlabeled * torch.stack(rec_u).mean())
+        total = total + out["loss_rec"]
+    out["loss"] = total
+    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="pl_conf"))
+    return out
+
+
+def _pl_stats(conf: torch.Tensor, valid: torch.Tensor, thresh: float, *, conf_key: str) -> dict[str, torch.Tensor]:
+    """Share of valid pixels with a confident pseudo-label, and their mean confidence."""
+    n_valid = valid.sum().clamp_min(1)
+    return {"pl_coverage": ((conf > thresh) & valid).sum() / n_valid, conf_key: (conf * valid).sum() / n_valid}
