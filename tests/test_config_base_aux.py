@@ -87,3 +87,16 @@ def test_bad_base_on_the_command_line_exits_2_without_traceback(tmp_path: Path) 
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "method.base" in proc.stderr and "'unimatch'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("unimatch*.json")), ids=lambda p: p.stem)
+def test_shipped_unimatch_configs(path: Path) -> None:
+    cfg = load_config(path)
+    m = cfg.method
+    assert m.base_name == "unimatch" and m.aux_name == ("forec" if "forec" in path.stem else "none")
+    assert cfg.train.name == path.stem and cfg.eval.model == "student"
+    # UniMatch's crop sizes: 321 on VOC, 801 on Cityscapes
+    assert cfg.data.crop_size == (801 if "cityscapes" in path.stem else 321)
+    # beside the FOrec config of the same partition, on the same data
+    forec = load_config(REPO / "configs" / (path.stem.replace("unimatch_forec_", "").replace("unimatch_", "") + ".json"))
+    assert cfg.data.root == forec.data.root
