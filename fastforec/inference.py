@@ -35,7 +35,7 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     cfg = config_from_dict(state["config"])
     dataset = state["dataset"]
     if weights == "teacher" and state.get("teacher") is None:
-        raise CheckpointError(f"'{ckpt_path}' has no teacher (method {cfg.method.name}); use the student weights")
+        raise CheckpointError(f"'{ckpt_path}' has no teacher (method {cfg.method.label}); use the student weights")
     model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
                           output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
                           reconstruction=cfg.method.reconstruction if weights == "student" else None)

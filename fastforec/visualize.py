@@ -141,7 +141,7 @@ def checkpoint_views(path: str, images: Sequence[torch.Tensor], *, k: int, by: S
 
     model, cfg, dataset = load_trained_model(path, weights="student")
     if model.aux_head is None:
-        raise VisualizeError(f"checkpoint '{path}' (method {cfg.method.name}) has no reconstruction decoder, so it "
+        raise VisualizeError(f"checkpoint '{path}' (method {cfg.method.label}) has no reconstruction decoder, so it "
                              f"has no latent images; use a rec, forec or fgbg run")
     views = []
     for image in images:
@@ -151,7 +151,7 @@ def checkpoint_views(path: str, images: Sequence[torch.Tensor], *, k: int, by: S
                                 seg=out["seg"][0].argmax(0).numpy()))
     weight, bias = classifier_weights(model)
     channels = select_channels(weight.numpy(), [v.latent for v in views], k=k, by=by)
-    return CheckpointViews(name=_checkpoint_name(path), method=cfg.method.name, aux_kind=model.aux_kind,
+    return CheckpointViews(name=_checkpoint_name(path), method=cfg.method.label, aux_kind=model.aux_kind,
                            weight=weight.numpy(), bias=bias.numpy(), palette=dataset["palette"], views=views,
                            channels=channels)
 

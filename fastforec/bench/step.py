@@ -5,8 +5,10 @@
     deepspeed --num_gpus 2 --no_local_rank --module fastforec.cli bench --what step --config ...
     fastforec bench --what step --config configs/voc_classic_92.json --batches 0 --peak-tflops 989
 
-One step = teacher forward on the weak views, student forward and backward on [labeled ;
-strong], losses, optimizer step, EMA update: ``Trainer.train_step`` itself, fed from a few real
+One step = the method's forward passes (mean teacher: teacher forward on the weak views, student
+forward and backward on [labeled ; strong]; FixMatch/UniMatch: student forward and backward on
+[labeled ; weak] and on the strong view(s), see fastforec.methods), losses, optimizer step, EMA
+update: ``Trainer.train_step`` itself, fed from a few real
 batches taken from the DALI pipeline once and kept on the device, so the number is what the
 model side of the trainer can do when data is free. Reported per rank and in total: samples/s,
 FLOPs per sample (FlopCounterMode over one real step), achieved FLOP/s and MFU against the
