@@ -440,6 +440,10 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
     """Turn the text of ``--set key=text`` into a value of the field's type."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
+        # a choice spelled like null wins over null: method.aux=none is the task "none"
+        choices = [v for a in typing.get_args(tp) if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+        if text in choices:
+            return text
         if text.lower() in ("null", "none"):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -100,3 +100,12 @@ def test_shipped_unimatch_configs(path: Path) -> None:
     # beside the FOrec config of the same partition, on the same data
     forec = load_config(REPO / "configs" / (path.stem.replace("unimatch_forec_", "").replace("unimatch_", "") + ".json"))
     assert cfg.data.root == forec.data.root
+
+
+def test_aux_none_on_the_command_line_is_the_task_none_and_null_falls_back_to_the_name(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"method": {"name": "forec"}}))
+    m = load_config(path, ["method.base=unimatch", "method.aux=none"]).method
+    assert (m.aux, m.aux_name, m.label, m.reconstruction) == ("none", "none", "unimatch", None)
+    m = load_config(path, ["method.base=unimatch", "method.aux=null"]).method
+    assert (m.aux, m.aux_name, m.label) == (None, "forec", "unimatch+forec")
