@@ -98,7 +98,8 @@ def test_shipped_unimatch_configs(path: Path) -> None:
     # UniMatch's crop sizes: 321 on VOC, 801 on Cityscapes
     assert cfg.data.crop_size == (801 if "cityscapes" in path.stem else 321)
     # beside the FOrec config of the same partition, on the same data
-    forec = load_config(REPO / "configs" / (path.stem.replace("unimatch_forec_", "").replace("unimatch_", "") + ".json"))
+    partition = path.stem.replace("unimatch_forec_", "").replace("unimatch_", "")
+    forec = load_config(REPO / "configs" / f"{partition}.json")
     assert cfg.data.root == forec.data.root
 
 
