@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastforec.checkpoint import CheckpointError
     from fastforec.config import ConfigError
     from fastforec.data.manifest import ManifestError
+    from fastforec.distributed import LaunchError
     from fastforec.models import PretrainedError
 
     try:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from fastforec.bench import run_bench as run
         return run(args)
-    except (ConfigError, CheckpointError, ManifestError, PretrainedError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, ManifestError, PretrainedError, LaunchError, FileNotFoundError) as e:
         # user-facing failures (bad paths, corrupt files) carry their own message: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class LaunchError(RuntimeError):
+    """The processes were launched in a way this machine cannot run (the message says how to fix it)."""
+
+
+def check_local_rank(local_rank: int, gpus: int) -> None:
+    """One process per GPU: local rank N drives GPU N, so it must exist."""
+    if local_rank >= gpus:
+        raise LaunchError(f"local rank {local_rank} has no GPU: this node has {gpus} visible GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}), and each "
+                          "process drives one GPU; launch at most that many processes per node "
+                          f"(torchrun --nproc_per_node {gpus}, deepspeed --num_gpus {gpus})")
+
+
 def init_distributed(local_rank: int | None = None) -> DistInfo:
     """Join (or create) the process group. CUDA + NCCL when a GPU exists, else CPU + gloo.
 
@@ -41,6 +54,7 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     if use_cuda:
+        check_local_rank(local_rank, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         import deepspeed  # deferred: importing it prints accelerator banners
@@ -50,11 +64,16 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` holds on every rank (one tiny all-reduce; every rank must call it)."""
+def all_ranks_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """True when ``flag`` holds on every rank (every rank must call it).
+
+    A tensor flag (e.g. ``torch.isfinite(loss)``) is combined across ranks on the device and read
+    once: a single host synchronisation, however many ranks.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return bool(flag)
+    t = flag.reshape(1).to(device=device, dtype=torch.int32) if isinstance(flag, torch.Tensor) else \
+        torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 

@@ -38,6 +38,11 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     """Everything that can fail on user input without touching the filesystem or the network."""
     cfg = load_config(args.config, args.overrides)
     cfg.check_paths()
+    import torch
+
+    from fastforec.precision import check_precision
+
+    check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue it, "
@@ -55,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fastforec.atomic import atomic_write_json
-    from fastforec.distributed import init_distributed
+    from fastforec.distributed import LaunchError, init_distributed
     from fastforec.report import print_iou_table
     from fastforec.trainer import Trainer
 
-    dist = init_distributed(args.local_rank)
+    try:
+        dist = init_distributed(args.local_rank)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     trainer = Trainer(cfg, run_dir=run_dir, dist=dist)
     if args.resume is not None:
         try:

@@ -8,7 +8,6 @@ a plain module beside it, identical on every rank.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -33,6 +32,8 @@ from fastforec.evaluate import evaluate
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
+from fastforec.precision import (ZeroMasterWeights, autocast_context, check_precision, keep_norm_statistics_fp32,
+                                 load_loss_scaler_state, loss_scaler_state, precision_mode)
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
 
@@ -74,21 +75,6 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
     return ds
 
 
-def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The autocast the engine applies, for code outside it (teacher, evaluation); a no-op in fp32."""
-    dtype = None
-    if ds.get("torch_autocast", {}).get("enabled"):
-        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                 "fp16": torch.float16}[str(ds["torch_autocast"].get("dtype", "bfloat16"))]
-    elif ds.get("bf16", {}).get("enabled"):
-        dtype = torch.bfloat16
-    elif ds.get("fp16", {}).get("enabled"):
-        dtype = torch.float16
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class Trainer:
     def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo):
         self.cfg = cfg
@@ -116,9 +102,13 @@ class Trainer:
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        self.ds_config = deepspeed_config(cfg)
+        check_precision(self.ds_config, self.device)
+        if precision_mode(self.ds_config) in ("bf16", "fp16"):
+            # DeepSpeed casts parameters, not buffers: BN must take 16-bit weights next to fp32 statistics.
+            keep_norm_statistics_fp32(student)
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -131,6 +121,8 @@ class Trainer:
         _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
+        # The EMA reads fp32 weights: the module's own unless DeepSpeed cast them (bf16/fp16 blocks).
+        self.master_weights = ZeroMasterWeights(self.optimizer) if self.input_dtype != torch.float32 else None
         self.state = TrainState()
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None))
         self.meter = ScalarMeter()
@@ -203,8 +195,10 @@ class Trainer:
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
-        # Every rank must take the same branch, or the collectives of backward/step deadlock.
-        if not all_ranks_true(bool(torch.isfinite(loss)), self.device):
+        # Every rank must take the same branch, or the collectives of backward/step deadlock. This
+        # is the step's one host synchronisation of ours: the flag is combined across ranks on
+        # the device and read once (the loss terms stay on the device until the next log line).
+        if not all_ranks_true(torch.isfinite(loss), self.device):
             self._on_nonfinite()
             return None
         self.state.nonfinite_consecutive = 0
@@ -234,16 +228,11 @@ class Trainer:
             torch._foreach_copy_(bufs, [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in bufs]), bufs)])
 
     def _fp32_getter(self) -> Callable[[nn.Parameter], torch.Tensor] | None:
-        # Module weights are fp32 unless DeepSpeed casts them (bf16/fp16 blocks); only then do we
-        # need the master copy, and fetching it is a collective per parameter.
-        if self.input_dtype == torch.float32:
+        # Module weights are fp32 unless DeepSpeed casts them (bf16/fp16 blocks); then the master
+        # copies are gathered in bulk (one collective per parameter group, on every rank).
+        if self.master_weights is None:
             return None
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        def get(p: nn.Parameter) -> torch.Tensor:
-            full = safe_get_full_fp32_param(p)
-            return p.detach().float() if full is None else full
-        return get
+        return self.master_weights.gather().__getitem__
 
     def _on_nonfinite(self) -> None:
         self.state.nonfinite_total += 1
@@ -411,7 +400,8 @@ def _optimizer_state(opt: Any) -> dict[str, Any]:
     """
     if _optimizer_kind(opt) == "zero":
         return {"kind": "zero", "base": opt.optimizer.state_dict(),
-                "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups]}
+                "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups],
+                "loss_scaler": loss_scaler_state(opt)}
     return {"kind": "torch", "base": opt.state_dict()}
 
 
@@ -420,5 +410,6 @@ def _load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
         opt.optimizer.load_state_dict(state["base"])
         for dst, src in zip(opt.single_partition_of_fp32_groups, state["fp32"]):
             dst.data.copy_(src)
+        load_loss_scaler_state(opt, state.get("loss_scaler", {}))
     else:
         opt.load_state_dict(state["base"])

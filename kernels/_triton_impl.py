@@ -109,7 +109,7 @@ def _pseudo_label_kernel(logits_ptr, label_ptr, conf_ptr, fg_ptr, lut_ptr,
 
 
 @triton.jit
-def _pseudo_label_ce_kernel(logits_ptr, label_ptr, conf_ptr, valid_ptr, grad_ptr, partial_ptr, scale_ptr,
+def _pseudo_label_ce_kernel(logits_ptr, label_ptr, conf_ptr, valid_ptr, grad_ptr, partial_ptr, scales_ptr,
                             conf_thresh, num_classes, num_pixels, width,
                             stride_b, stride_c, stride_h, stride_w,
                             grad_stride_b, grad_stride_c, grad_stride_h, grad_stride_w,
@@ -137,15 +137,17 @@ def _pseudo_label_ce_kernel(logits_ptr, label_ptr, conf_ptr, valid_ptr, grad_ptr
     tl.store(partial_ptr + batch * tl.num_programs(0) + tl.program_id(0), tl.reduce(ce, 0, _ADD_COMBINE))
 
     if WRITE_GRAD:
-        weight = tl.where(keep, tl.load(scale_ptr), 0.0)
-        grad = (shifted / sum_exp[None, :] - is_target.to(tl.float32)) * weight[None, :]
+        # scales = (grad_output, 1 / n_valid): scale first, normalise after, all in fp32, and
+        # store once (an fp16 store of the unscaled value would underflow; kernels/_autograd.py).
+        weight = tl.where(keep, tl.load(scales_ptr), 0.0)
+        grad = (shifted / sum_exp[None, :] - is_target.to(tl.float32)) * weight[None, :] * tl.load(scales_ptr + 1)
         offsets = cls.to(tl.int64)[:, None] * grad_stride_c + _pixel_offsets(
             batch, pixel, width, grad_stride_b, grad_stride_h, grad_stride_w)[None, :]
         tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=cls_ok[:, None] & pixel_ok[None, :])
 
 
 @triton.jit
-def _masked_mse_kernel(rec_ptr, image_ptr, fg_ptr, mask_ptr, grad_ptr, partial_ptr, grad_scale_ptr,
+def _masked_mse_kernel(rec_ptr, image_ptr, fg_ptr, mask_ptr, grad_ptr, partial_ptr, scales_ptr,
                        num_pixels, width,
                        rec_stride_b, rec_stride_c, rec_stride_h, rec_stride_w,
                        image_stride_b, image_stride_c, image_stride_h, image_stride_w,
@@ -160,7 +162,9 @@ def _masked_mse_kernel(rec_ptr, image_ptr, fg_ptr, mask_ptr, grad_ptr, partial_p
     rec_px = _pixel_offsets(batch, pixel, width, rec_stride_b, rec_stride_h, rec_stride_w)
     image_px = _pixel_offsets(batch, pixel, width, image_stride_b, image_stride_h, image_stride_w)
     grad_px = _pixel_offsets(batch, pixel, width, grad_stride_b, grad_stride_h, grad_stride_w)
-    grad_scale = tl.load(grad_scale_ptr)
+    # scales = (2 * grad_output, 1 / (3 * n_mask)): applied in that order (see the CE kernel)
+    grad_output = tl.load(scales_ptr)
+    inv_count = tl.load(scales_ptr + 1)
     squares = tl.full((BLOCK_P,), 0.0, tl.float32)
     for ch in tl.static_range(NUM_CHANNELS):
         rec = tl.load(rec_ptr + rec_px + ch * rec_stride_c, mask=pixel_ok, other=0.0).to(tl.float32)
@@ -169,8 +173,8 @@ def _masked_mse_kernel(rec_ptr, image_ptr, fg_ptr, mask_ptr, grad_ptr, partial_p
         diff = tl.where(keep, rec - image, 0.0)
         squares += diff * diff
         if WRITE_GRAD:
-            tl.store(grad_ptr + grad_px + ch * grad_stride_c, (diff * grad_scale).to(grad_ptr.dtype.element_ty),
-                     mask=pixel_ok)
+            tl.store(grad_ptr + grad_px + ch * grad_stride_c,
+                     (diff * grad_output * inv_count).to(grad_ptr.dtype.element_ty), mask=pixel_ok)
     tl.store(partial_ptr + batch * tl.num_programs(0) + tl.program_id(0), tl.reduce(squares, 0, _ADD_COMBINE))
 
 
@@ -221,13 +225,20 @@ def pseudo_label(logits: torch.Tensor, lut: torch.Tensor | None
     return label, conf, fg
 
 
+def _scales(grad_output: torch.Tensor | None, factor: float, count: torch.Tensor) -> torch.Tensor:
+    """(factor * grad_output, 1 / count) as a 2-element fp32 device tensor: no host sync."""
+    g = torch.ones((), device=count.device) if grad_output is None else grad_output.reshape(())
+    return torch.stack([g.float() * factor, count.clamp_min(1).to(torch.float32).reciprocal()])
+
+
 def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor,
-                    conf_thresh: float, *, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    conf_thresh: float, *, need_grad: bool, grad_output: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check_runnable(logits)
     batch, classes, height, width = logits.shape
     block_c, block_p = _class_blocks(classes)
     n_valid = torch.count_nonzero(valid)
-    scale = n_valid.clamp_min(1).to(torch.float32).reciprocal().reshape(1)
+    scale = _scales(grad_output, 1.0, n_valid)
     blocks = triton.cdiv(height * width, block_p)
     partial = torch.empty(batch * blocks, dtype=torch.float32, device=logits.device)
     grad = torch.empty_like(logits) if need_grad else None
@@ -241,11 +252,11 @@ def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tenso
 
 
 def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor, *,
-               need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+               need_grad: bool, grad_output: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check_runnable(rec)
     batch, channels, height, width = rec.shape
     denom = (channels * torch.count_nonzero(mask)).clamp_min(1)
-    grad_scale = (2.0 / denom.to(torch.float32)).reshape(1)
+    grad_scale = _scales(grad_output, 2.0, denom)
     blocks = triton.cdiv(height * width, MSE_BLOCK_PIXELS)
     partial = torch.empty(batch * blocks, dtype=torch.float32, device=rec.device)
     grad = torch.empty_like(rec) if need_grad else None
