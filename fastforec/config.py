@@ -189,6 +189,10 @@ class TrainConfig:
     seed: int = 0
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     deterministic: bool = False
+    # Throughput switches (docs/benchmarks.md has them measured on and off):
+    channels_last: bool = False  # NHWC model weights and inputs (tensor-core convolutions prefer it)
+    cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
+    compile: bool = False  # torch.compile the student (the first steps pay the compilation)
 
     def validate(self, prefix: str = "train") -> None:
         _check(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a non-empty name without '/'")

@@ -25,8 +25,8 @@ from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import (CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint,
                                   prune_checkpoints, rank_file, save_checkpoint)
 from fastforec.config import Config
-from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.data.manifest import Manifest
+from fastforec.data.memory import InMemoryData
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.evaluate import evaluate
 from fastforec.metrics import nan_to_none
@@ -76,28 +76,40 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo):
+    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, data: InMemoryData | None = None):
+        """``data``: batches already on the device (benchmarks); by default the DALI pipelines
+        over the shards of ``cfg.data.root`` (DALI is imported only then)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
         self.dist = dist
         self.device = dist.device
-        self.manifest = Manifest.load(cfg.data.root)
+        method = cfg.method
+        if data is None:
+            from fastforec.data import TrainData, ValData, resolve_device
+
+            self.manifest = Manifest.load(cfg.data.root)
+            data_device = resolve_device(cfg.data.device)
+            self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+                                        seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
+            self.val_data = ValData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+                                    device=data_device)
+        else:
+            self.manifest, self.train_data, self.val_data = data.manifest, data.train, data.val
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
-        method = cfg.method
-        data_device = resolve_device(cfg.data.device)
-        self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                    seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
-        self.val_data = ValData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                device=data_device)
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
                                 pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        if self.teacher is not None:
+            self.teacher.to(memory_format=self.memory_format)
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
@@ -107,6 +119,9 @@ class Trainer:
         if precision_mode(self.ds_config) in ("bf16", "fp16"):
             # DeepSpeed casts parameters, not buffers: BN must take 16-bit weights next to fp32 statistics.
             keep_norm_statistics_fp32(student)
+        # The student's weights keep the default layout even with train.channels_last: DeepSpeed
+        # views every parameter as bytes to broadcast it (stride 1 needed) and ZeRO flattens them.
+        # A channels-last input is enough: cuDNN and oneDNN then run the convolution channels-last.
         student.to(self.device)
 
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
@@ -119,6 +134,9 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
+        if cfg.train.compile:
+            # In place (nn.Module.compile): parameter names and state-dict keys stay as they are.
+            self.engine.module.compile()
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
         # The EMA reads fp32 weights: the module's own unless DeepSpeed cast them (bf16/fp16 blocks).
@@ -146,7 +164,7 @@ class Trainer:
         use_u = unlabeled is not None and m.uses_unlabeled and epoch >= m.warmup_epochs
         out: dict[str, torch.Tensor] = {}
         if not use_u:
-            pred = self.engine(x_l.to(self.input_dtype))
+            pred = self.engine(self._model_input(x_l))
             out["loss_s"] = losses.supervised_ce(pred["seg"], y_l)
             if m.reconstruction is not None:
                 out["loss_rec"] = self._aux_loss(pred, x_l, *losses.rec_targets_labeled(
@@ -159,14 +177,14 @@ class Trainer:
         valid = unlabeled["valid"].to(self.device, non_blocking=True)
         box = unlabeled["box"].to(self.device, non_blocking=True)
         with self.autocast():
-            t_logits = self.teacher(weak)["seg"]
+            t_logits = self.teacher(weak.contiguous(memory_format=self.memory_format))["seg"]
         pl, conf, pl_fg = losses.pseudo_label(t_logits, self.fg_classes, backend=m.kernels)
         # CutMix partner: the next sample of the batch (a fixed permutation keeps resume exact).
         perm = torch.roll(torch.arange(strong.shape[0], device=self.device), 1)
         strong, pl, conf, pl_fg, valid = losses.cutmix_batch(box, perm, strong, pl, conf, pl_fg, valid)
 
         b = x_l.shape[0]
-        pred = self.engine(torch.cat([x_l, strong]).to(self.input_dtype))
+        pred = self.engine(self._model_input(torch.cat([x_l, strong])))
         seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
         out["loss_s"] = losses.supervised_ce(seg_l, y_l)
         out["loss_u"] = m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)
@@ -182,6 +200,10 @@ class Trainer:
         out["pl_coverage"] = ((conf > m.conf_thresh) & valid).sum() / n_valid
         out["teacher_conf"] = (conf * valid).sum() / n_valid
         return out
+
+    def _model_input(self, x: torch.Tensor) -> torch.Tensor:
+        # the dtype DeepSpeed gave the weights (bf16/fp16 blocks) and the configured memory format
+        return x.to(self.input_dtype, memory_format=self.memory_format)
 
     def _aux_loss(self, pred: dict[str, torch.Tensor], image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor,
                   *, weight: float) -> torch.Tensor:
