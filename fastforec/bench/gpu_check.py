@@ -21,7 +21,8 @@ Sections, each a table and a key of the JSON file:
 - ``step``: a ResNet-101 DeepLabV3+ FOrec training step at crop 512, 8 labeled + 8 unlabeled,
   bf16 autocast: samples/s, MFU against the measured matmul peak, peak memory, with
   channels_last, cuDNN autotuning and torch.compile off and on; then the same step through
-  DeepSpeed ZeRO-2 with the ``torch_autocast`` block and with the ``bf16`` block.
+  DeepSpeed ZeRO-2 with the ``torch_autocast`` block and with the ``bf16`` block. Each row also
+  counts the host synchronisations of one step (PyTorch's CUDA sync debug mode).
 - ``dali``: the DALI training pipeline on the GPU when DALI is importable.
 
 ``--dry-run`` runs every section on the CPU with small shapes (Triton through its interpreter,
@@ -416,6 +417,26 @@ def _free(device: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def count_host_syncs(fn: Callable[[], Any], device: Any) -> int | None:
+    """Synchronising CUDA calls (``.item()``, device-to-host copies, ...) made by ``fn``, as
+    counted by PyTorch's sync debug mode; None on the CPU, where nothing synchronises."""
+    import warnings
+
+    import torch
+
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     import torch
 
@@ -438,6 +459,7 @@ def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> d
             torch.cuda.reset_peak_memory_stats(device)
         window = run_steps(trainer, feed, sizes.steps)
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        syncs = count_host_syncs(lambda: trainer.train_step(*feed()), device)
         del trainer
     _free(device)
     rate = window.samples_per_s
@@ -445,7 +467,8 @@ def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> d
             "channels_last": v.channels_last, "cudnn_benchmark": v.cudnn_benchmark, "compile": v.compile,
             "samples_per_s": rate, "step_ms": 1e3 * sizes.batch / rate, "warmup_s": warmup_s,
             "skipped_steps": window.skipped, "flops_per_sample": flops_per_sample,
-            "mfu": rate * flops_per_sample / peak_flops, "peak_memory_bytes": peak_mem}
+            "mfu": rate * flops_per_sample / peak_flops, "peak_memory_bytes": peak_mem,
+            "host_syncs_per_step": syncs}
 
 
 def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
@@ -528,12 +551,13 @@ def _print_tables(result: dict[str, Any]) -> None:
     s = result["step"]
     table = Table(title=f"training step: {s['model']}, crop {s['crop']}, {s['batch_labeled']} labeled + "
                         f"{s['batch_unlabeled']} unlabeled")
-    for col in ("variant", "samples/s", "ms/step", "MFU", "peak GiB", "warm-up s"):
+    for col in ("variant", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step", "warm-up s"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["rows"]:
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2 ** 30:.1f}"
+        syncs = "-" if r["host_syncs_per_step"] is None else str(r["host_syncs_per_step"])
         table.add_row(r["variant"], f"{r['samples_per_s']:.2f}", f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%",
-                      mem, f"{r['warmup_s']:.1f}")
+                      mem, syncs, f"{r['warmup_s']:.1f}")
     print_rich(table)
     for note in k["notes"] + s["notes"]:
         print_rich(f"note: {note}")
