@@ -49,7 +49,7 @@ def _check_range(lo: float, hi: float, key: str, *, lo_min: float = 0.0) -> None
 
 @dataclass
 class AugConfig:
-    """Augmentation recipe (DESIGN.md section 2, steps 1-2). Probabilities and ranges only."""
+    """Augmentation recipe (docs/architecture.md section A, steps 1-2). Probabilities and ranges only."""
 
     scale_min: float = 0.5
     scale_max: float = 2.0

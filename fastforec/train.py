@@ -77,9 +77,7 @@ def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     from fastforec.trainer import Trainer
 
     dist = init_distributed(args.local_rank)
-    trainer = Trainer(cfg, run_dir=run_dir, dist=dist)
-    if args.resume is not None:
-        trainer.resume(args.resume)
+    trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.to_dict())

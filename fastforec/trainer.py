@@ -1,4 +1,4 @@
-"""The mean-teacher + reconstruction trainer on DeepSpeed (DESIGN.md section 2).
+"""The mean-teacher + reconstruction trainer on DeepSpeed (docs/architecture.md section A).
 
 One ``train_step`` = teacher forward on the weak view, CutMix, student forward on
 [labeled ; strong], losses, backward, optimizer step, EMA update. The student lives in a DeepSpeed
@@ -144,7 +144,9 @@ def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], c
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo):
+    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, resume: str | None = None):
+        """``resume``: "latest", a checkpoint path, or None for a fresh run. The checkpoint is
+        chosen and checked before anything is built, so a refused resume writes nothing."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -153,6 +155,7 @@ class Trainer:
         self.manifest = Manifest.load(cfg.data.root)
         self._verify_shards()
         remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
+        resume_from = self._pick_checkpoint(resume) if resume is not None else None
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
@@ -196,6 +199,8 @@ class Trainer:
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
                                 class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
+        if resume_from is not None:
+            self._restore(*resume_from)
 
     # ------------------------------------------------------------------------------------------
     # the step
@@ -483,9 +488,10 @@ class Trainer:
                 "engine": {"global_steps": self.engine.global_steps, "global_samples": self.engine.global_samples,
                            "micro_steps": self.engine.micro_steps}}
 
-    def resume(self, resume: str) -> Path:
-        """Continue from ``resume``: "latest" (the newest complete, intact checkpoint of this run;
-        damaged newer ones are skipped, and said so) or a checkpoint path (no fallback)."""
+    def _pick_checkpoint(self, resume: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """The checkpoint to continue from and its (shared, own) contents: "latest" is the newest
+        complete, intact checkpoint of this run (damaged newer ones are skipped, and said so), a
+        path is taken as it is (no fallback). It must fit this run (format, ranks, settings)."""
         if resume == "latest":
             candidates = list_checkpoints(self.ckpt_dir)[::-1]
             if not candidates:
@@ -509,21 +515,15 @@ class Trainer:
         if skipped and self.dist.is_main:
             log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
                         len(skipped), path, "\n  ".join(skipped))
-        self._restore(path, shared, own)
-        if self.dist.is_main:
-            dropped = self.logger.drop_after(self.state.step)
-            if dropped:
-                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
-                         dropped, self.state.step)
-        return path
-
-    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         if shared.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
         if shared["world_size"] != self.dist.world_size:
             raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
                                   f"number of processes (now {self.dist.world_size})")
         check_same_settings(shared["config"], self.cfg.to_dict(), RESUME_MUST_MATCH, path=path)
+        return path, shared, own
+
+    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         try:
             self.student.load_state_dict(shared["student"])
             if self.teacher is not None:
@@ -542,6 +542,11 @@ class Trainer:
         for k, v in own["engine"].items():
             setattr(self.engine, k, v)
         log.info("resumed from %s at step %d", path, self.state.step)
+        if self.dist.is_main:
+            dropped = self.logger.drop_after(self.state.step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
+                         dropped, self.state.step)
 
     def _verify_shards(self) -> None:
         """Shards against the manifest (data.verify_shards), once per node (ranks of a node share

@@ -71,7 +71,7 @@ def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
 
 def test_empty_file_gives_the_design_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {}))
-    # DESIGN.md section 2: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
+    # docs/architecture.md section A: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
     assert cfg.method.conf_thresh == 0.95 and cfg.method.lambda_u == 1.0
     assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled) == (1.0, 0.5)
     assert cfg.method.ema_decay == 0.99
