@@ -58,21 +58,9 @@ class TrainState:
     nonfinite_consecutive: int = 0
 
 
-TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: runs/<name>/tensorboard/
-
-
-def deepspeed_config(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
-    """The user's ``deepspeed`` block with what the trainer owns filled in.
-
-    With a ``run_dir``, DeepSpeed's TensorBoard monitor is on by default and writes into it
-    (``"tensorboard": {"enabled": false}`` turns it off); W&B, CSV and Comet stay opt-in."""
+def deepspeed_config(cfg: Config) -> dict[str, Any]:
+    """The user's ``deepspeed`` block with what the trainer owns filled in."""
     ds = json.loads(json.dumps(cfg.deepspeed))
-    if run_dir is not None:
-        tb = ds.setdefault("tensorboard", {})
-        tb.setdefault("enabled", True)
-        if tb["enabled"] and not tb.get("output_path"):
-            tb["output_path"] = str(run_dir)
-            tb.setdefault("job_name", TENSORBOARD_DIR)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
         raise ValueError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
@@ -131,7 +119,7 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg, run_dir)
+        self.ds_config = deepspeed_config(cfg)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -146,7 +134,7 @@ class Trainer:
         self.input_dtype = next(self.engine.module.parameters()).dtype
         self.state = TrainState()
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
-                                class_names=self.manifest.class_names)
+                                tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
 
     # ------------------------------------------------------------------------------------------
