@@ -89,15 +89,10 @@ class TrainState:
         return cls(**{**state, "scores": scores})
 
 
-TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: runs/<name>/tensorboard/
 
-
-def deepspeed_config(cfg: Config, device: torch.device, run_dir: Path | None = None) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
     """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
-    or ``device`` cannot run are a ConfigError before DeepSpeed sees them.
-
-    With a ``run_dir``, DeepSpeed's TensorBoard monitor is on by default and writes into it
-    (``"tensorboard": {"enabled": false}`` turns it off); W&B, CSV and Comet stay opt-in."""
+    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
     ds = json.loads(json.dumps(cfg.deepspeed))
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in ZERO_STAGES:
@@ -109,12 +104,6 @@ def deepspeed_config(cfg: Config, device: torch.device, run_dir: Path | None = N
     if fp16 and device.type != "cuda":
         raise ConfigError("deepspeed.fp16: float16 needs a CUDA device and this run is on the CPU; disable it "
                           "(or use bf16) for CPU runs")
-    if run_dir is not None:
-        tb = ds.setdefault("tensorboard", {})
-        tb.setdefault("enabled", True)
-        if tb["enabled"] and not tb.get("output_path"):
-            tb["output_path"] = str(run_dir)
-            tb.setdefault("job_name", TENSORBOARD_DIR)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
         raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
@@ -178,7 +167,7 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg, self.device, run_dir)
+        self.ds_config = deepspeed_config(cfg, self.device)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -197,7 +186,7 @@ class Trainer:
         # together with the next loss check so that it costs no extra host sync.
         self._weights_finite = torch.tensor(True, device=self.device)
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
-                                class_names=self.manifest.class_names)
+                                tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
         if resume_from is not None:
             self._restore(*resume_from)
