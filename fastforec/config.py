@@ -201,7 +201,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
-    deterministic: bool = False
     tensorboard: bool = True  # event files in runs/<name>/tensorboard/ (W&B, CSV: the deepspeed monitor blocks)
 
     def validate(self, prefix: str = "train") -> None:
