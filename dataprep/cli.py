@@ -9,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import DataprepError
+from fastforec.errors import EXIT_USER_ERROR, UserError, check_output_dir, output_error, report_user_error
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # verify found problems
-EXIT_BAD_INPUT = 2  # bad input or usage (argparse uses 2 as well)
+EXIT_BAD_INPUT = EXIT_USER_ERROR  # bad input or usage (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130
 DEFAULT_SYNTH_TRAIN = 400
 DEFAULT_SYNTH_VAL = 100
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sources import DEFAULT_JPEG_QUALITY
     from .synth import DEFAULT_JPEG_QUALITY as SYNTH_JPEG_QUALITY
     from .synth import LAYOUTS
+    from .synth.voc_tree import VOC_PRESETS
 
     parser = argparse.ArgumentParser(prog="dataprep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="HxW (default: 375x500 voc, 512x1024 cityscapes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jpeg-quality", type=int, default=SYNTH_JPEG_QUALITY, help="VOC JPEG quality")
+    p.add_argument("--preset", choices=VOC_PRESETS, default="scenes",
+                   help="voc: 'scenes' (5 classes in context; demo and tests) or 'sslbench' (10 classes with shared "
+                        "textures, made to need unlabeled data; its labeled budgets: `dataprep splits --balanced`)")
     _workers_arg(p)
     p.add_argument("--quiet", action="store_true")
 
@@ -100,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--layout", choices=LAYOUTS, required=True)
     p.add_argument("--labeled", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=int, default=None, help="random partition seed (required unless --balanced)")
     p.add_argument("--blender", action="store_true", help="voc: draw labeled ids from trainaug, not train")
+    p.add_argument("--balanced", action="store_true",
+                   help="sslbench trees: the first --labeled ids of its class-balanced order (budgets are nested; "
+                        "--labeled = all training images leaves nothing unlabeled)")
     p.add_argument("--out", type=Path, required=True, help="directory for labeled.txt and unlabeled.txt")
 
     for name, helptext in (("verify", "re-hash and decode every shard; exit 1 naming each problem"),
@@ -126,7 +133,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     train_ids, val_ids = default_ids(args.layout, args.num_train, args.num_val)
     root = synthesize(args.layout, args.out, train_ids=train_ids, val_ids=val_ids,
                       size=args.size or DEFAULT_SIZE[args.layout], seed=args.seed, workers=args.workers,
-                      jpeg_quality=args.jpeg_quality, quiet=args.quiet)
+                      jpeg_quality=args.jpeg_quality, quiet=args.quiet, preset=args.preset)
     print(root)
     return EXIT_OK
 
@@ -166,10 +173,15 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
 
 def _cmd_splits(args: argparse.Namespace) -> int:
-    from .splits import random_partition, write_partition
+    from .splits import balanced_partition, random_partition, write_partition
 
-    partition = random_partition(root=args.root, layout=args.layout, labeled=args.labeled, seed=args.seed,
-                                 blender=args.blender)
+    if args.balanced:
+        partition = balanced_partition(root=args.root, labeled=args.labeled)
+    elif args.seed is None:
+        raise DataprepError("--seed is required for a random partition (or pass --balanced on an sslbench tree)")
+    else:
+        partition = random_partition(root=args.root, layout=args.layout, labeled=args.labeled, seed=args.seed,
+                                     blender=args.blender)
     out = write_partition(partition, args.out)
     print(f"{out}: {len(partition.labeled)} labeled, {len(partition.unlabeled)} unlabeled")
     return EXIT_OK
@@ -202,14 +214,20 @@ COMMANDS = {"synth": _cmd_synth, "voc": _cmd_voc, "cityscapes": _cmd_cityscapes,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastforec.data.manifest import ManifestError
-
     args = build_parser().parse_args(argv)
+    out: Path | None = getattr(args, "out", None)
+    prefix = f"dataprep {args.command}: "
     try:
+        if out is not None:
+            check_output_dir(out, "--out")
         return COMMANDS[args.command](args)
-    except (DataprepError, ManifestError) as e:
-        print(f"dataprep {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except UserError as e:  # DataprepError, ManifestError, ...: the message names the file
+        return report_user_error(e, prefix=prefix)
+    except OSError as e:
+        # Input files are checked and named by the planners; an OSError here is the output.
+        if out is None or e.filename is None or not Path(e.filename).resolve().is_relative_to(out.resolve()):
+            raise
+        return report_user_error(output_error(e, out, "--out"), prefix=prefix)
     except KeyboardInterrupt:
         print(f"dataprep {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

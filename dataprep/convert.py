@@ -114,7 +114,7 @@ def _build_manifest(plan: ConversionPlan, out: Path, records: dict[str, list[Sha
                     num_rejected: int) -> Manifest:
     meta = plan.meta
     splits = {name: SplitInfo(tuple(ShardInfo(file=r.file, index=r.index, num_samples=r.num_samples,
-                                              sha256=r.sha256) for r in recs))
+                                              sha256=r.sha256, size=(out / r.file).stat().st_size) for r in recs))
               for name, recs in records.items()}
     source = {"tool": "dataprep", **meta.source, "sample_order": "sorted by id", "rejected": num_rejected}
     return Manifest(root=out, dataset=meta.dataset, num_classes=meta.num_classes, class_names=meta.class_names,

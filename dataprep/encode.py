@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fastforec.data.images import decode_problem
+
 from .errors import Rejection
 from .plan import EncodeOptions, SampleSource
 
@@ -61,7 +63,7 @@ def _decode(data: bytes, path: Path, what: str) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             img.load()  # decodes every pixel: a truncated file fails here, not in training
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for corrupt files
-        raise _BadSample(path, f"unreadable or truncated {what} ({type(e).__name__}: {e})") from None
+        raise _BadSample(path, f"unreadable or truncated {what} ({decode_problem(e, data)})") from None
     return img
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fastforec.errors import UserError
+
 # How many problems one error message lists before it summarises the rest.
 MAX_PROBLEMS_SHOWN = 20
 
 
-class DataprepError(Exception):
+class DataprepError(UserError):
     """Bad input or a failed step. The CLI prints the message and exits with EXIT_BAD_INPUT."""
 
 

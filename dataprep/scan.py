@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fastforec.data.images import decode_problem
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, ShardInfo
 
 from .shards import file_sha256
@@ -140,7 +141,7 @@ def _check_sample(task: ShardTask, scan: ShardScan, key: str, members: list[Memb
     try:
         img = _open_image(blobs[images[0]])
     except Exception as e:  # any decoder failure is a finding, not a crash
-        bad(f"image does not decode ({type(e).__name__}: {e})")
+        bad(f"image does not decode ({decode_problem(e, blobs[images[0]])})")
         return
     scan.image_sizes[(img.height, img.width)] += 1
     if LABEL_EXT not in blobs:
@@ -148,7 +149,7 @@ def _check_sample(task: ShardTask, scan: ShardScan, key: str, members: list[Memb
     try:
         label = _open_image(blobs[LABEL_EXT])
     except Exception as e:
-        bad(f"label does not decode ({type(e).__name__}: {e})")
+        bad(f"label does not decode ({decode_problem(e, blobs[LABEL_EXT])})")
         return
     if label.mode != "L":
         bad(f"label has mode {label.mode}; expected single-channel 8-bit ('L')")
@@ -187,6 +188,8 @@ def scan_shard(task: ShardTask) -> ShardScan:
             scan.problems.append(Problem(path.name, None, "file is missing"))
     if scan.problems:
         return scan
+    if task.shard.size is not None and (size := tar.stat().st_size) != task.shard.size:
+        scan.problems.append(Problem(task.shard.file, None, f"is {size} bytes, the manifest says {task.shard.size}"))
     if task.check_hash and (sha := file_sha256(tar)) != task.shard.sha256:
         scan.problems.append(Problem(task.shard.file, None, f"sha256 {sha} does not match the manifest "
                                                             f"({task.shard.sha256}): the file was modified"))

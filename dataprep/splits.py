@@ -62,6 +62,17 @@ def random_partition(*, root: Path, layout: str, labeled: int, seed: int, blende
     return Partition(labeled=sorted(chosen), unlabeled=sorted(set(everything) - chosen))
 
 
+def balanced_partition(*, root: Path, labeled: int) -> Partition:
+    """The first ``labeled`` ids of an sslbench tree's class-balanced order (so budgets are nested);
+    every other training id is unlabeled. Both lists sorted."""
+    from .synth.sslbench import read_metadata
+
+    order = read_metadata(require_dir(root, "--root"))["balanced_order"]
+    if not 1 <= labeled <= len(order):
+        raise DataprepError(f"--labeled {labeled} is not in 1..{len(order)} (the training images of '{root}')")
+    return Partition(labeled=sorted(order[:labeled]), unlabeled=sorted(order[labeled:]))
+
+
 def write_partition(partition: Partition, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_split_list(out / voc.LIST_NAMES["labeled"], partition.labeled)

@@ -58,5 +58,6 @@ def verify_dataset(root: Path, *, workers: int) -> VerifyReport:
         return VerifyReport(problems=[Problem("manifest.json", None, str(e))], num_shards=0, num_samples=0)
     tasks = shard_tasks(manifest, check_hash=True, decode=True)
     scans = scan_all(tasks, workers=workers)
-    problems = [p for scan in scans for p in scan.problems] + _disjointness(scans)
+    problems = ([Problem("manifest.json", None, p) for p in manifest.count_problems()]
+                + [p for scan in scans for p in scan.problems] + _disjointness(scans))
     return VerifyReport(problems=problems, num_shards=len(tasks), num_samples=sum(len(s.keys) for s in scans))

@@ -1,19 +1,24 @@
 """`fastforec ablate`: the paper's Table 4/5 comparison, on a synthetic dataset, in one command.
 
-    fastforec ablate --config configs/synth_ablation.json \\
-        --methods supervised,mean_teacher,rec,forec,fgbg --budgets 20,40 --seeds 3 --out runs/ablation
+    fastforec ablate --config configs/sslbench.json --preset sslbench \\
+        --methods supervised,mean_teacher,rec,forec,fgbg --budgets 24,96 --seeds 4 --jobs 2 --out runs/sslbench
 
-1. Data (once per output directory): ``dataprep synth`` writes one synthetic VOC-layout raw tree;
-   for each budget B, ``dataprep splits`` draws B labeled ids from its classic train list (the
-   rest of the training ids are unlabeled, as in the paper's VOC 92/183 partitions) and
-   ``dataprep voc`` converts that partition to shards. One partition per budget, shared by all
-   methods and seeds: seeds vary the training (init, order, augmentation), not the split.
-2. Runs: ``fastforec/train.py`` as a subprocess per (method, budget, seed), sequentially, with
-   ``--set method.name=M --set train.seed=S --set data.root=<shards of B>``. A run whose
-   ``results.json`` exists is skipped; one with checkpoints but no results is resumed. A failed
-   run is reported (its log is ``train.log`` in its run directory) and the study goes on.
-3. Report: ``ablation.md`` (mean +- std of the final mIoU per method and budget: the paper's
-   Table 4 layout, plus every seed), ``ablation.json`` and ``ablation.png``.
+1. Data (once per output directory), by running the ``dataprep`` command line:
+   - preset ``sslbench``: ``dataprep synth --preset sslbench --budgets ...`` writes the raw tree
+     with nested, class-balanced labeled budgets (``all`` labels every training image), and
+     ``dataprep voc`` converts each budget's partition to shards;
+   - preset ``scenes``: ``dataprep synth`` writes the raw tree; per budget B, ``dataprep splits``
+     draws B labeled ids from its classic train list and ``dataprep voc`` converts it.
+   One partition per budget, shared by all methods and seeds: seeds vary the training (init,
+   order, augmentation), not the split.
+2. Runs: ``fastforec/train.py`` as a subprocess per (method, budget, seed), ``--jobs`` at a time,
+   with ``--set method.name=M --set train.seed=S --set data.root=<shards of B>``: every method
+   of a budget gets the same seeds, so differences between methods are paired by seed. A run
+   whose ``results.json`` exists is skipped; one with checkpoints but no results is resumed. A
+   failed run is reported (its log is ``train.log`` in its run directory) and the study goes on.
+3. Report: ``ablation.md`` (per method and budget the mean of the last evaluation's mIoU, student
+   and teacher; the paired difference against supervised and against mean teacher with a t-based
+   95 % confidence interval; every seed), ``ablation.json`` and ``ablation.png``.
 
 The study's data parameters are stored in ``OUT/data/study.json``; re-running into the same
 directory with different ones is refused (results of two datasets must not be averaged).
@@ -30,12 +35,14 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from fastforec.atomic import atomic_write_bytes, atomic_write_json
 from fastforec.config import METHODS, ConfigError, load_config
+from fastforec.errors import UserError
 
 # Defaults of the study (see docs/results.md for why): a few hundred small synthetic images.
 DEFAULT_NUM_TRAIN = 400
@@ -43,7 +50,16 @@ DEFAULT_NUM_VAL = 60
 DEFAULT_SIZE = (96, 128)  # H x W of the synthetic images
 DEFAULT_DATA_SEED = 0
 DEFAULT_SPLIT_SEED = 0
-STUDY_FORMAT = 1
+STUDY_FORMAT = 2
+PRESETS = ("scenes", "sslbench")
+ALL = "all"  # the budget that labels every training image (sslbench)
+BASELINES = ("supervised", "mean_teacher")  # paired differences are reported against these
+CONFIDENCE = 0.95
+# Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (standard table).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+Z_975 = 1.959964
 OMP_WAIT_POLICY = "PASSIVE"
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "rec": "+ reconstruction (rec)",
@@ -55,7 +71,7 @@ PLOT_INCHES = (8.0, 4.5)
 DPI = 110
 
 
-class AblationError(ValueError):
+class AblationError(UserError, ValueError):
     """Bad arguments or a study directory that does not match them."""
 
 
@@ -67,6 +83,7 @@ class AblationError(ValueError):
 class DataSpec:
     """What the synthetic dataset and its partitions are made from (stored in study.json)."""
 
+    preset: str
     num_train: int
     num_val: int
     height: int
@@ -79,7 +96,7 @@ class DataSpec:
 @dataclass(frozen=True)
 class Run:
     method: str
-    budget: int
+    budget: str  # a number of labeled images, or "all"
     seed: int
 
     @property
@@ -98,23 +115,31 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def parse_budgets(text: str, *, num_train: int) -> list[int]:
+def parse_budgets(text: str, *, num_train: int, preset: str) -> list[str]:
+    """Budgets as strings: numbers of labeled images, and (sslbench) "all"."""
+    tokens = [b.strip() for b in text.split(",") if b.strip()]
+    numbers = [t for t in tokens if t != ALL]
     try:
-        budgets = [int(b) for b in text.split(",") if b.strip()]
+        values = [int(t) for t in numbers]
     except ValueError:
-        raise AblationError(f"--budgets: '{text}' is not a comma-separated list of integers (e.g. 20,40)") from None
-    # Labeled ids come from the classic list: every second synthetic training id.
-    pool = num_train // 2
-    bad = [b for b in budgets if not 1 <= b <= pool]
-    if bad or not budgets:
-        raise AblationError(f"--budgets: {bad or '(none)'} not in 1..{pool} (half of --num-train {num_train} "
-                            f"images have classic labels)")
-    if len(set(budgets)) != len(budgets):
+        raise AblationError(f"--budgets: '{text}' is not a comma-separated list of integers (e.g. 20,40)"
+                            + (f" or '{ALL}'" if preset == "sslbench" else "")) from None
+    if ALL in tokens and preset != "sslbench":
+        raise AblationError(f"--budgets: '{ALL}' exists for --preset sslbench only")
+    # scenes: labeled ids come from the classic list, every second synthetic training id;
+    # sslbench: every training id has a label, and "all" is the budget that uses them all.
+    pool = num_train // 2 if preset == "scenes" else num_train - 1
+    bad = [b for b in values if not 1 <= b <= pool]
+    if bad or not tokens:
+        raise AblationError(f"--budgets: {bad or '(none)'} not in 1..{pool} (" +
+                            (f"half of --num-train {num_train} images have classic labels)" if preset == "scenes"
+                             else f"--num-train {num_train} minus one; use '{ALL}' for every image)"))
+    if len(set(tokens)) != len(tokens):
         raise AblationError(f"--budgets: '{text}' names a budget twice")
-    return budgets
+    return [str(v) for v in values] + ([ALL] if ALL in tokens else [])
 
 
-def plan_runs(methods: Sequence[str], budgets: Sequence[int], seeds: int) -> list[Run]:
+def plan_runs(methods: Sequence[str], budgets: Sequence[str], seeds: int) -> list[Run]:
     """Seed-major order: every (method, budget) gets its first seed before any gets a second,
     so a study stopped early has a complete table with fewer seeds."""
     return [Run(m, b, s) for s in range(seeds) for b in budgets for m in methods]
@@ -124,7 +149,8 @@ def plan_runs(methods: Sequence[str], budgets: Sequence[int], seeds: int) -> lis
 # data
 
 
-def data_dirs(out: Path, budget: int) -> tuple[Path, Path]:
+def data_dirs(out: Path, budget: str) -> tuple[Path, Path]:
+    """(split lists, shards) of a budget."""
     return out / "data" / f"splits_{budget}", out / "data" / f"shards_{budget}"
 
 
@@ -140,48 +166,51 @@ def check_study(out: Path, spec: DataSpec) -> None:
                                 f"another --out, or the same data options to continue that study")
 
 
-def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[int], console: Any) -> dict[int, Path]:
-    """The shard directory of every budget, making whatever is missing (resumable)."""
-    from dataprep.convert import (DEFAULT_SHARD_MB, DEFAULT_SHARD_SAMPLES, RunOptions, default_workers, make_caps,
-                                  run_conversion)
-    from dataprep.splits import random_partition, write_partition
-    from dataprep.synth import default_ids, synthesize
-    from dataprep.voc import voc_plan
-
-    raw = out / "data" / "raw"
+def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[str], console: Any) -> dict[str, Path]:
+    """The shard directory of every budget, running whatever dataprep command is missing
+    (resumable: dataprep itself skips finished shards)."""
+    raw_cmd, budget_cmds = data_commands(out, spec, budgets)
     marker = out / "data" / "study.json"
     if not marker.is_file():
-        console.print(f"dataprep synth: {spec.num_train} + {spec.num_val} images of {spec.height}x{spec.width} "
-                      f"-> {raw}")
-        train_ids, val_ids = default_ids("voc", spec.num_train, spec.num_val)
-        synthesize("voc", raw, train_ids=train_ids, val_ids=val_ids, size=(spec.height, spec.width),
-                   seed=spec.data_seed, workers=default_workers(), quiet=True)
+        _dataprep(raw_cmd, console)
         atomic_write_json(marker, asdict(spec))  # written last: the raw tree is complete
     shards = {}
     for budget in budgets:
-        split_dir, shard_dir = data_dirs(out, budget)
+        shard_dir = data_dirs(out, budget)[1]
         if not (shard_dir / "manifest.json").is_file():
-            console.print(f"dataprep splits + voc: {budget} labeled -> {shard_dir}")
-            partition = random_partition(root=raw, layout="voc", labeled=budget, seed=spec.split_seed)
-            write_partition(partition, split_dir)
-            run_conversion(voc_plan(root=raw, split_dir=split_dir, blender=False, skip_bad=False),
-                           RunOptions(out=shard_dir, workers=default_workers(), quiet=True,
-                                      caps=make_caps(shard_samples=DEFAULT_SHARD_SAMPLES, shard_mb=DEFAULT_SHARD_MB)))
+            for cmd in budget_cmds[budget]:
+                _dataprep(cmd, console)
         shards[budget] = shard_dir
     return shards
 
 
-def data_commands(out: Path, spec: DataSpec, budgets: Sequence[int]) -> list[str]:
-    """The dataprep commands equivalent to :func:`prepare_data` (for the report)."""
+def _dataprep(argv: list[str], console: Any) -> None:
+    console.print("dataprep " + " ".join(argv))
+    done = subprocess.run([sys.executable, "-m", "dataprep.cli", *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AblationError(f"`dataprep {' '.join(argv)}` failed (exit {done.returncode}): "
+                            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}")
+
+
+def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[list[str], dict[str, list[list[str]]]]:
+    """The dataprep argument lists: the raw tree's, and each budget's (split lists + shards)."""
     raw = out / "data" / "raw"
-    cmds = [f"dataprep synth --layout voc --out {raw} --size {spec.height}x{spec.width} --num-train {spec.num_train} "
-            f"--num-val {spec.num_val} --seed {spec.data_seed}"]
+    raw_cmd = ["synth", "--layout", "voc", "--out", str(raw), "--size", f"{spec.height}x{spec.width}",
+               "--num-train", str(spec.num_train), "--num-val", str(spec.num_val), "--seed", str(spec.data_seed),
+               "--quiet"]
+    # sslbench: nested class-balanced budgets; scenes: a seeded random draw from the classic list
+    how = ["--balanced"] if spec.preset == "sslbench" else ["--seed", str(spec.split_seed)]
+    if spec.preset == "sslbench":
+        raw_cmd += ["--preset", "sslbench"]
+    per_budget = {}
     for b in budgets:
         split_dir, shard_dir = data_dirs(out, b)
-        cmds.append(f"dataprep splits --root {raw} --layout voc --labeled {b} --seed {spec.split_seed} "
-                    f"--out {split_dir}")
-        cmds.append(f"dataprep voc --root {raw} --split-dir {split_dir} --out {shard_dir}")
-    return cmds
+        labeled = str(spec.num_train) if b == ALL else b
+        per_budget[b] = [["splits", "--root", str(raw), "--layout", "voc", "--labeled", labeled, *how,
+                          "--out", str(split_dir)],
+                         ["voc", "--root", str(raw), "--split-dir", str(split_dir), "--out", str(shard_dir),
+                          "--quiet"]]
+    return raw_cmd, per_budget
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,74 +280,134 @@ def execute(run: Run, *, out: Path, config: Path, shards: Path, overrides: Seque
 
 
 # ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def t_critical(df: int) -> float:
+    """Two-sided 95 % critical value of Student's t with ``df`` degrees of freedom; beyond the
+    table, the normal quantile with the first Cornish-Fisher correction (error < 0.003)."""
+    if df < 1:
+        raise ValueError(f"t_critical needs df >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    return Z_975 + (Z_975 ** 3 + Z_975) / (4 * df)
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std and the t-based 95 % confidence interval of the mean (None for n < 2)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"mean": mean, "std": None, "n": n, "ci_low": None, "ci_high": None}
+    std = statistics.stdev(values)
+    half = t_critical(n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """a - b over the seeds both have, with the 95 % interval of the mean difference."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    return {**mean_ci([a[s] - b[s] for s in seeds]), "seeds": seeds}
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
-def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """Finished results per (method, budget), in seed order."""
-    found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Finished results per (method, budget), in seed order: the last evaluation of the student
+    and (when it was evaluated) of the teacher."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         path = out / "runs" / run.name / "results.json"
         if path.is_file():
             r = json.loads(path.read_text())
+            models = r.get("models", {"student": r})
+            teacher = models.get("teacher", {}).get("miou_last")
             found.setdefault((run.method, run.budget), []).append(
-                {"seed": run.seed, "miou_last": r["miou_last"], "miou_best": r["miou_best"], "step": r.get("step")})
+                {"seed": run.seed, "miou_last": models.get("student", r)["miou_last"], "teacher_miou_last": teacher,
+                 "miou_best": r["miou_best"], "step": r.get("step")})
     return found
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None with a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def cell(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} (1 seed)"
-
-
-def summary(found: dict[tuple[str, int], list[dict[str, Any]]], methods: Sequence[str],
-            budgets: Sequence[int]) -> dict[str, Any]:
-    table: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        table[m] = {}
-        for b in budgets:
-            values = [r["miou_last"] for r in found.get((m, b), []) if _finite(r["miou_last"])]
-            mean, std = mean_std(values) if values else (None, None)
-            table[m][str(b)] = {"mean": mean, "std": std, "n": len(values), "runs": found.get((m, b), [])}
-    return table
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[int], seeds: int, spec: DataSpec,
+def _by_seed(runs: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
+    return {r["seed"]: 100 * r[key] for r in runs if _finite(r.get(key))}
+
+
+def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequence[str],
+            budgets: Sequence[str]) -> dict[str, Any]:
+    """Per method and budget (mIoU in %): student and teacher statistics, and the paired
+    differences of the student against each baseline that was run."""
+    table: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        table[m] = {}
+        for b in budgets:
+            runs = found.get((m, b), [])
+            student, teacher = _by_seed(runs, "miou_last"), _by_seed(runs, "teacher_miou_last")
+            entry: dict[str, Any] = {"student": mean_ci(list(student.values())) if student else None,
+                                     "teacher": mean_ci(list(teacher.values())) if teacher else None,
+                                     "runs": runs, "vs": {}}
+            for base in BASELINES:
+                if base != m and base in methods:
+                    entry["vs"][base] = paired_difference(student, _by_seed(found.get((base, b), []), "miou_last"))
+            table[m][b] = entry
+    return table
+
+
+def fmt_stat(stat: dict[str, Any] | None, *, signed: bool = False) -> str:
+    if not stat:
+        return "-"
+    sign = "+" if signed else ""
+    if stat["n"] < 2:
+        return f"{stat['mean']:{sign}.2f} (1 seed)"
+    return f"{stat['mean']:{sign}.2f} [{stat['ci_low']:{sign}.2f}, {stat['ci_high']:{sign}.2f}]"
+
+
+def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[str], seeds: int, spec: DataSpec,
              config: Path, commands: Sequence[str], failed: Sequence[Outcome]) -> str:
     lines = ["# Ablation (paper Table 4 layout)", "",
-             f"Final mIoU (%) on the validation split, mean ± sample std over seeds (planned: {seeds}); "
-             f"config `{config}`; synthetic VOC-layout data: {spec.num_train} training images "
-             f"({spec.height}x{spec.width}), {spec.num_val} validation images.", "",
-             "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |",
-             "|---|" + "---:|" * len(budgets)]
+             f"mIoU (%) of the last evaluation on the validation split: mean [95 % confidence interval] over "
+             f"seeds (planned: {seeds}; the same seeds for every method of a budget, so differences are "
+             f"paired). Config `{config}`; synthetic VOC-layout data, preset `{spec.preset}`: {spec.num_train} "
+             f"training images ({spec.height}x{spec.width}), {spec.num_val} validation images.", "",
+             "| method | " + " | ".join(f"{b} labeled: student | teacher" for b in budgets) + " |",
+             "|---|" + "---:|---:|" * len(budgets)]
     for m in methods:
-        cells = [cell([r["miou_last"] for r in table[m][str(b)]["runs"] if _finite(r["miou_last"])]) for b in budgets]
+        cells = [f"{fmt_stat(table[m][b]['student'])} | {fmt_stat(table[m][b]['teacher'])}" for b in budgets]
         lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
-    lines += ["", "Every run (final mIoU %, seed in brackets):", "", "| method | budget | runs |", "|---|---:|---|"]
+    bases = [b for b in BASELINES if b in methods]
+    if bases:
+        lines += ["", "Paired difference of the student's mIoU (points), mean [95 % CI]; an interval that "
+                  "excludes 0 is a difference the seeds can tell:", "",
+                  "| method | " + " | ".join(f"{b}: vs {base}" for b in budgets for base in bases) + " |",
+                  "|---|" + "---:|" * (len(budgets) * len(bases))]
+        for m in methods:
+            cells = [fmt_stat(table[m][b]["vs"].get(base), signed=True) if base != m else "·"
+                     for b in budgets for base in bases]
+            lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
+    lines += ["", "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
+              "| method | budget | runs |", "|---|---:|---|"]
     for m in methods:
         for b in budgets:
-            runs = table[m][str(b)]["runs"]
-            lines.append(f"| {m} | {b} | " + (", ".join(f"{100 * r['miou_last']:.2f} [{r['seed']}]" for r in runs)
-                                              or "-") + " |")
+            runs = table[m][b]["runs"]
+            lines.append(f"| {m} | {b} | " + (", ".join(
+                f"{100 * r['miou_last']:.2f}" + (f" ({100 * r['teacher_miou_last']:.2f})"
+                                                  if _finite(r.get("teacher_miou_last")) else "") + f" [{r['seed']}]"
+                for r in runs) or "-") + " |")
     if failed:
         lines += ["", "Failed runs (see their logs):", ""] + [f"- {o.run.name}: `{o.log}`" for o in failed]
-    lines += ["", "Data preparation (what `fastforec ablate` did, as commands):", "", "```", *commands, "```", ""]
+    lines += ["", "Data preparation (what `fastforec ablate` ran):", "", "```", *commands, "```", ""]
     return "\n".join(lines)
 
 
-def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[int]) -> bytes:
-    """Grouped bars (mean, std error bars) per budget, one bar per method, seeds as dots."""
+def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[str]) -> bytes:
+    """Grouped bars (student mean, 95 % CI error bars) per budget, one bar per method, seeds as dots."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -328,15 +417,16 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[i
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
         for j, b in enumerate(budgets):
-            entry = table[m][str(b)]
+            stat = table[m][b]["student"]
             x = j + (i - (len(methods) - 1) / 2) * width
-            if entry["mean"] is not None:
-                ax.bar(x, 100 * entry["mean"], width * 0.9, color=f"C{i}", label=METHOD_LABELS[m] if j == 0 else None,
-                       yerr=100 * entry["std"] if entry["std"] is not None else None, capsize=3)
-                ys = [100 * r["miou_last"] for r in entry["runs"] if _finite(r["miou_last"])]
+            if stat is not None:
+                err = None if stat["ci_high"] is None else stat["ci_high"] - stat["mean"]
+                ax.bar(x, stat["mean"], width * 0.9, color=f"C{i}", label=METHOD_LABELS[m] if j == 0 else None,
+                       yerr=err, capsize=3)
+                ys = list(_by_seed(table[m][b]["runs"], "miou_last").values())
                 ax.plot([x] * len(ys), ys, "k.", markersize=3)
     ax.set_xticks(range(len(budgets)), [f"{b} labeled" for b in budgets])
-    ax.set_ylabel("final mIoU % (mean ± std over seeds)")
+    ax.set_ylabel("last mIoU % (mean, 95 % CI)")
     ax.set_title("ablation on synthetic VOC-layout data", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -345,15 +435,17 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[i
     return buf.getvalue()
 
 
-def write_report(out: Path, *, methods: Sequence[str], budgets: Sequence[int], seeds: int, spec: DataSpec,
+def write_report(out: Path, *, methods: Sequence[str], budgets: Sequence[str], seeds: int, spec: DataSpec,
                  config: Path, failed: Sequence[Outcome]) -> dict[str, Any]:
     runs = plan_runs(methods, budgets, seeds)
     table = summary(collect(out, runs), methods, budgets)
-    commands = data_commands(out, spec, budgets)
+    raw_cmd, per_budget = data_commands(out, spec, budgets)
+    commands = [" ".join(["dataprep", *c]) for c in [raw_cmd] + [c for b in budgets for c in per_budget[b]]]
     atomic_write_bytes(out / "ablation.md", markdown(table, methods=methods, budgets=budgets, seeds=seeds, spec=spec,
                                                      config=config, commands=commands, failed=failed).encode())
     atomic_write_json(out / "ablation.json", {"methods": list(methods), "budgets": list(budgets), "seeds": seeds,
                                               "config": str(config), "data": asdict(spec), "metric": "miou_last",
+                                              "units": "mIoU %", "confidence": CONFIDENCE,
                                               "table": table, "failed": [o.run.name for o in failed]})
     atomic_write_bytes(out / "ablation.png", figure(table, methods=methods, budgets=budgets))
     return table
@@ -374,41 +466,45 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config shared by every run (JSON)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    p.add_argument("--budgets", required=True, help="comma-separated numbers of labeled images, e.g. 20,40")
+    p.add_argument("--budgets", required=True,
+                   help="comma-separated numbers of labeled images, e.g. 24,96 (sslbench also: all)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per (method, budget): 0..N-1")
     p.add_argument("--out", required=True, help="study directory (data/, runs/, ablation.md/.json/.png)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable)")
+    p.add_argument("--preset", choices=PRESETS, default="scenes", help="synthetic dataset (dataprep synth --preset)")
     p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="synthetic training images")
     p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="synthetic validation images")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="synthetic image size HxW")
     p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the synthetic images")
-    p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the labeled/unlabeled split")
+    p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                   help="seed of the labeled/unlabeled split (scenes; sslbench budgets follow --data-seed)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="OMP_NUM_THREADS of each training run (default: inherited)")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
 
 
-def validate(args: argparse.Namespace) -> tuple[list[str], list[int], DataSpec]:
+def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
     if args.seeds < 1:
         raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise AblationError(f"--jobs must be >= 1, got {args.jobs}")
     if args.num_val < 1 or args.num_train < 2:
         raise AblationError(f"--num-train must be >= 2 and --num-val >= 1, got {args.num_train} and {args.num_val}")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise AblationError(f"--torch-threads must be >= 1, got {args.torch_threads}")
     methods = parse_methods(args.methods)
-    budgets = parse_budgets(args.budgets, num_train=args.num_train)
+    budgets = parse_budgets(args.budgets, num_train=args.num_train, preset=args.preset)
     # The config and every --set must load before an hour of work starts (data.root is set per budget).
     load_config(args.config, args.overrides)
-    spec = DataSpec(num_train=args.num_train, num_val=args.num_val, height=args.size[0], width=args.size[1],
-                    data_seed=args.data_seed, split_seed=args.split_seed)
+    spec = DataSpec(preset=args.preset, num_train=args.num_train, num_val=args.num_val, height=args.size[0],
+                    width=args.size[1], data_seed=args.data_seed, split_seed=args.split_seed)
     return methods, budgets, spec
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from dataprep.errors import DataprepError
 
     console = Console(stderr=True)
     out, config = Path(args.out), Path(args.config).resolve()
@@ -416,13 +512,13 @@ def run(args: argparse.Namespace) -> int:
         methods, budgets, spec = validate(args)
         check_study(out, spec)
         shards = {} if args.report_only else prepare_data(out, spec, budgets, console)
-    except (AblationError, ConfigError, DataprepError) as e:
+    except (AblationError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed: list[Outcome] = []
     if not args.report_only:
         failed = run_all(plan_runs(methods, budgets, args.seeds), out=out, config=config, shards=shards,
-                         overrides=args.overrides, torch_threads=args.torch_threads, console=console)
+                         overrides=args.overrides, torch_threads=args.torch_threads, jobs=args.jobs, console=console)
     write_report(out, methods=methods, budgets=budgets, seeds=args.seeds, spec=spec, config=config, failed=failed)
     print((out / "ablation.md").read_text())
     if failed:
@@ -432,20 +528,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_all(runs: Sequence[Run], *, out: Path, config: Path, shards: dict[int, Path], overrides: Sequence[str],
-            torch_threads: int | None, console: Any) -> list[Outcome]:
+def run_all(runs: Sequence[Run], *, out: Path, config: Path, shards: dict[str, Path], overrides: Sequence[str],
+            torch_threads: int | None, jobs: int, console: Any) -> list[Outcome]:
+    """Every run, ``jobs`` subprocesses at a time; progress is printed in completion order."""
     failed = []
     start = time.perf_counter()
-    for i, run in enumerate(runs, start=1):
-        outcome = execute(run, out=out, config=config, shards=shards[run.budget], overrides=overrides,
-                          torch_threads=torch_threads)
-        elapsed = time.perf_counter() - start
-        if outcome.status == "done":
-            console.print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
-        elif outcome.status == "ran":
-            console.print(f"[{i}/{len(runs)}] {run.name}: done in {outcome.seconds:.0f} s "
-                          f"(study {elapsed / 60:.1f} min)")
-        else:
-            console.print(f"[{i}/{len(runs)}] [red]{run.name}: FAILED[/red], log {outcome.log}")
-            failed.append(outcome)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(execute, run, out=out, config=config, shards=shards[run.budget], overrides=overrides,
+                               torch_threads=torch_threads): run for run in runs}
+        for i, future in enumerate(as_completed(futures), start=1):
+            run, outcome = futures[future], future.result()
+            elapsed = time.perf_counter() - start
+            if outcome.status == "done":
+                console.print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
+            elif outcome.status == "ran":
+                console.print(f"[{i}/{len(runs)}] {run.name}: done in {outcome.seconds:.0f} s "
+                              f"(study {elapsed / 60:.1f} min)")
+            else:
+                console.print(f"[{i}/{len(runs)}] [red]{run.name}: FAILED[/red], log {outcome.log}")
+                failed.append(outcome)
     return failed

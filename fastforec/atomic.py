@@ -11,13 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+TMP_MARKER = ".tmp-"  # temporary name: ".<final name>.tmp-<pid>"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -45,3 +47,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def remove_temporaries(directory: str | Path, name_glob: str) -> list[Path]:
+    """Delete the temporaries that writes of files matching ``name_glob`` left behind when their
+    process was killed (a clean failure removes its own). Call only when no other process is
+    writing into ``directory``."""
+    stale = sorted(Path(directory).glob(f".{name_glob}{TMP_MARKER}*"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -1,4 +1,4 @@
-"""`fastforec` command line: train, eval, predict, bench, visualize, ablate.
+"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate.
 
 Each subcommand lives in its own module; this file only parses arguments and dispatches, and
 imports the heavy modules lazily so `fastforec --help` is instant.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -49,10 +50,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="palette-coloured masks and overlays for images")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file, a run directory (its latest), or a `fastforec export` .safetensors file")
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--weights", choices=["student", "teacher"], default=None,
+                   help="default: the student of a checkpoint, the weights an export holds")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="the segmentation network alone, as safetensors or ONNX")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx"],
+                   help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
     p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
@@ -73,23 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_bench(sub)
     _add_visualize(sub)
     _add_ablate(sub)
     args = parser.parse_args(argv)
-    from fastforec.checkpoint import CheckpointError
-    from fastforec.config import ConfigError
-    from fastforec.data.manifest import ManifestError
-    from fastforec.distributed import LaunchError
-    from fastforec.models import PretrainedError
+    from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
 
+    outputs = _outputs(args)
     try:
+        for option, directory in outputs:
+            check_output_dir(directory, option)
         if args.command == "train":
             from fastforec.train import run
         elif args.command == "eval":
             from fastforec.eval_cli import run
         elif args.command == "predict":
             from fastforec.predict import run
+        elif args.command == "export":
+            from fastforec.export import run
         elif args.command == "visualize":
             from fastforec.visualize import run
         elif args.command == "ablate":
@@ -97,10 +111,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from fastforec.bench import run_bench as run
         return run(args)
-    except (ConfigError, CheckpointError, ManifestError, PretrainedError, LaunchError, FileNotFoundError) as e:
-        # user-facing failures (bad paths, corrupt files) carry their own message: no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        # bad input, damaged or foreign files, unwritable outputs: the message says what to change
+        return report_user_error(e)
+    except OSError as e:
+        for option, directory in outputs:
+            if e.filename is not None and Path(e.filename).resolve().is_relative_to(Path(directory).resolve()):
+                return report_user_error(output_error(e, directory, option))
+        raise
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, directory) of every output the user chose (train checks its --run-dir itself)."""
+    found = []
+    if getattr(args, "json_out", None):
+        found.append(("--json", Path(args.json_out).parent))
+    if args.command in ("predict", "ablate"):
+        found.append(("--out", Path(args.out)))
+    elif args.command == "visualize" and getattr(args, "out", None):
+        found.append(("--out", Path(args.out).parent))
+    return found
 
 
 if __name__ == "__main__":

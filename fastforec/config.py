@@ -3,7 +3,7 @@
 A run config is a JSON file with one section per component::
 
     {"data": {...}, "model": {...}, "method": {...}, "optim": {...}, "train": {...},
-     "deepspeed": {...}}
+     "eval": {...}, "deepspeed": {...}}
 
 Each section loads into its own dataclass and each component receives only its own section.
 The ``deepspeed`` block stays a plain dict: it is DeepSpeed's own schema and is handed to
@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from fastforec.errors import UserError
+
 METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 
@@ -45,7 +49,7 @@ def _check_range(lo: float, hi: float, key: str, *, lo_min: float = 0.0) -> None
 
 @dataclass
 class AugConfig:
-    """Augmentation recipe (DESIGN.md section 2, steps 1-2). Probabilities and ranges only."""
+    """Augmentation recipe (docs/architecture.md section A, steps 1-2). Probabilities and ranges only."""
 
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -88,27 +92,26 @@ class DataConfig:
     batch_size: int = 8
     num_threads: int = 2
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    shuffle_buffer: int = 256
-    eval_mode: Literal["auto", "whole", "sliding"] = "auto"
-    eval_batch_size: int = 1
-    eval_stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the crop
+    # Checked against the manifest before training: "sha256" re-hashes every shard (seconds for
+    # VOC, see docs/benchmarks.md), "size" only compares byte counts (catches truncation, not
+    # flipped bytes).
+    verify_shards: Literal["sha256", "size"] = "sha256"
     aug: AugConfig = field(default_factory=AugConfig)
 
     def validate(self, prefix: str = "data") -> None:
         _check(self.crop_size >= 16, f"{prefix}.crop_size", f"must be >= 16, got {self.crop_size}")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
         _check(self.num_threads >= 1, f"{prefix}.num_threads", "must be >= 1")
-        _check(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", "must be >= 1")
-        _check(self.eval_batch_size >= 1, f"{prefix}.eval_batch_size", "must be >= 1")
-        _check(0.0 < self.eval_stride_ratio <= 1.0, f"{prefix}.eval_stride_ratio", "must be in (0, 1]")
         self.aug.validate(f"{prefix}.aug")
 
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c"] = "resnet101"
+    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"] = "resnet101"
     output_stride: int = 16
-    pretrained: str | None = None  # local torchvision-format ResNet state dict
+    # ImageNet weights: a local file (torchvision/timm names, U2PL/UniMatch's deep-stem resnet101.pth
+    # with resnet101s, mmseg ResNetV1c with resnet101c), or "timm" / "timm:<name>" from the local cache
+    pretrained: str | None = None
     sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
     decoder_channels: int = 256  # ASPP/fuse width of both decoders (the paper's 256; less for CPU demos)
 
@@ -132,6 +135,10 @@ class MethodConfig:
     fg_classes: list[int] | None = None
     ema_decay: float = 0.99
     warmup_epochs: int = 0  # supervised-only epochs before the unlabeled losses start
+    # At the end of the warm-up the teacher becomes a copy of the student and its EMA ramp starts
+    # again (U2PL does this): an average over the warm-up's fast-moving weights is a worse
+    # pseudo-labeller than the student it lags behind. None: on whenever warmup_epochs > 0.
+    warmup_reset_teacher: bool | None = None
     kernels: Literal["auto", "triton", "torch"] = "auto"
 
     def validate(self, prefix: str = "method") -> None:
@@ -155,6 +162,10 @@ class MethodConfig:
         return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.name)
 
     @property
+    def resets_teacher(self) -> bool:
+        return self.warmup_epochs > 0 and self.warmup_reset_teacher is not False
+
+    @property
     def rec_thresh(self) -> float:
         return self.conf_thresh if self.rec_conf_thresh is None else self.rec_conf_thresh
 
@@ -174,6 +185,9 @@ class OptimConfig:
         _check(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(self.head_lr_mult > 0, f"{prefix}.head_lr_mult", "must be > 0")
+        # torch converts the step size to the weights' float32 and refuses one beyond its range
+        _check(self.lr * self.head_lr_mult < FLOAT32_MAX, f"{prefix}.lr",
+               f"lr x head_lr_mult = {self.lr * self.head_lr_mult:g} is beyond the float32 range")
         _check(self.poly_power >= 0, f"{prefix}.poly_power", "must be >= 0")
 
 
@@ -183,12 +197,10 @@ class TrainConfig:
     epochs: int = 80
     max_steps: int | None = None  # overrides epochs when set
     log_every: int = 20
-    eval_every: int = 1  # in epochs; the last epoch is always evaluated
     checkpoint_every: int = 500  # in optimizer steps; the end of a run is always saved
     keep_checkpoints: int = 2
     seed: int = 0
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
-    deterministic: bool = False
     # Throughput switches (docs/benchmarks.md has them measured on and off):
     channels_last: bool = False  # NHWC model weights and inputs (tensor-core convolutions prefer it)
     cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
@@ -199,8 +211,30 @@ class TrainConfig:
         _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 (or null for epochs)")
-        for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """How models are scored on the val split: during training, by `fastforec eval` and by
+    `fastforec predict` (the mode rule itself is ``fastforec.evaluate.resolve_eval_mode``)."""
+
+    mode: Literal["auto", "whole", "sliding"] = "auto"  # auto: sliding window on Cityscapes, else whole
+    stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the window (= data.crop_size)
+    batch_size: int = 1
+    every: int = 1  # in epochs; the end of training is always evaluated
+    # Which model training scores: the student, the EMA teacher (U2PL reports the teacher), or
+    # both (the student's numbers stay the headline ones; methods without a teacher score the student).
+    model: Literal["student", "teacher", "both"] = "student"
+
+    def validate(self, prefix: str = "eval") -> None:
+        _check(0.0 < self.stride_ratio <= 1.0, f"{prefix}.stride_ratio", "must be in (0, 1]")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.every >= 1, f"{prefix}.every", "must be >= 1")
+
+    def stride(self, window: int) -> int:
+        return max(1, int(window * self.stride_ratio))
 
 
 @dataclass
@@ -210,6 +244,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -218,6 +253,26 @@ class Config:
         self.method.validate("method")
         self.optim.validate("optim")
         self.train.validate("train")
+        self.eval.validate("eval")
+        _check(self.eval.model != "teacher" or self.method.uses_unlabeled, "eval.model",
+               f"method '{self.method.name}' trains no teacher; use 'student' (or 'both')")
+        # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
+        # sample per rank that partner is the image itself and CutMix silently does nothing.
+        _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),
+               "data.batch_size",
+               f"is {self.data.batch_size}, but CutMix (data.aug.cutmix_prob={self.data.aug.cutmix_prob}) mixes "
+               "each unlabeled image with another sample of the same rank's batch, so it needs at least 2 per "
+               "rank; raise data.batch_size (lower deepspeed.gradient_accumulation_steps or use fewer ranks to "
+               "keep the global batch), or set data.aug.cutmix_prob=0 to train without CutMix")
+
+    @property
+    def eval_models(self) -> tuple[str, ...]:
+        """The models training evaluates, the scored (headline) one first."""
+        if self.eval.model == "teacher":
+            return ("teacher",)
+        if self.eval.model == "both" and self.method.uses_unlabeled:
+            return ("student", "teacher")
+        return ("student",)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,8 +282,21 @@ class Config:
         manifest = Path(self.data.root) / "manifest.json"
         _check(manifest.is_file(), "data.root",
                f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
+        if self.method.fg_classes is not None:
+            from fastforec.data.manifest import Manifest
+
+            num_classes = Manifest.load(self.data.root).num_classes
+            wrong = [c for c in self.method.fg_classes if c >= num_classes]
+            _check(not wrong, "method.fg_classes", f"class ids {wrong} do not exist: the dataset in "
+                                                   f"'{self.data.root}' has {num_classes} classes (0..{num_classes - 1})")
         if self.model.pretrained is not None:
-            _check(Path(self.model.pretrained).is_file(), "model.pretrained",
+            from fastforec.models.backbones import PretrainedError, resolve_pretrained
+
+            try:  # "timm[:name]" resolves to timm's cached file, without any download
+                weights = resolve_pretrained(self.model.pretrained, self.model.backbone)
+            except PretrainedError as e:
+                raise ConfigError(str(e)) from None
+            _check(weights.is_file(), "model.pretrained",
                    f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
 
 
@@ -288,6 +356,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
+        # JSON accepts Infinity/NaN and float() accepts "inf": no setting means anything with them
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -297,12 +367,38 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 
 
+# Keys that moved to another section: their old place gets an error that says where they went.
+MOVED_KEYS = {"data.eval_mode": "eval.mode", "data.eval_batch_size": "eval.batch_size",
+              "data.eval_stride_ratio": "eval.stride_ratio", "train.eval_every": "eval.every"}
+
+
+# Keys that were accepted once and did nothing: their error says why they are gone.
+REMOVED_KEYS = {
+    "data.shuffle_buffer": "the sample order is a seeded permutation of the whole split, so there is no shuffle "
+                           "buffer to size; delete the key",
+    "train.deterministic": "CPU runs are reproducible bit for bit without it (resume is tested to be exact); "
+                           "deterministic CUDA kernels are not offered yet; delete the key",
+}
+
+
+def _gone(key: str) -> str | None:
+    """The message for a key that moved or was removed, else None."""
+    if key in MOVED_KEYS:
+        return f"{key}: this setting moved; write it as {MOVED_KEYS[key]}"
+    if key in REMOVED_KEYS:
+        return f"{key}: this setting was removed: {REMOVED_KEYS[key]}"
+    return None
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
+        gone = _gone(f"{where}{unknown[0]}")
+        if gone is not None:
+            raise ConfigError(gone)
         raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys here are {', '.join(sorted(names))}")
     kwargs = {name: _convert(v, hints[name], f"{prefix}.{name}" if prefix else name) for name, v in data.items()}
     return cls(**kwargs)
@@ -325,7 +421,7 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
         if text.lower() in ("null", "none"):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _parse_override_value(text, inner[0], key) if len(inner) == 1 else json.loads(text)
+        return _parse_override_value(text, inner[0], key) if len(inner) == 1 else _json_value(text, key)
     if tp is bool:
         low = text.lower()
         _check(low in ("true", "false", "1", "0"), key, f"must be true or false, got {text!r}")
@@ -342,7 +438,7 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be a number, got {text!r}") from None
     if origin is list:
         if text.startswith("["):
-            return json.loads(text)
+            return _json_value(text, key)
         (item,) = typing.get_args(tp)
         return [_parse_override_value(t.strip(), item, key) for t in text.split(",") if t.strip()]
     if tp is str or origin is Literal:
@@ -351,6 +447,14 @@ def _parse_override_value(text: str, tp: Any, key: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _json_value(text: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{key}: {text!r} is not valid JSON ({e.msg} at character {e.pos}); "
+                          f"write a list as [1,2,3] or 1,2,3") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -369,6 +473,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if cls is not None:
                 hints = typing.get_type_hints(cls)
                 if part not in hints:
+                    if _gone(path) is not None:
+                        raise ConfigError(_gone(path))
                     raise ConfigError(f"{path}: unknown key; allowed keys here are {', '.join(sorted(hints))}")
                 tp = hints[part]
             if i == len(parts) - 1:
@@ -381,17 +487,44 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError."""
+# The configs shipped with the project: `--config cityscapes_1_4.json` (or `cityscapes_1_4`)
+# names one of them, as the paper-recipe commands are written.
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_SUFFIX = ".json"
+
+
+def shipped_configs() -> list[str]:
+    """Names (without ``.json``) of the configs in the project's ``configs/`` directory."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob(f"*{CONFIG_SUFFIX}")) if CONFIGS_DIR.is_dir() else []
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given; else a bare name (``cityscapes_1_4.json`` or ``cityscapes_1_4``)
+    of a config in the project's ``configs/``. Raises ConfigError listing those configs."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        name = path.name if path.suffix == CONFIG_SUFFIX else path.name + CONFIG_SUFFIX
+        shipped = CONFIGS_DIR / name
+        if shipped.is_file():
+            return shipped
+    names = shipped_configs()
+    listing = f"the configs in {CONFIGS_DIR} are: {', '.join(names)}" if names else f"{CONFIGS_DIR} holds no config"
+    raise ConfigError(f"config file '{path}' does not exist, and it is not the name of a shipped config; {listing}")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError.
+
+    ``path`` is a file, or the bare name of a config in the project's ``configs/``."""
+    path = resolve_config_path(path)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train")
+        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train/eval")
     try:
         return config_from_dict(apply_overrides(data, overrides))
     except ConfigError as e:

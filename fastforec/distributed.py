@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
+
+from fastforec.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The processes were launched in a way this machine cannot run (the message says how to fix it)."""
 
 
@@ -65,17 +68,17 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
 
 
 def all_ranks_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
-    """True when ``flag`` holds on every rank (every rank must call it).
+    """True when ``flag`` holds on every rank (one tiny all-reduce; every rank must call it)."""
+    return all_ranks_each([flag], device)[0]
 
-    A tensor flag (e.g. ``torch.isfinite(loss)``) is combined across ranks on the device and read
-    once: a single host synchronisation, however many ranks.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return bool(flag)
-    t = flag.reshape(1).to(device=device, dtype=torch.int32) if isinstance(flag, torch.Tensor) else \
-        torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+
+def all_ranks_each(flags: Sequence[bool | torch.Tensor], device: torch.device) -> list[bool]:
+    """For each flag (a bool or a 0-d tensor), whether it holds on every rank: one all-reduce and
+    one host sync for all of them. Every rank must call it with the same number of flags."""
+    t = torch.stack([torch.as_tensor(f, device=device).reshape(()).to(torch.int32) for f in flags])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
 
 
 def barrier() -> None:

@@ -16,11 +16,11 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.data import ValData, resolve_device
     from fastforec.data.manifest import Manifest
     from fastforec.distributed import init_distributed
-    from fastforec.evaluate import evaluate
+    from fastforec.evaluate import evaluate, resolve_eval_mode
     from fastforec.inference import load_trained_model
     from fastforec.report import print_iou_table
     from fastforec.metrics import nan_to_none
-    from fastforec.trainer import autocast_context
+    from fastforec.precision import autocast_context
 
     dist = init_distributed(args.local_rank)
     model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)
@@ -28,12 +28,12 @@ def run(args: argparse.Namespace) -> int:
     if dataset["num_classes"] != manifest.num_classes:
         raise ConfigError(f"data.root: checkpoint has {dataset['num_classes']} classes, dataset "
                           f"'{cfg.data.root}' has {manifest.num_classes}")
-    mode = args.mode or ("sliding" if manifest.dataset == "cityscapes" else "whole")
-    val = ValData(manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+    mode = resolve_eval_mode(args.mode or cfg.eval.mode, manifest.dataset)
+    val = ValData(manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank, world_size=dist.world_size,
                   device=resolve_device(cfg.data.device))
     crop = cfg.data.crop_size
     result = evaluate(model, val, num_classes=manifest.num_classes, ignore_index=manifest.ignore_index, mode=mode,
-                      window=crop, stride=max(1, int(crop * cfg.data.eval_stride_ratio)), device=dist.device,
+                      window=crop, stride=cfg.eval.stride(crop), device=dist.device,
                       autocast=autocast_context(cfg.deepspeed, dist.device))
     if dist.is_main:
         print_iou_table(manifest.class_names, result["iou"], result["miou"], title=f"{args.checkpoint} ({mode})")

@@ -12,6 +12,19 @@ from torch import nn
 from fastforec.metrics import ConfusionMatrix
 
 EvalMode = Literal["whole", "sliding"]
+# Datasets whose images are larger than the training crop and are scored by sliding window
+# (Cityscapes, as its peers do); every other dataset is scored on whole images.
+SLIDING_DATASETS = ("cityscapes",)
+
+
+def resolve_eval_mode(mode: str, dataset: str) -> EvalMode:
+    """The one rule for whole image vs sliding window: an explicit ``eval.mode`` wins, "auto"
+    follows the dataset kind (the manifest's ``dataset``, carried in every checkpoint)."""
+    if mode in ("whole", "sliding"):
+        return mode  # type: ignore[return-value]
+    if mode != "auto":
+        raise ValueError(f"eval mode must be auto, whole or sliding, got {mode!r}")
+    return "sliding" if dataset in SLIDING_DATASETS else "whole"
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:

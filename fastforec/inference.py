@@ -12,14 +12,22 @@ from fastforec.config import Config, config_from_dict
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 
 Weights = Literal["student", "teacher"]
+SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
 
 
-def load_trained_model(path: str | Path, *, weights: Weights = "student", device: torch.device | str = "cpu"
+def load_trained_model(path: str | Path, *, weights: Weights | None = "student", device: torch.device | str = "cpu"
                        ) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
-    """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint or run dir.
+    """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint, a run
+    dir, or a ``fastforec export`` safetensors file.
 
-    The teacher has no reconstruction decoder; ``weights="student"`` keeps it.
+    The teacher has no reconstruction decoder; ``weights="student"`` keeps it. An export holds one
+    set of weights (the segmentation network only): ``weights=None`` takes it, a named one must match.
     """
+    if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():
+        from fastforec.export import read_export
+
+        return read_export(path, weights=weights, device=device)
+    weights = weights or "student"
     ckpt_path = resolve_checkpoint(path)
     state = load_checkpoint(ckpt_path)
     if "student" not in state or "config" not in state:

@@ -69,6 +69,9 @@ def compute_dtype(ds: dict[str, Any]) -> torch.dtype:
 
 def check_precision(ds: dict[str, Any], device: torch.device) -> None:
     """Fail early, with the key to change, on a precision this device cannot run."""
+    if device.type != "cuda" and compute_dtype(ds) == torch.float16 and precision_mode(ds) == "torch_autocast":
+        raise ConfigError("deepspeed.torch_autocast.dtype: float16 autocast needs a CUDA GPU, and this run is on the "
+                          "CPU; use \"bfloat16\"")
     if precision_mode(ds) == "fp16" and device.type != "cuda":
         raise ConfigError("deepspeed.fp16: DeepSpeed's fp16 mode (16-bit weights with loss scaling) needs a CUDA "
                           "GPU, and this run is on the CPU, where DeepSpeed refuses fp16; set deepspeed.bf16 "

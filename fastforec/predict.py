@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from fastforec.atomic import atomic_write_bytes
-from fastforec.evaluate import predict
+from fastforec.data.images import decode_problem
+from fastforec.errors import UserError
+from fastforec.evaluate import predict, resolve_eval_mode
 from fastforec.inference import load_trained_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -22,10 +24,10 @@ def list_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in '{path}'")
+            raise UserError(f"--input: no image ({', '.join(IMAGE_SUFFIXES)}) in '{path}'")
         return files
     if not path.is_file():
-        raise FileNotFoundError(f"input '{path}' does not exist")
+        raise UserError(f"--input '{path}' does not exist")
     return [path]
 
 
@@ -35,7 +37,7 @@ def load_image(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
     except OSError as e:
-        raise ValueError(f"cannot read image '{path}': {e}") from None
+        raise UserError(f"cannot read image '{path}': {decode_problem(e, path.read_bytes())}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
@@ -56,13 +58,14 @@ def colourise(mask: np.ndarray, palette: list[list[int]]) -> Image.Image:
 def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=device)
-    mode = "sliding" if cfg.data.eval_mode == "sliding" else "whole"
+    # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
+    mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
     crop = cfg.data.crop_size
     out = Path(args.out)
     for path in list_inputs(Path(args.input)):
         image = load_image(path).to(device)
         pred = predict(model, image, mode=mode, num_classes=dataset["num_classes"], window=crop,
-                       stride=max(1, int(crop * cfg.data.eval_stride_ratio)))[0].cpu().numpy()
+                       stride=cfg.eval.stride(crop))[0].cpu().numpy()
         mask = colourise(pred, dataset["palette"])
         rgb = Image.fromarray((image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
         overlay = Image.blend(rgb, mask.convert("RGB"), OVERLAY_ALPHA)

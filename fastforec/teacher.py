@@ -38,6 +38,12 @@ class EmaTeacher(nn.Module):
         return self.module(x)
 
     @torch.no_grad()
+    def reset_from(self, student: nn.Module) -> None:
+        """Become a copy of the student's encoder + segmentation decoder (end of a warm-up)."""
+        own = self.module.state_dict()
+        self.module.load_state_dict({k: v for k, v in student.state_dict().items() if k in own})
+
+    @torch.no_grad()
     def update(self, student: nn.Module, step: int, fp32_param: ParamGetter | None = None) -> None:
         """Move towards ``student`` (the module or DeepSpeed engine's module).
 

@@ -5,7 +5,8 @@
     python fastforec/train.py --config configs/synth_demo.json --set train.max_steps=100
     fastforec train --config ...
 
-Config errors are reported before any process group or data work starts.
+Config errors are reported before any process group or data work starts; every user error (see
+fastforec/errors.py) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
     # losses.py, ... would shadow top-level modules of the same name.
     sys.path.pop(0)
 
-from fastforec.checkpoint import CheckpointError, list_checkpoints  # noqa: E402
+from fastforec.checkpoint import list_checkpoints  # noqa: E402
 from fastforec.config import Config, ConfigError, load_config  # noqa: E402
+from fastforec.errors import UserError, check_output_dir, output_error, report_user_error  # noqa: E402
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,12 +32,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config entry, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--run-dir", help="run directory (default runs/<train.name>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint of the run directory, or from the given path")
+                   help="continue from the newest intact checkpoint of the run directory, or from the given path")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
-    """Everything that can fail on user input without touching the filesystem or the network."""
+    """Everything that can fail on user input without writing to the filesystem or the network."""
     cfg = load_config(args.config, args.overrides)
     cfg.check_paths()
     import torch
@@ -44,6 +46,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
 
     check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name
+    check_output_dir(run_dir, "--run-dir")
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue it, "
                           f"or choose another --run-dir / train.name")
@@ -53,38 +56,43 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; a UserError anywhere (config, data, checkpoint, divergence, unwritable run
+    directory) is printed as one line and exits with 2."""
+    run_dir = None
     try:
         cfg, run_dir = prepare(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _train(args, cfg, run_dir)
+    except UserError as e:
+        return report_user_error(e)
+    except OSError as e:
+        if run_dir is None or e.filename is None or not _is_under(Path(e.filename), run_dir):
+            raise  # not the output the user chose: a bug or a system problem, keep the traceback
+        return report_user_error(output_error(e, run_dir, "--run-dir"))
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fastforec.atomic import atomic_write_json
-    from fastforec.distributed import LaunchError, init_distributed
+    from fastforec.distributed import init_distributed
     from fastforec.report import print_iou_table
     from fastforec.trainer import Trainer
 
-    try:
-        dist = init_distributed(args.local_rank)
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    trainer = Trainer(cfg, run_dir=run_dir, dist=dist)
-    if args.resume is not None:
-        try:
-            trainer.restore(trainer.find_resume(args.resume))
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    dist = init_distributed(args.local_rank)
+    trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
     results = trainer.fit()
     if dist.is_main:
         print_iou_table(results["class_names"], list(results["per_class_iou"].values()), results["miou_last"],
-                        title=f"{cfg.train.name}: last epoch {results['last_epoch']}")
-        print(f"miou_last={results['miou_last']:.4f} miou_best={results['miou_best']:.4f} "
-              f"(epoch {results['best_epoch']}) -> {run_dir / 'results.json'}")
+                        title=f"{cfg.train.name} ({results['scored']}): last epoch {results['last_epoch']}")
+        for name, r in results["models"].items():
+            print(f"{name}: miou_last={r['miou_last']:.4f} miou_best={r['miou_best']:.4f} (epoch {r['best_epoch']})")
+        print(f"scored: {results['scored']} -> {run_dir / 'results.json'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The mean-teacher + reconstruction trainer on DeepSpeed (DESIGN.md section 2).
+"""The mean-teacher + reconstruction trainer on DeepSpeed (docs/architecture.md section A).
 
 One ``train_step`` = teacher forward on the weak view, CutMix, student forward on
 [labeled ; strong], losses, backward, optimizer step, EMA update. The student lives in a DeepSpeed
@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import deepspeed
 import torch
@@ -22,13 +22,16 @@ from torch import nn
 
 from fastforec import losses
 from fastforec.atomic import atomic_write_json
-from fastforec.checkpoint import (CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint,
-                                  prune_checkpoints, rank_file, save_checkpoint)
-from fastforec.config import Config
+from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
+                                  first_line, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
+                                  rank_file, remove_partial_writes, save_checkpoint)
+from fastforec.config import Config, ConfigError
 from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
-from fastforec.distributed import DistInfo, all_ranks_true, barrier
-from fastforec.evaluate import evaluate
+from fastforec.data.shards import ShardError, verify_shards
+from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true, barrier
+from fastforec.errors import UserError
+from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
@@ -40,10 +43,32 @@ from fastforec.teacher import EmaTeacher
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fastforec-checkpoint-v1"
+ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
+# Settings a checkpoint must share with the config that resumes it: the architecture (else the
+# weights do not fit), what fixes the data position (else the resumed batches differ), and what the
+# optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
+RESUME_MUST_MATCH = ("model.backbone", "model.output_stride", "model.decoder_channels", "method.name",
+                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
+                     "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
+                     "train.epochs", "train.max_steps")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many consecutive non-finite losses, or weights that became non-finite."""
+
+
+@dataclass
+class Score:
+    """One evaluated model's mIoU history (the student's, or the teacher's)."""
+
+    best_miou: float = -1.0
+    best_epoch: int = -1
+    miou_last: float = float("nan")
+
+    def update(self, miou: float, epoch: int) -> None:
+        self.miou_last = miou
+        if miou > self.best_miou:
+            self.best_miou, self.best_epoch = miou, epoch
 
 
 @dataclass
@@ -52,19 +77,32 @@ class TrainState:
 
     step: int = 0  # optimizer steps done
     batches: int = 0  # micro-batches consumed: the data position
-    best_miou: float = -1.0
-    best_epoch: int = -1
-    miou_last: float = float("nan")
+    scores: dict[str, Score] = dataclasses.field(default_factory=dict)  # per evaluated model
     nonfinite_total: int = 0
     nonfinite_consecutive: int = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def deepspeed_config(cfg: Config) -> dict[str, Any]:
-    """The user's ``deepspeed`` block with what the trainer owns filled in."""
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "TrainState":
+        scores = {k: Score(**v) for k, v in state.get("scores", {}).items()}
+        return cls(**{**state, "scores": scores})
+
+
+
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
+    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
     ds = json.loads(json.dumps(cfg.deepspeed))
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in ZERO_STAGES:
+        raise ConfigError(f"deepspeed.zero_optimization.stage: {stage} is not supported; use 0, 1 or 2 (ZeRO-3 "
+                          f"partitions the parameters, which the EMA teacher and the checkpoints read whole)")
+    check_precision(ds, device)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
-        raise ValueError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
+        raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
                          f"({ds['train_micro_batch_size_per_gpu']} != {cfg.data.batch_size}); remove it from the "
                          "deepspeed block, it is filled in from data.batch_size")
     ds.setdefault("gradient_accumulation_steps", 1)
@@ -76,9 +114,12 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, data: InMemoryData | None = None):
+    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, data: InMemoryData | None = None,
+                 resume: str | None = None):
         """``data``: batches already on the device (benchmarks); by default the DALI pipelines
-        over the shards of ``cfg.data.root`` (DALI is imported only then)."""
+        over the shards of ``cfg.data.root`` (DALI is imported only then). ``resume``: "latest",
+        a checkpoint path, or None for a fresh run; the checkpoint is chosen and checked before
+        anything is built, so a refused resume writes nothing."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -86,24 +127,31 @@ class Trainer:
         self.device = dist.device
         method = cfg.method
         if data is None:
-            from fastforec.data import TrainData, ValData, resolve_device
-
             self.manifest = Manifest.load(cfg.data.root)
-            data_device = resolve_device(cfg.data.device)
-            self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                        seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
-            self.val_data = ValData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                    device=data_device)
+            self._verify_shards()
         else:
-            self.manifest, self.train_data, self.val_data = data.manifest, data.train, data.val
+            self.manifest = data.manifest
+        remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
+        resume_from = self._pick_checkpoint(resume) if resume is not None else None
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
+        if data is None:
+            from fastforec.data import TrainData, ValData, resolve_device
+
+            data_device = resolve_device(cfg.data.device)
+            self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+                                        seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device)
+            self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
+                                    world_size=dist.world_size, device=data_device)
+        else:
+            self.train_data, self.val_data = data.train, data.val
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
-                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels)
+                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
+                                show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.uses_unlabeled else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
@@ -114,8 +162,7 @@ class Trainer:
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        self.ds_config = deepspeed_config(cfg)
-        check_precision(self.ds_config, self.device)
+        self.ds_config = deepspeed_config(cfg, self.device)
         if precision_mode(self.ds_config) in ("bf16", "fp16"):
             # DeepSpeed casts parameters, not buffers: BN must take 16-bit weights next to fp32 statistics.
             keep_norm_statistics_fp32(student)
@@ -130,6 +177,7 @@ class Trainer:
                          else cfg.train.epochs * self.steps_per_epoch)
         self.total_steps = max(1, total_batches // self.accum)
         self.total_batches = self.total_steps * self.accum
+        self.warmup_batches = method.warmup_epochs * self.steps_per_epoch if method.uses_unlabeled else 0
         optimizer, scheduler = build_optimizer(student, cfg.optim, max_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
@@ -142,8 +190,14 @@ class Trainer:
         # The EMA reads fp32 weights: the module's own unless DeepSpeed cast them (bf16/fp16 blocks).
         self.master_weights = ZeroMasterWeights(self.optimizer) if self.input_dtype != torch.float32 else None
         self.state = TrainState()
-        self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None))
+        # Whether the weights after the last optimizer step are finite: a device tensor, read
+        # together with the next loss check so that it costs no extra host sync.
+        self._weights_finite = torch.tensor(True, device=self.device)
+        self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
+                                tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
+        if resume_from is not None:
+            self._restore(*resume_from)
 
     # ------------------------------------------------------------------------------------------
     # the step
@@ -214,13 +268,23 @@ class Trainer:
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
                    ) -> dict[str, torch.Tensor] | None:
         """One micro-batch; returns its loss terms, or None when it was skipped (non-finite loss)."""
+        # The forward pass updates the BatchNorm running statistics; a skipped batch must not leave
+        # its (possibly NaN) statistics behind, so they are kept to be put back.
+        buffers = list(self.student.buffers())
+        kept = _copy_all(buffers)
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
         # Every rank must take the same branch, or the collectives of backward/step deadlock. This
-        # is the step's one host synchronisation of ours: the flag is combined across ranks on
+        # is the step's one host synchronisation of ours: the flags are combined across ranks on
         # the device and read once (the loss terms stay on the device until the next log line).
-        if not all_ranks_true(torch.isfinite(loss), self.device):
+        loss_ok, weights_ok = all_ranks_each([torch.isfinite(loss), self._weights_finite], self.device)
+        if not weights_ok:
+            # Skipping batches cannot repair diverged weights: stop now, save nothing.
+            raise self._diverged()
+        if not loss_ok:
+            if buffers:
+                torch._foreach_copy_(buffers, kept)
             self._on_nonfinite()
             return None
         self.state.nonfinite_consecutive = 0
@@ -229,12 +293,26 @@ class Trainer:
         self.engine.step()
         # fp16 loss scaling skips the optimizer step on overflow: then nothing else moves either
         if boundary and self.engine.was_step_applied():
+            # A huge step makes the weights inf/NaN before the loss is; checked with the next loss.
+            self._weights_finite = _all_finite(self.student.parameters())
             self._average_bn_statistics()
             if self.teacher is not None:
-                self.teacher.update(self.student, self.state.step, fp32_param=self._fp32_getter())
+                self.teacher.update(self.student, self._ema_step(), fp32_param=self._fp32_getter())
             self.state.step += 1
         self.meter.add(terms)
         return terms
+
+    def _ema_step(self) -> int:
+        """The step of the EMA ramp: counted from the teacher's reset when the warm-up ends in one."""
+        if self.cfg.method.resets_teacher and self.state.batches > self.warmup_batches:
+            return self.state.step - self.warmup_batches // self.accum
+        return self.state.step
+
+    def _end_warmup(self) -> None:
+        # The teacher restarts as a copy of the student (U2PL): see MethodConfig.warmup_reset_teacher.
+        if self.teacher is not None and self.cfg.method.resets_teacher:
+            self.teacher.reset_from(self.student)
+            log.info("warm-up done at step %d: teacher reset from the student", self.state.step)
 
     def _average_bn_statistics(self) -> None:
         # Without SyncBatchNorm every rank's running statistics drift apart (each sees its own
@@ -260,10 +338,23 @@ class Trainer:
         self.state.nonfinite_total += 1
         self.state.nonfinite_consecutive += 1
         if self.state.nonfinite_consecutive >= self.cfg.train.max_nonfinite:
+            # The weights are finite (checked with this loss), so this state is a good one to keep;
+            # save_checkpoint verifies every saved tensor once more.
             path = self.save_checkpoint()
             raise NonFiniteLossError(
                 f"{self.state.nonfinite_consecutive} consecutive non-finite losses at step {self.state.step}; "
-                f"the last good state is saved in {path}. Lower optim.lr or check the data.")
+                f"the weights are still finite and are saved in '{path}', positioned after the skipped batches "
+                f"(--resume continues from there). If it happens again, check the data (`dataprep verify`) or "
+                f"start a new run with a lower optim.lr.")
+
+    def _diverged(self, which: list[str] | None = None) -> NonFiniteLossError:
+        latest = latest_checkpoint(self.ckpt_dir)
+        where = (f"The newest checkpoint, '{latest}', holds the last finite state (evaluate or predict with it); "
+                 f"to train on, start a new run with a lower optim.lr" if latest is not None else
+                 "No checkpoint was written before; start again with a lower optim.lr")
+        what = f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else ""
+        return NonFiniteLossError(f"the weights became non-finite (inf/NaN, or too large for float32){what} by step {self.state.step} with "
+                                  f"optim.lr={self.cfg.optim.lr}; nothing was saved from that state. {where}")
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -293,7 +384,9 @@ class Trainer:
                     bar.update(completed=self.state.step, epoch=epoch)
                 epoch_done = self.state.batches % self.steps_per_epoch == 0
                 finished = self.state.batches >= self.total_batches
-                if epoch_done and ((epoch + 1) % cfg.eval_every == 0) and not finished:
+                if self.warmup_batches and self.state.batches == self.warmup_batches:
+                    self._end_warmup()
+                if epoch_done and ((epoch + 1) % self.cfg.eval.every == 0) and not finished:
                     self.run_evaluation(epoch)
                 if at_boundary and self.state.step % cfg.checkpoint_every == 0 and not finished:
                     self.save_checkpoint()
@@ -308,32 +401,46 @@ class Trainer:
                   "nonfinite_skipped": self.state.nonfinite_total}
         self.logger.log(record, step=self.state.step, prefix="train")
 
-    def eval_model(self) -> nn.Module:
-        return self.student
+    def eval_model(self, name: str) -> nn.Module:
+        return self.teacher.module if name == "teacher" else self.student
 
-    def run_evaluation(self, epoch: int) -> dict[str, Any]:
+    def run_evaluation(self, epoch: int) -> dict[str, dict[str, Any]]:
+        """Score every model of ``eval.model``; one metrics record, the headline model's keys
+        unprefixed and, when both are scored, each model's under ``<name>_``."""
         crop = self.cfg.data.crop_size
-        mode = self.cfg.data.eval_mode
-        if mode == "auto":
-            mode = "sliding" if self.manifest.dataset == "cityscapes" else "whole"
-        result = evaluate(self.eval_model(), self.val_data, num_classes=self.num_classes,
-                          ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
-                          stride=max(1, int(crop * self.cfg.data.eval_stride_ratio)), device=self.device,
-                          autocast=self.autocast)
-        miou = result["miou"]
-        self.state.miou_last = miou
-        self.last_eval = {**result, "epoch": epoch}
-        if miou > self.state.best_miou:
-            self.state.best_miou, self.state.best_epoch = miou, epoch
-        self.logger.log({"step": self.state.step, "epoch": epoch, "miou": miou, "pixel_acc": result["pixel_acc"],
-                         "iou": [nan_to_none(v) for v in result["iou"]]}, step=self.state.step, prefix="eval")
-        return result
+        mode = resolve_eval_mode(self.cfg.eval.mode, self.manifest.dataset)
+        names = self.cfg.eval_models
+        results = {}
+        for name in names:
+            result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
+                              ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
+                              stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
+            self.state.scores.setdefault(name, Score()).update(result["miou"], epoch)
+            results[name] = {**result, "epoch": epoch}
+        self.last_eval = results
+        record: dict[str, Any] = {"step": self.state.step, "epoch": epoch, "model": names[0]}
+        for i, name in enumerate(names):
+            r = results[name]
+            fields = {"miou": r["miou"], "pixel_acc": r["pixel_acc"], "iou": [nan_to_none(v) for v in r["iou"]]}
+            if i == 0:
+                record.update(fields)
+            if len(names) > 1:
+                record.update({f"{name}_{k}": v for k, v in fields.items()})
+        self.logger.log(record, step=self.state.step, prefix="eval")
+        return results
 
     def write_results(self) -> dict[str, Any]:
-        last = self.last_eval
-        results = {"miou_last": last["miou"], "miou_best": self.state.best_miou, "best_epoch": self.state.best_epoch,
-                   "last_epoch": last["epoch"], "step": self.state.step,
-                   "per_class_iou": {n: nan_to_none(v) for n, v in zip(self.manifest.class_names, last["iou"])},
+        """results.json: the headline model's numbers at the top level (``scored`` says which) and
+        every evaluated model's under ``models``."""
+        models = {}
+        for name, last in self.last_eval.items():
+            score = self.state.scores[name]
+            models[name] = {"miou_last": last["miou"], "miou_best": score.best_miou, "best_epoch": score.best_epoch,
+                            "per_class_iou": {n: nan_to_none(v) for n, v in zip(self.manifest.class_names,
+                                                                                last["iou"])}}
+        scored = self.cfg.eval_models[0]
+        results = {**models[scored], "scored": scored, "models": models,
+                   "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
                    "class_names": list(self.manifest.class_names), "method": self.cfg.method.name,
                    "nonfinite_skipped": self.state.nonfinite_total}
         if self.dist.is_main:
@@ -346,21 +453,29 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         path = self.ckpt_dir / checkpoint_name(self.state.step)
+        shared = self._shared_state()
+        # Never write a non-finite state: the newest checkpoint must always be one to resume from.
+        # (Every rank holds the same replicated weights, and all take the same branch.)
+        bad = [f"{k}.{name}" for k in ("student", "teacher") if shared[k] is not None
+               for name, t in shared[k].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if not all_ranks_true(not bad, self.device):
+            raise self._diverged(bad)
         save_checkpoint(self._rank_state(), rank_file(path, self.dist.rank))
         barrier()
         if self.dist.is_main:
-            save_checkpoint(self._shared_state(), path)
+            save_checkpoint(shared, path)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         barrier()
         return path
 
     def _shared_state(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "world_size": self.dist.world_size,
-                "state": dataclasses.asdict(self.state),
+                "state": self.state.state_dict(),
                 "student": self.student.state_dict(),
                 "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
                 "scheduler": self.scheduler.state_dict(),
-                "dataset": {"num_classes": self.num_classes, "class_names": list(self.manifest.class_names),
+                "dataset": {"kind": self.manifest.dataset, "num_classes": self.num_classes,
+                            "class_names": list(self.manifest.class_names),
                             "palette": [list(c) for c in self.manifest.palette]}}
 
     def _rank_state(self) -> dict[str, Any]:
@@ -371,36 +486,107 @@ class Trainer:
                 "engine": {"global_steps": self.engine.global_steps, "global_samples": self.engine.global_samples,
                            "micro_steps": self.engine.micro_steps}}
 
-    def restore(self, path: Path) -> None:
-        shared = load_checkpoint(path)
+    def _pick_checkpoint(self, resume: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """The checkpoint to continue from and its (shared, own) contents: "latest" is the newest
+        complete, intact checkpoint of this run (damaged newer ones are skipped, and said so), a
+        path is taken as it is (no fallback). It must fit this run (format, ranks, settings)."""
+        if resume == "latest":
+            candidates = list_checkpoints(self.ckpt_dir)[::-1]
+            if not candidates:
+                raise CheckpointError(f"--resume: no checkpoint in '{self.ckpt_dir}'")
+        else:
+            candidates = [Path(resume)]
+        skipped: list[str] = []
+        for path in candidates:
+            try:  # every rank checks its own file; all must have an intact one
+                shared, own, problem = load_checkpoint(path), load_checkpoint(rank_file(path, self.dist.rank)), None
+            except CheckpointError as e:
+                shared, own, problem = None, None, e
+            if all_ranks_true(problem is None, self.device):
+                break
+            if resume != "latest":
+                raise problem or CheckpointError(f"checkpoint '{path}': the file of another rank is damaged "
+                                                 f"(see its message); {earlier_checkpoint_hint(path)}")
+            skipped.append(str(problem) if problem else f"'{path}': the file of another rank is damaged")
+        else:
+            raise CheckpointError(f"--resume: no intact checkpoint in '{self.ckpt_dir}':\n  " + "\n  ".join(skipped))
+        if skipped and self.dist.is_main:
+            log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
+                        len(skipped), path, "\n  ".join(skipped))
         if shared.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
         if shared["world_size"] != self.dist.world_size:
             raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
                                   f"number of processes (now {self.dist.world_size})")
-        own = load_checkpoint(rank_file(path, self.dist.rank))
-        self.student.load_state_dict(shared["student"])
-        if self.teacher is not None:
-            self.teacher.module.load_state_dict(shared["teacher"])
-        _load_optimizer_state(self.optimizer, own["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
-        self.state = TrainState(**shared["state"])
-        self.train_data.load_state_dict(own["data"])
+        check_same_settings(shared["config"], self.cfg.to_dict(), RESUME_MUST_MATCH, path=path)
+        return path, shared, own
+
+    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
+        try:
+            self.student.load_state_dict(shared["student"])
+            if self.teacher is not None:
+                self.teacher.module.load_state_dict(shared["teacher"])
+            _load_optimizer_state(self.optimizer, own["optimizer"])
+            self.scheduler.load_state_dict(shared["scheduler"])
+            self.train_data.load_state_dict(own["data"])
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or positions that do not fit this run
+            raise CheckpointError(f"checkpoint '{path}' does not fit this run ({first_line(e)}); resume with the "
+                                  f"config it was trained with (saved in the checkpoint and the run's config.json)"
+                                  ) from None
+        self.state = TrainState.from_state_dict(shared["state"])
         torch.set_rng_state(own["rng"]["torch"])
         if "cuda" in own["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
         for k, v in own["engine"].items():
             setattr(self.engine, k, v)
         log.info("resumed from %s at step %d", path, self.state.step)
+        if self.dist.is_main:
+            dropped = self.logger.drop_after(self.state.step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
+                         dropped, self.state.step)
 
-    def find_resume(self, resume: str) -> Path:
-        """``resume`` is "latest" (this run's newest checkpoint) or a checkpoint path."""
-        if resume == "latest":
-            latest = latest_checkpoint(self.ckpt_dir)
-            if latest is None:
-                raise CheckpointError(f"--resume: no checkpoint in '{self.ckpt_dir}'")
-            return latest
-        return Path(resume)
+    def _verify_shards(self) -> None:
+        """Shards against the manifest (data.verify_shards), once per node (ranks of a node share
+        its files), before any other work; every rank stops if one node finds damage."""
+        splits = ["labeled", "val"] + (["unlabeled"] if self.cfg.method.uses_unlabeled else [])
+        problem = None
+        if self.dist.local_rank == 0:
+            try:
+                verify_shards(self.manifest, splits, sha256=self.cfg.data.verify_shards == "sha256")
+            except ShardError as e:
+                problem = e
+        if not all_ranks_true(problem is None, self.device):
+            raise problem or ShardError(f"the shards in '{self.manifest.root}' are damaged on another node "
+                                        f"(its message names them)")
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor, computed without a host sync: every floating-point element is finite.
+
+    One fused L2 norm per dtype over all tensors: NaN and inf propagate through the sum of
+    squares. A norm beyond the float range counts as non-finite too; such weights have diverged.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point():
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    flags = [torch.stack(torch._foreach_norm(g)).isfinite().all() for g in groups.values()]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _copy_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of ``tensors`` in one fused kernel per dtype (a loop of clones would launch one each)."""
+    if not tensors:
+        return []
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    for idx in by_dtype.values():
+        for i, c in zip(idx, torch._foreach_mul([tensors[i].detach() for i in idx], 1)):
+            out[i] = c
+    return out
 
 
 def _optimizer_kind(opt: Any) -> str:
@@ -409,8 +595,9 @@ def _optimizer_kind(opt: Any) -> str:
         return "zero"
     if isinstance(opt, torch.optim.Optimizer):
         return "torch"
-    raise CheckpointError(f"checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not supported; "
-                          f"use ZeRO stage >= 1 or the torch_autocast block for mixed precision")
+    raise ConfigError(f"deepspeed: checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not "
+                      f"supported; for mixed precision use zero_optimization.stage 1 or 2, or the torch_autocast "
+                      f"block")
 
 
 def _optimizer_state(opt: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fastforec.atomic import atomic_path, atomic_write_bytes
+from fastforec.errors import UserError
 
 Selection = Literal["weight", "variance"]
 SELECTIONS = ("weight", "variance")
@@ -48,7 +49,7 @@ PSEUDO_STYLES = {"pl_coverage": "-", "teacher_conf": "--"}
 SYMLOG_LINTHRESH = 1e-2
 
 
-class VisualizeError(ValueError):
+class VisualizeError(UserError, ValueError):
     """Bad input to a visualisation command; the message names the file and what to change."""
 
 
@@ -112,7 +113,7 @@ def load_input(path: Path, *, max_side: int) -> torch.Tensor:
 
     try:
         image = load_image(path)
-    except ValueError as e:
+    except UserError as e:
         raise VisualizeError(str(e)) from None
     h, w = image.shape[-2:]
     scale = max_side / max(h, w) if max_side > 0 else 1.0
@@ -129,8 +130,8 @@ def list_inputs(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         try:
             files.extend(expand(Path(item)))
-        except FileNotFoundError as e:
-            raise VisualizeError(f"--input: {e}") from None
+        except UserError as e:
+            raise VisualizeError(str(e)) from None
     return files
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fastforec.ablate import Run, plan_runs, train_command
+from fastforec.ablate import Run, mean_ci, paired_difference, plan_runs, t_critical, train_command
 from fastforec.cli import main
 
 METHODS = ("supervised", "forec")
@@ -20,13 +20,13 @@ FAKE_MIOU = {"supervised": 0.25, "forec": 0.5}  # seed 1, "finished earlier"
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = {"data": {"root": "unused", "crop_size": 32, "batch_size": 2, "num_threads": 1, "device": "cpu",
-                    "shuffle_buffer": 8},
+    cfg = {"data": {"root": "unused", "crop_size": 32, "batch_size": 2, "num_threads": 1, "device": "cpu"},
            "model": {"backbone": "resnet18", "output_stride": 16},
            "method": {"name": "forec", "conf_thresh": 0.5},
            "optim": {"lr": 0.01},
-           "train": {"name": "x", "epochs": 1, "max_steps": 2, "log_every": 1, "eval_every": 1000,
+           "train": {"name": "x", "epochs": 1, "max_steps": 2, "log_every": 1,
                      "checkpoint_every": 1000, "keep_checkpoints": 1},
+           "eval": {"every": 1000},
            "deepspeed": {}}
     path = tmp_path_factory.mktemp("ablate_cfg") / "tiny_ablation.json"
     path.write_text(json.dumps(cfg))
@@ -72,9 +72,12 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     report = json.loads((out / "ablation.json").read_text())
     for m, run in runs.items():
         values = [100 * json.loads((run / "results.json").read_text())["miou_last"], 100 * FAKE_MIOU[m]]
-        cell = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-        assert cell in table
-        assert report["table"][m][str(BUDGET)]["n"] == 2
+        mean, half = statistics.fmean(values), 12.706 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1 df)
+        assert f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]" in table
+        assert report["table"][m][str(BUDGET)]["student"]["n"] == 2
+    # FOrec against supervised, paired by seed: seed 1 differs by 25 points, seed 0 by whatever ran
+    diff = report["table"]["forec"][str(BUDGET)]["vs"]["supervised"]
+    assert diff["seeds"] == [0, 1] and diff["n"] == 2
     assert "| Supervised only |" in table and "| + FOrec |" in table
     with Image.open(out / "ablation.png") as fig:
         assert fig.format == "PNG"
@@ -119,3 +122,20 @@ def test_interrupted_runs_resume_and_runs_are_seed_major(tmp_path: Path) -> None
     assert "train.seed=1" in cmd and f"data.root={tmp_path / 's'}" in cmd and "train.max_steps=5" in cmd
     order = [r.name for r in plan_runs(["a", "b"], [1, 2], 2)]
     assert order[:4] == ["a_b1_s0", "b_b1_s0", "a_b2_s0", "b_b2_s0"]  # every cell gets seed 0 first
+
+
+def test_confidence_interval_by_hand() -> None:
+    # 1, 2, 3, 4: mean 2.5, sample std sqrt(5/3) = 1.29099; t(0.975, 3 df) = 3.182 (table);
+    # half width 3.182 * 1.29099 / 2 = 2.05397.
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert ci["mean"] == pytest.approx(2.5) and ci["std"] == pytest.approx(1.290994, abs=1e-6)
+    assert ci["ci_low"] == pytest.approx(2.5 - 2.053972, abs=1e-5)
+    assert ci["ci_high"] == pytest.approx(2.5 + 2.053972, abs=1e-5)
+    assert mean_ci([7.0])["ci_low"] is None
+    # paired: per-seed differences 1, 1, 4 (seed 3 only in one of them is left out): mean 2, std sqrt(3),
+    # t(0.975, 2 df) = 4.303, half width 4.303 * 1.73205 / sqrt(3) = 4.303
+    d = paired_difference({0: 11.0, 1: 12.0, 2: 14.0, 3: 99.0}, {0: 10.0, 1: 11.0, 2: 10.0})
+    assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(2.0)
+    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(2.0 - 4.303), pytest.approx(2.0 + 4.303))
+    # beyond the table: the Cornish-Fisher value is within 0.003 of t(0.975, 40 df) = 2.021
+    assert t_critical(30) == 2.042 and t_critical(40) == pytest.approx(2.021, abs=3e-3)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fastforec.config import (
+    CONFIGS_DIR,
     AugConfig,
     Config,
     ConfigError,
@@ -20,6 +24,7 @@ from fastforec.config import (
     apply_overrides,
     config_from_dict,
     load_config,
+    resolve_config_path,
 )
 
 
@@ -66,7 +71,7 @@ def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
 
 def test_empty_file_gives_the_design_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {}))
-    # DESIGN.md section 2: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
+    # docs/architecture.md section A: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
     assert cfg.method.conf_thresh == 0.95 and cfg.method.lambda_u == 1.0
     assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled) == (1.0, 0.5)
     assert cfg.method.ema_decay == 0.99
@@ -147,6 +152,9 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: di
     ({"optim": {"lr": 0}}, "optim.lr: must be > 0, got 0.0"),
     ({"train": {"name": "a/b"}}, "train.name: must be a non-empty name without '/'"),
     ({"method": {"fg_classes": [1, -2]}}, "method.fg_classes: class ids must be >= 0"),
+    ({"optim": {"lr": float("inf")}}, "optim.lr: must be a finite number, got inf"),  # JSON Infinity
+    ({"method": {"lambda_u": float("nan")}}, "method.lambda_u: must be a finite number, got nan"),
+    ({"optim": {"lr": 1e38}}, "optim.lr: lr x head_lr_mult = 1e+39 is beyond the float32 range"),
 ])
 def test_out_of_range_values_say_what_is_allowed(tmp_path: Path, data: dict, expected: str) -> None:
     assert expected in _error(tmp_path, data)
@@ -226,6 +234,82 @@ def test_overrides_do_not_modify_the_input_dict() -> None:
     ("method.conf_thresh=1.5", "method.conf_thresh: must be a probability in [0, 1], got 1.5"),
     ("model.output_stride=4", "model.output_stride: must be 8 or 16, got 4"),
     ("model.backbone=vgg16", "model.backbone: must be one of"),
+    ("optim.lr=nan", "optim.lr: must be a finite number, got nan"),
+    ("method.fg_classes=[1,2", "method.fg_classes: '[1,2' is not valid JSON"),
 ])
 def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: str) -> None:
     assert expected in _error(tmp_path, {}, (override,))
+
+
+# ---------------------------------------------------------------------------------------------
+# bare config names (`--config cityscapes_1_4.json`, as the paper-recipe commands are written)
+
+
+def test_a_bare_config_name_resolves_against_the_projects_configs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name must find the project's
+    shipped = json.loads((CONFIGS_DIR / "cityscapes_1_4.json").read_text())
+    for name in ("cityscapes_1_4.json", "cityscapes_1_4"):
+        assert resolve_config_path(name) == CONFIGS_DIR / "cityscapes_1_4.json"
+        cfg = load_config(name, ["train.epochs=3"])
+        assert cfg.train.name == shipped["train"]["name"] == "cityscapes_1_4"
+        assert cfg.data.crop_size == shipped["data"]["crop_size"] and cfg.train.epochs == 3
+
+
+def test_an_existing_path_wins_over_a_shipped_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, {"train": {"name": "mine"}}, "cityscapes_1_4.json")
+    assert load_config("cityscapes_1_4.json").train.name == "mine"
+    assert load_config("cityscapes_1_4").train.name == "cityscapes_1_4"  # no such file here: the shipped one
+
+
+def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("cityscapes_1_3.json", "sub/cityscapes_1_4.json"):  # a path with a folder is never a name
+        with pytest.raises(ConfigError) as exc:
+            load_config(name)
+        msg = str(exc.value)
+        assert f"config file '{name}' does not exist" in msg and str(CONFIGS_DIR) in msg
+        listed = msg.split(" are: ")[1].split(", ")
+        assert listed == sorted(p.stem for p in CONFIGS_DIR.glob("*.json"))
+        assert "cityscapes_1_4" in listed and "voc_classic_92" in listed
+
+
+def test_the_documented_training_command_finds_its_config(tmp_path: Path) -> None:
+    # `deepspeed fastforec/train.py --config cityscapes_1_4.json` from a directory without the
+    # data: the config resolves, and the run stops on the missing shards (not on the config).
+    repo = CONFIGS_DIR.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(repo)
+    proc = subprocess.run([sys.executable, str(repo / "fastforec" / "train.py"), "--config", "cityscapes_1_4.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "does not exist" not in proc.stderr
+    assert "data.root: no manifest.json in 'data/cityscapes_744'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# CutMix needs a partner on the same rank
+
+
+@pytest.mark.parametrize("method", ["mean_teacher", "rec", "forec", "fgbg"])
+def test_cutmix_with_one_sample_per_rank_is_refused(method: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"data": {"batch_size": 1}, "method": {"name": method}})
+    msg = str(exc.value)
+    assert msg.startswith("data.batch_size: is 1, but CutMix (data.aug.cutmix_prob=0.5)")
+    assert "at least 2 per rank" in msg and "data.aug.cutmix_prob=0" in msg
+
+
+def test_one_sample_per_rank_is_fine_without_cutmix_or_without_unlabeled_data() -> None:
+    assert config_from_dict({"data": {"batch_size": 1, "aug": {"cutmix_prob": 0.0}}}).data.batch_size == 1
+    assert config_from_dict({"data": {"batch_size": 1}, "method": {"name": "supervised"}}).data.batch_size == 1
+    assert config_from_dict({"data": {"batch_size": 2}}).data.batch_size == 2
+
+
+def test_the_multi_node_override_of_a_paper_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"voc_classic_92.json: data.batch_size: is 1, but CutMix"):
+        load_config("voc_classic_92", ["data.batch_size=1", "deepspeed.gradient_accumulation_steps=1"])
+    cfg = load_config("voc_classic_92", ["data.batch_size=2", "deepspeed.gradient_accumulation_steps=1"])
+    assert cfg.data.batch_size == 2

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fastforec.checkpoint import save_checkpoint
 from fastforec.cli import main
 from fastforec.config import Config, ModelConfig, MethodConfig
 from fastforec.models import deeplabv3plus
@@ -43,8 +44,7 @@ def _save_checkpoint(path: Path, method: str, seed: int) -> torch.nn.Module:
     state = {"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
              "teacher": None, "dataset": {"num_classes": NUM_CLASSES, "class_names": [f"c{i}" for i in range(6)],
                                           "palette": PALETTE}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    save_checkpoint(state, path)
     return model
 
 

@@ -25,11 +25,12 @@ def default_voc_ids(num_train: int, num_val: int) -> tuple[list[str], list[str]]
 
 def synthesize(layout: str, out: Path, *, train_ids: list[str], val_ids: list[str], size: tuple[int, int],
                seed: int, workers: int = 1, jpeg_quality: int = DEFAULT_JPEG_QUALITY, quiet: bool = True,
-               classic_ids: list[str] | None = None) -> Path:
+               classic_ids: list[str] | None = None, preset: str = "scenes") -> Path:
     """Write the samples named by ``train_ids``/``val_ids`` (VOC ids, or Cityscapes
     ``<city>_<seq>_<frame>`` keys) under ``out``; returns ``out``, the ``--root`` to convert.
     VOC: ``classic_ids`` (default every second training id) form train.txt and get
-    SegmentationClass masks, like the 1464 classic ids of real VOC."""
+    SegmentationClass masks, like the 1464 classic ids of real VOC. ``preset`` (VOC only):
+    "scenes" or "sslbench" (see dataprep/synth/sslbench.py)."""
     if layout not in LAYOUTS:
         raise DataprepError(f"--layout must be one of {LAYOUTS}, got '{layout}'")
     if min(size) < MIN_SIDE:
@@ -38,10 +39,13 @@ def synthesize(layout: str, out: Path, *, train_ids: list[str], val_ids: list[st
         raise DataprepError("synthetic data needs at least one training and one validation image")
     if set(train_ids) & set(val_ids):
         raise DataprepError(f"ids in both train and val: {sorted(set(train_ids) & set(val_ids))[:5]}")
+    if layout != "voc" and preset != "scenes":
+        raise DataprepError(f"--preset {preset} exists for --layout voc only")
     out.mkdir(parents=True, exist_ok=True)
     if layout == "voc":
         return write_voc_tree(out, train_ids=train_ids, val_ids=val_ids, size=size, seed=seed,
-                              jpeg_quality=jpeg_quality, workers=workers, quiet=quiet, classic_ids=classic_ids)
+                              jpeg_quality=jpeg_quality, workers=workers, quiet=quiet, classic_ids=classic_ids,
+                              preset=preset)
     return write_cityscapes_tree(out, train_keys=train_ids, val_keys=val_ids, size=size, seed=seed,
                                  workers=workers, quiet=quiet)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -27,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastforec.config import Config, ConfigError, load_config
+from fastforec.errors import UserError
 
 DEFAULT_BATCHES = 10  # timed steps per round (and per contender for e2e)
 DEFAULT_ROUNDS = 3
@@ -44,7 +46,7 @@ GIGA = 1e9
 Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]
 
 
-class BenchError(ValueError):
+class BenchError(UserError, ValueError):
     """Bad benchmark arguments: the message says what to change."""
 
 
@@ -102,6 +104,9 @@ def bench_trainer(cfg: Config, dist: Any) -> Iterator[Any]:
     checkpointed: only ``train_step`` is called)."""
     from fastforec.trainer import Trainer
 
+    # A DeepSpeed TensorBoard monitor block in the run config would make the engine write and
+    # flush an event at every optimizer step; a benchmark of the step must not time that.
+    cfg = dataclasses.replace(cfg, deepspeed={**cfg.deepspeed, "tensorboard": {"enabled": False}})
     with tempfile.TemporaryDirectory(prefix="fastforec-bench-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist)
         try:

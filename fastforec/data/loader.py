@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from fastforec.config import DataConfig
+from fastforec.config import ConfigError, DataConfig
 from fastforec.data import plan
 from fastforec.data.manifest import Manifest
 from fastforec.data.pipelines import (IGNORE_FILL, TrainGraph, build_train_pipeline, build_val_pipeline)
@@ -39,18 +39,17 @@ DEVICES = ("auto", "cpu", "gpu")
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the consumer
 STATE_FORMAT = 1
 IDENTITY_TAPS = np.ones((1, 1), dtype=np.float32)  # fed where no blur is drawn (branch not run)
-EVAL_MODES = {"cityscapes": "sliding"}  # datasets evaluated by sliding window; others whole
 
 
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``gpu`` when CUDA is available, else ``cpu``; ``gpu`` without CUDA is an error."""
     if requested not in DEVICES:
-        raise ValueError(f"data.device: must be one of {', '.join(DEVICES)}, got {requested!r}")
+        raise ConfigError(f"data.device: must be one of {', '.join(DEVICES)}, got {requested!r}")
     cuda = torch.cuda.is_available()
     if requested == "auto":
         return "gpu" if cuda else "cpu"
     if requested == "gpu" and not cuda:
-        raise ValueError("data.device: 'gpu' requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ConfigError("data.device: 'gpu' requested but CUDA is not available; use 'auto' or 'cpu'")
     return requested
 
 
@@ -354,16 +353,14 @@ class ValData:
     """Validation batches for one rank: sample i goes to rank i % world_size, in manifest order,
     so ranks are disjoint and together see every sample exactly once."""
 
-    def __init__(self, manifest: Manifest, cfg: DataConfig, *, rank: int, world_size: int, device: str,
-                 split: str = "val") -> None:
+    def __init__(self, manifest: Manifest, cfg: DataConfig, *, batch_size: int, rank: int, world_size: int,
+                 device: str, split: str = "val") -> None:
         _check_device(device)
         _check_rank(rank, world_size)
         self.cfg, self.device = cfg, device
         self._reader = SplitReader(manifest, split, with_labels=True)
         self._indices = np.arange(rank, len(self._reader), world_size)
-        self.batch_size = cfg.eval_batch_size
-        mode = cfg.eval_mode if cfg.eval_mode != "auto" else EVAL_MODES.get(manifest.dataset, "whole")
-        self.sliding = mode == "sliding"  # the evaluator slides a crop_size window over each image
+        self.batch_size = batch_size
         self._pending: deque[np.ndarray] = deque()
         self._pipe: Any = None  # built at the first evaluation, reused by the next ones
 

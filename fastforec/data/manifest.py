@@ -1,4 +1,4 @@
-"""The dataset manifest (DESIGN.md section 3): what `dataprep` writes and every reader trusts.
+"""The dataset manifest (docs/architecture.md section B): what `dataprep` writes and every reader trusts.
 
 ``OUT/manifest.json``::
 
@@ -13,7 +13,8 @@
       "splits": {
         "labeled":   {"num_samples": 92,  "shards": [{"file": "labeled-000000.tar",
                                                       "index": "labeled-000000.idx",
-                                                      "num_samples": 92, "sha256": "..."}]},
+                                                      "num_samples": 92, "sha256": "...",
+                                                      "size": 1234567}]},
         "unlabeled": {...},                   # image only
         "val":       {...}
       },
@@ -23,6 +24,9 @@
 Samples inside a shard: ``__key__`` = the image id (no dots), the image under extension
 ``jpg`` or ``png`` (original bytes), the label under ``label.png`` (single-channel uint8 train
 ids, 255 = ignore). Unlabeled shards carry no label.
+
+``size`` (bytes of the tar) is optional for manifests written before it existed; every count
+must agree: a split's ``num_samples`` is the sum over its shards.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastforec.errors import UserError
+
 FORMAT_VERSION = 1
 SPLITS = ("labeled", "unlabeled", "val")
 IMAGE_EXTS = ("jpg", "png")
 LABEL_EXT = "label.png"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest or a shard it names is missing or inconsistent."""
 
 
@@ -48,6 +54,7 @@ class ShardInfo:
     index: str
     num_samples: int
     sha256: str
+    size: int | None = None  # bytes of the tar file
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,13 @@ class Manifest:
     foreground_classes: tuple[int, ...]
     splits: dict[str, SplitInfo]
     source: dict[str, Any] = field(default_factory=dict)
+    declared_counts: dict[str, int] = field(default_factory=dict)  # the file's split-level num_samples
+
+    def count_problems(self) -> list[str]:
+        """Split-level ``num_samples`` of the file that disagree with the sum over its shards."""
+        return [f"split '{name}' says num_samples={n} but its shards hold "
+                f"{self.splits[name].num_samples}; the manifest was edited or damaged: re-run dataprep"
+                for name, n in self.declared_counts.items() if name in self.splits and n != self.splits[name].num_samples]
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -111,17 +125,25 @@ class Manifest:
                                     f"(this fastforec reads {FORMAT_VERSION}); re-run dataprep")
             splits = {
                 name: SplitInfo(tuple(ShardInfo(file=s["file"], index=s["index"], num_samples=int(s["num_samples"]),
-                                                sha256=s["sha256"]) for s in info["shards"]))
+                                                sha256=s["sha256"],
+                                                size=int(s["size"]) if s.get("size") is not None else None)
+                                      for s in info["shards"]))
                 for name, info in raw["splits"].items()
             }
+            declared = {name: int(info["num_samples"]) for name, info in raw["splits"].items()
+                        if info.get("num_samples") is not None}
             m = cls(root=root, dataset=raw["dataset"], num_classes=int(raw["num_classes"]),
                     class_names=tuple(raw["class_names"]),
                     palette=tuple(tuple(int(v) for v in c) for c in raw["palette"]),
                     ignore_index=int(raw["ignore_index"]),
                     foreground_classes=tuple(int(c) for c in raw["foreground_classes"]),
-                    splits=splits, source=raw.get("source", {}))
+                    splits=splits, source=raw.get("source", {}), declared_counts=declared)
+        except ManifestError:
+            raise
         except KeyError as e:
             raise ManifestError(f"{where}: missing key {e}; re-run dataprep") from None
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+            raise ManifestError(f"{where}: malformed ({type(e).__name__}: {e}); re-run dataprep") from None
         if len(m.class_names) != m.num_classes:
             raise ManifestError(f"{where}: {len(m.class_names)} class_names for num_classes={m.num_classes}")
         return m
@@ -138,7 +160,8 @@ class Manifest:
             "splits": {
                 name: {"num_samples": info.num_samples,
                        "shards": [{"file": s.file, "index": s.index, "num_samples": s.num_samples,
-                                   "sha256": s.sha256} for s in info.shards]}
+                                   "sha256": s.sha256, **({"size": s.size} if s.size is not None else {})}
+                                  for s in info.shards]}
                 for name, info in self.splits.items()
             },
             "source": self.source,

@@ -6,29 +6,77 @@ shuffle buffer, and a resumed run repositions by arithmetic instead of replaying
 index files (``wds2idx`` format ``v1.2``) give byte offsets, so reading a sample is a slice of a
 memory map: no tar parsing on the hot path and no copy until DALI copies the bytes in.
 
-Corruption is detected where it is cheap: the index must fit inside the shard, and the tar
-header in front of each member must carry that member's name. Either failure raises
-:class:`ShardError` naming the shard.
+Corruption is detected before training by :func:`verify_shards` (size and SHA-256 against the
+manifest), and while reading where it is cheap: the index must fit inside the shard, and the tar
+header in front of each member must carry that member's name. Every failure raises
+:class:`ShardError` naming the shard (and the sample, when one is at fault).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest, ManifestError
+from fastforec.data.images import decode_problem
+from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest, ManifestError, ShardInfo
 
 INDEX_VERSION = "v1.2"
 TAR_BLOCK = 512
 TAR_NAME_FIELD = 100  # bytes of the member name at the start of a ustar header
+HASH_CHUNK = 1 << 20  # bytes read per hashing call
+MAX_PROBLEMS_SHOWN = 10  # damaged shards listed in one message
 
 
 class ShardError(ManifestError):
     """A shard or its index is missing, truncated or does not match the manifest."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)  # releases the GIL: shards hash in parallel threads
+    return h.hexdigest()
+
+
+def _shard_problem(manifest: Manifest, shard: ShardInfo, *, sha256: bool) -> str | None:
+    path = manifest.root / shard.file
+    for f in (path, manifest.root / shard.index):
+        if not f.is_file():
+            return f"shard file '{f}' is missing"
+    size = path.stat().st_size
+    if shard.size is not None and size != shard.size:
+        return f"shard '{path}' is {size} bytes, the manifest says {shard.size}: it was truncated or replaced"
+    if sha256 and (digest := file_sha256(path)) != shard.sha256:
+        return (f"shard '{path}' has sha256 {digest}, the manifest says {shard.sha256}: its bytes changed "
+                f"since dataprep wrote it")
+    return None
+
+
+def verify_shards(manifest: Manifest, splits: Sequence[str], *, sha256: bool) -> None:
+    """Check the shards of ``splits`` against the manifest before any training: each exists with
+    its index, has the recorded size and (``sha256=True``) the recorded SHA-256. A corrupt JPEG
+    would otherwise decode with a warning into a wrong image and train silently. Raises
+    :class:`ShardError` listing every damaged shard."""
+    shards = [s for name in splits for s in manifest.split(name).shards]
+    workers = max(1, min(len(shards), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        problems = [p for p in pool.map(lambda s: _shard_problem(manifest, s, sha256=sha256), shards) if p]
+    problems = [f"{manifest.root / 'manifest.json'}: {p}" for p in manifest.count_problems()] + problems
+    if problems:
+        shown = problems[:MAX_PROBLEMS_SHOWN] + ([f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more"]
+                                                 if len(problems) > MAX_PROBLEMS_SHOWN else [])
+        raise ShardError(f"{len(problems)} problem(s) with the shards in '{manifest.root}':\n  " + "\n  ".join(shown)
+                         + f"\nre-run dataprep for '{manifest.root}' (`dataprep verify {manifest.root}` lists "
+                           f"every problem)")
 
 
 @dataclass(frozen=True)
@@ -149,13 +197,15 @@ class SplitReader:
         if index not in self._sizes:
             from PIL import Image, UnidentifiedImageError
 
+            raw = data.tobytes()
             try:
-                with Image.open(io.BytesIO(data.tobytes())) as im:
+                with Image.open(io.BytesIO(raw)) as im:
                     w, h = im.size
             except (UnidentifiedImageError, OSError) as e:
                 ref = self.samples[index]
                 raise ShardError(f"shard '{self.paths[ref.shard]}' is corrupt: image '{ref.image.name}' "
-                                 f"cannot be read ({e}); re-run dataprep") from None
+                                 f"(sample '{ref.key}') cannot be read ({decode_problem(e, raw)}); "
+                                 f"re-run dataprep") from None
             self._sizes[index] = (h, w)
         return self._sizes[index]
 
@@ -168,12 +218,13 @@ class SplitReader:
             ref = self.samples[i]
             members = [ref.image] + ([ref.label] if ref.label is not None else [])
             for member in members:
+                raw = self._read(ref.shard, member).tobytes()
                 try:
-                    with Image.open(io.BytesIO(self._read(ref.shard, member).tobytes())) as im:
+                    with Image.open(io.BytesIO(raw)) as im:
                         im.load()
                 except (OSError, SyntaxError, ValueError) as e:
-                    return (f"shard '{self.paths[ref.shard]}' is corrupt: '{member.name}' cannot be decoded ({e}); "
-                            f"re-run dataprep")
+                    return (f"shard '{self.paths[ref.shard]}' is corrupt: '{member.name}' (sample '{ref.key}') "
+                            f"cannot be decoded ({decode_problem(e, raw)}); re-run dataprep")
         return None
 
     def describe(self, indices: list[int]) -> str:

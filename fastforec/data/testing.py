@@ -74,7 +74,8 @@ def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
         creator = IndexCreator(str(path), str(tmp), verbose=False)
         creator.create_index()
         creator.close()
-    return ShardInfo(file=path.name, index=index.name, num_samples=len(samples), sha256=_sha256(path))
+    return ShardInfo(file=path.name, index=index.name, num_samples=len(samples), sha256=_sha256(path),
+                     size=path.stat().st_size)
 
 
 def write_dataset(out_dir: str | Path, *, splits: dict[str, list[Sample]], class_names: list[str],

@@ -123,10 +123,13 @@ def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: int = 16,
                   reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
-                  pretrained: str | Path | None = None, decoder_channels: int = ASPP_CHANNELS) -> DeepLabV3Plus:
+                  pretrained: str | Path | None = None, decoder_channels: int = ASPP_CHANNELS,
+                  show_pretrained: bool = True) -> DeepLabV3Plus:
     """Build DeepLabV3+ (optionally with the reconstruction or fg/bg decoder).
 
-    ``pretrained``: a local torchvision-format ResNet state dict for the backbone.
+    ``pretrained``: ImageNet weights for the backbone: a local file (torchvision/timm, U2PL/UniMatch
+    or mmseg naming) or ``"timm"`` / ``"timm:<name>"`` from the local cache (see backbones.py);
+    ``show_pretrained`` prints the loaded/missing/unexpected table.
     ``decoder_channels``: ASPP / fuse width (256 in the paper; smaller for CPU-sized runs).
     """
     if output_stride not in DILATIONS:
@@ -137,7 +140,7 @@ def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: in
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     encoder = ResNetBackbone(name=backbone, output_stride=output_stride)
     if pretrained is not None:
-        encoder.load_pretrained(pretrained)
+        encoder.load_pretrained(pretrained, show=show_pretrained)
 
     def head(out_channels: int) -> Decoder:
         return Decoder(low_channels=encoder.low_channels, high_channels=encoder.high_channels,

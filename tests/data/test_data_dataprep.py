@@ -8,6 +8,7 @@ import torch
 from fastforec.config import DataConfig
 from fastforec.data import TrainData, ValData
 from fastforec.data.manifest import Manifest
+from fastforec.evaluate import resolve_eval_mode
 
 
 @pytest.mark.parametrize("layout", ["voc", "cityscapes"])
@@ -23,8 +24,8 @@ def test_train_and_val_on_dataprep_shards(tmp_path, layout):
     assert labeled["image"].shape == (4, 3, 40, 40) and unlabeled["strong"].shape == (4, 3, 40, 40)
     classes = set(labeled["label"].unique().tolist())
     assert classes <= set(range(manifest.num_classes)) | {255} and classes - {255}
-    val = ValData(manifest, cfg, rank=0, world_size=1, device="cpu")
-    assert val.sliding == (layout == "cityscapes")
+    val = ValData(manifest, cfg, batch_size=1, rank=0, world_size=1, device="cpu")
+    assert resolve_eval_mode("auto", manifest.dataset) == ("sliding" if layout == "cityscapes" else "whole")
     batches = list(val)
     assert len(batches) == len(val) == 3
     assert all(b["label"].dtype == torch.int64 and b["image"].shape[-2:] == b["label"].shape[-2:] for b in batches)

@@ -84,4 +84,4 @@ def test_corrupt_val_shard_is_named(identity_data, copy_of):
     raw[member.offset + 16: member.offset + member.size] = b"\x17" * (member.size - 16)
     victim.write_bytes(bytes(raw))
     with pytest.raises(ShardError, match=victim.name):
-        list(ValData(m, DataConfig(), rank=0, world_size=1, device="cpu"))
+        list(ValData(m, DataConfig(), batch_size=1, rank=0, world_size=1, device="cpu"))

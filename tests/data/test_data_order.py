@@ -12,6 +12,7 @@ import torch
 
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData, ValData, resolve_device
+from fastforec.evaluate import resolve_eval_mode
 from fastforec.data import testing as T
 
 CROP = 32
@@ -153,11 +154,11 @@ def test_batch_contract(identity_data):
 
 @pytest.mark.parametrize("eval_batch", [1, 3])
 def test_val_ranks_cover_every_sample_once(identity_data, eval_batch):
-    cfg = DataConfig(eval_batch_size=eval_batch)
+    cfg = DataConfig()
     world = 2
     seen = []
     for rank in range(world):
-        val = ValData(identity_data, cfg, rank=rank, world_size=world, device="cpu")
+        val = ValData(identity_data, cfg, batch_size=eval_batch, rank=rank, world_size=world, device="cpu")
         batches = list(val)
         assert len(batches) == len(val)
         for batch in batches:
@@ -173,9 +174,12 @@ def test_val_ranks_cover_every_sample_once(identity_data, eval_batch):
     assert sorted(seen) == list(VAL_IDS)
 
 
-def test_val_mode(identity_data):
-    assert not ValData(identity_data, DataConfig(), rank=0, world_size=1, device="cpu").sliding
-    assert ValData(identity_data, DataConfig(eval_mode="sliding"), rank=0, world_size=1, device="cpu").sliding
+def test_eval_mode_rule():
+    assert resolve_eval_mode("auto", "voc") == "whole" and resolve_eval_mode("auto", "folder") == "whole"
+    assert resolve_eval_mode("auto", "cityscapes") == "sliding"
+    assert resolve_eval_mode("sliding", "voc") == "sliding" and resolve_eval_mode("whole", "cityscapes") == "whole"
+    with pytest.raises(ValueError, match="auto, whole or sliding"):
+        resolve_eval_mode("tiles", "voc")
 
 
 def test_batches_stay_valid_while_later_batches_are_made(identity_data):

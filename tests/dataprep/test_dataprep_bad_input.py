@@ -83,11 +83,17 @@ def labeled_and_unlabeled(root: Path, split: Path) -> list[str]:
 def not_an_image(root: Path, split: Path) -> list[str]:
     key = _first(split, "unlabeled.txt")
     (root / "JPEGImages" / f"{key}.jpg").write_bytes(b"this is not a jpeg")
-    return [f"JPEGImages/{key}.jpg", "unreadable or truncated image (UnidentifiedImageError"]
+    return [f"JPEGImages/{key}.jpg", "unreadable or truncated image (not a recognisable image (18 bytes"]
+
+
+def empty_image(root: Path, split: Path) -> list[str]:
+    key = _first(split, "labeled.txt")
+    (root / "JPEGImages" / f"{key}.jpg").write_bytes(b"")
+    return [f"JPEGImages/{key}.jpg", "the file is empty (0 bytes)"]
 
 
 CASES = [no_image, no_label, truncated_image, truncated_label, size_mismatch, bad_value, duplicate_id,
-         labeled_and_unlabeled, not_an_image]
+         labeled_and_unlabeled, not_an_image, empty_image]
 
 
 @pytest.mark.parametrize("damage", CASES, ids=[c.__name__ for c in CASES])
@@ -99,6 +105,7 @@ def test_bad_input_stops_without_manifest(damage: Damage, voc_raw: Path, voc_spl
     assert result.code == 2
     for text in expected:
         assert text in result.err, f"{text!r} not in {result.err!r}"
+    assert "BytesIO" not in result.err and "object at 0x" not in result.err  # the file, not PIL's buffer
     assert "--skip-bad" in result.err
     assert not (out / "manifest.json").exists()
     assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp-*"))
@@ -150,3 +157,14 @@ def test_skip_bad_records_rejections(voc_raw: Path, voc_split: Path, tmp_path: P
                 "--shard-samples", 2)
     assert again.code == 0 and "0 image(s) converted" in again.err
     assert (out / "rejected.json").read_bytes() == (tmp_path / "first.json").read_bytes()
+
+
+def test_out_under_a_regular_file_is_named_before_any_work(voc_raw: Path, voc_split: Path, tmp_path: Path,
+                                                           cli: CliRunner) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    out = blocker / "out"
+    result = cli("voc", "--root", voc_raw, "--split-dir", voc_split, "--out", out, "--workers", 1, "--quiet")
+    assert result.code == 2
+    assert f"--out '{out}' lies under '{blocker}', which is a regular file" in result.err
+    assert blocker.read_text() == "keep me"

@@ -100,3 +100,24 @@ def test_inspect(good_shards: Path, cli: CliRunner) -> None:
     row = next(line for line in result.out.splitlines() if "unlabeled" in line)
     assert f" {VOC_TRAIN - VOC_LABELED} " in row
     assert str(VOC_VAL) in next(line for line in result.out.splitlines() if line.strip("│ ").startswith("val"))
+
+
+def test_wrong_split_count_is_a_problem(shards: Path, cli: CliRunner) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["splits"]["unlabeled"]["num_samples"] += 1  # the shards' own counts are untouched
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("verify", shards, "--workers", 1)
+    assert result.code == 1
+    n = VOC_TRAIN - VOC_LABELED
+    assert f"split 'unlabeled' says num_samples={n + 1} but its shards hold {n}" in result.err
+
+
+def test_wrong_shard_size_is_a_problem(shards: Path, cli: CliRunner) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    shard = manifest["splits"]["val"]["shards"][0]
+    assert shard["size"] == (shards / shard["file"]).stat().st_size  # dataprep records it
+    shard["size"] += 512
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("verify", shards, "--workers", 1)
+    assert result.code == 1
+    assert f"{shard['file']}: is {shard['size'] - 512} bytes, the manifest says {shard['size']}" in result.err

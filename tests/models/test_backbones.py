@@ -95,6 +95,7 @@ def test_dilated_last_stage_matches_torchvision(weights: dict[str, Path], output
 
 @pytest.mark.parametrize(("name", "low", "high"), [
     ("resnet18", 64, 512), ("resnet50", 256, 2048), ("resnet101", 256, 2048), ("resnet101c", 256, 2048),
+    ("resnet101s", 256, 2048),
 ])
 def test_feature_channels_and_strides(name: str, low: int, high: int) -> None:
     backbone = ResNetBackbone(name=name, output_stride=16).eval()
@@ -103,10 +104,12 @@ def test_feature_channels_and_strides(name: str, low: int, high: int) -> None:
         c1, c4 = backbone(torch.rand(1, 3, 64, 64))
     assert c1.shape == (1, low, 16, 16) and c4.shape == (1, high, 4, 4)
     stem = backbone.body.conv1
-    if name == "resnet101c":  # deep stem: three 3x3 convs 3->32->32->64 replace the 7x7 conv
+    deep = {"resnet101c": (32, 64), "resnet101s": (64, 128)}  # three 3x3 convs 3->w->w->2w replace the 7x7 conv
+    if name in deep:
+        w, out = deep[name]
         convs = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)]
         assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-            (3, 32, (3, 3)), (32, 32, (3, 3)), (32, 64, (3, 3))]
+            (3, w, (3, 3)), (w, w, (3, 3)), (w, out, (3, 3))]
     else:
         assert isinstance(stem, torch.nn.Conv2d) and stem.kernel_size == (7, 7)
 
@@ -156,11 +159,14 @@ def test_truncated_file_is_a_clear_error(weights: dict[str, Path], tmp_path: Pat
 
 
 @pytest.mark.parametrize(("file", "backbone"), [("resnet50", "resnet18"), ("resnet18", "resnet50")])
-def test_wrong_depth_with_other_shapes_is_a_clear_error(weights: dict[str, Path], file: str, backbone: str) -> None:
+def test_wrong_depth_with_other_shapes_names_the_depth_of_the_file(weights: dict[str, Path], file: str,
+                                                                    backbone: str) -> None:
     with pytest.raises(PretrainedError) as exc:
         ResNetBackbone(name=backbone, output_stride=16).load_pretrained(weights[file])
     msg = str(exc.value)
-    assert f"{file}.pth" in msg and "layer1.0.conv1.weight" in msg and "is it the right ResNet depth?" in msg
+    depth = {"resnet18": 18, "resnet50": 50}
+    assert f"{file}.pth' holds a ResNet-{depth[file]} with the 7x7 stem" in msg
+    assert f"the backbone '{backbone}' is a ResNet-{depth[backbone]}" in msg and msg.endswith(f"model.backbone={file}")
 
 
 def test_wrong_depth_with_the_same_shapes_is_a_clear_error(weights: dict[str, Path]) -> None:
@@ -168,8 +174,17 @@ def test_wrong_depth_with_the_same_shapes_is_a_clear_error(weights: dict[str, Pa
     with pytest.raises(PretrainedError) as exc:
         ResNetBackbone(name="resnet101", output_stride=16).load_pretrained(weights["resnet50"])
     msg = str(exc.value)
-    assert "resnet50.pth" in msg and "missing from the file" in msg and "layer3." in msg
-    assert "is it the right ResNet depth?" in msg
+    assert "resnet50.pth' holds a ResNet-50" in msg and msg.endswith("set model.backbone=resnet50")
+
+
+def test_a_file_without_a_recognisable_layout_fails_on_its_shapes(weights: dict[str, Path], tmp_path: Path) -> None:
+    # no stage 4: the layout is unknown, the shape check still names the tensor and the likely cause
+    state = {k: v for k, v in torch.load(weights["resnet50"], weights_only=True).items() if not k.startswith("layer4")}
+    torch.save(state, tmp_path / "cut.pth")
+    with pytest.raises(PretrainedError) as exc:
+        ResNetBackbone(name="resnet18", output_stride=16).load_pretrained(tmp_path / "cut.pth")
+    msg = str(exc.value)
+    assert "cut.pth" in msg and "layer1.0.conv1.weight" in msg and "is it the right ResNet depth?" in msg
 
 
 def test_other_bad_files(tmp_path: Path) -> None:
@@ -185,5 +200,22 @@ def test_other_bad_files(tmp_path: Path) -> None:
         backbone.load_pretrained(tmp_path / "prefixed.pth")
     # a whole pickled module is refused by weights_only loading
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
-    with pytest.raises(PretrainedError, match="module.pth' cannot be read"):
+    with pytest.raises(PretrainedError, match="module.pth' holds Python objects other than tensors.*never unpickles"):
         backbone.load_pretrained(tmp_path / "module.pth")
+
+
+def test_encoder_of_a_fastforec_checkpoint_as_pretrained_weights(tmp_path: Path) -> None:
+    # pretraining on other data: a training checkpoint's student encoder initialises a new model
+    torch.manual_seed(3)
+    donor = deeplabv3plus(backbone="resnet18", num_classes=6, output_stride=16, reconstruction="rgb",
+                          decoder_channels=16)
+    _randomise_bn(donor, 5)
+    path = tmp_path / "step_000010.pt"
+    torch.save({"format": "fastforec-checkpoint-v1", "student": donor.state_dict(), "teacher": None}, path)
+    torch.manual_seed(4)
+    model = deeplabv3plus(backbone="resnet18", num_classes=11, output_stride=16, pretrained=str(path),
+                          decoder_channels=16)
+    got, want = model.backbone.body.state_dict(), donor.backbone.body.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # the heads are not taken (other classes): the new model's classifier has its own shape
+    assert model.seg_head.classifier.weight.shape[0] == 11

@@ -19,7 +19,7 @@ FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 @pytest.fixture(scope="module")
 def trained(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("evalrun")
-    cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}))
+    cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}, eval={"model": "both"}))
     run_dir = tmp / "run"
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,6 +40,12 @@ def test_eval_reproduces_the_training_evaluation(trained: tuple[Path, Path], tmp
     assert got["mode"] == "whole"
     assert got["miou"] == pytest.approx(want["miou_last"], abs=1e-9)
     assert "mIoU" in proc.stdout
+
+    teacher = tmp_path / "teacher.json"
+    proc = _cli(["eval", "--config", str(cfg), "--checkpoint", str(run_dir), "--weights", "teacher",
+                 "--json", str(teacher)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(teacher.read_text())["miou"] == pytest.approx(want["models"]["teacher"]["miou_last"], abs=1e-9)
 
     sliding = tmp_path / "sliding.json"
     proc = _cli(["eval", "--config", str(cfg), "--checkpoint", str(run_dir), "--mode", "sliding",
@@ -76,3 +82,13 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
     proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(tmp_path / "missing"), "--out", str(out)],
                 tmp_path)
     assert proc.returncode == 2 and "missing" in proc.stderr
+
+
+def test_the_dataset_kind_travels_in_the_checkpoint(trained: tuple[Path, Path]) -> None:
+    # predict has no manifest: the one evaluation-mode rule reads the dataset kind from here
+    from fastforec.checkpoint import latest_checkpoint, load_checkpoint
+    from fastforec.evaluate import resolve_eval_mode
+
+    _, run_dir = trained
+    dataset = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["dataset"]
+    assert dataset["kind"] == "voc" and resolve_eval_mode("auto", dataset["kind"]) == "whole"

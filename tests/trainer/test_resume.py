@@ -1,7 +1,9 @@
-"""Exact resume: a run killed after a checkpoint and resumed equals the uninterrupted run."""
+"""Exact resume: a run killed after a checkpoint and resumed equals the uninterrupted run, and
+leaves no trace of the kill (metrics.jsonl holds each step once, no temporary files remain)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,14 +11,30 @@ from pathlib import Path
 
 import torch
 
-from trainer_support import TRAIN_SCRIPT, clean_env, run_train, tiny_config, write_config
+from trainer_support import TRAIN_SCRIPT, clean_env, read_jsonl, run_train, tiny_config, write_config
 
 STEPS = 6
-KILL_AT = 3
+KILL_AT = 3  # the checkpoint the killed run leaves
+LOGGED_PAST = 4  # the kill comes after the metrics of this step are written: lines the resume must drop
+LOSS_KEYS = ("loss", "loss_s", "loss_u", "loss_rec")
 
 
 def _final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
+
+
+def _logged_steps(path: Path) -> list[int]:
+    steps = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
+def _train_losses(run_dir: Path) -> dict[int, list[float]]:
+    return {r["step"]: [r[k] for k in LOSS_KEYS] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
@@ -30,14 +48,25 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(shards: Path, tmp_path:
                              cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = part / "checkpoints" / f"step_{KILL_AT:08d}.pt"
     deadline = time.monotonic() + 240
-    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+    while LOGGED_PAST not in _logged_steps(part / "metrics.jsonl") and child.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.02)
     child.kill()  # SIGKILL: no clean shutdown, as after a node failure
     child.wait()
-    assert marker.exists(), "the interrupted run never reached its checkpoint"
+    assert marker.exists() and LOGGED_PAST in _logged_steps(part / "metrics.jsonl"), \
+        "the interrupted run never got past its checkpoint"
+    assert not (part / "checkpoints" / f"step_{STEPS:08d}.pt").exists(), "the run finished before the kill"
+    # what a kill during a write leaves: a torn last line and checkpoint temporaries
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "time": 1.0, "st')
+    stale = [part / "checkpoints" / f".step_{STEPS:08d}.pt.tmp-4242",
+             part / "checkpoints" / f".step_{STEPS:08d}.rank0.pt.tmp-4242"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
 
     proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metrics.jsonl: dropped" in proc.stderr
 
     a, b = _final_state(full), _final_state(part)
     assert a["state"]["step"] == b["state"]["step"] == STEPS
@@ -45,3 +74,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(shards: Path, tmp_path:
         for name, t in a[key].items():
             # bit-exact: CPU kernels are deterministic and the data position and RNG are restored
             assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+    # each step logged once, with the uninterrupted run's losses
+    assert [r["step"] for r in read_jsonl(part / "metrics.jsonl") if r["kind"] == "train"] == list(range(1, STEPS + 1))
+    assert _train_losses(part) == _train_losses(full)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == sorted(p.name for p in (full / "checkpoints").iterdir())

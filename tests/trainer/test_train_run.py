@@ -6,7 +6,21 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
+from fastforec.config import config_from_dict
+from fastforec.runlog import RunLogger
 from trainer_support import read_jsonl, run_train, tiny_config, write_config
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files in ``directory``, read back by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(directory.glob("events.out.tfevents.*")), f"no event file in {directory}"
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path: Path) -> None:
@@ -38,6 +52,16 @@ def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path
     assert rows[0] == "step,loss_u" and [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
     assert float(rows[1].split(",")[1]) == train[0]["loss_u"]
     assert (tmp_path / "csv" / "tiny" / "eval_miou.csv").is_file()
+
+    # TensorBoard, on by default: event files in the run directory holding the same scalars
+    tb = _tensorboard_scalars(run_dir / "tensorboard")
+    for key in ("loss", "loss_s", "loss_u", "loss_rec", "lr", "pl_coverage", "teacher_conf"):
+        assert [s for s, _ in tb[f"train/{key}"]] == [1, 2, 3, 4], key
+        assert [v for _, v in tb[f"train/{key}"]] == pytest.approx([r[key] for r in train], rel=1e-6), key
+    assert tb["eval/miou"] == [(evals[-1]["step"], pytest.approx(results["miou_last"], rel=1e-6))]
+    per_class = {name: v for name, v in results["per_class_iou"].items() if v is not None}
+    assert per_class and all(tb[f"eval/iou/{name}"][-1][1] == pytest.approx(v, rel=1e-6)
+                             for name, v in per_class.items())
 
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["method"]["name"] == "forec" and saved["data"]["root"] == str(shards)
@@ -81,3 +105,20 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritte
     # a fresh start into a run directory that holds checkpoints is refused
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_tensorboard_is_written_from_the_first_record_and_can_be_turned_off(tmp_path: Path) -> None:
+    names = ["background", "cat"]
+    logger = RunLogger(tmp_path / "on", enabled=True, tensorboard=True, class_names=names)
+    assert not (tmp_path / "on").exists()  # nothing before the first record
+    (tmp_path / "on").mkdir()
+    logger.log({"step": 3, "epoch": 0, "miou": 0.25, "iou": [0.5, None], "note": "text"}, step=3, prefix="eval")
+    logger.log({"step": 5, "loss": 1.5}, step=5, prefix="train")
+    tb = _tensorboard_scalars(tmp_path / "on" / "tensorboard")
+    assert tb == {"eval/epoch": [(3, 0.0)], "eval/miou": [(3, 0.25)], "eval/iou/background": [(3, 0.5)],
+                  "train/loss": [(5, 1.5)]}
+    off = RunLogger(tmp_path / "off", enabled=True, tensorboard=False, class_names=names)
+    (tmp_path / "off").mkdir()
+    off.log({"step": 1, "loss": 1.0}, step=1, prefix="train")
+    assert [p.name for p in (tmp_path / "off").iterdir()] == ["metrics.jsonl"]
+    assert config_from_dict({}).train.tensorboard and not config_from_dict({"train": {"tensorboard": False}}).train.tensorboard
