@@ -201,8 +201,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    tensorboard: bool = True  # event files in runs/<name>/tensorboard/ (W&B, CSV: the deepspeed monitor blocks)
     # Throughput switches (docs/benchmarks.md has them measured on and off):
-    channels_last: bool = False  # NHWC model weights and inputs (tensor-core convolutions prefer it)
+    channels_last: bool = False  # NHWC inputs and teacher (tensor-core convolutions prefer it; see trainer)
     cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
     compile: bool = False  # torch.compile the student (the first steps pay the compilation)
 
