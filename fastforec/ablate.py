@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from fastforec.atomic import atomic_write_bytes, atomic_write_json
 from fastforec.config import METHODS, ConfigError, load_config
+from fastforec.errors import UserError
 
 # Defaults of the study (see docs/results.md for why): a few hundred small synthetic images.
 DEFAULT_NUM_TRAIN = 400
@@ -70,7 +71,7 @@ PLOT_INCHES = (8.0, 4.5)
 DPI = 110
 
 
-class AblationError(ValueError):
+class AblationError(UserError, ValueError):
     """Bad arguments or a study directory that does not match them."""
 
 

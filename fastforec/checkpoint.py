@@ -13,7 +13,6 @@ the file bytes, so it is computed from the state being saved (no second pass ove
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
 from pathlib import Path
 from typing import Any

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput benchmarks (side by side, as ratios)")
-    p.add_argument("--what", required=True, choices=["data", "kernels", "step", "e2e"])
+    p.add_argument("--what", required=True, choices=["data", "kernels", "step", "e2e", "gpu-check"])
     p.add_argument("--config", help="run config (JSON); needed for data, step, e2e")
     p.add_argument("--data", help="shard directory (overrides data.root)")
     p.add_argument("--crop", type=int, help="crop size (overrides data.crop_size)")
@@ -22,6 +22,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                   help="data: DALI backend to benchmark (default cpu; gpu needs CUDA)")
+    p.add_argument("--dry-run", action="store_true", help="gpu-check: the same sections on the CPU, small shapes")
+    p.add_argument("--wheels", help="gpu-check: wheels to unpack when deepspeed & co. are missing "
+                                    "(default build/offline_wheels, see tools/build_offline_wheels.sh)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 

@@ -54,7 +54,7 @@ def _check_range(lo: float, hi: float, key: str, *, lo_min: float = 0.0) -> None
 
 @dataclass
 class AugConfig:
-    """Augmentation recipe (DESIGN.md section 2, steps 1-2). Probabilities and ranges only."""
+    """Augmentation recipe (docs/architecture.md section A, steps 1-2). Probabilities and ranges only."""
 
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -97,7 +97,6 @@ class DataConfig:
     batch_size: int = 8
     num_threads: int = 2
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    shuffle_buffer: int = 256
     # Checked against the manifest before training: "sha256" re-hashes every shard (seconds for
     # VOC, see docs/benchmarks.md), "size" only compares byte counts (catches truncation, not
     # flipped bytes).
@@ -108,7 +107,6 @@ class DataConfig:
         _check(self.crop_size >= 16, f"{prefix}.crop_size", f"must be >= 16, got {self.crop_size}")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
         _check(self.num_threads >= 1, f"{prefix}.num_threads", "must be >= 1")
-        _check(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", "must be >= 1")
         self.aug.validate(f"{prefix}.aug")
 
 
@@ -244,7 +242,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
-    deterministic: bool = False
+    tensorboard: bool = True  # event files in runs/<name>/tensorboard/ (W&B, CSV: the deepspeed monitor blocks)
+    # Throughput switches (docs/benchmarks.md has them measured on and off):
+    channels_last: bool = False  # NHWC inputs and teacher (tensor-core convolutions prefer it; see trainer)
+    cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
+    compile: bool = False  # torch.compile the student (the first steps pay the compilation)
 
     def validate(self, prefix: str = "train") -> None:
         _check(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a non-empty name without '/'")
@@ -412,15 +414,33 @@ MOVED_KEYS = {"data.eval_mode": "eval.mode", "data.eval_batch_size": "eval.batch
               "data.eval_stride_ratio": "eval.stride_ratio", "train.eval_every": "eval.every"}
 
 
+# Keys that were accepted once and did nothing: their error says why they are gone.
+REMOVED_KEYS = {
+    "data.shuffle_buffer": "the sample order is a seeded permutation of the whole split, so there is no shuffle "
+                           "buffer to size; delete the key",
+    "train.deterministic": "CPU runs are reproducible bit for bit without it (resume is tested to be exact); "
+                           "deterministic CUDA kernels are not offered yet; delete the key",
+}
+
+
+def _gone(key: str) -> str | None:
+    """The message for a key that moved or was removed, else None."""
+    if key in MOVED_KEYS:
+        return f"{key}: this setting moved; write it as {MOVED_KEYS[key]}"
+    if key in REMOVED_KEYS:
+        return f"{key}: this setting was removed: {REMOVED_KEYS[key]}"
+    return None
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        moved = MOVED_KEYS.get(f"{where}{unknown[0]}")
-        if moved is not None:
-            raise ConfigError(f"{where}{unknown[0]}: this setting moved; write it as {moved}")
+        gone = _gone(f"{where}{unknown[0]}")
+        if gone is not None:
+            raise ConfigError(gone)
         raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys here are {', '.join(sorted(names))}")
     kwargs = {name: _convert(v, hints[name], f"{prefix}.{name}" if prefix else name) for name, v in data.items()}
     return cls(**kwargs)
@@ -499,8 +519,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if cls is not None:
                 hints = typing.get_type_hints(cls)
                 if part not in hints:
-                    if path in MOVED_KEYS:
-                        raise ConfigError(f"{path}: this setting moved; write it as {MOVED_KEYS[path]}")
+                    if _gone(path) is not None:
+                        raise ConfigError(_gone(path))
                     raise ConfigError(f"{path}: unknown key; allowed keys here are {', '.join(sorted(hints))}")
                 tp = hints[part]
             if i == len(parts) - 1:

@@ -10,6 +10,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from fastforec.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,6 +31,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class LaunchError(UserError, RuntimeError):
+    """The processes were launched in a way this machine cannot run (the message says how to fix it)."""
+
+
+def check_local_rank(local_rank: int, gpus: int) -> None:
+    """One process per GPU: local rank N drives GPU N, so it must exist."""
+    if local_rank >= gpus:
+        raise LaunchError(f"local rank {local_rank} has no GPU: this node has {gpus} visible GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}), and each "
+                          "process drives one GPU; launch at most that many processes per node "
+                          f"(torchrun --nproc_per_node {gpus}, deepspeed --num_gpus {gpus})")
+
+
 def init_distributed(local_rank: int | None = None) -> DistInfo:
     """Join (or create) the process group. CUDA + NCCL when a GPU exists, else CPU + gloo.
 
@@ -42,6 +57,7 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     if use_cuda:
+        check_local_rank(local_rank, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         import deepspeed  # deferred: importing it prints accelerator banners
@@ -51,7 +67,7 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
+def all_ranks_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
     """True when ``flag`` holds on every rank (one tiny all-reduce; every rank must call it)."""
     return all_ranks_each([flag], device)[0]
 

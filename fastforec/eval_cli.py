@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.inference import load_trained_model
     from fastforec.report import print_iou_table
     from fastforec.metrics import nan_to_none
-    from fastforec.trainer import autocast_context
+    from fastforec.precision import autocast_context
 
     dist = init_distributed(args.local_rank)
     model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)

@@ -1,4 +1,4 @@
-"""Losses of the method (DESIGN.md section 2, step 5).
+"""Losses of the method (docs/architecture.md section A, step 5).
 
 Conventions: images are float RGB in [0, 1], (B, 3, H, W); labels are int64 (B, H, W) with 255 =
 ignore; ``valid``/``mask``/``fg`` are bool (B, H, W). Every loss that normalises by a count

@@ -63,6 +63,11 @@ class StepModels:
     input_dtype: torch.dtype
     autocast: Callable[[], object]
     device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format  # train.channels_last
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        # the dtype DeepSpeed gave the weights (bf16/fp16 blocks) and the configured memory format
+        return x.to(self.input_dtype, memory_format=self.memory_format)
 
 
 def cutmix_partner(n: int, device: torch.device) -> torch.Tensor:
@@ -100,7 +105,7 @@ def _aux_parts(pred: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str
 
 def _supervised(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, torch.Tensor]:
     m = ctx.method
-    pred = ctx.student(x_l.to(ctx.input_dtype))
+    pred = ctx.student(ctx.model_input(x_l))
     out = {"loss_s": losses.supervised_ce(pred["seg"], y_l)}
     if m.reconstruction is not None:
         fg, mask = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
@@ -114,13 +119,13 @@ def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     m = ctx.method
     assert ctx.teacher is not None
     with ctx.autocast():
-        t_logits = ctx.teacher(u["weak"])["seg"]
+        t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
     pl, conf, pl_fg = losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels)
     perm = cutmix_partner(u["strong"].shape[0], ctx.device)
     strong, pl, conf, pl_fg, valid = losses.cutmix_batch(u["box"], perm, u["strong"], pl, conf, pl_fg, u["valid"])
 
     b = x_l.shape[0]
-    pred = ctx.student(torch.cat([x_l, strong]).to(ctx.input_dtype))
+    pred = ctx.student(ctx.model_input(torch.cat([x_l, strong])))
     seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
     out = {"loss_s": losses.supervised_ce(seg_l, y_l),
            "loss_u": m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)}
@@ -145,7 +150,7 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     b, n = x_l.shape[0], weak.shape[0]
     # Labeled and weak images in one forward pass (one BatchNorm batch, as UniMatch does); the
     # perturbed stream comes out of the same pass.
-    pred_lw = ctx.student(torch.cat([x_l, weak]).to(ctx.input_dtype), fp_dropout=m.fp_dropout if unimatch else 0.0,
+    pred_lw = ctx.student(ctx.model_input(torch.cat([x_l, weak])), fp_dropout=m.fp_dropout if unimatch else 0.0,
                           fp_from=b)
     seg_l, seg_w = pred_lw["seg"].split([b, n])
     with torch.no_grad():
@@ -153,7 +158,7 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     perm = cutmix_partner(n, ctx.device)
     # per view: (strong image, pseudo-label, confidence, foreground, valid), all mixed with its box
     mixed = [losses.cutmix_batch(u[box], perm, u[image], pl, conf, pl_fg, valid) for image, box in views]
-    pred_s = ctx.student(torch.cat([v[0] for v in mixed]).to(ctx.input_dtype))
+    pred_s = ctx.student(ctx.model_input(torch.cat([v[0] for v in mixed])))
     seg_s = pred_s["seg"].split(n)
 
     out = {"loss_s": losses.supervised_ce(seg_l, y_l)}

@@ -41,14 +41,24 @@ class ScalarMeter:
         return dict(zip(keys, means))
 
 
-class RunLogger:
-    """metrics.jsonl, and the same numbers to DeepSpeed's monitor (TensorBoard by default) as
-    ``<kind>/<key>`` scalars; a per-class list (``iou``) becomes ``<kind>/<key>/<class name>``."""
+TENSORBOARD_DIR = "tensorboard"  # event files: runs/<name>/tensorboard/
 
-    def __init__(self, run_dir: Path, *, enabled: bool, monitor: Any = None, class_names: Sequence[str] = ()):
+
+class RunLogger:
+    """metrics.jsonl, and the same numbers as ``<kind>/<key>`` scalars to TensorBoard (on by
+    default) and to DeepSpeed's monitor (W&B, CSV, ... when its blocks enable them); a per-class
+    list (``iou``) becomes ``<kind>/<key>/<class name>``.
+
+    The TensorBoard writer is opened at the first record, not before: a run that fails while
+    starting (a corrupt checkpoint to resume, say) leaves no new file in the run directory."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, monitor: Any = None, tensorboard: bool = False,
+                 class_names: Sequence[str] = ()):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
+        self.tensorboard_dir = run_dir / TENSORBOARD_DIR if tensorboard else None
+        self._writer: Any = None
         self.class_names = list(class_names)
         self.console = Console(stderr=True)
 
@@ -58,8 +68,17 @@ class RunLogger:
         record = {"kind": prefix, "time": time.time(), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        events = self._events(record, step=step, prefix=prefix)
         if self.monitor is not None:
-            self.monitor.write_events(self._events(record, step=step, prefix=prefix))
+            self.monitor.write_events(events)
+        if self.tensorboard_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+            for tag, value, at in events:
+                self._writer.add_scalar(tag, value, at)
+            self._writer.flush()  # a log step is seconds apart: readers see every record at once
 
     def _events(self, record: dict[str, Any], *, step: int, prefix: str) -> list[tuple[str, float, int]]:
         events = []

@@ -40,6 +40,11 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     """Everything that can fail on user input without writing to the filesystem or the network."""
     cfg = load_config(args.config, args.overrides)
     cfg.check_paths()
+    import torch
+
+    from fastforec.precision import check_precision
+
+    check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name
     check_output_dir(run_dir, "--run-dir")
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):
@@ -77,9 +82,7 @@ def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     from fastforec.trainer import Trainer
 
     dist = init_distributed(args.local_rank)
-    trainer = Trainer(cfg, run_dir=run_dir, dist=dist)
-    if args.resume is not None:
-        trainer.resume(args.resume)
+    trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.to_dict())

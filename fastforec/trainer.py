@@ -1,4 +1,4 @@
-"""The mean-teacher + reconstruction trainer on DeepSpeed (DESIGN.md section 2).
+"""The mean-teacher + reconstruction trainer on DeepSpeed (docs/architecture.md section A).
 
 One ``train_step`` = teacher forward on the weak view, CutMix, student forward on
 [labeled ; strong], losses, backward, optimizer step, EMA update. The student lives in a DeepSpeed
@@ -8,7 +8,6 @@ a plain module beside it, identical on every rank.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -27,8 +26,8 @@ from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoi
                                   first_line, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
                                   rank_file, remove_partial_writes, save_checkpoint)
 from fastforec.config import Config, ConfigError
-from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.data.manifest import Manifest
+from fastforec.data.memory import InMemoryData
 from fastforec.data.shards import ShardError, verify_shards
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true, barrier
 from fastforec.errors import UserError
@@ -36,6 +35,8 @@ from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
+from fastforec.precision import (ZeroMasterWeights, autocast_context, check_precision, keep_norm_statistics_fp32,
+                                 load_loss_scaler_state, loss_scaler_state, precision_mode)
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
 
@@ -90,32 +91,16 @@ class TrainState:
         return cls(**{**state, "scores": scores})
 
 
-TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: runs/<name>/tensorboard/
 
-
-def deepspeed_config(cfg: Config, device: torch.device, run_dir: Path | None = None) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
     """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
-    or ``device`` cannot run are a ConfigError before DeepSpeed sees them.
-
-    With a ``run_dir``, DeepSpeed's TensorBoard monitor is on by default and writes into it
-    (``"tensorboard": {"enabled": false}`` turns it off); W&B, CSV and Comet stay opt-in."""
+    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
     ds = json.loads(json.dumps(cfg.deepspeed))
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in ZERO_STAGES:
         raise ConfigError(f"deepspeed.zero_optimization.stage: {stage} is not supported; use 0, 1 or 2 (ZeRO-3 "
                           f"partitions the parameters, which the EMA teacher and the checkpoints read whole)")
-    autocast = ds.get("torch_autocast", {})
-    fp16 = ds.get("fp16", {}).get("enabled") or (autocast.get("enabled") and
-                                                  str(autocast.get("dtype")) in ("float16", "fp16"))
-    if fp16 and device.type != "cuda":
-        raise ConfigError("deepspeed.fp16: float16 needs a CUDA device and this run is on the CPU; disable it "
-                          "(or use bf16) for CPU runs")
-    if run_dir is not None:
-        tb = ds.setdefault("tensorboard", {})
-        tb.setdefault("enabled", True)
-        if tb["enabled"] and not tb.get("output_path"):
-            tb["output_path"] = str(run_dir)
-            tb.setdefault("job_name", TENSORBOARD_DIR)
+    check_precision(ds, device)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
         raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
@@ -129,41 +114,40 @@ def deepspeed_config(cfg: Config, device: torch.device, run_dir: Path | None = N
     return ds
 
 
-def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The autocast the engine applies, for code outside it (teacher, evaluation); a no-op in fp32."""
-    dtype = None
-    if ds.get("torch_autocast", {}).get("enabled"):
-        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                 "fp16": torch.float16}[str(ds["torch_autocast"].get("dtype", "bfloat16"))]
-    elif ds.get("bf16", {}).get("enabled"):
-        dtype = torch.bfloat16
-    elif ds.get("fp16", {}).get("enabled"):
-        dtype = torch.float16
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo):
+    def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, data: InMemoryData | None = None,
+                 resume: str | None = None):
+        """``data``: batches already on the device (benchmarks); by default the DALI pipelines
+        over the shards of ``cfg.data.root`` (DALI is imported only then). ``resume``: "latest",
+        a checkpoint path, or None for a fresh run; the checkpoint is chosen and checked before
+        anything is built, so a refused resume writes nothing."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
         self.dist = dist
         self.device = dist.device
-        self.manifest = Manifest.load(cfg.data.root)
-        self._verify_shards()
+        method = cfg.method
+        if data is None:
+            self.manifest = Manifest.load(cfg.data.root)
+            self._verify_shards()
+        else:
+            self.manifest = data.manifest
         remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
+        resume_from = self._pick_checkpoint(resume) if resume is not None else None
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
-        method = cfg.method
-        data_device = resolve_device(cfg.data.device)
-        self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                    seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device,
-                                    strong_views=method.strong_views)
-        self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
-                                world_size=dist.world_size, device=data_device)
+        if data is None:
+            from fastforec.data import TrainData, ValData, resolve_device
+
+            data_device = resolve_device(cfg.data.device)
+            self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
+                                        seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device,
+                                        strong_views=method.strong_views)
+            self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
+                                    world_size=dist.world_size, device=data_device)
+        else:
+            self.train_data, self.val_data = data.train, data.val
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
@@ -171,13 +155,24 @@ class Trainer:
                                 pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
                                 show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        if self.teacher is not None:
+            self.teacher.to(memory_format=self.memory_format)
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        self.ds_config = deepspeed_config(cfg, self.device)
+        if precision_mode(self.ds_config) in ("bf16", "fp16"):
+            # DeepSpeed casts parameters, not buffers: BN must take 16-bit weights next to fp32 statistics.
+            keep_norm_statistics_fp32(student)
+        # The student's weights keep the default layout even with train.channels_last: DeepSpeed
+        # views every parameter as bytes to broadcast it (stride 1 needed) and ZeRO flattens them.
+        # A channels-last input is enough: cuDNN and oneDNN then run the convolution channels-last.
         student.to(self.device)
 
-        self.ds_config = deepspeed_config(cfg, self.device, run_dir)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.steps_per_epoch = self.train_data.steps_per_epoch  # micro-batches per epoch
         total_batches = (cfg.train.max_steps * self.accum if cfg.train.max_steps is not None
@@ -189,18 +184,26 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
+        if cfg.train.compile:
+            # In place (nn.Module.compile): parameter names and state-dict keys stay as they are.
+            self.engine.module.compile()
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
+        # The EMA reads fp32 weights: the module's own unless DeepSpeed cast them (bf16/fp16 blocks).
+        self.master_weights = ZeroMasterWeights(self.optimizer) if self.input_dtype != torch.float32 else None
         self.step_models = methods.StepModels(student=self.engine, teacher=self.teacher, method=method,
                                               fg_classes=self.fg_classes, input_dtype=self.input_dtype,
+                                              memory_format=self.memory_format,
                                               autocast=self.autocast, device=self.device)
         self.state = TrainState()
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.
         self._weights_finite = torch.tensor(True, device=self.device)
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
-                                class_names=self.manifest.class_names)
+                                tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
+        if resume_from is not None:
+            self._restore(*resume_from)
 
     # ------------------------------------------------------------------------------------------
     # the step
@@ -230,7 +233,9 @@ class Trainer:
         terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
         self.state.batches += 1
         loss = terms["loss"]
-        # Every rank must take the same branch, or the collectives of backward/step deadlock.
+        # Every rank must take the same branch, or the collectives of backward/step deadlock. This
+        # is the step's one host synchronisation of ours: the flags are combined across ranks on
+        # the device and read once (the loss terms stay on the device until the next log line).
         loss_ok, weights_ok = all_ranks_each([torch.isfinite(loss), self._weights_finite], self.device)
         if not weights_ok:
             # Skipping batches cannot repair diverged weights: stop now, save nothing.
@@ -281,16 +286,11 @@ class Trainer:
             torch._foreach_copy_(bufs, [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in bufs]), bufs)])
 
     def _fp32_getter(self) -> Callable[[nn.Parameter], torch.Tensor] | None:
-        # Module weights are fp32 unless DeepSpeed casts them (bf16/fp16 blocks); only then do we
-        # need the master copy, and fetching it is a collective per parameter.
-        if self.input_dtype == torch.float32:
+        # Module weights are fp32 unless DeepSpeed casts them (bf16/fp16 blocks); then the master
+        # copies are gathered in bulk (one collective per parameter group, on every rank).
+        if self.master_weights is None:
             return None
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        def get(p: nn.Parameter) -> torch.Tensor:
-            full = safe_get_full_fp32_param(p)
-            return p.detach().float() if full is None else full
-        return get
+        return self.master_weights.gather().__getitem__
 
     def _on_nonfinite(self) -> None:
         self.state.nonfinite_total += 1
@@ -444,9 +444,10 @@ class Trainer:
                 "engine": {"global_steps": self.engine.global_steps, "global_samples": self.engine.global_samples,
                            "micro_steps": self.engine.micro_steps}}
 
-    def resume(self, resume: str) -> Path:
-        """Continue from ``resume``: "latest" (the newest complete, intact checkpoint of this run;
-        damaged newer ones are skipped, and said so) or a checkpoint path (no fallback)."""
+    def _pick_checkpoint(self, resume: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """The checkpoint to continue from and its (shared, own) contents: "latest" is the newest
+        complete, intact checkpoint of this run (damaged newer ones are skipped, and said so), a
+        path is taken as it is (no fallback). It must fit this run (format, ranks, settings)."""
         if resume == "latest":
             candidates = list_checkpoints(self.ckpt_dir)[::-1]
             if not candidates:
@@ -470,21 +471,15 @@ class Trainer:
         if skipped and self.dist.is_main:
             log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
                         len(skipped), path, "\n  ".join(skipped))
-        self._restore(path, shared, own)
-        if self.dist.is_main:
-            dropped = self.logger.drop_after(self.state.step)
-            if dropped:
-                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
-                         dropped, self.state.step)
-        return path
-
-    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         if shared.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
         if shared["world_size"] != self.dist.world_size:
             raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
                                   f"number of processes (now {self.dist.world_size})")
         check_same_settings(shared["config"], self.cfg.to_dict(), RESUME_MUST_MATCH, path=path)
+        return path, shared, own
+
+    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         try:
             self.student.load_state_dict(shared["student"])
             if self.teacher is not None:
@@ -503,6 +498,11 @@ class Trainer:
         for k, v in own["engine"].items():
             setattr(self.engine, k, v)
         log.info("resumed from %s at step %d", path, self.state.step)
+        if self.dist.is_main:
+            dropped = self.logger.drop_after(self.state.step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d record(s) after step %d (the interrupted run's, redone now)",
+                         dropped, self.state.step)
 
     def _verify_shards(self) -> None:
         """Shards against the manifest (data.verify_shards), once per node (ranks of a node share
@@ -567,7 +567,8 @@ def _optimizer_state(opt: Any) -> dict[str, Any]:
     """
     if _optimizer_kind(opt) == "zero":
         return {"kind": "zero", "base": opt.optimizer.state_dict(),
-                "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups]}
+                "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups],
+                "loss_scaler": loss_scaler_state(opt)}
     return {"kind": "torch", "base": opt.state_dict()}
 
 
@@ -576,5 +577,6 @@ def _load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
         opt.optimizer.load_state_dict(state["base"])
         for dst, src in zip(opt.single_partition_of_fp32_groups, state["fp32"]):
             dst.data.copy_(src)
+        load_loss_scaler_state(opt, state.get("loss_scaler", {}))
     else:
         opt.load_state_dict(state["base"])

@@ -94,18 +94,27 @@ def pseudo_label(logits: torch.Tensor, lut: torch.Tensor | None
     return label, conf, fg
 
 
+def _grad_weight(keep: torch.Tensor, count: torch.Tensor, grad_output: torch.Tensor | None) -> torch.Tensor:
+    """Per-pixel fp32 factor of the gradient: keep * grad_output, then / count (scaled first,
+    normalised after, as the Triton kernels do; see kernels/_autograd.py for why)."""
+    scaled = keep if grad_output is None else keep * grad_output
+    return scaled / count.clamp_min(1).to(torch.float32)
+
+
 def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor,
-                    conf_thresh: float, *, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(loss, d loss / d logits or None).
+                    conf_thresh: float, *, need_grad: bool, grad_output: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, d (grad_output * loss) / d logits or None).
 
     loss = sum_keep (logsumexp(x) - x[label]) / n_valid with keep = valid & (conf > thresh);
-    gradient = (softmax(x) - onehot(label)) * keep / n_valid, from the same log-softmax chunk
-    (computed straight into the gradient's memory when it is fp32 NCHW).
+    gradient = (softmax(x) - onehot(label)) * keep * grad_output / n_valid (grad_output 1 when
+    None), from the same log-softmax chunk (computed straight into the gradient's memory when it
+    is fp32 NCHW).
     """
     batch, classes, height, width = logits.shape
     n_valid = torch.count_nonzero(valid)
     keep = (valid & (conf > conf_thresh)).to(torch.float32)
-    weight = keep * n_valid.clamp_min(1).to(torch.float32).reciprocal() if need_grad else None
+    weight = _grad_weight(keep, n_valid, grad_output) if need_grad else None
     grad = torch.empty_like(logits) if need_grad else None
     in_grad = _holds_fp32_work(grad)
     minus_one = torch.full((), -1.0, device=logits.device)
@@ -129,18 +138,18 @@ def pseudo_label_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tenso
 
 
 def masked_mse(rec: torch.Tensor, image: torch.Tensor, fg: torch.Tensor, mask: torch.Tensor, *,
-               need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(loss, d loss / d rec or None) of sum(mask * (rec - image * fg)^2) / (3 * sum(mask)).
+               need_grad: bool, grad_output: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, d (grad_output * loss) / d rec or None) of sum(mask * (rec - image * fg)^2) / (3 * sum(mask)).
 
     The masked difference d = mask * (rec - image * fg) is formed per chunk in one fp32 buffer
-    (the gradient itself when that is fp32 NCHW); the loss is d.d and the gradient is 2 d / (3 n),
-    written over the same buffer. (Multiplying by the bool maps measured 5x faster than
-    ``masked_fill_`` with a broadcast mask.)
+    (the gradient itself when that is fp32 NCHW); the loss is d.d and the gradient is
+    2 d grad_output / (3 n), written over the same buffer. (Multiplying by the bool maps measured
+    5x faster than ``masked_fill_`` with a broadcast mask.)
     """
     batch, channels, height, width = rec.shape
     n_mask = torch.count_nonzero(mask)
     denom = (channels * n_mask).clamp_min(1)
-    grad_scale = 2.0 / denom.to(torch.float32)
+    grad_scale = _grad_weight(torch.full((), 2.0, device=rec.device), denom, grad_output)
     grad = torch.empty_like(rec) if need_grad else None
     in_grad = _holds_fp32_work(grad)
     partial_sums = []

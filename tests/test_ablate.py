@@ -20,8 +20,7 @@ FAKE_MIOU = {"supervised": 0.25, "forec": 0.5}  # seed 1, "finished earlier"
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = {"data": {"root": "unused", "crop_size": 32, "batch_size": 2, "num_threads": 1, "device": "cpu",
-                    "shuffle_buffer": 8},
+    cfg = {"data": {"root": "unused", "crop_size": 32, "batch_size": 2, "num_threads": 1, "device": "cpu"},
            "model": {"backbone": "resnet18", "output_stride": 16},
            "method": {"name": "forec", "conf_thresh": 0.5},
            "optim": {"lr": 0.01},

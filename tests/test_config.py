@@ -71,7 +71,7 @@ def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
 
 def test_empty_file_gives_the_design_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {}))
-    # DESIGN.md section 2: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
+    # docs/architecture.md section A: tau 0.95, lambda_u 1, rec weights 1.0 / 0.5, EMA 0.99, OS 16.
     assert cfg.method.conf_thresh == 0.95 and cfg.method.lambda_u == 1.0
     assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled) == (1.0, 0.5)
     assert cfg.method.ema_decay == 0.99
@@ -152,6 +152,9 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: di
     ({"optim": {"lr": 0}}, "optim.lr: must be > 0, got 0.0"),
     ({"train": {"name": "a/b"}}, "train.name: must be a non-empty name without '/'"),
     ({"method": {"fg_classes": [1, -2]}}, "method.fg_classes: class ids must be >= 0"),
+    ({"optim": {"lr": float("inf")}}, "optim.lr: must be a finite number, got inf"),  # JSON Infinity
+    ({"method": {"lambda_u": float("nan")}}, "method.lambda_u: must be a finite number, got nan"),
+    ({"optim": {"lr": 1e38}}, "optim.lr: lr x head_lr_mult = 1e+39 is beyond the float32 range"),
 ])
 def test_out_of_range_values_say_what_is_allowed(tmp_path: Path, data: dict, expected: str) -> None:
     assert expected in _error(tmp_path, data)
@@ -231,6 +234,8 @@ def test_overrides_do_not_modify_the_input_dict() -> None:
     ("method.conf_thresh=1.5", "method.conf_thresh: must be a probability in [0, 1], got 1.5"),
     ("model.output_stride=4", "model.output_stride: must be 8 or 16, got 4"),
     ("model.backbone=vgg16", "model.backbone: must be one of"),
+    ("optim.lr=nan", "optim.lr: must be a finite number, got nan"),
+    ("method.fg_classes=[1,2", "method.fg_classes: '[1,2' is not valid JSON"),
 ])
 def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: str) -> None:
     assert expected in _error(tmp_path, {}, (override,))

@@ -1,4 +1,4 @@
-"""Reference losses (DESIGN.md section 2, step 5) against small hand-computed numpy cases.
+"""Reference losses (docs/architecture.md section A, step 5) against small hand-computed numpy cases.
 
 The public ``pseudo_label``/``pseudo_label_ce``/``masked_mse`` dispatch to ``kernels``; they are
 checked with ``backend="torch"`` to equal the references (the Triton versions have their own tests).

@@ -1,4 +1,4 @@
-"""Benchmarks: `fastforec bench --what data|kernels|step|e2e`. Each prints a table and can write JSON."""
+"""Benchmarks: `fastforec bench --what data|kernels|step|e2e|gpu-check`. Each prints a table and can write JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from fastforec.bench import step as bench
     elif args.what == "e2e":
         from fastforec.bench import e2e as bench
+    elif args.what == "gpu-check":
+        from fastforec.bench import gpu_check as bench
     else:
-        raise ValueError(f"unknown benchmark {args.what!r}; choose data, kernels, step or e2e")
+        raise ValueError(f"unknown benchmark {args.what!r}; choose data, kernels, step, e2e or gpu-check")
     return bench.run(args)

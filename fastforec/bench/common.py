@@ -104,8 +104,8 @@ def bench_trainer(cfg: Config, dist: Any) -> Iterator[Any]:
     checkpointed: only ``train_step`` is called)."""
     from fastforec.trainer import Trainer
 
-    # DeepSpeed's TensorBoard monitor (on by default in a run) writes and flushes an event at every
-    # optimizer step; a benchmark of the step must not time that.
+    # A DeepSpeed TensorBoard monitor block in the run config would make the engine write and
+    # flush an event at every optimizer step; a benchmark of the step must not time that.
     cfg = dataclasses.replace(cfg, deepspeed={**cfg.deepspeed, "tensorboard": {"enabled": False}})
     with tempfile.TemporaryDirectory(prefix="fastforec-bench-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist)

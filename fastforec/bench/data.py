@@ -51,6 +51,7 @@ class Settings:
     threads: int
     batch_size: int
     batches: int
+    device: str  # DALI backend: "cpu", or "gpu" (decoding and augmentation on the GPU)
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
@@ -67,8 +68,14 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
     if args.threads:
         data.num_threads = args.threads
     data.validate("data")
+    device = getattr(args, "device", None) or "cpu"
+    if device == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("bench --what data --device gpu: no CUDA GPU here; use --device cpu")
     settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
-                        batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES)
+                        batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES, device=device)
     return settings, data
 
 
@@ -95,10 +102,10 @@ def _manifest(root: Path, console: Any) -> Any:
 # contenders: each is a zero-argument "give me the next batch" callable
 
 
-def _dali(manifest: Any, data: Any) -> Callable[[], Any]:
+def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
     from fastforec.data.loader import TrainData
 
-    train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device="cpu",
+    train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device=device,
                       labeled=False)
     position = {"epoch": 0, "step": 0}
 
@@ -118,7 +125,7 @@ def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
     return lambda: next(batches)
 
 
-def _decode_only(manifest: Any, data: Any) -> Callable[[], Any]:
+def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
     from fastforec.data.pipelines import build_decode_pipeline
     from fastforec.data.shards import SplitReader
 
@@ -130,7 +137,7 @@ def _decode_only(manifest: Any, data: Any) -> Callable[[], Any]:
             order.extend(range(len(reader)))
         return [reader.image_bytes(order.popleft()) for _ in range(data.batch_size)]
 
-    pipe = build_decode_pipeline(source=source, device="cpu", batch_size=data.batch_size,
+    pipe = build_decode_pipeline(source=source, device=device, batch_size=data.batch_size,
                                  num_threads=data.num_threads, prefetch=2)
     return lambda: pipe.run()
 
@@ -179,6 +186,10 @@ def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     cpu, start = _cpu_seconds(), time.perf_counter()
     for _ in range(s.batches):
         next_batch()
+    if s.device == "gpu":  # GPU batches are handed over on the stream: wait for the last one
+        import torch
+
+        torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     samples = s.batches * s.batch_size
     return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples)
@@ -210,14 +221,15 @@ def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> 
         "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples,
         "per_round": {k: [round(w.samples_per_s, 1) for w in v] for k, v in windows.items()},
         "per_round_cpu_ms": {k: [round(w.cpu_ms_per_sample, 3) for w in v] for k, v in windows.items()},
-        "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "device": "cpu",
+        "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "device": s.device,
     }
 
 
 def _print(result: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"data pipeline, unlabeled recipe, crop {result['crop']}, batch {result['batch_size']}, "
+    table = Table(title=f"data pipeline ({result['device']} DALI backend; the baseline is always CPU), "
+                        f"unlabeled recipe, crop {result['crop']}, batch {result['batch_size']}, "
                         f"{result['threads']} threads/workers (median of {result['rounds']} rounds)")
     table.add_column("contender")
     table.add_column("samples/s", justify="right")
@@ -248,8 +260,9 @@ def run(args: argparse.Namespace) -> int:
         num_samples = manifest.split("unlabeled").num_samples
         if num_samples < settings.batch_size:
             raise ManifestError(f"'{settings.root}' has {num_samples} unlabeled samples, fewer than one batch")
-        contenders = {"dali": _dali(manifest, data), "baseline": _baseline(manifest, data, settings.threads),
-                      "decode_only": _decode_only(manifest, data)}
+        contenders = {"dali": _dali(manifest, data, settings.device),
+                      "baseline": _baseline(manifest, data, settings.threads),
+                      "decode_only": _decode_only(manifest, data, settings.device)}
         with Progress(console=console, transient=True) as progress:
             result = _report(_measure(contenders, settings, progress), settings, num_samples)
     except (ConfigError, ManifestError, FileNotFoundError) as e:

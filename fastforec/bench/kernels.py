@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 import kernels
+from kernels._autograd import gradient_in_backward
 from fastforec.atomic import atomic_write_json
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, pseudo_label_reference
 
@@ -104,18 +105,22 @@ def pseudo_label_bytes(*, pixels: int, classes: int, elem: int) -> int:
     return pixels * (classes * elem + INDEX_BYTES + CONF_BYTES + MAP_BYTES)
 
 
-def pseudo_label_ce_bytes(*, pixels: int, classes: int, elem: int) -> int:
-    """Forward: read C logits + label, conf, valid; write the C-channel gradient.
-    Backward: read and write the gradient once more to scale it by the incoming gradient."""
-    forward = pixels * (2 * classes * elem + INDEX_BYTES + CONF_BYTES + MAP_BYTES)
-    return forward + pixels * 2 * classes * elem
+def pseudo_label_ce_bytes(*, pixels: int, classes: int, elem: int, deferred: bool) -> int:
+    """``deferred`` (CUDA, fp16; kernels/_autograd.py): forward reads C logits + label, conf,
+    valid; backward reads them again and writes the C-channel gradient. Otherwise forward reads
+    them and writes the gradient, and backward reads and writes the gradient once more to scale
+    it by the incoming gradient."""
+    inputs = pixels * (classes * elem + INDEX_BYTES + CONF_BYTES + MAP_BYTES)
+    gradient = pixels * classes * elem
+    return 2 * inputs + gradient if deferred else inputs + 3 * gradient
 
 
-def masked_mse_bytes(*, pixels: int, elem: int) -> int:
-    """Forward: read rec, image (3 channels each), fg, mask; write the 3-channel gradient.
-    Backward: read and write the gradient once more."""
-    forward = pixels * (3 * RGB * elem + 2 * MAP_BYTES)
-    return forward + pixels * 2 * RGB * elem
+def masked_mse_bytes(*, pixels: int, elem: int, deferred: bool) -> int:
+    """Reads rec, image (3 channels each), fg, mask and writes the 3-channel gradient, with the
+    same two schedules as :func:`pseudo_label_ce_bytes`."""
+    inputs = pixels * (2 * RGB * elem + 2 * MAP_BYTES)
+    gradient = pixels * RGB * elem
+    return 2 * inputs + gradient if deferred else inputs + 3 * gradient
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +152,7 @@ def build_cases(*, size: int, dtype: torch.dtype, device: torch.device, backend:
 
     teacher = (torch.randn(shape, generator=gen) * LOGIT_SCALE).to(device=device, dtype=dtype)
     student = (torch.randn(shape, generator=gen) * LOGIT_SCALE).to(device=device, dtype=dtype).requires_grad_()
+    deferred = gradient_in_backward(student)  # when the losses write their gradient
     label, conf, _ = pseudo_label_reference(teacher)
     valid = rand(BATCH, size, size) < VALID_FRACTION
     rec = rand(BATCH, RGB, size, size).to(dtype).requires_grad_()
@@ -163,12 +169,12 @@ def build_cases(*, size: int, dtype: torch.dtype, device: torch.device, backend:
              fused=_backward(lambda: kernels.pseudo_label_ce(student, label, conf, valid, CONF_THRESH,
                                                              backend=backend)),
              naive=_backward(lambda: pseudo_label_ce_reference(student, label, conf, valid, CONF_THRESH)),
-             fused_bytes=pseudo_label_ce_bytes(pixels=pixels, classes=CLASSES, elem=elem),
+             fused_bytes=pseudo_label_ce_bytes(pixels=pixels, classes=CLASSES, elem=elem, deferred=deferred),
              reset=_clear_grad(student)),
         Case("masked_mse", size, name,
              fused=_backward(lambda: kernels.masked_mse(rec, image, fg, mask, backend=backend)),
              naive=_backward(lambda: masked_mse_reference(rec, image, fg, mask)),
-             fused_bytes=masked_mse_bytes(pixels=pixels, elem=elem),
+             fused_bytes=masked_mse_bytes(pixels=pixels, elem=elem, deferred=deferred),
              reset=_clear_grad(rec)),
     ]
 

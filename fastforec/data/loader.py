@@ -73,6 +73,13 @@ def _to_torch(tensor_list: Any) -> torch.Tensor:
     return torch.from_dlpack(tensor_list.as_tensor())
 
 
+def _consumer_stream(device: str) -> Any:
+    """The stream GPU outputs are handed over on: torch's current one, so that DALI makes that
+    stream wait for the batch instead of making the host wait (``pipe.run(stream)``). None (host
+    synchronous, nothing to wait for) for the CPU backend."""
+    return torch.cuda.current_stream() if device == "gpu" else None
+
+
 def _last_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -267,7 +274,7 @@ class TrainData:
         if self._pipe is None:
             self._build()
         try:
-            outputs = self._pipe.run()
+            outputs = self._pipe.run(_consumer_stream(self.device))
         except ShardError:
             raise
         except RuntimeError as e:
@@ -288,11 +295,20 @@ class TrainData:
         weak = _to_torch(named["u_weak"])
         strong = _to_torch(named["u_strong"])
         assert branch.cutmix is not None
-        valid, box = _masks(branch.geometry, branch.cutmix, crop=self.cfg.crop_size, device=weak.device)
+        crop = self.cfg.crop_size
+        if weak.device.type == "cpu":  # two memsets per sample: cheaper than full-size comparisons here
+            valid, box = _masks(branch.geometry, branch.cutmix, crop=crop)
+        else:
+            valid, box = _masks_on_device(_mask_rectangles(branch.geometry, branch.cutmix, crop=crop), crop=crop,
+                                          device=weak.device)
         batch = {"weak": weak, "strong": strong, "valid": valid, "box": box}
         if branch.cutmix2 is not None:
             batch["strong2"] = _to_torch(named["u_strong2"])
-            batch["box2"] = _masks(branch.geometry, branch.cutmix2, crop=self.cfg.crop_size, device=weak.device)[1]
+            if weak.device.type == "cpu":
+                batch["box2"] = _masks(branch.geometry, branch.cutmix2, crop=crop)[1]
+            else:
+                batch["box2"] = _masks_on_device(_mask_rectangles(branch.geometry, branch.cutmix2, crop=crop),
+                                                 crop=crop, device=weak.device)[1]
         return batch
 
     def close(self) -> None:
@@ -303,8 +319,7 @@ class TrainData:
             self._unlabeled.close()
 
 
-def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid and CutMix masks from the drawn parameters: both are rectangles, so they are two
     slice assignments per sample (a memset each) instead of full-size comparisons or extra
     planes pushed through DALI. Padding is bottom/right before the flip, so a flipped crop has
@@ -319,10 +334,39 @@ def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int,
         if boxes.apply[b]:
             (y, x), (h, w) = boxes.top_left[b], boxes.extent[b]
             box[b, y: y + h, x: x + w] = True
-    masks = torch.from_numpy(valid), torch.from_numpy(box)
-    if device.type == "cpu":
-        return masks
-    return tuple(m.to(device, non_blocking=True) for m in masks)  # type: ignore[return-value]
+    return torch.from_numpy(valid), torch.from_numpy(box)
+
+
+def _mask_rectangles(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int) -> np.ndarray:
+    """Per sample (valid top, left, bottom, right, box top, left, bottom, right) as int32; an
+    empty box when CutMix was not drawn. The same rectangles as :func:`_masks` fills."""
+    n = len(geo.flip)
+    rect = np.zeros((n, 8), dtype=np.int32)
+    for b in range(n):
+        rows, cols = (int(v) for v in geo.valid[b])
+        first = crop - cols if geo.flip[b] else 0
+        rect[b, :4] = (0, first, rows, first + cols)
+        if boxes.apply[b]:
+            (y, x), (h, w) = boxes.top_left[b], boxes.extent[b]
+            rect[b, 4:] = (y, x, y + h, x + w)
+    return rect
+
+
+def _masks_on_device(rect: np.ndarray, *, crop: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masks made where they are used (CUDA): only the (n, 8) rectangles cross the bus, from
+    pinned memory so the copy does not synchronise the stream, instead of 2 x n x crop^2 bytes
+    from pageable memory."""
+    r = torch.from_numpy(rect)
+    if device.type == "cuda":
+        r = r.pin_memory()
+    r = r.to(device, non_blocking=True)
+    ys = torch.arange(crop, device=device).view(1, crop, 1)
+    xs = torch.arange(crop, device=device).view(1, 1, crop)
+
+    def inside(c: torch.Tensor) -> torch.Tensor:
+        top, left, bottom, right = (c[:, i].view(-1, 1, 1) for i in range(4))
+        return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+    return inside(r[:, :4]), inside(r[:, 4:])
 
 
 class ValData:
@@ -338,6 +382,7 @@ class ValData:
         self._indices = np.arange(rank, len(self._reader), world_size)
         self.batch_size = batch_size
         self._pending: deque[np.ndarray] = deque()
+        self._pipe: Any = None  # built at the first evaluation, reused by the next ones
 
     def __len__(self) -> int:
         return -(-len(self._indices) // self.batch_size)
@@ -353,12 +398,16 @@ class ValData:
             return
         batches = [self._indices[i: i + self.batch_size] for i in range(0, len(self._indices), self.batch_size)]
         self._pending = deque(batches)
-        pipe = build_val_pipeline(source=self._source, device=self.device, batch_size=self.batch_size,
-                                  num_threads=self.cfg.num_threads)
+        if self._pipe is None:
+            # One pipeline for every evaluation: with a prefetch depth of 1 it asks the source for
+            # exactly one batch per run(), so refilling the queue is all a new evaluation needs.
+            self._pipe = build_val_pipeline(source=self._source, device=self.device, batch_size=self.batch_size,
+                                            num_threads=self.cfg.num_threads)
         for idx in batches:
             try:
-                image_tl, label_tl = pipe.run()
+                image_tl, label_tl = self._pipe.run(_consumer_stream(self.device))
             except RuntimeError as e:
+                self._pipe = None  # a DALI pipeline is unusable after an error
                 indices = [int(i) for i in idx]
                 culprit = self._reader.first_undecodable(indices)
                 raise ShardError(culprit or f"reading a validation batch failed ({_last_line(e)}); it came from "

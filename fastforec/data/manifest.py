@@ -1,4 +1,4 @@
-"""The dataset manifest (DESIGN.md section 3): what `dataprep` writes and every reader trusts.
+"""The dataset manifest (docs/architecture.md section B): what `dataprep` writes and every reader trusts.
 
 ``OUT/manifest.json``::
 

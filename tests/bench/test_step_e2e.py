@@ -49,8 +49,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def config(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = {"data": {"root": str(shards), "crop_size": CROP, "batch_size": BATCH, "num_threads": 1, "device": "cpu",
-                    "shuffle_buffer": 8},
+    cfg = {"data": {"root": str(shards), "crop_size": CROP, "batch_size": BATCH, "num_threads": 1, "device": "cpu"},
            "model": {"backbone": "resnet18", "output_stride": 16, "decoder_channels": DECODER},
            "method": {"name": "forec", "conf_thresh": 0.5, "warmup_epochs": 3},
            "optim": {"lr": 0.01},

@@ -37,3 +37,14 @@ def test_bench_data_refuses_a_directory_that_is_not_shards(tmp_path, capsys):
     (junk / "notes.txt").write_text("not a dataset")
     assert main(_args(tmp_path, junk)) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_bench_data_gpu_device_without_cuda_is_a_clear_error(tmp_path, identity_data, capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the GPU data path runs in `fastforec bench --what gpu-check`")
+    out = tmp_path / "bench.json"
+    assert main(_args(tmp_path, identity_data.root, json=out, device="gpu")) == 2
+    assert "--device gpu: no CUDA GPU" in capsys.readouterr().err and not out.exists()

@@ -193,3 +193,33 @@ def test_batches_stay_valid_while_later_batches_are_made(identity_data):
             data.next_batch(epoch)
     for (lab, unl), (lab_copy, unl_copy) in zip(kept, copies):
         assert _same(lab, lab_copy) and _same(unl, unl_copy)
+
+
+@pytest.mark.parametrize("eval_batch", [1, 3])
+def test_val_pipeline_is_built_once_and_repeats_every_evaluation(identity_data, eval_batch):
+    val = ValData(identity_data, DataConfig(eval_batch_size=eval_batch), rank=0, world_size=1, device="cpu")
+    first = [{k: v.clone() for k, v in b.items()} for b in val]
+    pipe = val._pipe
+    for _ in range(2):  # later evaluations reuse the pipeline and see the same batches
+        again = list(val)
+        assert val._pipe is pipe
+        assert len(again) == len(first) == len(val)
+        for a, b in zip(first, again):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_masks_built_on_the_device_equal_the_host_masks():
+    from fastforec.data import plan
+    from fastforec.data.loader import _mask_rectangles, _masks, _masks_on_device
+
+    rng = np.random.default_rng(3)
+    crop, n = 24, 16
+    sizes = np.stack([rng.integers(8, 60, n), rng.integers(8, 60, n)], axis=1)
+    geo = plan.draw_geometry(rng, sizes=sizes, crop=crop, aug=AugConfig())
+    boxes = plan.draw_cutmix(rng, n=n, crop=crop, aug=AugConfig(cutmix_prob=0.5))
+    assert geo.flip.any() and not geo.flip.all() and boxes.apply.any() and not boxes.apply.all()
+    assert (geo.valid < crop).any()  # some crops are padded
+    host = _masks(geo, boxes, crop=crop)
+    device = _masks_on_device(_mask_rectangles(geo, boxes, crop=crop), crop=crop, device=torch.device("cpu"))
+    for h, d in zip(host, device):
+        assert d.dtype == torch.bool and torch.equal(h, d)

@@ -47,10 +47,13 @@ def test_fused_losses_allocate_less_than_half_of_the_naive_ones() -> None:
 
 
 def test_gpu_bytes_model() -> None:
-    # bf16, C=21, one pixel: forward 2*21*2 + 8 + 4 + 1 = 97 bytes, backward rescale 84 bytes.
-    assert bench.pseudo_label_ce_bytes(pixels=1, classes=21, elem=2) == 97 + 84
+    # bf16, C=21, one pixel. Gradient in forward: forward 2*21*2 + 8 + 4 + 1 = 97 bytes, backward
+    # rescale 84 bytes. Gradient in backward (CUDA): forward reads 55, backward reads 55 and writes 42.
+    assert bench.pseudo_label_ce_bytes(pixels=1, classes=21, elem=2, deferred=False) == 97 + 84
+    assert bench.pseudo_label_ce_bytes(pixels=1, classes=21, elem=2, deferred=True) == 55 + 55 + 42
     assert bench.pseudo_label_bytes(pixels=10, classes=21, elem=2) == 10 * (42 + 13)
-    assert bench.masked_mse_bytes(pixels=1, elem=2) == 3 * 3 * 2 + 2 + 2 * 3 * 2
+    assert bench.masked_mse_bytes(pixels=1, elem=2, deferred=False) == 3 * 3 * 2 + 2 + 2 * 3 * 2
+    assert bench.masked_mse_bytes(pixels=1, elem=2, deferred=True) == 2 * (2 * 3 * 2 + 2) + 3 * 2
 
 
 @pytest.mark.parametrize("argv", [["--crop", "0"], ["--batches", "0"]])

@@ -9,7 +9,7 @@ from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Sha
                           pixel_rand)
 
 import kernels
-from fastforec.losses import pseudo_label_ce_reference
+from fastforec.losses import pseudo_label_ce_reference, pseudo_label_reference
 
 THRESH = 0.4
 VALID_FRACTION = 0.8
@@ -139,3 +139,24 @@ def test_split_and_strided_views(backend: str) -> None:
     torch.testing.assert_close(loss.detach(), ref_loss, **LOSS_TOL)
     torch.testing.assert_close(leaf.grad[2:, ..., ::2], ref_grad, **grad_tol(torch.float32))
     assert torch.count_nonzero(leaf.grad[:2]) == 0 and torch.count_nonzero(leaf.grad[2:, ..., 1::2]) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_view_whose_rows_are_not_back_to_back(backend: str) -> None:
+    # A crop of a larger map: stride_h != W * stride_w, so the kernels take the (row, column)
+    # addressing instead of the flat pixel axis of dense layouts.
+    student, label, conf, valid = inputs(Shape(2, 19, 12, 20, False), torch.float32, seed=8)
+    window = (slice(None), slice(None), slice(2, 9), slice(3, 16))
+    maps = (slice(None), slice(2, 9), slice(3, 16))
+    leaf = student.clone().requires_grad_()
+    loss = kernels.pseudo_label_ce(leaf[window], label[maps], conf[maps], valid[maps], THRESH, backend=backend)
+    loss.backward()
+    ref_loss, ref_grad = loss_and_grad(pseudo_label_ce_reference, student[window].contiguous(), label[maps],
+                                       conf[maps], valid[maps], THRESH)
+    torch.testing.assert_close(loss.detach(), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(leaf.grad[window], ref_grad, **grad_tol(torch.float32))
+    assert torch.count_nonzero(leaf.grad) == torch.count_nonzero(leaf.grad[window])
+    label_w, conf_w, _ = kernels.pseudo_label(student[window], backend=backend)
+    ref_label, ref_conf, _ = pseudo_label_reference(student[window])
+    assert torch.equal(label_w, ref_label)
+    torch.testing.assert_close(conf_w, ref_conf)

@@ -82,3 +82,13 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
     proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(tmp_path / "missing"), "--out", str(out)],
                 tmp_path)
     assert proc.returncode == 2 and "missing" in proc.stderr
+
+
+def test_the_dataset_kind_travels_in_the_checkpoint(trained: tuple[Path, Path]) -> None:
+    # predict has no manifest: the one evaluation-mode rule reads the dataset kind from here
+    from fastforec.checkpoint import latest_checkpoint, load_checkpoint
+    from fastforec.evaluate import resolve_eval_mode
+
+    _, run_dir = trained
+    dataset = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["dataset"]
+    assert dataset["kind"] == "voc" and resolve_eval_mode("auto", dataset["kind"]) == "whole"

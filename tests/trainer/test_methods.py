@@ -1,4 +1,4 @@
-"""Every method builds its losses as DESIGN.md section 2 says, checked against targets computed
+"""Every method builds its losses as docs/architecture.md section A says, checked against targets computed
 here independently from the same forward pass."""
 
 from __future__ import annotations

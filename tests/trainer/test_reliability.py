@@ -270,7 +270,7 @@ def test_an_undecodable_image_in_training_names_shard_and_sample(shards: Path, t
 @pytest.mark.parametrize("overrides, expected", [
     (["data.batch_size=64"], "fewer than one batch of 64 on each of 1 ranks; lower data.batch_size"),
     (["data.device=gpu"], "data.device: 'gpu' requested but CUDA is not available"),
-    (['deepspeed.fp16={"enabled": true}'], "deepspeed.fp16: float16 needs a CUDA device"),
+    (['deepspeed.fp16={"enabled": true}'], "deepspeed.fp16: DeepSpeed's fp16 mode (16-bit weights with loss scaling) needs a CUDA GPU"),
     (['deepspeed.zero_optimization={"stage": 3}'], "deepspeed.zero_optimization.stage: 3 is not supported; use 0, 1 or 2"),
     (["method.fg_classes=[1,2"], "method.fg_classes: '[1,2' is not valid JSON"),
     (["method.fg_classes=[99]"], "method.fg_classes: class ids [99] do not exist: the dataset in"),

@@ -91,3 +91,8 @@ def test_teacher_only_needs_a_teacher(shards: Path, tmp_path: Path) -> None:
     moved = tiny_config(shards, data={"eval_mode": "whole"})
     with pytest.raises(ConfigError, match="data.eval_mode: this setting moved; write it as eval.mode"):
         load_config(write_config(tmp_path / "moved.json", moved))
+    removed = tiny_config(shards, data={"shuffle_buffer": 64})
+    with pytest.raises(ConfigError, match="data.shuffle_buffer: this setting was removed: .*no shuffle buffer"):
+        load_config(write_config(tmp_path / "removed.json", removed))
+    with pytest.raises(ConfigError, match="train.deterministic: this setting was removed"):
+        load_config(write_config(tmp_path / "plain.json", tiny_config(shards)), ["train.deterministic=true"])

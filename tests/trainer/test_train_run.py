@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastforec.config import config_from_dict
-from fastforec.trainer import deepspeed_config
+from fastforec.runlog import RunLogger
 from trainer_support import read_jsonl, run_train, tiny_config, write_config
 
 
@@ -108,13 +107,18 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritte
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
 
-def test_tensorboard_goes_to_the_run_directory_unless_the_config_says_otherwise(tmp_path: Path) -> None:
-    run_dir = tmp_path / "runs" / "x"
-    ds = deepspeed_config(config_from_dict({}), torch.device("cpu"), run_dir)
-    assert ds["tensorboard"] == {"enabled": True, "output_path": str(run_dir), "job_name": "tensorboard"}
-    off = deepspeed_config(config_from_dict({"deepspeed": {"tensorboard": {"enabled": False}}}), torch.device("cpu"), run_dir)
-    assert off["tensorboard"] == {"enabled": False}
-    own = {"tensorboard": {"enabled": True, "output_path": "/logs", "job_name": "j"}, "wandb": {"enabled": False}}
-    ds = deepspeed_config(config_from_dict({"deepspeed": own}), torch.device("cpu"), run_dir)
-    assert ds["tensorboard"] == own["tensorboard"] and ds["wandb"] == {"enabled": False}
-    assert "csv_monitor" not in ds and "wandb" not in deepspeed_config(config_from_dict({}), torch.device("cpu"), run_dir)
+def test_tensorboard_is_written_from_the_first_record_and_can_be_turned_off(tmp_path: Path) -> None:
+    names = ["background", "cat"]
+    logger = RunLogger(tmp_path / "on", enabled=True, tensorboard=True, class_names=names)
+    assert not (tmp_path / "on").exists()  # nothing before the first record
+    (tmp_path / "on").mkdir()
+    logger.log({"step": 3, "epoch": 0, "miou": 0.25, "iou": [0.5, None], "note": "text"}, step=3, prefix="eval")
+    logger.log({"step": 5, "loss": 1.5}, step=5, prefix="train")
+    tb = _tensorboard_scalars(tmp_path / "on" / "tensorboard")
+    assert tb == {"eval/epoch": [(3, 0.0)], "eval/miou": [(3, 0.25)], "eval/iou/background": [(3, 0.5)],
+                  "train/loss": [(5, 1.5)]}
+    off = RunLogger(tmp_path / "off", enabled=True, tensorboard=False, class_names=names)
+    (tmp_path / "off").mkdir()
+    off.log({"step": 1, "loss": 1.0}, step=1, prefix="train")
+    assert [p.name for p in (tmp_path / "off").iterdir()] == ["metrics.jsonl"]
+    assert config_from_dict({}).train.tensorboard and not config_from_dict({"train": {"tensorboard": False}}).train.tensorboard

@@ -20,13 +20,12 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 def tiny_config(data_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A run config small enough for a few CPU steps per second."""
     cfg: dict[str, Any] = {
-        "data": {"root": str(data_root), "crop_size": 48, "batch_size": 2, "num_threads": 1, "device": "cpu",
-                 "shuffle_buffer": 8},
+        "data": {"root": str(data_root), "crop_size": 48, "batch_size": 2, "num_threads": 1, "device": "cpu"},
         "model": {"backbone": "resnet18", "output_stride": 16},
         "method": {"name": "forec", "conf_thresh": 0.5},
         "optim": {"lr": 0.01, "head_lr_mult": 10.0, "weight_decay": 1e-4},
         "train": {"name": "tiny", "epochs": 1, "max_steps": 4, "log_every": 1, "checkpoint_every": 2,
-                  "keep_checkpoints": 2, "seed": 0, "deterministic": True},
+                  "keep_checkpoints": 2, "seed": 0},
         "deepspeed": {},
     }
     for name, values in sections.items():

@@ -1,0 +1,89 @@
+"""DeepSpeed's bf16 and torch_autocast blocks on 1 and 2 CPU ranks under ZeRO 1 and 2: training,
+checkpoint and exact resume, fp32 statistics, and the bulk read of the fp32 master weights; fp16
+refused on the CPU with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_distributed import torchrun
+from trainer_support import clean_env, run_train, tiny_config, write_config
+
+HARNESS = Path(__file__).with_name("precision_harness.py")
+STEPS = 2
+PRECISIONS = {"bf16": {"bf16": {"enabled": True}},
+              "torch_autocast": {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}}
+
+
+def _harness(shards: Path, tmp_path: Path, precision: str, stage: int, ranks: int) -> list[dict]:
+    ds = {**PRECISIONS[precision], "zero_optimization": {"stage": stage}}
+    # conf_thresh 0: every loss term is active on random batches; a narrow decoder keeps it fast.
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, method={"conf_thresh": 0.0},
+                                                          model={"decoder_channels": 32}, deepspeed=ds))
+    out = tmp_path / "out.json"
+    launcher = torchrun() if ranks == 2 else [sys.executable]
+    proc = subprocess.run(launcher + [str(HARNESS), "--config", str(cfg), "--out", str(out), "--steps", str(STEPS)],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("precision", ["bf16", "torch_autocast"])
+def test_train_checkpoint_resume(shards: Path, tmp_path: Path, precision: str, stage: int, ranks: int) -> None:
+    reports = _harness(shards, tmp_path, precision, stage, ranks)
+    assert len(reports) == ranks
+    r = reports[0]
+    # DeepSpeed casts the student's parameters in the bf16 block only; statistics stay fp32.
+    assert r["dtypes"]["student_params"] == (["torch.bfloat16"] if precision == "bf16" else ["torch.float32"])
+    assert r["dtypes"]["bn_stats"] == ["torch.float32"]
+    assert r["dtypes"]["teacher"] == ["torch.float32"]
+    for terms in r["losses_a"].values():
+        assert terms.pop("dtypes") == ["torch.float32"]
+        assert all(v == v and abs(v) < 1e3 for v in terms.values()), terms  # finite
+    assert r["losses_a"]["0.0"]["loss_u"] > 0 and r["losses_a"]["0.0"]["loss_rec"] > 0
+    # the resumed trainer continues exactly where the checkpoint was taken
+    assert r["resumed_step"] == STEPS // 2
+    for key, terms in r["losses_b"].items():
+        terms.pop("dtypes")
+        assert terms == r["losses_a"][key], key
+    assert r["student_b"] == r["student_a"] and r["teacher_b"] == r["teacher_a"]
+    # every rank holds the same student and teacher
+    assert len({x["student_a"] for x in reports}) == 1 and len({x["teacher_a"] for x in reports}) == 1
+
+    master = r["master"]
+    if precision == "torch_autocast":
+        assert master["bulk"] is None  # fp32 weights: the EMA reads the module itself
+        return
+    assert master["equal"] and master["dtype"] == ["torch.float32"]
+    if ranks == 1:
+        assert master["bulk"] == 0
+    else:
+        # one all-gather per parameter group, where DeepSpeed's helper issues one per parameter
+        assert master["bulk"] == master["groups"] == 2
+        assert master["per_param"] == master["params"] > 100
+        # and a whole training step stays far below one collective per parameter
+        assert max(r["collectives_per_step"]) < master["params"] // 4, r["collectives_per_step"]
+
+
+def test_fp16_on_cpu_is_refused_with_a_clear_message(shards: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, deepspeed={"fp16": {"enabled": True},
+                                                                             "zero_optimization": {"stage": 1}}))
+    proc = run_train(["--config", str(cfg), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "deepspeed.fp16" in proc.stderr and "CUDA" in proc.stderr and "bf16" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_precision_blocks_at_once_is_a_config_error(shards: Path, tmp_path: Path) -> None:
+    both = {**PRECISIONS["bf16"], **PRECISIONS["torch_autocast"]}
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, deepspeed=both))
+    proc = run_train(["--config", str(cfg), "--run-dir", str(tmp_path / "run")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "torch_autocast, bf16" in proc.stderr and "Traceback" not in proc.stderr
