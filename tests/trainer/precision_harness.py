@@ -120,8 +120,7 @@ def main() -> int:
               "dtypes": dtypes(a), "master": master_read_check(a)}
     a.train_data.close()
 
-    b = Trainer(cfg, run_dir=out.parent / "run_b", dist=info)
-    b.restore(ckpt)
+    b = Trainer(cfg, run_dir=out.parent / "run_b", dist=info, resume=str(ckpt))
     report["resumed_step"] = b.state.step
     report["losses_b"], _ = run_steps(b, range(half, args.steps), parts, cfg)
     report["student_b"] = digest(b.student.state_dict())
