@@ -197,7 +197,7 @@ def test_batches_stay_valid_while_later_batches_are_made(identity_data):
 
 @pytest.mark.parametrize("eval_batch", [1, 3])
 def test_val_pipeline_is_built_once_and_repeats_every_evaluation(identity_data, eval_batch):
-    val = ValData(identity_data, DataConfig(eval_batch_size=eval_batch), rank=0, world_size=1, device="cpu")
+    val = ValData(identity_data, DataConfig(), batch_size=eval_batch, rank=0, world_size=1, device="cpu")
     first = [{k: v.clone() for k, v in b.items()} for b in val]
     pipe = val._pipe
     for _ in range(2):  # later evaluations reuse the pipeline and see the same batches
