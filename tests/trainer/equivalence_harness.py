@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fastforec.config import load_config
-from fastforec.distributed import init_distributed
+from fastforec.config import Config, load_config
+from fastforec.distributed import DistInfo, init_distributed
 from fastforec.trainer import Trainer
 
 
@@ -43,17 +43,20 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def main() -> int:
+def harness_setup(*, default_steps: int) -> tuple[argparse.Namespace, Config, DistInfo, Path]:
+    """The harnesses' shared command line (--config, --set, --out, --steps), config and process group."""
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=default_steps)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None)
     args = p.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    info = init_distributed(args.local_rank)
-    out = Path(args.out)
+    return args, load_config(args.config, args.overrides), init_distributed(args.local_rank), Path(args.out)
+
+
+def main() -> int:
+    args, cfg, info, out = harness_setup(default_steps=2)
     trainer = Trainer(cfg, run_dir=out.parent / "harness_run", dist=info)
     parts = [info.rank] if info.world_size > 1 else list(range(trainer.accum))
     losses = {}

@@ -11,18 +11,14 @@ whether both reads agree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from equivalence_harness import digest, make_batch
-from fastforec.config import load_config
-from fastforec.distributed import init_distributed
+from equivalence_harness import digest, harness_setup, make_batch
 from fastforec.trainer import Trainer
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",
@@ -97,16 +93,7 @@ def dtypes(trainer: Trainer) -> dict[str, list[str]]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None)
-    args = p.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    info = init_distributed(args.local_rank)
-    out = Path(args.out)
+    args, cfg, info, out = harness_setup(default_steps=4)
     half = args.steps // 2
 
     a = Trainer(cfg, run_dir=out.parent / "run_a", dist=info)
