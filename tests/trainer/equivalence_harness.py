@@ -43,6 +43,16 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def train_part(trainer: Trainer, cfg: Config, step: int, part: int) -> dict[str, torch.Tensor]:
+    """One micro-batch of the deterministic synthetic stream: part ``part`` of step ``step``."""
+    torch.manual_seed(10 * step + part)
+    labeled, unlabeled = make_batch(step, part, batch=cfg.data.batch_size, crop=cfg.data.crop_size,
+                                    num_classes=trainer.num_classes)
+    terms = trainer.train_step(labeled, unlabeled)
+    assert terms is not None, f"non-finite loss at step {step}, part {part}"
+    return terms
+
+
 def harness_setup(*, default_steps: int) -> tuple[argparse.Namespace, Config, DistInfo, Path]:
     """The harnesses' shared command line (--config, --set, --out, --steps), config and process group."""
     p = argparse.ArgumentParser()
@@ -62,11 +72,7 @@ def main() -> int:
     losses = {}
     for step in range(args.steps):
         for part in parts:
-            torch.manual_seed(10 * step + part)
-            labeled, unlabeled = make_batch(step, part, batch=cfg.data.batch_size, crop=cfg.data.crop_size,
-                                            num_classes=trainer.num_classes)
-            terms = trainer.train_step(labeled, unlabeled)
-            assert terms is not None, f"non-finite loss at step {step}, part {part}"
+            terms = train_part(trainer, cfg, step, part)
             losses[f"{step}.{part}"] = {k: float(v.detach()) for k, v in terms.items()}
     gathered = [None] * info.world_size
     dist.all_gather_object(gathered, {"losses": losses, "teacher": digest(trainer.teacher.module.state_dict()),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from equivalence_harness import digest, harness_setup, make_batch
+from equivalence_harness import digest, harness_setup, train_part
 from fastforec.trainer import Trainer
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",
@@ -56,11 +56,7 @@ def run_steps(trainer: Trainer, steps: range, parts: list[int], cfg: Any) -> tup
     for step in steps:
         with CollectiveCounter() as counter:
             for part in parts:
-                torch.manual_seed(10 * step + part)
-                labeled, unlabeled = make_batch(step, part, batch=cfg.data.batch_size, crop=cfg.data.crop_size,
-                                                num_classes=trainer.num_classes)
-                terms = trainer.train_step(labeled, unlabeled)
-                assert terms is not None, f"non-finite loss at step {step}, part {part}"
+                terms = train_part(trainer, cfg, step, part)
                 losses[f"{step}.{part}"] = {k: float(v.detach()) for k, v in terms.items()}
                 losses[f"{step}.{part}"]["dtypes"] = sorted({str(v.dtype) for v in terms.values()})
         collectives.append(counter.count)
