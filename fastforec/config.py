@@ -119,9 +119,14 @@ class ModelConfig:
     pretrained: str | None = None
     sync_bn: bool = True  # used on CUDA only: SyncBatchNorm refuses CPU tensors
     decoder_channels: int = 256  # ASPP/fuse width of both decoders (the paper's 256; less for CPU demos)
+    # Channel multiplier of the ResNet stages: 1.0 is the standard network (and the only width that
+    # ImageNet weights fit); 0.5 quarters the backbone's FLOPs for CPU-sized benchmarks from scratch.
+    backbone_width: float = 1.0
 
     def validate(self, prefix: str = "model") -> None:
         _check(self.decoder_channels >= 8, f"{prefix}.decoder_channels", "must be >= 8")
+        _check(0 < self.backbone_width <= 4, f"{prefix}.backbone_width",
+               f"must be in (0, 4] (1.0 = the standard ResNet), got {self.backbone_width}")
         _check(self.output_stride in (8, 16), f"{prefix}.output_stride",
                f"must be 8 or 16, got {self.output_stride}")
 

@@ -113,6 +113,7 @@ def read_export(path: str | Path, *, weights: str | None = None,
     dataset = json.loads(meta["dataset"])
     model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
                           output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
+                          backbone_width=cfg.model.backbone_width,
                           reconstruction=None)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg, dataset

@@ -38,6 +38,7 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
         raise CheckpointError(f"'{ckpt_path}' has no teacher (method {cfg.method.label}); use the student weights")
     model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
                           output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
+                          backbone_width=cfg.model.backbone_width,
                           reconstruction=cfg.method.reconstruction if weights == "student" else None)
     model.load_state_dict(state[weights])
     return model.to(device).eval(), cfg, dataset

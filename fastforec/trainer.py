@@ -153,6 +153,7 @@ class Trainer:
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
                                 pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
+                                backbone_width=cfg.model.backbone_width,
                                 show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

@@ -145,6 +145,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: di
     ({"method": {"conf_thresh": -0.1}}, "method.conf_thresh: must be a probability in [0, 1]"),
     ({"method": {"rec_conf_thresh": 2.0}}, "method.rec_conf_thresh: must be a probability in [0, 1]"),
     ({"model": {"output_stride": 32}}, "model.output_stride: must be 8 or 16, got 32"),
+    ({"model": {"backbone_width": 0}}, "model.backbone_width: must be in (0, 4] (1.0 = the standard ResNet), got 0"),
     ({"method": {"ema_decay": 1.0}}, "method.ema_decay: must be in [0, 1), got 1.0"),
     ({"data": {"aug": {"cutmix_prob": 1.2}}}, "data.aug.cutmix_prob: must be a probability in [0, 1]"),
     ({"data": {"aug": {"scale_min": 2.0, "scale_max": 0.5}}}, "data.aug.scale_min/scale_max: needs"),

@@ -231,7 +231,8 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     with torch.device("meta"):
         student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
                                 output_stride=cfg.model.output_stride, reconstruction=m.reconstruction,
-                                decoder_channels=cfg.model.decoder_channels)
+                                decoder_channels=cfg.model.decoder_channels,
+                                backbone_width=cfg.model.backbone_width)
         teacher = student.segmentation_copy().eval() if m.has_teacher else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
         strong = torch.empty(m.strong_views * b, 3, crop, crop)

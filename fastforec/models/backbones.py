@@ -41,6 +41,7 @@ BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resne
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s")
 LOW_LEVEL_STAGE, LAST_STAGE = 1, 4
 NUM_STAGES = 4
+STAGE_CHANNELS = (64, 128, 256, 512)  # the residual stages' widths at width 1.0 (x4 in bottlenecks)
 RESIDUAL_STAGE_PREFIX = "layer"  # torchvision/timm name of the residual stages: layer1..layer4
 BN_COUNTER = "num_batches_tracked"
 FASTFOREC_ENCODER_PREFIX = "backbone.body."  # where a fastforec checkpoint keeps the encoder
@@ -200,13 +201,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 class ResNetBackbone(nn.Module):
-    def __init__(self, *, name: BackboneName, output_stride: int):
+    """``width`` scales the channels of the four residual stages (1.0: the standard 64-128-256-512,
+    the only width ImageNet weights fit). Narrower networks exist for CPU-sized benchmarks trained
+    from scratch or from a fastforec checkpoint of the same width; the 7x7 stem stays at 64."""
+
+    def __init__(self, *, name: BackboneName, output_stride: int, width: float = 1.0):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"backbone '{name}' is not supported; choose one of {', '.join(BACKBONES)}")
+        if width <= 0:
+            raise ValueError(f"backbone width must be > 0, got {width}")
         self.name = name
-        self.body = timm.create_model(name, pretrained=False, features_only=True,
-                                      output_stride=output_stride, out_indices=(LOW_LEVEL_STAGE, LAST_STAGE))
+        narrow = {} if width == 1.0 else {"channels": tuple(max(1, round(c * width)) for c in STAGE_CHANNELS)}
+        self.body = timm.create_model(name, pretrained=False, features_only=True, output_stride=output_stride,
+                                      out_indices=(LOW_LEVEL_STAGE, LAST_STAGE), **narrow)
         self.low_channels, self.high_channels = self.body.feature_info.channels()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,13 +135,14 @@ def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
 def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: int = 16,
                   reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
                   pretrained: str | Path | None = None, decoder_channels: int = ASPP_CHANNELS,
-                  show_pretrained: bool = True) -> DeepLabV3Plus:
+                  backbone_width: float = 1.0, show_pretrained: bool = True) -> DeepLabV3Plus:
     """Build DeepLabV3+ (optionally with the reconstruction or fg/bg decoder).
 
     ``pretrained``: ImageNet weights for the backbone: a local file (torchvision/timm, U2PL/UniMatch
     or mmseg naming) or ``"timm"`` / ``"timm:<name>"`` from the local cache (see backbones.py);
     ``show_pretrained`` prints the loaded/missing/unexpected table.
     ``decoder_channels``: ASPP / fuse width (256 in the paper; smaller for CPU-sized runs).
+    ``backbone_width``: channel multiplier of the ResNet stages (1.0 for ImageNet weights).
     """
     if output_stride not in DILATIONS:
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
@@ -149,7 +150,7 @@ def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: in
         raise ValueError(f"reconstruction must be 'rgb', 'fgbg' or None, got {reconstruction!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    encoder = ResNetBackbone(name=backbone, output_stride=output_stride)
+    encoder = ResNetBackbone(name=backbone, output_stride=output_stride, width=backbone_width)
     if pretrained is not None:
         encoder.load_pretrained(pretrained, show=show_pretrained)
 

@@ -114,6 +114,25 @@ def test_feature_channels_and_strides(name: str, low: int, high: int) -> None:
         assert isinstance(stem, torch.nn.Conv2d) and stem.kernel_size == (7, 7)
 
 
+@pytest.mark.parametrize(("name", "width", "low", "high"), [("resnet18", 0.5, 32, 256), ("resnet50", 0.25, 64, 512)])
+def test_narrow_backbone_scales_every_stage(name: str, width: float, low: int, high: int) -> None:
+    backbone = ResNetBackbone(name=name, output_stride=16, width=width).eval()
+    assert (backbone.low_channels, backbone.high_channels) == (low, high)
+    with torch.no_grad():
+        c1, c4 = backbone(torch.rand(1, 3, 64, 64))
+    assert c1.shape == (1, low, 16, 16) and c4.shape == (1, high, 4, 4)
+    first_block = backbone.body.layer1[0].conv1
+    assert (first_block.in_channels, first_block.out_channels) == (64, round(64 * width))  # the stem stays at 64
+    full = sum(p.numel() for p in ResNetBackbone(name=name, output_stride=16).parameters())
+    assert sum(p.numel() for p in backbone.parameters()) < full * width  # ~width^2 of the parameters
+
+
+def test_narrow_backbone_refuses_standard_weights(weights: dict[str, Path]) -> None:
+    backbone = ResNetBackbone(name="resnet18", output_stride=16, width=0.5)
+    with pytest.raises(PretrainedError, match="parameter 'layer1.0.conv1.weight' has shape"):
+        backbone.load_pretrained(weights["resnet18"])
+
+
 def test_unknown_backbone_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="backbone 'resnet34' is not supported; choose one of resnet18, resnet50"):
         ResNetBackbone(name="resnet34", output_stride=16)  # type: ignore[arg-type]
