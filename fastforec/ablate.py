@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fastforec.atomic import atomic_write_bytes, atomic_write_json
-from fastforec.config import METHODS, ConfigError, load_config
+from fastforec.config import AUX_TASKS, BASES, METHODS, NAME_PARTS, ConfigError, load_config
 from fastforec.errors import UserError
 
 # Defaults of the study (see docs/results.md for why): a few hundred small synthetic images.
@@ -53,7 +53,9 @@ DEFAULT_SPLIT_SEED = 0
 STUDY_FORMAT = 2
 PRESETS = ("scenes", "sslbench")
 ALL = "all"  # the budget that labels every training image (sslbench)
-BASELINES = ("supervised", "mean_teacher")  # paired differences are reported against these
+# Paired differences are reported against these, and against every plain base that was run (a
+# study of unimatch and unimatch+forec compares the two).
+BASELINES = ("supervised", "mean_teacher")
 CONFIDENCE = 0.95
 # Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (standard table).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -64,6 +66,10 @@ OMP_WAIT_POLICY = "PASSIVE"
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "rec": "+ reconstruction (rec)",
                  "forec": "+ FOrec", "fgbg": "+ fg/bg prediction"}
+BASE_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "fixmatch": "FixMatch",
+               "unimatch": "UniMatch"}
+AUX_LABELS = {"rec": "reconstruction", "forec": "FOrec", "fgbg": "fg/bg prediction"}
+BASE_AUX_SEP = "+"  # --methods unimatch+forec: base x auxiliary task
 # Paper (VOC classic, ResNet-101 DeepLabV3+), Table 4/5: mIoU % at 92 / 183 labeled images.
 PAPER_TABLE = {"mean_teacher": (67.82, 70.78), "rec": (68.99, 72.35), "forec": (70.99, 74.67)}
 PAPER_BUDGETS = (92, 183)
@@ -104,12 +110,31 @@ class Run:
         return f"{self.method}_b{self.budget}_s{self.seed}"
 
 
+def method_parts(method: str) -> tuple[str, str] | None:
+    """(base, aux) of a --methods entry: a method.name (forec = mean_teacher x forec), a base
+    (unimatch) or base+aux (unimatch+forec); None when it is neither."""
+    if method in METHODS:
+        return NAME_PARTS[method]
+    base, _, aux = method.partition(BASE_AUX_SEP)
+    aux = aux or "none"
+    return (base, aux) if base in BASES and aux in AUX_TASKS else None
+
+
+def method_label(method: str) -> str:
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    base, aux = method_parts(method) or (method, "none")
+    return BASE_LABELS[base] + ("" if aux == "none" else f" + {AUX_LABELS[aux]}")
+
+
 def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if method_parts(m) is None]
     if unknown or not methods:
         raise AblationError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                            f"{', '.join(METHODS)}")
+                            f"{', '.join(METHODS)}, or a base ({', '.join(BASES)}) with an optional "
+                            f"'{BASE_AUX_SEP}<aux>' ({', '.join(a for a in AUX_TASKS if a != 'none')}), "
+                            f"e.g. unimatch{BASE_AUX_SEP}forec")
     if len(set(methods)) != len(methods):
         raise AblationError(f"--methods: '{text}' names a method twice")
     return methods
@@ -220,8 +245,12 @@ def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[li
 def train_command(run: Run, *, config: Path, run_dir: Path, shards: Path, overrides: Sequence[str],
                   resume: bool) -> list[str]:
     script = Path(__file__).resolve().parent / "train.py"
+    # base and aux are always set, so a config that sets them cannot change what a row means.
+    base, aux = method_parts(run.method) or NAME_PARTS[run.method]
+    name = run.method if run.method in METHODS else "mean_teacher"
     cmd = [sys.executable, str(script), "--config", str(config), "--run-dir", str(run_dir),
-           "--set", f"method.name={run.method}", "--set", f"train.seed={run.seed}",
+           "--set", f"method.name={name}", "--set", f"method.base={base}", "--set", f"method.aux={aux}",
+           "--set", f"train.seed={run.seed}",
            "--set", f"data.root={shards}", "--set", f"train.name={run.name}"]
     for item in overrides:
         cmd += ["--set", item]
@@ -340,6 +369,12 @@ def _by_seed(runs: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
     return {r["seed"]: 100 * r[key] for r in runs if _finite(r.get(key))}
 
 
+def baselines(methods: Sequence[str]) -> list[str]:
+    """The methods of this study that others are compared with, in order."""
+    plain = [m for m in methods if m not in BASELINES and method_parts(m) == (m, "none")]
+    return [b for b in BASELINES if b in methods] + plain
+
+
 def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequence[str],
             budgets: Sequence[str]) -> dict[str, Any]:
     """Per method and budget (mIoU in %): student and teacher statistics, and the paired
@@ -353,8 +388,8 @@ def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequenc
             entry: dict[str, Any] = {"student": mean_ci(list(student.values())) if student else None,
                                      "teacher": mean_ci(list(teacher.values())) if teacher else None,
                                      "runs": runs, "vs": {}}
-            for base in BASELINES:
-                if base != m and base in methods:
+            for base in baselines(methods):
+                if base != m:
                     entry["vs"][base] = paired_difference(student, _by_seed(found.get((base, b), []), "miou_last"))
             table[m][b] = entry
     return table
@@ -380,8 +415,8 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
              "|---|" + "---:|---:|" * len(budgets)]
     for m in methods:
         cells = [f"{fmt_stat(table[m][b]['student'])} | {fmt_stat(table[m][b]['teacher'])}" for b in budgets]
-        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
-    bases = [b for b in BASELINES if b in methods]
+        lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+    bases = baselines(methods)
     if bases:
         lines += ["", "Paired difference of the student's mIoU (points), mean [95 % CI]; an interval that "
                   "excludes 0 is a difference the seeds can tell:", "",
@@ -390,7 +425,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
         for m in methods:
             cells = [fmt_stat(table[m][b]["vs"].get(base), signed=True) if base != m else "·"
                      for b in budgets for base in bases]
-            lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
               "| method | budget | runs |", "|---|---:|---|"]
     for m in methods:
@@ -421,7 +456,7 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[s
             x = j + (i - (len(methods) - 1) / 2) * width
             if stat is not None:
                 err = None if stat["ci_high"] is None else stat["ci_high"] - stat["mean"]
-                ax.bar(x, stat["mean"], width * 0.9, color=f"C{i}", label=METHOD_LABELS[m] if j == 0 else None,
+                ax.bar(x, stat["mean"], width * 0.9, color=f"C{i}", label=method_label(m) if j == 0 else None,
                        yerr=err, capsize=3)
                 ys = list(_by_seed(table[m][b]["runs"], "miou_last").values())
                 ax.plot([x] * len(ys), ys, "k.", markersize=3)

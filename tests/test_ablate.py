@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fastforec.ablate import Run, mean_ci, paired_difference, plan_runs, t_critical, train_command
+from fastforec.ablate import (Run, baselines, method_label, mean_ci, paired_difference, parse_methods, plan_runs,
+                              t_critical, train_command)
 from fastforec.cli import main
+from fastforec.config import load_config
 
 METHODS = ("supervised", "forec")
 BUDGET = 3
@@ -122,6 +124,31 @@ def test_interrupted_runs_resume_and_runs_are_seed_major(tmp_path: Path) -> None
     assert "train.seed=1" in cmd and f"data.root={tmp_path / 's'}" in cmd and "train.max_steps=5" in cmd
     order = [r.name for r in plan_runs(["a", "b"], [1, 2], 2)]
     assert order[:4] == ["a_b1_s0", "b_b1_s0", "a_b2_s0", "b_b2_s0"]  # every cell gets seed 0 first
+
+
+@pytest.mark.parametrize("method, base, aux, label", [
+    ("forec", "mean_teacher", "forec", "forec"), ("unimatch", "unimatch", "none", "unimatch"),
+    ("unimatch+forec", "unimatch", "forec", "unimatch+forec"), ("fixmatch+rec", "fixmatch", "rec", "fixmatch+rec"),
+])
+def test_methods_name_a_base_and_an_auxiliary_task(method: str, base: str, aux: str, label: str,
+                                                  tmp_path: Path) -> None:
+    """What a --methods entry means is what the child's config ends up with, whatever the study's
+    config says about base and aux."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"method": {"name": "supervised", "base": "fixmatch", "aux": "fgbg"}}))
+    cmd = train_command(Run(method, "24", 0), config=config, run_dir=tmp_path / "r", shards=tmp_path / "s",
+                        overrides=[], resume=False)
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    cfg = load_config(config, overrides=sets)
+    assert (cfg.method.base_name, cfg.method.aux_name, cfg.method.label) == (base, aux, label)
+
+
+def test_plain_bases_become_baselines() -> None:
+    methods = parse_methods("supervised,unimatch,unimatch+forec")
+    assert baselines(methods) == ["supervised", "unimatch"]
+    assert [method_label(m) for m in methods] == ["Supervised only", "UniMatch", "UniMatch + FOrec"]
+    with pytest.raises(ValueError, match="unknown method.s. unimatch.bogus; .* e.g. unimatch.forec"):
+        parse_methods("unimatch+bogus")
 
 
 def test_confidence_interval_by_hand() -> None:
