@@ -26,9 +26,16 @@ from typing import Any, Literal, Sequence
 
 from fastforec.errors import UserError
 
-METHODS = ("supervised", "mean_teacher", "rec", "forec", "fgbg")
-BASES = ("supervised", "mean_teacher", "fixmatch", "unimatch")  # where the unlabeled signal comes from
-AUX_TASKS = ("none", "rec", "forec", "fgbg")  # the auxiliary decoder's task
+# Every choice below is spelled once, as a Literal (what the config accepts and type checkers
+# see); the tuples are read from it.
+BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"]
+MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
+BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch"]  # where the unlabeled signal comes from
+AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
+BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
+METHODS: tuple[str, ...] = typing.get_args(MethodName)
+BASES: tuple[str, ...] = typing.get_args(BaseName)
+AUX_TASKS: tuple[str, ...] = typing.get_args(AuxName)
 # What each method.name means as base x auxiliary task: its meaning from before bases existed.
 NAME_PARTS = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
               "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"), "fgbg": ("mean_teacher", "fgbg")}
@@ -112,7 +119,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"] = "resnet101"
+    backbone: BackboneName = "resnet101"
     output_stride: int = 16
     # ImageNet weights: a local file (torchvision/timm names, U2PL/UniMatch's deep-stem resnet101.pth
     # with resnet101s, mmseg ResNetV1c with resnet101c), or "timm" / "timm:<name>" from the local cache
@@ -136,7 +143,7 @@ class MethodConfig:
     """The semi-supervised recipe. ``rec_conf_thresh`` defaults to ``conf_thresh``;
     ``fg_classes`` defaults to the dataset manifest's ``foreground_classes``."""
 
-    name: Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"] = "forec"
+    name: MethodName = "forec"
     conf_thresh: float = 0.95
     rec_conf_thresh: float | None = None
     lambda_u: float = 1.0
@@ -152,8 +159,8 @@ class MethodConfig:
     kernels: Literal["auto", "triton", "torch"] = "auto"
     # Method = base x auxiliary task. ``name`` stands for a pair (NAME_PARTS); ``base`` and ``aux``,
     # when set, replace its half: name=forec + base=unimatch is UniMatch with FOrec.
-    base: Literal["supervised", "mean_teacher", "fixmatch", "unimatch"] | None = None
-    aux: Literal["none", "rec", "forec", "fgbg"] | None = None
+    base: BaseName | None = None
+    aux: AuxName | None = None
     fp_dropout: float = 0.5  # UniMatch's feature perturbation: channel dropout on the weak view's c1 and c4
 
     def validate(self, prefix: str = "method") -> None:

@@ -22,7 +22,6 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import timm
 import torch
@@ -31,14 +30,13 @@ from rich.table import Table
 from torch import nn
 
 from fastforec.checkpoint import NOT_TENSORS, first_line, refused_pickle
+from fastforec.config import BACKBONES, BackboneName
 from fastforec.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"]
-# resnet101c: timm's deep-stem ResNet-101 with a 32-32-64 stem (mmseg's ResNetV1c);
-# resnet101s: the 64-64-128 deep stem of the ResNet-101 weights U2PL and UniMatch use.
-BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s")
+# The names are config.BACKBONES. resnet101c: timm's deep-stem ResNet-101 with a 32-32-64 stem
+# (mmseg's ResNetV1c); resnet101s: the 64-64-128 deep stem of the ResNet-101 weights U2PL and UniMatch use.
 LOW_LEVEL_STAGE, LAST_STAGE = 1, 4
 NUM_STAGES = 4
 STAGE_CHANNELS = (64, 128, 256, 512)  # the residual stages' widths at width 1.0 (x4 in bottlenecks)
