@@ -48,8 +48,7 @@ ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and
 # weights do not fit), what fixes the data position (else the resumed batches differ), and what the
 # optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
 RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder_channels",
-                     "method.name",
-                     "method.base", "method.aux",
+                     "method.name", "method.base", "method.aux",
                      "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
                      "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
                      "train.epochs", "train.max_steps")
