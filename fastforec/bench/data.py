@@ -127,7 +127,7 @@ def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
 
 def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
     from fastforec.data.pipelines import build_decode_pipeline
-    from fastforec.data.shards import SplitReader
+    from fastforec.data.shard_reader import SplitReader
 
     reader = SplitReader(manifest, "unlabeled", with_labels=False)
     order: deque[int] = deque()

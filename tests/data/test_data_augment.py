@@ -215,7 +215,7 @@ def test_jitter_rate(loader, coordinate_data):
 
 
 def test_colour_matrix():
-    from fastforec.data.plan import RGB_TO_YIQ, colour_matrix
+    from fastforec.data.batch_draws import RGB_TO_YIQ, colour_matrix
 
     np.testing.assert_allclose(colour_matrix(1.0, 0.0), np.eye(3), atol=1e-6)
     gray = colour_matrix(0.0, 37.0)
