@@ -119,7 +119,7 @@ def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
 
 
 def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
-    from fastforec.data.reference import reference_loader
+    from fastforec.bench.reference_loader import reference_loader
 
     batches: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=threads))
     return lambda: next(batches)

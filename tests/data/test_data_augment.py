@@ -15,7 +15,7 @@ from tests.data.conftest import COORD_SIZE
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData
 from fastforec.data import testing as T
-from fastforec.data.reference import reference_loader
+from fastforec.bench.reference_loader import reference_loader
 
 STATS_CROP = 48
 BOX_CROP = 160  # CutMix bounds are checked on a larger crop: less rounding in area/aspect
