@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import data_analysis as A
-from tests.data.conftest import COORD_SIZE
+from fastforec.bench.reference_loader import reference_loader
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData
-from fastforec.data import testing as T
-from fastforec.bench.reference_loader import reference_loader
+from tests import shard_sets as T
+from tests.data.conftest import COORD_SIZE
 
 STATS_CROP = 48
 BOX_CROP = 160  # CutMix bounds are checked on a larger crop: less rounding in area/aspect

@@ -13,7 +13,7 @@ import torch
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.evaluate import resolve_eval_mode
-from fastforec.data import testing as T
+from tests import shard_sets as T
 
 CROP = 32
 BATCH = 4
