@@ -1,8 +1,8 @@
 """The data sets the benchmarks generate when pointed at an empty directory.
 
 * :func:`synthetic_voc_shards` - dataprep's synthetic VOC scenes, made by running the dataprep
-  command line (``synth``, ``splits``, ``voc``): what ``fastforec bench --what data`` and the
-  gpu-check's DALI section read by default;
+  command line (``synth``, ``splits``, ``voc``): what ``fastforec bench --what data`` reads by
+  default, and what the gpu-check's DALI section reads;
 * :func:`make_bench_dataset` - VOC-sized JPEGs with photo-like entropy (:func:`textured_jpeg`),
   written straight into the manifest contract format (``--synthetic textured``; also the data
   set of the shard-verification benchmark in docs/benchmarks.md).
