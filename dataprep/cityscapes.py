@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import DataprepError, Rejection
 from .labels import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_FOREGROUND, CITYSCAPES_PALETTE, cityscapes_id_to_train_id,
                      cityscapes_valid_ids)
-from .plan import LABELED, UNLABELED, VAL, ConversionPlan, DatasetMeta, EncodeOptions, SampleSource, finalize_plan
+from .conversion_plan import LABELED, UNLABELED, VAL, ConversionPlan, DatasetMeta, EncodeOptions, SampleSource, finalize_plan
 from .sources import DEFAULT_JPEG_QUALITY, lut_bytes, require_dir, require_entries
 from .splitfiles import SplitList, read_split_list
 

@@ -22,9 +22,9 @@ from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
 from .encode import EncodedSample, SampleTask, encode_sample
 from .errors import DataprepError, Rejection
 from .labels import IGNORE_INDEX
-from .plan import ConversionPlan
+from .conversion_plan import ConversionPlan
 from .progress import make_console, progress_bar
-from .shards import (STATE_DIR, ShardCaps, ShardRecord, SplitShardWriter, completed_prefix, remove_stale_shards,
+from .shard_writer import (STATE_DIR, ShardCaps, ShardRecord, SplitShardWriter, completed_prefix, remove_stale_shards,
                      remove_temporaries)
 
 MANIFEST = "manifest.json"

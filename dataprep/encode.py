@@ -15,7 +15,7 @@ from PIL import Image
 from fastforec.data.images import decode_problem
 
 from .errors import Rejection
-from .plan import EncodeOptions, SampleSource
+from .conversion_plan import EncodeOptions, SampleSource
 
 # zlib level for label PNGs: labels are mostly flat regions, so the default level already gives
 # small files at well under a millisecond per VOC-sized mask.

@@ -16,7 +16,7 @@ from PIL import Image
 from fastforec.data.images import decode_problem
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, ShardInfo
 
-from .shards import file_sha256
+from .shard_writer import file_sha256
 
 INDEX_VERSION = "v1.2"
 JSON_EXT = "json"

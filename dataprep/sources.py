@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import DataprepError
 from .labels import identity_lut
-from .plan import SampleSource
+from .conversion_plan import SampleSource
 from .splitfiles import SplitList
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

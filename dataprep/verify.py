@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastforec.data.manifest import Manifest, ManifestError
 
-from .plan import SPLITS_WITH_LABELS
+from .conversion_plan import SPLITS_WITH_LABELS
 from .scan import Problem, ShardScan, ShardTask, scan_shard
 
 

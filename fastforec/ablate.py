@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from fastforec.atomic import atomic_write_bytes, atomic_write_json
 from fastforec.config import AUX_TASKS, BASES, METHODS, NAME_PARTS, ConfigError, load_config
+from fastforec.dataprep_cli import run_dataprep
 from fastforec.errors import UserError
 
 # Defaults of the study (see docs/results.md for why): a few hundred small synthetic images.
@@ -211,10 +212,10 @@ def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[str], console: Any
 
 def _dataprep(argv: list[str], console: Any) -> None:
     console.print("dataprep " + " ".join(argv))
-    done = subprocess.run([sys.executable, "-m", "dataprep.cli", *argv], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AblationError(f"`dataprep {' '.join(argv)}` failed (exit {done.returncode}): "
-                            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}")
+    try:
+        run_dataprep(argv)
+    except UserError as e:  # reported the way every other ablate error is
+        raise AblationError(str(e)) from None
 
 
 def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[list[str], dict[str, list[list[str]]]]:

@@ -24,6 +24,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None,
                    help="data: DALI backend to benchmark (default cpu; gpu needs CUDA)")
+    p.add_argument("--synthetic", choices=["scenes", "textured"], default=None,
+                   help="data: what an empty or new --data directory is filled with: dataprep's synthetic "
+                        "VOC scenes (default) or photo-like textured JPEGs")
     p.add_argument("--dry-run", action="store_true", help="gpu-check: the same sections on the CPU, small shapes")
     p.add_argument("--wheels", help="gpu-check: wheels to unpack when deepspeed & co. are missing "
                                     "(default build/offline_wheels, see tools/build_offline_wheels.sh)")

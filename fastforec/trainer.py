@@ -28,7 +28,7 @@ from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoi
 from fastforec.config import Config, ConfigError
 from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
-from fastforec.data.shards import ShardError, verify_shards
+from fastforec.data.shard_reader import ShardError, verify_shards
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true, barrier
 from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode

@@ -166,3 +166,14 @@ def test_confidence_interval_by_hand() -> None:
     assert (d["ci_low"], d["ci_high"]) == (pytest.approx(2.0 - 4.303), pytest.approx(2.0 + 4.303))
     # beyond the table: the Cornish-Fisher value is within 0.003 of t(0.975, 40 df) = 2.021
     assert t_critical(30) == 2.042 and t_critical(40) == pytest.approx(2.021, abs=3e-3)
+
+
+def test_a_failed_dataprep_command_stops_the_study_with_dataprep_s_message(config: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "study"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "raw").write_text("in the way of the raw tree")
+    assert main(_argv(config, out)) == 2
+    err = capsys.readouterr().err
+    assert "`dataprep synth --layout voc --out" in err and "regular file" in err and "Traceback" not in err
+    assert not (out / "data" / "study.json").exists() and not (out / "runs").exists()

@@ -37,7 +37,7 @@ WARMUP_BATCHES = 3
 BENCH_SAMPLES = 512  # unlabeled samples generated when --data points to an empty directory
 BENCH_LABELED, BENCH_VAL = 64, 8
 BENCH_SIZE = (375, 500)  # (height, width) of a typical VOC image
-GENERATED_SUBDIR = "shards"  # where dataprep.testing.make_shards puts the manifest
+SYNTHETIC = ("scenes", "textured")  # --synthetic: dataprep's VOC scenes, or photo-like textured JPEGs
 DRAIN = 4  # batches a contender may have prefetched while another one was timed
 SETTLE_POLL_S = 0.05  # the DataLoader workers count as idle once they use < 10 % CPU per poll
 SETTLE_IDLE_CPU_S = 0.005
@@ -52,6 +52,7 @@ class Settings:
     batch_size: int
     batches: int
     device: str  # DALI backend: "cpu", or "gpu" (decoding and augmentation on the GPU)
+    synthetic: str  # what an empty root is filled with, one of SYNTHETIC
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
@@ -75,27 +76,35 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
         if not torch.cuda.is_available():
             raise ConfigError("bench --what data --device gpu: no CUDA GPU here; use --device cpu")
     settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
-                        batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES, device=device)
+                        batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES, device=device,
+                        synthetic=getattr(args, "synthetic", None) or SYNTHETIC[0])
     return settings, data
 
 
-def _manifest(root: Path, console: Any) -> Any:
-    """Shards at ``root`` (or ``root/shards``, where a generated set lives); an empty or new
-    ``root`` gets VOC-sized synthetic shards from dataprep first."""
+def _manifest(root: Path, synthetic: str, console: Any) -> Any:
+    """Shards at ``root`` (or ``root/shards``, where a generated scenes set lives); an empty or
+    new ``root`` first gets VOC-sized synthetic shards of the kind ``synthetic`` names."""
+    from fastforec.bench.datasets import SHARDS_SUBDIR, make_bench_dataset, synthetic_voc_shards
     from fastforec.data.manifest import Manifest
+    from fastforec.errors import check_output_dir
 
-    for candidate in (root, root / GENERATED_SUBDIR):
+    for candidate in (root, root / SHARDS_SUBDIR):
         if (candidate / "manifest.json").is_file():
             return Manifest.load(candidate)
     if root.exists() and any(root.iterdir()):
         raise FileNotFoundError(f"'{root}' has no manifest.json and is not empty; point --data at shards "
                                 f"written by dataprep, or at an empty/new directory to generate some")
-    from dataprep.testing import make_shards
-
+    check_output_dir(root, "--data")  # a clear message before any image is made
+    height, width = BENCH_SIZE
+    if synthetic == "textured":
+        console.print(f"[yellow]no shards in '{root}': writing {BENCH_SAMPLES} photo-like textured "
+                      f"{height}x{width} JPEGs")
+        return make_bench_dataset(root, num_samples=BENCH_SAMPLES, height=height, width=width, seed=0)
     console.print(f"[yellow]no shards in '{root}': generating {BENCH_SAMPLES} VOC-sized "
-                  f"({BENCH_SIZE[0]}x{BENCH_SIZE[1]}) JPEGs with dataprep")
-    return Manifest.load(make_shards(root, layout="voc", num_train=BENCH_SAMPLES + BENCH_LABELED,
-                                     num_labeled=BENCH_LABELED, num_val=BENCH_VAL, size=BENCH_SIZE, seed=0))
+                  f"({height}x{width}) JPEGs with dataprep")
+    return Manifest.load(synthetic_voc_shards(root, num_train=BENCH_SAMPLES + BENCH_LABELED,
+                                              num_labeled=BENCH_LABELED, num_val=BENCH_VAL, size=BENCH_SIZE,
+                                              seed=0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
 
 
 def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
-    from fastforec.data.reference import reference_loader
+    from fastforec.bench.reference_loader import reference_loader
 
     batches: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=threads))
     return lambda: next(batches)
@@ -127,7 +136,7 @@ def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
 
 def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
     from fastforec.data.pipelines import build_decode_pipeline
-    from fastforec.data.shards import SplitReader
+    from fastforec.data.shard_reader import SplitReader
 
     reader = SplitReader(manifest, "unlabeled", with_labels=False)
     order: deque[int] = deque()
@@ -250,13 +259,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from fastforec.atomic import atomic_write_json
-    from fastforec.config import ConfigError
     from fastforec.data.manifest import ManifestError
+    from fastforec.errors import UserError
 
     console = Console(stderr=True)
     try:
         settings, data = _settings(args)
-        manifest = _manifest(settings.root, console)
+        manifest = _manifest(settings.root, settings.synthetic, console)
         num_samples = manifest.split("unlabeled").num_samples
         if num_samples < settings.batch_size:
             raise ManifestError(f"'{settings.root}' has {num_samples} unlabeled samples, fewer than one batch")
@@ -265,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                       "decode_only": _decode_only(manifest, data, settings.device)}
         with Progress(console=console, transient=True) as progress:
             result = _report(_measure(contenders, settings, progress), settings, num_samples)
-    except (ConfigError, ManifestError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # config, manifest, and a failed dataprep command
         print(f"error: {e}", file=sys.stderr)
         return 2
     _print(result, Console())

@@ -491,17 +491,16 @@ def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
 def dali_section(device: Any, dry_run: bool) -> dict[str, Any]:
     if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
         return {"skipped": "DALI is not importable here (nvidia-dali is not installed)"}
+    from fastforec.bench.datasets import synthetic_voc_shards
     from fastforec.config import DataConfig
     from fastforec.data import TrainData
     from fastforec.data.manifest import Manifest
 
-    from dataprep.testing import make_shards
-
     dali_device = "gpu" if device.type == "cuda" else "cpu"
     crop, batch, batches = (64, 2, 4) if dry_run else (512, 8, 30)
     with tempfile.TemporaryDirectory(prefix="fastforec-gpu-check-dali-") as tmp:
-        root = make_shards(Path(tmp), layout="voc", num_train=4 * batch * (1 if dry_run else 4),
-                           num_labeled=2 * batch, num_val=2, size=(375, 500), seed=0)
+        root = synthetic_voc_shards(Path(tmp), num_train=4 * batch * (1 if dry_run else 4), num_labeled=2 * batch,
+                                    num_val=2, size=(375, 500), seed=0)
         cfg = DataConfig(root=str(root), crop_size=crop, batch_size=batch, device=dali_device)
         train = TrainData(Manifest.load(root), cfg, rank=0, world_size=1, seed=0, with_unlabeled=True,
                           device=dali_device)

@@ -1,4 +1,4 @@
-"""Data side: manifest, DALI pipelines, reference loader.
+"""Data side: manifest, shard reader, per-batch random draws, DALI pipelines.
 
 ``from fastforec.data import TrainData, ValData, resolve_device`` is the trainer's entry point;
 the DALI-backed classes are imported lazily so that reading a manifest does not load DALI.

@@ -8,7 +8,7 @@ Training batches (``B`` = ``cfg.batch_size`` per rank, ``H = W = cfg.crop_size``
                  "valid": bool (B,H,W) False on padding,
                  "box": bool (B,H,W) CutMix box, all False when CutMix was not drawn,
                  with strong_views=2 also "strong2", "box2": the second strong view, same
-                 geometry, its own photometric and CutMix draws (plan.STREAM_AUG_UNLABELED_2)}
+                 geometry, its own photometric and CutMix draws (batch_draws.STREAM_AUG_UNLABELED_2)}
 
 Validation batches: ``{"image": float32 (N,3,H,W), "label": int64 (N,H,W)}``, whole images,
 padded bottom/right with image 0 / label 255 to the largest image of the batch.
@@ -16,7 +16,7 @@ padded bottom/right with image 0 / label 255 to the largest image of the batch.
 Tensors live on the CPU for ``device="cpu"`` and on the current CUDA device for ``"gpu"``.
 
 Position and determinism: batch (epoch, step) is a pure function of (seed, rank, world_size,
-epoch, step) (:mod:`fastforec.data.plan`). DALI prefetches ahead of the consumer; the inputs of
+epoch, step) (:mod:`fastforec.data.batch_draws`). DALI prefetches ahead of the consumer; the inputs of
 every batch in flight are remembered in a FIFO so that :meth:`TrainData.state_dict` reports the
 position of the next batch the *consumer* will get, and a restore simply rebuilds the pipeline
 at that position.
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from fastforec.config import ConfigError, DataConfig
-from fastforec.data import plan
+from fastforec.data import batch_draws
 from fastforec.data.manifest import Manifest
 from fastforec.data.pipelines import (IGNORE_FILL, TrainGraph, build_train_pipeline, build_val_pipeline)
-from fastforec.data.shards import ShardError, SplitReader
+from fastforec.data.shard_reader import ShardError, SplitReader
 
 DEVICES = ("auto", "cpu", "gpu")
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the consumer
@@ -94,13 +94,13 @@ class _Branch:
     """Inputs of one branch (labeled or unlabeled) of one batch, kept until it is consumed."""
 
     indices: np.ndarray
-    geometry: plan.Geometry
-    cutmix: plan.CutMixBoxes | None
-    cutmix2: plan.CutMixBoxes | None = None  # the second strong view's boxes
+    geometry: batch_draws.Geometry
+    cutmix: batch_draws.CutMixBoxes | None
+    cutmix2: batch_draws.CutMixBoxes | None = None  # the second strong view's boxes
 
 
-def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
-    taps = [plan.gaussian_taps(float(s)) if b else IDENTITY_TAPS[0] for s, b in zip(p.sigma, p.blur)]
+def _photometric_feeds(p: batch_draws.Photometric) -> list[list[np.ndarray]]:
+    taps = [batch_draws.gaussian_taps(float(s)) if b else IDENTITY_TAPS[0] for s, b in zip(p.sigma, p.blur)]
     # One (3, 1) column per output channel: the correlation taps of _mix_channels.
     mix_rows = [[np.ascontiguousarray(m[c].reshape(-1, 1)) for m in p.mix] for c in range(3)]
     return [_scalar_list(p.colour, np.bool_), _scalar_list(p.brightness, np.float32),
@@ -108,7 +108,7 @@ def _photometric_feeds(p: plan.Photometric) -> list[list[np.ndarray]]:
             [t.reshape(1, -1) for t in taps], [t.reshape(-1, 1) for t in taps]]
 
 
-def _geometry_feeds(g: plan.Geometry) -> list[list[np.ndarray]]:
+def _geometry_feeds(g: batch_draws.Geometry) -> list[list[np.ndarray]]:
     return [list(g.decode_start), list(g.decode_shape), list(g.roi_start), list(g.roi_end),
             list(g.valid.astype(np.float32)), _scalar_list(g.flip, np.int32)]
 
@@ -135,12 +135,12 @@ class TrainData:
         self._graph = TrainGraph(labeled=labeled, labeled_strong=cfg.aug.labeled_strong, unlabeled=with_unlabeled,
                                  strong_views=strong_views)
         epoch_split = self._unlabeled or self._labeled
-        self.steps_per_epoch = plan.per_rank(len(epoch_split), world_size) // cfg.batch_size
+        self.steps_per_epoch = batch_draws.per_rank(len(epoch_split), world_size) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ShardError(f"split '{epoch_split.split}' of '{manifest.root}' has {len(epoch_split)} samples, "
                              f"fewer than one batch of {cfg.batch_size} on each of {world_size} ranks; lower "
                              f"data.batch_size or add data")
-        if plan.per_rank(len(self._labeled), world_size) < 1:
+        if batch_draws.per_rank(len(self._labeled), world_size) < 1:
             raise ShardError(f"split 'labeled' of '{manifest.root}' has {len(self._labeled)} samples, fewer "
                              f"than the {world_size} ranks")
         self._consumed = (0, 0)  # (epoch, step) of the next batch next_batch returns
@@ -156,7 +156,7 @@ class TrainData:
 
     def state_dict(self) -> dict[str, Any]:
         """Position of the next batch; the same on every rank (batches depend on the rank only
-        through the plan), JSON-serialisable."""
+        through :mod:`fastforec.data.batch_draws`), JSON-serialisable."""
         epoch, step = self._consumed
         return {"format": STATE_FORMAT, "epoch": epoch, "step": step, "seed": self.seed,
                 "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
@@ -184,15 +184,15 @@ class TrainData:
     # ---- what goes into a batch ---------------------------------------------------------------
 
     def _rng(self, stream: int, epoch: int, step: int) -> np.random.Generator:
-        return plan._rng(self.seed, stream, self.rank, epoch, step)
+        return batch_draws._rng(self.seed, stream, self.rank, epoch, step)
 
     def _labeled_indices(self, epoch: int, step: int) -> np.ndarray:
-        common = dict(num_samples=len(self._labeled), seed=self.seed, stream=plan.STREAM_ORDER_LABELED,
+        common = dict(num_samples=len(self._labeled), seed=self.seed, stream=batch_draws.STREAM_ORDER_LABELED,
                       batch_size=self.cfg.batch_size, rank=self.rank, world_size=self.world_size)
         if self._unlabeled is None:
-            return plan.epoch_batch(epoch=epoch, step=step, **common)
+            return batch_draws.epoch_batch(epoch=epoch, step=step, **common)
         position = (epoch * self.steps_per_epoch + step) * self.cfg.batch_size
-        return plan.stream_batch(position=position, **common)
+        return batch_draws.stream_batch(position=position, **common)
 
     def _sizes(self, reader: SplitReader, indices: np.ndarray, encoded: list[np.ndarray]) -> np.ndarray:
         return np.array([reader.image_size(int(i), e) for i, e in zip(indices, encoded)], dtype=np.int64)
@@ -202,31 +202,31 @@ class TrainData:
         idx = self._labeled_indices(epoch, step)
         images = [self._labeled.image_bytes(int(i)) for i in idx]
         labels = [self._labeled.label_bytes(int(i)) for i in idx]
-        rng = self._rng(plan.STREAM_AUG_LABELED, epoch, step)
-        geo = plan.draw_geometry(rng, sizes=self._sizes(self._labeled, idx, images), crop=crop, aug=aug)
+        rng = self._rng(batch_draws.STREAM_AUG_LABELED, epoch, step)
+        geo = batch_draws.draw_geometry(rng, sizes=self._sizes(self._labeled, idx, images), crop=crop, aug=aug)
         feeds = [images, labels] + _geometry_feeds(geo)
         if self._graph.labeled_strong:
-            feeds += _photometric_feeds(plan.draw_photometric(rng, n=len(idx), aug=aug))
+            feeds += _photometric_feeds(batch_draws.draw_photometric(rng, n=len(idx), aug=aug))
         return _Branch(indices=idx, geometry=geo, cutmix=None), feeds
 
     def _unlabeled_feeds(self, epoch: int, step: int) -> tuple[_Branch, list[list[np.ndarray]]]:
         assert self._unlabeled is not None
         aug, crop = self.cfg.aug, self.cfg.crop_size
-        idx = plan.epoch_batch(num_samples=len(self._unlabeled), seed=self.seed, stream=plan.STREAM_ORDER_UNLABELED,
-                               epoch=epoch, step=step, batch_size=self.cfg.batch_size, rank=self.rank,
-                               world_size=self.world_size)
+        idx = batch_draws.epoch_batch(num_samples=len(self._unlabeled), seed=self.seed,
+                                      stream=batch_draws.STREAM_ORDER_UNLABELED, epoch=epoch, step=step,
+                                      batch_size=self.cfg.batch_size, rank=self.rank, world_size=self.world_size)
         images = [self._unlabeled.image_bytes(int(i)) for i in idx]
-        rng = self._rng(plan.STREAM_AUG_UNLABELED, epoch, step)
-        geo = plan.draw_geometry(rng, sizes=self._sizes(self._unlabeled, idx, images), crop=crop, aug=aug)
-        photo = plan.draw_photometric(rng, n=len(idx), aug=aug)
-        boxes = plan.draw_cutmix(rng, n=len(idx), crop=crop, aug=aug)
+        rng = self._rng(batch_draws.STREAM_AUG_UNLABELED, epoch, step)
+        geo = batch_draws.draw_geometry(rng, sizes=self._sizes(self._unlabeled, idx, images), crop=crop, aug=aug)
+        photo = batch_draws.draw_photometric(rng, n=len(idx), aug=aug)
+        boxes = batch_draws.draw_cutmix(rng, n=len(idx), crop=crop, aug=aug)
         feeds = [images] + _geometry_feeds(geo) + _photometric_feeds(photo)
         boxes2 = None
         if self._graph.strong_views == 2:
             # its own stream: the first view's draws (and so mean teacher's batches) stay as they are
-            rng2 = self._rng(plan.STREAM_AUG_UNLABELED_2, epoch, step)
-            feeds += _photometric_feeds(plan.draw_photometric(rng2, n=len(idx), aug=aug))
-            boxes2 = plan.draw_cutmix(rng2, n=len(idx), crop=crop, aug=aug)
+            rng2 = self._rng(batch_draws.STREAM_AUG_UNLABELED_2, epoch, step)
+            feeds += _photometric_feeds(batch_draws.draw_photometric(rng2, n=len(idx), aug=aug))
+            boxes2 = batch_draws.draw_cutmix(rng2, n=len(idx), crop=crop, aug=aug)
         return _Branch(indices=idx, geometry=geo, cutmix=boxes, cutmix2=boxes2), feeds
 
     def _source(self) -> list[list[np.ndarray]]:
@@ -319,7 +319,8 @@ class TrainData:
             self._unlabeled.close()
 
 
-def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _masks(geo: batch_draws.Geometry, boxes: batch_draws.CutMixBoxes, *,
+           crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid and CutMix masks from the drawn parameters: both are rectangles, so they are two
     slice assignments per sample (a memset each) instead of full-size comparisons or extra
     planes pushed through DALI. Padding is bottom/right before the flip, so a flipped crop has
@@ -337,7 +338,7 @@ def _masks(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int) -> tuple[t
     return torch.from_numpy(valid), torch.from_numpy(box)
 
 
-def _mask_rectangles(geo: plan.Geometry, boxes: plan.CutMixBoxes, *, crop: int) -> np.ndarray:
+def _mask_rectangles(geo: batch_draws.Geometry, boxes: batch_draws.CutMixBoxes, *, crop: int) -> np.ndarray:
     """Per sample (valid top, left, bottom, right, box top, left, bottom, right) as int32; an
     empty box when CutMix was not drawn. The same rectangles as :func:`_masks` fills."""
     n = len(geo.flip)

@@ -3,7 +3,7 @@
 ``device="gpu"`` decodes with ``mixed`` and runs every image operator on the GPU;
 ``device="cpu"`` builds the pipeline with ``device_id=None`` and runs the same operators on
 DALI's CPU backend. Inputs arrive through one ``external_source`` per pipeline (encoded bytes
-and the per-sample random parameters drawn by :mod:`fastforec.data.plan`), so the graph itself
+and the per-sample random parameters drawn by :mod:`fastforec.data.batch_draws`), so the graph itself
 holds no random state.
 
 Cost plan (the CPU backend is the bottleneck on a 2-core machine; see docs/benchmarks.md):

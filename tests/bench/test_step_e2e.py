@@ -41,7 +41,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataprep.testing import make_shards
+    from tests.shard_sets import make_shards
 
     return make_shards(tmp_path_factory.mktemp("bench_shards"), num_train=16, num_labeled=6, num_val=2,
                        size=(48, 64), seed=0)

@@ -1,6 +1,6 @@
 """Shard fixtures for the data tests, written in the manifest contract format.
 
-Built with fastforec.data.testing (webdataset TarWriter + DALI's wds2idx + Manifest), so the
+Built with fastforec.bench.datasets (webdataset TarWriter + DALI's wds2idx + Manifest), so the
 tests do not depend on dataprep. Each fixture is session-scoped and small.
 """
 
@@ -11,19 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforec.data import testing as T
+from fastforec.bench.datasets import Sample, encode, write_dataset
 from fastforec.data.manifest import Manifest
+from tests import shard_sets as T
 
 COORD_SIZE = (60, 80)  # (height, width) of every coordinate image
 CLASS_NAMES = [f"class{i}" for i in range(len(T.CLASS_PALETTE))]
 
 
-def _labeled(key: str, image: np.ndarray, label: np.ndarray, ext: str) -> T.Sample:
-    return T.Sample(key=key, image=T.encode(image, ext), image_ext=ext, label=T.encode(label, "png"))
+def _labeled(key: str, image: np.ndarray, label: np.ndarray, ext: str) -> Sample:
+    return Sample(key=key, image=encode(image, ext), image_ext=ext, label=encode(label, "png"))
 
 
-def _unlabeled(key: str, image: np.ndarray, ext: str) -> T.Sample:
-    return T.Sample(key=key, image=T.encode(image, ext), image_ext=ext)
+def _unlabeled(key: str, image: np.ndarray, ext: str) -> Sample:
+    return Sample(key=key, image=encode(image, ext), image_ext=ext)
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +36,11 @@ def class_colour_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
         h, w = int(rng.integers(40, 90)), int(rng.integers(50, 110))
         image, label = T.class_colour_sample(rng, height=h, width=w)
         samples.append(_labeled(f"c{i:03d}", image, label, "png" if i % 2 else "jpg"))
-    unlabeled = [T.Sample(key=s.key, image=s.image, image_ext=s.image_ext) for s in samples]
-    return T.write_dataset(tmp_path_factory.mktemp("class_colour"),
-                           splits={"labeled": samples, "unlabeled": unlabeled, "val": samples[:5]},
-                           class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3, 4, 5, 6],
-                           shard_size=3)
+    unlabeled = [Sample(key=s.key, image=s.image, image_ext=s.image_ext) for s in samples]
+    return write_dataset(tmp_path_factory.mktemp("class_colour"),
+                         splits={"labeled": samples, "unlabeled": unlabeled, "val": samples[:5]},
+                         class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3, 4, 5, 6],
+                         shard_size=3)
 
 
 @pytest.fixture(scope="session")
@@ -51,29 +52,29 @@ def coordinate_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     label = np.ones((h, w), dtype=np.uint8)
     labeled = [_labeled(f"k{i:03d}", image, label, "png") for i in range(32)]
     unlabeled = [_unlabeled(f"u{i:03d}", image, "png") for i in range(32)]
-    return T.write_dataset(tmp_path_factory.mktemp("coordinate"),
-                           splits={"labeled": labeled, "unlabeled": unlabeled, "val": labeled[:2]},
-                           class_names=CLASS_NAMES[:2], palette=T.CLASS_PALETTE[:2], foreground=[1],
-                           shard_size=8)
+    return write_dataset(tmp_path_factory.mktemp("coordinate"),
+                         splits={"labeled": labeled, "unlabeled": unlabeled, "val": labeled[:2]},
+                         class_names=CLASS_NAMES[:2], palette=T.CLASS_PALETTE[:2], foreground=[1],
+                         shard_size=8)
 
 
 @pytest.fixture(scope="session")
 def identity_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     """Every sample a flat colour that names it: 26 unlabeled, 10 labeled, 7 val (odd counts so
     that rank splits and padding are exercised)."""
-    def sample(i: int, ext: str, labeled: bool) -> T.Sample:
+    def sample(i: int, ext: str, labeled: bool) -> Sample:
         h, w = 30 + (i % 5) * 7, 40 + (i % 3) * 9
         image = T.identity_image(i, height=h, width=w)
         if labeled:
             return _labeled(f"i{i:03d}", image, np.full((h, w), i % 7, dtype=np.uint8), ext)
         return _unlabeled(f"i{i:03d}", image, ext)
 
-    return T.write_dataset(tmp_path_factory.mktemp("identity"),
-                           splits={"labeled": [sample(i, "png", True) for i in range(100, 110)],
-                                   "unlabeled": [sample(i, "jpg" if i % 2 else "png", False) for i in range(26)],
-                                   "val": [sample(i, "png", True) for i in range(150, 157)]},
-                           class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3],
-                           shard_size=4)
+    return write_dataset(tmp_path_factory.mktemp("identity"),
+                         splits={"labeled": [sample(i, "png", True) for i in range(100, 110)],
+                                 "unlabeled": [sample(i, "jpg" if i % 2 else "png", False) for i in range(26)],
+                                 "val": [sample(i, "png", True) for i in range(150, 157)]},
+                         class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3],
+                         shard_size=4)
 
 
 @pytest.fixture()

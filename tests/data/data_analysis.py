@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastforec.data import testing as T
+from tests import shard_sets as T
 
 GRAY_SPREAD = 0.03  # mean channel spread below which a crop counts as grayscale
 BLUR_RATIO = 0.5  # Laplacian energy ratio strong/weak below which a crop counts as blurred

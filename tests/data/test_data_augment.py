@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import data_analysis as A
-from tests.data.conftest import COORD_SIZE
+from fastforec.bench.reference_loader import reference_loader
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData
-from fastforec.data import testing as T
-from fastforec.data.reference import reference_loader
+from tests import shard_sets as T
+from tests.data.conftest import COORD_SIZE
 
 STATS_CROP = 48
 BOX_CROP = 160  # CutMix bounds are checked on a larger crop: less rounding in area/aspect
@@ -215,7 +215,7 @@ def test_jitter_rate(loader, coordinate_data):
 
 
 def test_colour_matrix():
-    from fastforec.data.plan import RGB_TO_YIQ, colour_matrix
+    from fastforec.data.batch_draws import RGB_TO_YIQ, colour_matrix
 
     np.testing.assert_allclose(colour_matrix(1.0, 0.0), np.eye(3), atol=1e-6)
     gray = colour_matrix(0.0, 37.0)

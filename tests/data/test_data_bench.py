@@ -48,3 +48,12 @@ def test_bench_data_gpu_device_without_cuda_is_a_clear_error(tmp_path, identity_
     out = tmp_path / "bench.json"
     assert main(_args(tmp_path, identity_data.root, json=out, device="gpu")) == 2
     assert "--device gpu: no CUDA GPU" in capsys.readouterr().err and not out.exists()
+
+
+def test_bench_data_names_an_unwritable_data_directory_before_generating(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(_args(tmp_path, blocker / "bench", synthetic="textured")) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "regular file" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"

@@ -13,7 +13,7 @@ from fastforec.evaluate import resolve_eval_mode
 
 @pytest.mark.parametrize("layout", ["voc", "cityscapes"])
 def test_train_and_val_on_dataprep_shards(tmp_path, layout):
-    from dataprep.testing import make_shards
+    from tests.shard_sets import make_shards
 
     manifest = Manifest.load(make_shards(tmp_path, layout=layout, num_train=12, num_labeled=4, num_val=3,
                                          size=(48, 64) if layout == "voc" else (32, 64)))

@@ -7,7 +7,7 @@ import pytest
 from fastforec.config import DataConfig
 from fastforec.data import TrainData, ValData
 from fastforec.data.manifest import ManifestError
-from fastforec.data.shards import ShardError, SplitReader
+from fastforec.data.shard_reader import ShardError, SplitReader
 
 
 def _train(manifest) -> TrainData:

@@ -13,7 +13,7 @@ import torch
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData, ValData, resolve_device
 from fastforec.evaluate import resolve_eval_mode
-from fastforec.data import testing as T
+from tests import shard_sets as T
 
 CROP = 32
 BATCH = 4
@@ -209,14 +209,14 @@ def test_val_pipeline_is_built_once_and_repeats_every_evaluation(identity_data, 
 
 
 def test_masks_built_on_the_device_equal_the_host_masks():
-    from fastforec.data import plan
+    from fastforec.data import batch_draws
     from fastforec.data.loader import _mask_rectangles, _masks, _masks_on_device
 
     rng = np.random.default_rng(3)
     crop, n = 24, 16
     sizes = np.stack([rng.integers(8, 60, n), rng.integers(8, 60, n)], axis=1)
-    geo = plan.draw_geometry(rng, sizes=sizes, crop=crop, aug=AugConfig())
-    boxes = plan.draw_cutmix(rng, n=n, crop=crop, aug=AugConfig(cutmix_prob=0.5))
+    geo = batch_draws.draw_geometry(rng, sizes=sizes, crop=crop, aug=AugConfig())
+    boxes = batch_draws.draw_cutmix(rng, n=n, crop=crop, aug=AugConfig(cutmix_prob=0.5))
     assert geo.flip.any() and not geo.flip.all() and boxes.apply.any() and not boxes.apply.all()
     assert (geo.valid < crop).any()  # some crops are padded
     host = _masks(geo, boxes, crop=crop)

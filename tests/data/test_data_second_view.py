@@ -1,5 +1,5 @@
 """The second strong view (UniMatch): produced only when asked for, its own random draws (stream
-plan.STREAM_AUG_UNLABELED_2) that leave every other output as it was, deterministic and resumable
+batch_draws.STREAM_AUG_UNLABELED_2) that leave every other output as it was, deterministic and resumable
 like the rest of the batch."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data import TrainData
-from fastforec.data import plan
+from fastforec.data import batch_draws
 
 CROP = 32
 BATCH = 4
@@ -28,7 +28,7 @@ def _train(manifest, *, views: int, seed: int = 0, cfg: DataConfig | None = None
                      device="cpu", strong_views=views)
 
 
-def _box(boxes: plan.CutMixBoxes, b: int) -> torch.Tensor:
+def _box(boxes: batch_draws.CutMixBoxes, b: int) -> torch.Tensor:
     out = torch.zeros(CROP, CROP, dtype=torch.bool)
     if boxes.apply[b]:
         (y, x), (h, w) = boxes.top_left[b], boxes.extent[b]
@@ -55,9 +55,9 @@ def test_second_view_boxes_are_the_second_streams_draws(identity_data):
     differ = 0
     for step in range(data.steps_per_epoch):
         _, u = data.next_batch(0)
-        rng = plan._rng(9, plan.STREAM_AUG_UNLABELED_2, 1, 0, step)
-        plan.draw_photometric(rng, n=BATCH, aug=cfg.aug)  # drawn first, as the loader does
-        boxes = plan.draw_cutmix(rng, n=BATCH, crop=CROP, aug=cfg.aug)
+        rng = batch_draws._rng(9, batch_draws.STREAM_AUG_UNLABELED_2, 1, 0, step)
+        batch_draws.draw_photometric(rng, n=BATCH, aug=cfg.aug)  # drawn first, as the loader does
+        boxes = batch_draws.draw_cutmix(rng, n=BATCH, crop=CROP, aug=cfg.aug)
         for b in range(BATCH):
             assert torch.equal(u["box2"][b], _box(boxes, b)), (step, b)
         differ += int(not torch.equal(u["box"], u["box2"]))

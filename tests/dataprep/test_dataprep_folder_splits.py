@@ -1,5 +1,5 @@
 """`dataprep folder` (custom datasets, unlabeled images without masks), `dataprep splits`,
-and the `dataprep.testing.make_shards` helper."""
+and the `tests.shard_sets.make_shards` helper."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.dataprep.conftest import CliRunner, lines, read_png
-from dataprep.testing import make_shards
+from tests.shard_sets import make_shards
 from fastforec.data.manifest import Manifest
 from test_dataprep_convert import shard_samples
 

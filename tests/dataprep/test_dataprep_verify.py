@@ -15,7 +15,7 @@ from PIL import Image
 from webdataset import TarWriter
 
 from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
-from dataprep.shards import write_index
+from dataprep.shard_writer import write_index
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataprep.testing import make_shards
+    from tests.shard_sets import make_shards
 
     return make_shards(tmp_path_factory.mktemp("shards"), layout="voc", num_train=24, num_labeled=8, num_val=4,
                        size=(64, 80), seed=0)

@@ -1,19 +1,19 @@
-"""Small shard sets in the manifest contract format, for the tests and the data benchmark.
+"""The data sets the benchmarks generate when pointed at an empty directory.
 
-``dataprep`` is the real converter; this module only writes what it would write (tar shards via
-webdataset's TarWriter, DALI ``wds2idx`` indexes, ``manifest.json``) from images generated in
-memory, with contents designed so that augmentation results can be checked from pixels alone:
+* :func:`synthetic_voc_shards` - dataprep's synthetic VOC scenes, made by running the dataprep
+  command line (``synth``, ``splits``, ``voc``): what ``fastforec bench --what data`` reads by
+  default, and what the gpu-check's DALI section reads;
+* :func:`make_bench_dataset` - VOC-sized JPEGs with photo-like entropy (:func:`textured_jpeg`),
+  written straight into the manifest contract format (``--synthetic textured``; also the data
+  set of the shard-verification benchmark in docs/benchmarks.md).
 
-* :func:`class_colour_sample` - flat regions whose colour encodes the class of the label;
-* :func:`coordinate_image` - red/green encode the source x/y, plus an achromatic checker
-  texture (survives grayscale, killed by blur);
-* :func:`identity_image` - one flat colour per sample id, to recover which sample a crop is;
-* :func:`textured_jpeg` - photo-like entropy for throughput measurements.
+:func:`write_dataset` writes what dataprep would write (tar shards via webdataset's TarWriter,
+DALI ``wds2idx`` indexes, ``manifest.json``) from samples made in memory, for images that no
+raw dataset layout describes; the test suite builds its pixel-coded shard sets with it too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +23,11 @@ from PIL import Image
 
 from fastforec.atomic import atomic_path, atomic_write_json
 from fastforec.data.manifest import Manifest, ShardInfo, SplitInfo
+from fastforec.data.shard_reader import file_sha256
+from fastforec.dataprep_cli import run_dataprep
 
 JPEG_QUALITY = 90
-CHECKER_CELL = 4  # pixels per checker cell of the coordinate image
-CHECKER_AMPLITUDE = 40
-COORD_BASE = 16  # keeps every channel > 0 so that padding (exact 0) is recognisable
-COORD_RANGE = 120  # red/green span; blue sits above it so no pixel is ever gray
-COORD_BLUE = 200
+SHARDS_SUBDIR = "shards"  # where synthetic_voc_shards puts the shards (raw/ and splits/ beside it)
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,6 @@ def encode(array: np.ndarray, ext: str) -> bytes:
     return buf.getvalue()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
     """One tar shard + its DALI index, each written under a temporary name and renamed."""
     import webdataset as wds
@@ -74,13 +64,14 @@ def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
         creator = IndexCreator(str(path), str(tmp), verbose=False)
         creator.create_index()
         creator.close()
-    return ShardInfo(file=path.name, index=index.name, num_samples=len(samples), sha256=_sha256(path),
+    return ShardInfo(file=path.name, index=index.name, num_samples=len(samples), sha256=file_sha256(path),
                      size=path.stat().st_size)
 
 
 def write_dataset(out_dir: str | Path, *, splits: dict[str, list[Sample]], class_names: list[str],
                   palette: list[tuple[int, int, int]], foreground: list[int], dataset: str = "synth",
                   shard_size: int = 16) -> Manifest:
+    """``splits`` as shards of ``shard_size`` samples under ``out_dir``, the manifest last."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     infos = {}
@@ -90,52 +81,9 @@ def write_dataset(out_dir: str | Path, *, splits: dict[str, list[Sample]], class
         infos[split] = SplitInfo(tuple(shards))
     manifest = Manifest(root=out, dataset=dataset, num_classes=len(class_names), class_names=tuple(class_names),
                         palette=tuple(palette), ignore_index=255, foreground_classes=tuple(foreground),
-                        splits=infos, source={"generator": "fastforec.data.testing"})
+                        splits=infos, source={"generator": "fastforec.bench.datasets"})
     atomic_write_json(out / "manifest.json", manifest.to_dict())
     return Manifest.load(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# image contents
-
-CLASS_PALETTE = [(0, 0, 0), (230, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40), (200, 40, 220),
-                 (40, 210, 220)]
-
-
-def class_colour_sample(rng: np.random.Generator, *, height: int, width: int,
-                        palette: list[tuple[int, int, int]] = CLASS_PALETTE) -> tuple[np.ndarray, np.ndarray]:
-    """Background class 0 with a few axis-aligned rectangles of other classes; returns
-    (image uint8 HxWx3, label uint8 HxW)."""
-    label = np.zeros((height, width), dtype=np.uint8)
-    for _ in range(4):
-        cls = int(rng.integers(1, len(palette)))
-        h, w = int(rng.integers(height // 6, height // 2)), int(rng.integers(width // 6, width // 2))
-        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        label[y: y + h, x: x + w] = cls
-    image = np.asarray(palette, dtype=np.uint8)[label]
-    return image, label
-
-
-def coordinate_image(*, height: int, width: int) -> np.ndarray:
-    """Red = source column, green = source row (both linear ramps), blue constant, plus an
-    achromatic checker. Every channel stays in [COORD_BASE, 255], blue - red >= 64 everywhere,
-    and red - blue / green - blue are exact ramps (the checker cancels)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    checker = (((yy // CHECKER_CELL) + (xx // CHECKER_CELL)) % 2) * CHECKER_AMPLITUDE
-    image = np.stack([COORD_BASE + COORD_RANGE * xx / max(1, width - 1),
-                      COORD_BASE + COORD_RANGE * yy / max(1, height - 1),
-                      np.full_like(xx, COORD_BLUE)], axis=-1) + checker[..., None]
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def identity_colour(i: int) -> tuple[int, int, int]:
-    """A distinct, non-gray colour per id < 216 (6 levels per channel, all > 0)."""
-    levels = (40, 80, 120, 160, 200, 240)
-    return levels[i % 6], levels[(i // 6) % 6], levels[(i // 36) % 6]
-
-
-def identity_image(i: int, *, height: int, width: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(identity_colour(i), dtype=np.uint8), (height, width, 3)).copy()
 
 
 def textured_jpeg(rng: np.random.Generator, *, height: int, width: int) -> tuple[bytes, bytes]:
@@ -169,3 +117,19 @@ def make_bench_dataset(out_dir: str | Path, *, num_samples: int, height: int = 3
     return write_dataset(out_dir, splits={"labeled": samples, "unlabeled": unlabeled, "val": samples},
                          class_names=names, palette=palette, foreground=list(range(1, 21)), dataset="voc",
                          shard_size=256)
+
+
+def synthetic_voc_shards(out_dir: Path, *, num_train: int, num_labeled: int, num_val: int,
+                         size: tuple[int, int], seed: int) -> Path:
+    """dataprep's synthetic VOC tree (``out_dir/raw``), a random partition with ``num_labeled``
+    labeled ids (``out_dir/splits``) and its shards, whose directory (``out_dir/shards``) is
+    returned. Labels come from SegmentationClassAug (``--blender``), which the synthetic tree
+    has for every training image, so any ``num_labeled <= num_train`` works."""
+    raw, splits, shards = out_dir / "raw", out_dir / "splits", out_dir / SHARDS_SUBDIR
+    height, width = size
+    run_dataprep(["synth", "--layout", "voc", "--out", raw, "--num-train", num_train, "--num-val", num_val,
+                  "--size", f"{height}x{width}", "--seed", seed, "--quiet"])
+    run_dataprep(["splits", "--root", raw, "--layout", "voc", "--labeled", num_labeled, "--seed", seed, "--blender",
+                  "--out", splits])
+    run_dataprep(["voc", "--root", raw, "--split-dir", splits, "--blender", "--out", shards, "--quiet"])
+    return shards
