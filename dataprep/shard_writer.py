@@ -24,13 +24,13 @@ from typing import Any, BinaryIO
 
 from fastforec.atomic import atomic_path, atomic_write_json, fsync_dir
 from fastforec.data.manifest import LABEL_EXT
+from fastforec.data.shard_reader import file_sha256  # the reader checks what the writer recorded: one hash
 
 from .encode import EncodedSample
 from .errors import Rejection
 
 STATE_DIR = ".dataprep/state"
 TAR_MTIME = 0  # fixed header mtime: the same inputs give byte-identical shards (and sha256)
-_HASH_CHUNK = 1 << 20
 _SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6})\.(?P<ext>tar|idx)$")
 
 
@@ -65,14 +65,6 @@ def state_path(out: Path, stem: str) -> Path:
 
 def sources_digest(signatures: list[list[Any]]) -> str:
     return hashlib.sha256(json.dumps(signatures).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_record(path: Path) -> ShardRecord | None:
