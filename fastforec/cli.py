@@ -22,19 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastforec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP)
-        command.add_arguments(p)
-        p.set_defaults(run=command.run)
+        command.add_arguments(sub.add_parser(command.NAME, help=command.HELP))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Looked up by name rather than stored in args: a command may have an option called --run.
+    command = next(c for c in COMMANDS if c.NAME == args.command)
     outputs = _outputs(args)
     try:
         for option, directory in outputs:
             check_output_dir(directory, option)
-        return args.run(args)
+        return command.run(args)
     except UserError as e:
         # bad input, damaged or foreign files, unwritable outputs: the message says what to change
         return report_user_error(e)
