@@ -38,7 +38,7 @@ def test_every_command_is_a_subcommand_with_its_module_name() -> None:
 
 def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
     argvs = [["--help"], *([c.NAME, "--help"] for c in COMMANDS), ["visualize", "curves", "--help"],
-             ["eval", "--bogus"],
+             ["eval", "--checkpoint", "run"],
              ["export", "--checkpoint", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "m.safetensors")]]
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", PROBE % (argvs, HEAVY)], capture_output=True, text=True,
@@ -47,7 +47,8 @@ def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
     report = json.loads(proc.stdout)
     codes = report["codes"]
     assert all(codes[" ".join(a)][0] == 0 for a in argvs if a[-1] == "--help")
-    assert codes["eval --bogus"][0] == 2 and "unrecognized arguments: --bogus" in codes["eval --bogus"][1]
+    eval_code, eval_err = codes["eval --checkpoint run"]
+    assert eval_code == 2 and "the following arguments are required: --config" in eval_err
     export_code, export_err = codes[" ".join(argvs[-1])]
     assert export_code == 2 and "--out" in export_err and "must end with '.onnx'" in export_err
     assert "Traceback" not in export_err
