@@ -499,6 +499,10 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+NAME = "ablate"
+HELP = "methods x label budgets x seeds study (paper Table 4/5)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config shared by every run (JSON)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")

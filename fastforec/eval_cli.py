@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from fastforec.atomic import atomic_write_json
 from fastforec.config import ConfigError, load_config
+from fastforec.data.manifest import Manifest
+
+NAME = "eval"
+HELP = "mIoU of a checkpoint on the val split"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run config (JSON): data and evaluation settings")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--mode", choices=["whole", "sliding"], default=None,
+                   help="whole image (VOC default) or sliding window (Cityscapes default)")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,15 +28,14 @@ def run(args: argparse.Namespace) -> int:
     them and exits with 2."""
     cfg = load_config(args.config, args.overrides)
     cfg.check_paths()
-    from fastforec.atomic import atomic_write_json
+    # lazy: torch, DALI and rich; keeps `fastforec --help` and config errors instant
     from fastforec.data import ValData, resolve_device
-    from fastforec.data.manifest import Manifest
     from fastforec.distributed import init_distributed
     from fastforec.evaluate import evaluate, resolve_eval_mode
     from fastforec.inference import load_trained_model
-    from fastforec.report import print_iou_table
     from fastforec.metrics import nan_to_none
     from fastforec.precision import autocast_context
+    from fastforec.report import print_iou_table
 
     dist = init_distributed(args.local_rank)
     model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)

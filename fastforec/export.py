@@ -1,122 +1,26 @@
 """`fastforec export`: the segmentation network of a checkpoint, alone, as safetensors or ONNX.
 
-Only encoder + segmentation decoder leave: the reconstruction (or fg/bg) decoder is a training
-device. Both formats take an RGB image in [0, 1], (B, 3, H, W) float32, and give logits
-(B, num_classes, H, W): the ImageNet standardisation is inside the network.
-
-- safetensors: the weights, and as metadata (strings) the resolved run config and the class
-  table, so ``fastforec predict --checkpoint model.safetensors`` rebuilds the network from the
-  file alone. ``read_export`` is the one reader.
-- ONNX: batch, height and width are dynamic; the same metadata sits in ``metadata_props``.
-
-Files are written under a temporary name and renamed when complete.
+The file format (what leaves, its metadata, the reader) is fastforec/export_format.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
+from fastforec.config import ConfigError
 
-from fastforec.atomic import atomic_path
-from fastforec.checkpoint import CheckpointError
-from fastforec.config import Config, ConfigError, config_from_dict
-from fastforec.models import DeepLabV3Plus, deeplabv3plus
-
-EXPORT_FORMAT = "fastforec-segmentation-v1"
-FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
-# ONNX tracing example: batch 2 and unequal height/width, so that the tracer cannot mistake the
-# dynamic dimensions for constants or for each other (the values themselves do not matter).
-TRACE_SHAPE = (2, 3, 64, 96)
-ONNX_OPSET = 18
-IO_DOC = ("input 'image': RGB float32 in [0, 1], (batch, 3, height, width); output 'logits': "
-          "(batch, num_classes, height, width); ImageNet standardisation is inside the network")
+NAME = "export"
+HELP = "the segmentation network alone, as safetensors or ONNX"
+FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}  # --format: the suffix --out must have
 
 
-class SegmentationLogits(nn.Module):
-    """``x -> logits``: the dict-free forward that ONNX wants."""
-
-    def __init__(self, model: DeepLabV3Plus):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["seg"]
-
-
-def metadata(cfg: Config, dataset: dict[str, Any], weights: str, source: Path) -> dict[str, str]:
-    return {"format": EXPORT_FORMAT, "weights": weights, "source": str(source), "io": IO_DOC,
-            "config": json.dumps(cfg.to_dict()), "dataset": json.dumps(dataset)}
-
-
-def segmentation_network(path: str | Path, weights: str) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:
-    """(encoder + segmentation decoder in eval mode on the CPU, config, dataset info, checkpoint file)."""
-    from fastforec.checkpoint import resolve_checkpoint
-    from fastforec.inference import load_trained_model
-
-    ckpt = resolve_checkpoint(path)
-    model, cfg, dataset = load_trained_model(ckpt, weights=weights, device="cpu")
-    if model.aux_head is not None:
-        model = model.segmentation_copy()
-    return model.eval(), cfg, dataset, ckpt
-
-
-def write_safetensors(model: DeepLabV3Plus, meta: dict[str, str], out: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def write_onnx(model: DeepLabV3Plus, meta: dict[str, str], out: Path) -> None:
-    import onnx
-
-    dim = torch.export.Dim
-    program = torch.onnx.export(
-        SegmentationLogits(model).eval(), (torch.rand(*TRACE_SHAPE),), dynamo=True, opset_version=ONNX_OPSET,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False,
-        dynamic_shapes={"x": {0: dim("batch"), 2: dim("height"), 3: dim("width")}})
-    proto = program.model_proto
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    with atomic_path(out) as tmp:
-        onnx.save(proto, str(tmp))
-
-
-def read_export(path: str | Path, *, weights: str | None = None,
-                device: torch.device | str = "cpu") -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
-    """(network in eval mode, run config, dataset info) from a ``fastforec export`` safetensors file.
-    ``weights``, when given, must be the ones the file holds."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for truncated or foreign files
-        raise CheckpointError(f"'{path}' cannot be read as safetensors ({type(e).__name__}: {e})") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"'{path}' is not a fastforec export (no '{EXPORT_FORMAT}' metadata); make one with "
-                              f"`fastforec export --checkpoint RUN --format safetensors --out FILE`")
-    if weights is not None and weights != meta["weights"]:
-        raise CheckpointError(f"'{path}' holds the {meta['weights']} weights only; drop --weights, or export the "
-                              f"{weights} with `fastforec export --weights {weights}`")
-    cfg = config_from_dict(json.loads(meta["config"]))
-    dataset = json.loads(meta["dataset"])
-    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
-                          output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
-                          backbone_width=cfg.model.backbone_width,
-                          reconstruction=None)
-    model.load_state_dict(state)
-    return model.to(device).eval(), cfg, dataset
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--format", required=True, choices=list(FORMATS),
+                   help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != suffix:
         raise ConfigError(f"--out '{out}': a {args.format} export must end with '{suffix}' "
                           f"(fastforec predict recognises exports by it)")
+    # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant
+    from fastforec.export_format import metadata, write_onnx, write_safetensors
+    from fastforec.inference import segmentation_network
+
     model, cfg, dataset, ckpt = segmentation_network(args.checkpoint, args.weights)
     meta = metadata(cfg, dataset, args.weights, ckpt)
     if args.format == "safetensors":

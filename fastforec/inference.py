@@ -9,6 +9,7 @@ import torch
 
 from fastforec.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from fastforec.config import Config, config_from_dict
+from fastforec.export_format import read_export
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 
 Weights = Literal["student", "teacher"]
@@ -24,8 +25,6 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     set of weights (the segmentation network only): ``weights=None`` takes it, a named one must match.
     """
     if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():
-        from fastforec.export import read_export
-
         return read_export(path, weights=weights, device=device)
     weights = weights or "student"
     ckpt_path = resolve_checkpoint(path)
@@ -42,3 +41,12 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
                           reconstruction=cfg.method.reconstruction if weights == "student" else None)
     model.load_state_dict(state[weights])
     return model.to(device).eval(), cfg, dataset
+
+
+def segmentation_network(path: str | Path, weights: Weights) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:
+    """(encoder + segmentation decoder in eval mode on the CPU, config, dataset info, checkpoint file)."""
+    ckpt = resolve_checkpoint(path)
+    model, cfg, dataset = load_trained_model(ckpt, weights=weights, device="cpu")
+    if model.aux_head is not None:
+        model = model.segmentation_copy()
+    return model.eval(), cfg, dataset, ckpt

@@ -21,12 +21,15 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
     # losses.py, ... would shadow top-level modules of the same name.
     sys.path.pop(0)
 
-from fastforec.checkpoint import list_checkpoints  # noqa: E402
+from fastforec.atomic import atomic_write_json  # noqa: E402
 from fastforec.config import Config, ConfigError, load_config  # noqa: E402
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error  # noqa: E402
 
+NAME = "train"
+HELP = "train a model (same as fastforec/train.py)"
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config (JSON)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set train.max_steps=100 (repeatable)")
@@ -40,8 +43,11 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     """Everything that can fail on user input without writing to the filesystem or the network."""
     cfg = load_config(args.config, args.overrides)
     cfg.check_paths()
+    # lazy (here and in _train): torch, DeepSpeed and DALI; keeps `fastforec --help` and config
+    # errors instant
     import torch
 
+    from fastforec.checkpoint import list_checkpoints
     from fastforec.precision import check_precision
 
     check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -76,7 +82,6 @@ def _is_under(path: Path, root: Path) -> bool:
 
 def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from fastforec.atomic import atomic_write_json
     from fastforec.distributed import init_distributed
     from fastforec.report import print_iou_table
     from fastforec.trainer import Trainer
@@ -99,7 +104,7 @@ def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastforec train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
+    add_arguments(parser)
     return run(parser.parse_args(argv))
 
 

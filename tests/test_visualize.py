@@ -17,7 +17,9 @@ from fastforec.checkpoint import save_checkpoint
 from fastforec.cli import main
 from fastforec.config import Config, ModelConfig, MethodConfig
 from fastforec.models import deeplabv3plus
-from fastforec.visualize import PANEL_INCHES, DPI, read_metrics, series
+from fastforec.visualize.curves import read_metrics, series
+from fastforec.visualize.figure import DPI
+from fastforec.visualize.latent import PANEL_INCHES
 
 NUM_CLASSES = 6
 PALETTE = [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0], [0, 200, 200]]

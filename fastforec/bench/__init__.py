@@ -1,12 +1,38 @@
-"""Benchmarks: `fastforec bench --what data|kernels|step|e2e|gpu-check`. Each prints a table and can write JSON."""
+"""`fastforec bench --what data|kernels|step|e2e|gpu-check`: throughput benchmarks, each in its
+own module of this package. Each prints a table and can write JSON."""
 
 from __future__ import annotations
 
 import argparse
 
+NAME = "bench"
+HELP = "throughput benchmarks (side by side, as ratios)"
 
-def run_bench(args: argparse.Namespace) -> int:
-    # Imported on demand: each benchmark pulls in different heavy dependencies (DALI, Triton, DeepSpeed).
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--what", required=True, choices=["data", "kernels", "step", "e2e", "gpu-check"])
+    p.add_argument("--config", help="run config (JSON); needed for data, step, e2e")
+    p.add_argument("--data", help="shard directory (overrides data.root)")
+    p.add_argument("--crop", type=int, help="crop size (overrides data.crop_size)")
+    p.add_argument("--threads", type=int, help="DALI threads / DataLoader workers")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per contender (step: 0 = count FLOPs only)")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                   help="data: DALI backend to benchmark (default cpu; gpu needs CUDA)")
+    p.add_argument("--synthetic", choices=["scenes", "textured"], default=None,
+                   help="data: what an empty or new --data directory is filled with: dataprep's synthetic "
+                        "VOC scenes (default) or photo-like textured JPEGs")
+    p.add_argument("--dry-run", action="store_true", help="gpu-check: the same sections on the CPU, small shapes")
+    p.add_argument("--wheels", help="gpu-check: wheels to unpack when deepspeed & co. are missing "
+                                    "(default build/offline_wheels, see tools/build_offline_wheels.sh)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    # lazy: each benchmark pulls in different heavy dependencies (DALI, Triton, DeepSpeed); keeps
+    # `fastforec --help` instant and a benchmark free of the others' imports
     if args.what == "data":
         from fastforec.bench import data as bench
     elif args.what == "kernels":

@@ -26,10 +26,20 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from fastforec.bench.common import (FLOPS_ONLY, GIGA, TERA, Batch, BenchError, BenchSettings, PeakMeter, Window,
-                                    bench_config, bench_settings, bench_trainer, compute_dtype, cycle, gather_metrics,
-                                    median_rate, memory_batches, model_label, per_rank_rows, pipeline_batch,
-                                    print_rich, run_identity, run_steps, step_flops, throughput_summary)
+from rich.table import Table
+
+from fastforec.atomic import atomic_write_json
+from fastforec.bench.flops import GIGA, TERA, step_flops
+from fastforec.bench.harness import Batch, bench_trainer, cycle, memory_batches, pipeline_batch
+from fastforec.bench.peak import PeakMeter, compute_dtype
+from fastforec.bench.ranks import gather_metrics, per_rank_rows, run_identity, throughput_summary
+from fastforec.bench.settings import FLOPS_ONLY, BenchError, BenchSettings, bench_config, bench_settings
+from fastforec.bench.tables import model_label, print_rich
+from fastforec.bench.timing import Window, median_rate, run_steps
+from fastforec.config import ConfigError
+from fastforec.data.loader import PREFETCH_DEPTH
+from fastforec.data.manifest import ManifestError
+from fastforec.distributed import init_distributed
 
 EFFICIENCY_TARGET = 0.9  # issue #7: the pipeline and the trainer's own work hide behind compute
 ROUNDS = 5  # two contenders whose ratio is the result: more rounds than `step` for a stable median
@@ -37,8 +47,6 @@ ROUNDS = 5  # two contenders whose ratio is the result: more rounds than `step` 
 
 def _rounds(trainer: Any, settings: BenchSettings, *, in_memory: Callable[[], Batch],
             from_pipeline: Callable[[], Batch], peak: PeakMeter) -> tuple[list[Window], list[Window]]:
-    from fastforec.data.loader import PREFETCH_DEPTH
-
     step_windows, e2e_windows = [], []
     for _ in range(settings.rounds):
         step_windows.append(run_steps(trainer, in_memory, settings.batches))
@@ -84,8 +92,6 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
 
 
 def e2e_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     table = Table(title=f"train step fed by the DALI pipeline vs in memory: {model_label(result)}, "
                         f"{result['method']}, crop {result['crop']}, batch "
                         f"{result['batch_size_per_device']}/device, {result['dtype']}, {result['device']} x "
@@ -107,10 +113,6 @@ def e2e_table(result: dict[str, Any]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastforec.atomic import atomic_write_json
-    from fastforec.config import ConfigError
-    from fastforec.data.manifest import ManifestError
-
     try:
         settings = bench_settings(args, rounds=ROUNDS)
         if settings.batches == FLOPS_ONLY:
@@ -119,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, BenchError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from fastforec.distributed import init_distributed
-
     dist = init_distributed(args.local_rank)
     with bench_trainer(cfg, dist) as trainer:
         result = measure_e2e(trainer, settings, dist)

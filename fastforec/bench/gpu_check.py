@@ -440,7 +440,8 @@ def count_host_syncs(fn: Callable[[], Any], device: Any) -> int | None:
 def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     import torch
 
-    from fastforec.bench.common import model_step_flops, run_steps
+    from fastforec.bench.flops import model_step_flops
+    from fastforec.bench.timing import run_steps
     from fastforec.data.memory import InMemoryData, MemoryTrainData, memory_manifest, synthetic_batch
     from fastforec.trainer import Trainer
 
@@ -529,7 +530,7 @@ def dali_section(device: Any, dry_run: bool) -> dict[str, Any]:
 def _print_tables(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from fastforec.bench.common import print_rich
+    from fastforec.bench.tables import print_rich
 
     c = result["ceilings"]
     print_rich(f"[bold]gpu-check[/bold] on {result['environment']['device_name']} "

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 import kernels
 from kernels._autograd import gradient_in_backward
@@ -309,9 +311,6 @@ def load_average() -> list[float] | None:
 
 
 def print_table(results: list[Result], *, device: torch.device, backend: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"kernels: fused ({backend}) vs naive PyTorch, B={BATCH} C={CLASSES}, {device.type}")
     for col in ("kernel", "size", "dtype", "fused ms", "naive ms", "speedup", "fused MiB", "naive MiB",
                 "mem ratio", "GB/s", "target"):

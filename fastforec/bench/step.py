@@ -26,14 +26,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from fastforec.bench.common import (DEFAULT_NUM_CLASSES, FLOPS_ONLY, GIGA, TERA, BenchError, BenchSettings,
-                                    PeakMeter, bench_config, bench_settings, bench_trainer, compute_dtype, cycle,
-                                    gather_metrics, median_rate, memory_batches, model_label, model_step_flops,
-                                    per_rank_rows, print_rich, run_identity, run_steps, step_flops,
-                                    throughput_summary)
-from fastforec.config import Config
+from rich.table import Table
+
+from fastforec.atomic import atomic_write_json
+from fastforec.bench.flops import DEFAULT_NUM_CLASSES, GIGA, TERA, model_step_flops, step_flops
+from fastforec.bench.harness import bench_trainer, cycle, memory_batches
+from fastforec.bench.peak import PeakMeter, compute_dtype
+from fastforec.bench.ranks import gather_metrics, per_rank_rows, run_identity, throughput_summary
+from fastforec.bench.settings import FLOPS_ONLY, BenchError, BenchSettings, bench_config, bench_settings
+from fastforec.bench.tables import model_label, print_rich
+from fastforec.bench.timing import median_rate, run_steps
+from fastforec.config import Config, ConfigError
+from fastforec.data.manifest import Manifest, ManifestError
+from fastforec.distributed import init_distributed
 
 PROJECTED_MFU = (0.3, 0.4, 0.5)  # MFU values the FLOPs-only mode projects throughput at
 
@@ -61,8 +69,6 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
 
 
 def step_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     table = Table(title=f"train step on in-memory batches: {model_label(result)}, "
                         f"{result['method']}, crop {result['crop']}, batch {result['batch_size_per_device']}/device, "
                         f"{result['dtype']}, {result['device']} x {result['world_size']} "
@@ -87,10 +93,6 @@ def step_table(result: dict[str, Any]) -> Any:
 
 
 def _num_classes(cfg: Config) -> tuple[int, str]:
-    from pathlib import Path
-
-    from fastforec.data.manifest import Manifest
-
     if (Path(cfg.data.root) / "manifest.json").is_file():
         return Manifest.load(cfg.data.root).num_classes, "manifest"
     return DEFAULT_NUM_CLASSES, f"assumed (no manifest in '{cfg.data.root}')"
@@ -117,8 +119,6 @@ def flops_only(cfg: Config, settings: BenchSettings) -> dict[str, Any]:
 
 
 def flops_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     table = Table(title=f"FLOPs per sample (1 labeled + 1 unlabeled image): {model_label(result)}, "
                         f"{result['method']}, crop {result['crop']}, "
                         f"{result['num_classes']} classes")
@@ -138,8 +138,6 @@ def flops_table(result: dict[str, Any]) -> Any:
 
 
 def _finish(result: dict[str, Any], table: Any, args: argparse.Namespace) -> int:
-    from fastforec.atomic import atomic_write_json
-
     print_rich(table)
     if args.json_out:
         atomic_write_json(args.json_out, result)
@@ -147,9 +145,6 @@ def _finish(result: dict[str, Any], table: Any, args: argparse.Namespace) -> int
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastforec.config import ConfigError
-    from fastforec.data.manifest import ManifestError
-
     try:
         settings = bench_settings(args)
         if settings.batches == FLOPS_ONLY:
@@ -160,8 +155,6 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, BenchError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from fastforec.distributed import init_distributed
-
     dist = init_distributed(args.local_rank)
     with bench_trainer(cfg, dist) as trainer:
         result = measure_step(trainer, settings, dist)

@@ -18,7 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastforec.bench import common, e2e, step
+from fastforec.bench import e2e, step
+from fastforec.bench.flops import count_flops
+from fastforec.bench.settings import bench_config
 from fastforec.config import load_config
 from fastforec.models import deeplabv3plus
 
@@ -95,7 +97,7 @@ def test_count_flops_matches_hand_count_for_a_small_model() -> None:
     # backward: grad-weight for both convs, grad-input only for the second (the first's input is a leaf
     # that needs no gradient)
     want = first + second + (second + second) + first
-    assert common.count_flops(lambda: model(x).sum().backward()) == want
+    assert count_flops(lambda: model(x).sum().backward()) == want
 
 
 def _conv_hand_count(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
@@ -208,6 +210,6 @@ def test_two_ranks_report_per_rank_and_total(config: Path, tmp_path: Path) -> No
 
 def test_config_overrides_reach_the_trainer(config: Path) -> None:
     args = _args(config, Path("unused"), crop=40, threads=2, overrides=["method.name=rec"])
-    cfg = common.bench_config(args, what="step")
+    cfg = bench_config(args, what="step")
     assert (cfg.data.crop_size, cfg.data.num_threads, cfg.method.name) == (40, 2, "rec")
     assert cfg.method.warmup_epochs == 0 and load_config(config).method.warmup_epochs == 3

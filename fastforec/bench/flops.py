@@ -1,0 +1,69 @@
+"""FLOPs of a training step, counted with ``torch.utils.flop_counter.FlopCounterMode``
+(convolutions and matmuls, forward and backward; elementwise work, the optimizer and the EMA
+count as zero), so MFU means *model* FLOP utilisation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastforec.bench.harness import Batch
+from fastforec.config import Config
+from fastforec.models import deeplabv3plus
+
+DEFAULT_NUM_CLASSES = 21  # VOC; only used when counting FLOPs without a dataset
+TERA = 1e12
+GIGA = 1e9
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of everything ``fn`` dispatches (a multiply-add counts 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def step_flops(trainer: Any, batch: Batch) -> int:
+    """FLOPs of one real ``train_step``: teacher forward, student forward and backward, losses,
+    optimizer, EMA (the last three are elementwise, 0 FLOPs in the counter's model)."""
+    labeled, unlabeled = batch
+    return count_flops(lambda: trainer.train_step(labeled, unlabeled))
+
+
+def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
+    """FLOPs of one training step of ``cfg``'s model, counted on the meta device (shapes only:
+    nothing is allocated or computed, so a ResNet-101 at crop 712 takes a second).
+
+    It mirrors ``fastforec.methods``: mean teacher: teacher forward on B weak views, student
+    forward and backward on [B labeled ; B strong]; FixMatch/UniMatch: student forward and backward
+    on [B labeled ; B weak] (with UniMatch's perturbed stream) and on the B (UniMatch: 2B) strong
+    views; B labeled for ``supervised``. The input image needs no gradient, as in the trainer.
+    """
+    m = cfg.method
+    b, crop = cfg.data.batch_size, cfg.data.crop_size
+    semi = m.uses_unlabeled
+    with torch.device("meta"):
+        student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
+                                output_stride=cfg.model.output_stride, reconstruction=m.reconstruction,
+                                decoder_channels=cfg.model.decoder_channels,
+                                backbone_width=cfg.model.backbone_width)
+        teacher = student.segmentation_copy().eval() if m.has_teacher else None
+        x = torch.empty((2 * b if semi else b), 3, crop, crop)
+        strong = torch.empty(m.strong_views * b, 3, crop, crop)
+    teacher_flops = 0
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_flops = count_flops(lambda: teacher(x[:b]))
+
+    def student_step() -> None:
+        if not semi or m.has_teacher:
+            out = student(x)
+        else:  # self-training: [labeled ; weak] (+ perturbed stream), then the strong views
+            fp = m.fp_dropout if m.base_name == "unimatch" else 0.0
+            out = {**{f"a_{k}": v for k, v in student(x, fp_dropout=fp, fp_from=b).items()}, **student(strong)}
+        sum(v.sum() for v in out.values()).backward()
+    student_flops = count_flops(student_step)
+    return {"teacher": teacher_flops, "student": student_flops, "total": teacher_flops + student_flops}

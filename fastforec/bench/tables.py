@@ -1,0 +1,19 @@
+"""Printing benchmark results: rich output that keeps its columns in log files, table titles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+
+def model_label(result: dict[str, Any]) -> str:
+    """e.g. "resnet18 OS16 decoder 64" for table titles."""
+    return f"{result['backbone']} OS{result['output_stride']} decoder {result['decoder_channels']}"
+
+
+def print_rich(renderable: Any) -> None:
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: keep the columns instead of wrapping at 80
+        console = Console(width=160)
+    console.print(renderable)
