@@ -11,6 +11,8 @@ from pathlib import Path
 
 from fastforec.errors import EXIT_USER_ERROR, UserError, check_output_dir, output_error, report_user_error
 
+from .errors import DataprepError
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # verify found problems
 EXIT_BAD_INPUT = EXIT_USER_ERROR  # bad input or usage (argparse uses 2 as well)

@@ -89,3 +89,9 @@ def test_balanced_needs_an_sslbench_tree(voc_raw_session: Path, tmp_path: Path, 
                  "--out", tmp_path / "x")
     assert result.code == 2 and "sslbench.json" in result.err and "--preset sslbench" in result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_random_partition_needs_a_seed(voc_raw_session: Path, tmp_path: Path, cli: CliRunner) -> None:
+    result = cli("splits", "--root", voc_raw_session, "--layout", "voc", "--labeled", 4, "--out", tmp_path / "x")
+    assert result.code == 2 and "--seed is required for a random partition" in result.err
+    assert "Traceback" not in result.err and not (tmp_path / "x").exists()
