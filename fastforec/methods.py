@@ -1,7 +1,7 @@
 """Loss assembly per base method (supervised, mean teacher, FixMatch, UniMatch) with the auxiliary
 task (none, rec, forec, fgbg) on top: ``compute_losses`` is one micro-batch's loss terms.
 
-Mean teacher (DESIGN.md section 2): the EMA teacher labels the weak view; the student sees
+Mean teacher (docs/architecture.md, section A): the EMA teacher labels the weak view; the student sees
 [labeled ; CutMix-ed strong view]; loss = L_s + lambda_u L_u (+ the auxiliary loss).
 
 FixMatch and UniMatch, as in UniMatch (Yang et al., CVPR 2023, "Revisiting weak-to-strong
