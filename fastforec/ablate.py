@@ -273,7 +273,7 @@ def child_env(torch_threads: int | None) -> dict[str, str]:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    from fastforec.checkpoint import list_checkpoints
+    from fastforec.checkpoint_files import list_checkpoints
 
     return bool(list_checkpoints(run_dir / "checkpoints"))
 

@@ -1,250 +1,182 @@
-"""Checkpoint files: atomic writes, verified safe loads, keep the last k.
+"""What a training checkpoint holds, and the one place that saves, resumes and loads it.
 
-A checkpoint is a dict of tensors and plain Python values (no pickled objects), written with
-``torch.save`` to a temporary name, fsync-ed and renamed: a crash leaves the previous checkpoint
-intact. Loading uses ``torch.load(weights_only=True)``, which refuses arbitrary objects.
+A checkpoint of step N is two kinds of file in ``runs/<name>/checkpoints/``:
 
-Every file carries a SHA-256 of its content (under :data:`CHECKSUM_KEY`) that loading verifies:
-torch's zip reader does not check its CRCs, so a flipped byte inside a tensor would otherwise
-load silently and be saved again into every later checkpoint. The digest covers the values, not
-the file bytes, so it is computed from the state being saved (no second pass over the file).
+- ``step_N.pt``, written by rank 0: the parts every rank holds identically (the config, the
+  train state with the data position, student, teacher, LR scheduler) and the dataset's class
+  table, so that evaluation and prediction need nothing else;
+- ``step_N.rankR.pt``, one per rank: what differs between ranks (the optimizer partition under
+  ZeRO, DeepSpeed's counters, the RNG).
+
+Every rank writes its own file first; rank 0 writes the shared file after a barrier, so a shared
+file on disk means the checkpoint is complete. The file format (atomic writes, checksums, safe
+loads) is :mod:`fastforec.checkpoint_files`; the parts are :mod:`fastforec.train_state`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastforec.atomic import atomic_path, remove_temporaries
-from fastforec.errors import UserError
+from fastforec.checkpoint_files import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
+                                        first_line, list_checkpoints, load_checkpoint, prune_checkpoints, rank_file,
+                                        resolve_checkpoint, save_checkpoint)
+from fastforec.config import Config, config_from_dict
+from fastforec.distributed import DistInfo, all_ranks_true, barrier
+from fastforec.train_state import Stateful
 
-CHECKPOINT_GLOB = "step_*.pt"
-CHECKSUM_KEY = "checksum_sha256"
-_STEP_RE = re.compile(r"step_(\d+)(?:\.rank\d+)?\.pt$")
-# The message torch.load(weights_only=True) raises when a file holds other Python objects; it
-# goes on to suggest weights_only=False, which is exactly what must never be done with it.
-_REFUSED_PICKLE = "Weights only load failed"
-_UNSUPPORTED_GLOBAL = "Unsupported global"
+log = logging.getLogger(__name__)
 
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint is missing, damaged, from another run, or not a fastforec checkpoint."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """The step of a shared or per-rank checkpoint file, from its name."""
-    m = _STEP_RE.search(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def rank_file(path: str | Path, rank: int) -> Path:
-    """The per-rank companion of a checkpoint (optimizer partition, data position, RNG)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.rank{rank}.pt")
+# v2: the data position is the train state's micro-batch count (v1 kept a loader position per rank).
+CHECKPOINT_FORMAT = "fastforec-checkpoint-v2"
+# Formats whose weights, config and dataset table evaluation and prediction can read.
+READABLE_FORMATS = ("fastforec-checkpoint-v1", CHECKPOINT_FORMAT)
+# Settings a checkpoint must share with the config that resumes it: the architecture (else the
+# weights do not fit), what fixes the data position (else the resumed batches differ), and what the
+# optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
+RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder_channels",
+                     "method.name", "method.base", "method.aux",
+                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
+                     "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
+                     "train.epochs", "train.max_steps")
+# Shared parts that hold weights: no checkpoint is written while one of them is non-finite.
+WEIGHT_PARTS = ("student", "teacher")
 
 
-# ---------------------------------------------------------------------------------------------
-# content digest
+class NonFiniteWeights(Exception):
+    """The weights to be saved are not all finite (``names``: the first offending tensors)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(", ".join(names))
+        self.names = names
 
 
-def state_digest(state: Any) -> str:
-    """SHA-256 over a nested structure of dicts, lists, tensors and plain values: every dtype,
-    shape, byte, key and value, in order."""
-    h = hashlib.sha256()
-    _feed(h, state)
-    return h.hexdigest()
+@dataclass
+class Resumable:
+    """A checkpoint chosen to resume from, read and checked against the run: the shared file's
+    contents and this rank's own."""
+
+    path: Path
+    shared: dict[str, Any]
+    own: dict[str, Any]
 
 
-def _feed(h: Any, obj: Any) -> None:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes of any dtype (bf16 included)
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)};".encode())
-        for k, v in obj.items():
-            _feed(h, k)
-            _feed(h, v)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
-        for v in obj:
-            _feed(h, v)
-    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
-        text = repr(obj).encode()
-        h.update(f"{type(obj).__name__}{len(text)};".encode() + text)
+@dataclass
+class TrainedWeights:
+    """What evaluation, prediction and export read from a training checkpoint."""
+
+    path: Path
+    config: Config
+    dataset: dict[str, Any]  # num_classes, class_names, palette (and kind)
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor] | None
+
+
+class Checkpointer:
+    """Saves and restores the parts of one run. ``shared``: identical on every rank (rank 0
+    writes them); ``per_rank``: each rank's own. ``None`` stands for a part this run does not have
+    (no teacher) and is saved as such."""
+
+    def __init__(self, directory: Path, *, dist: DistInfo, config: Config, dataset: dict[str, Any], keep: int,
+                 shared: dict[str, Stateful | None], per_rank: dict[str, Stateful]):
+        self.directory, self.dist, self.config, self.dataset, self.keep = directory, dist, config, dataset, keep
+        self.shared, self.per_rank = shared, per_rank
+
+    def save(self, step: int) -> Path:
+        """Write the checkpoint of ``step`` on every rank (a collective) and prune old ones;
+        raises :class:`NonFiniteWeights`, writing nothing, when a weight is inf/NaN: the newest
+        checkpoint must always be one to resume from."""
+        path = self.directory / checkpoint_name(step)
+        shared = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
+                  "dataset": self.dataset, **_state_dicts(self.shared)}
+        # Every rank holds the same replicated weights, so all take the same branch.
+        bad = [f"{part}.{name}" for part in WEIGHT_PARTS if shared.get(part) is not None
+               for name, t in shared[part].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if not all_ranks_true(not bad, self.dist.device):
+            raise NonFiniteWeights(bad)
+        save_checkpoint(_state_dicts(self.per_rank), rank_file(path, self.dist.rank))
+        barrier()
+        if self.dist.is_main:
+            save_checkpoint(shared, path)
+            prune_checkpoints(self.directory, self.keep)
+        barrier()
+        return path
+
+    def restore(self, resumable: Resumable) -> None:
+        """Load every part from ``resumable``; a part that does not fit this run (shapes,
+        optimizer kind, data) is a :class:`CheckpointError` naming the file."""
+        try:
+            for parts, saved in ((self.shared, resumable.shared), (self.per_rank, resumable.own)):
+                for name, part in parts.items():
+                    if part is not None:
+                        part.load_state_dict(saved[name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint '{resumable.path}' does not fit this run ({first_line(e)}); resume "
+                                  f"with the config and data it was trained with (the config is saved in the "
+                                  f"checkpoint and the run's config.json)") from None
+
+
+def _state_dicts(parts: dict[str, Stateful | None]) -> dict[str, Any]:
+    return {name: None if part is None else part.state_dict() for name, part in parts.items()}
+
+
+def pick_checkpoint(resume: str, *, directory: Path, dist: DistInfo, config: Config) -> Resumable:
+    """The checkpoint to continue from, read and checked: "latest" is the newest complete, intact
+    checkpoint in ``directory`` (damaged newer ones are skipped, and said so), a path is taken as
+    it is (no fallback). It must fit this run (format, ranks, settings). A collective."""
+    if resume == "latest":
+        candidates = list_checkpoints(directory)[::-1]
+        if not candidates:
+            raise CheckpointError(f"--resume: no checkpoint in '{directory}'")
     else:
-        raise TypeError(f"checkpoint values must be tensors, containers or plain values, got {type(obj).__name__}")
+        candidates = [Path(resume)]
+    skipped: list[str] = []
+    for path in candidates:
+        try:  # every rank checks its own file; all must have an intact one
+            shared, own, problem = load_checkpoint(path), load_checkpoint(rank_file(path, dist.rank)), None
+        except CheckpointError as e:
+            shared, own, problem = None, None, e
+        if all_ranks_true(problem is None, dist.device):
+            break
+        if resume != "latest":
+            raise problem or CheckpointError(f"checkpoint '{path}': the file of another rank is damaged "
+                                             f"(see its message); {earlier_checkpoint_hint(path)}")
+        skipped.append(str(problem) if problem else f"'{path}': the file of another rank is damaged")
+    else:
+        raise CheckpointError(f"--resume: no intact checkpoint in '{directory}':\n  " + "\n  ".join(skipped))
+    if skipped and dist.is_main:
+        log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
+                    len(skipped), path, "\n  ".join(skipped))
+    if shared.get("format") in READABLE_FORMATS and shared["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' was written by an older fastforec ({shared['format']}); it can be "
+                              f"evaluated, predicted with and exported, not resumed: start a new run")
+    if shared.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
+    if shared["world_size"] != dist.world_size:
+        raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
+                              f"number of processes (now {dist.world_size})")
+    check_same_settings(shared["config"], config.to_dict(), RESUME_MUST_MATCH, path=path)
+    return Resumable(path, shared, own)
 
 
-def _to_cpu(obj: Any) -> Any:
-    # One device-to-host copy shared by the digest and torch.save (each would copy otherwise).
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_cpu(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# save / load
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    state = _to_cpu(state)
-    payload = {**state, CHECKSUM_KEY: state_digest(state)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def earlier_checkpoint_hint(path: str | Path) -> str:
-    """'use the earlier checkpoint X' (the newest one before ``path`` in its directory), or a
-    sentence saying there is none."""
-    step = checkpoint_step(path)
-    earlier = [p for p in list_checkpoints(Path(path).parent) if step is None or (checkpoint_step(p) or 0) < step]
-    if earlier:
-        return f"use the earlier checkpoint '{earlier[-1]}' (e.g. --resume {earlier[-1]})"
-    return "no earlier checkpoint exists in that directory"
-
-
-def refused_pickle(error: Exception) -> bool:
-    """True when ``torch.load(weights_only=True)`` refused a file because it names a Python class
-    or function (a pickled object, possibly code), as opposed to a stream that is just broken."""
-    return _REFUSED_PICKLE in str(error) and _UNSUPPORTED_GLOBAL in str(error)
-
-
-def first_line(error: Exception) -> str:
-    """``Type: what went wrong``, without the advice torch appends (which, for a refused load,
-    is to retry with weights_only=False: never to be passed on)."""
-    text = str(error)
-    if _REFUSED_PICKLE in text:
-        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        text = detail.group(1) if detail else "not a valid torch file"
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-NOT_TENSORS = ("holds Python objects other than tensors and plain values, so it is not a fastforec checkpoint "
-               "or weight file; fastforec never unpickles such files")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify one checkpoint file; :class:`CheckpointError` names the file and what
-    to use instead when it is missing, damaged or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+def load_trained_weights(path: str | Path) -> TrainedWeights:
+    """The weights, config and dataset table of a training checkpoint (a file, or a run directory:
+    its newest), checked to be one."""
+    ckpt_path = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt_path)
+    if state.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"'{ckpt_path}' is not a fastforec training checkpoint (format "
+                              f"{state.get('format')!r}, expected one of {', '.join(READABLE_FORMATS)})")
+    missing = [k for k in ("config", "dataset", "student") if not isinstance(state.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"'{ckpt_path}' is not a complete fastforec training checkpoint (no "
+                              f"{', '.join(missing)})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
-        if refused_pickle(e):
-            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}); "
-                              f"{earlier_checkpoint_hint(path)}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"'{path}' is not a fastforec checkpoint (top level is {type(state).__name__})")
-    stored = state.pop(CHECKSUM_KEY, None)
-    if stored is None:
-        raise CheckpointError(f"'{path}' has no checksum: it is not a checkpoint written by this version of "
-                              f"fastforec")
-    try:
-        actual = state_digest(state)
-    except TypeError as e:
-        raise CheckpointError(f"'{path}' is not a fastforec checkpoint ({e})") from None
-    if actual != stored:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt: its content does not match its checksum (a byte "
-                              f"changed on disk or in a copy); {earlier_checkpoint_hint(path)}")
-    if map_location != "cpu":
-        state = _to_device(state, torch.device(map_location))
-    return state
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_device(v, device)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# a run's checkpoint directory
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Shared checkpoint files in ``directory``, oldest first (by step number)."""
-    found = [(s, p) for p in Path(directory).glob(CHECKPOINT_GLOB)
-             if ".rank" not in p.name and (s := checkpoint_step(p)) is not None]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    ckpts = list_checkpoints(directory)
-    return ckpts[-1] if ckpts else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its ``checkpoints/`` latest, or its own latest)."""
-    path = Path(path)
-    if path.is_dir():
-        for d in (path / "checkpoints", path):
-            if (latest := latest_checkpoint(d)) is not None:
-                return latest
-        raise CheckpointError(f"no checkpoint ({CHECKPOINT_GLOB}) in '{path}'")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    return path
-
-
-def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints; returns the deleted paths."""
-    old = list_checkpoints(directory)[:-keep] if keep > 0 else []
-    for p in old:
-        # the shared file first: without it the rank files are never read
-        p.unlink(missing_ok=True)
-        for companion in p.parent.glob(f"{p.stem}.rank*.pt"):
-            companion.unlink(missing_ok=True)
-    return old
-
-
-def remove_partial_writes(directory: str | Path) -> list[Path]:
-    """Temporaries of checkpoint writes killed mid-way (``.step_*.pt.tmp-PID``); a run calls
-    this at its start, before any of its processes writes a checkpoint."""
-    return remove_temporaries(directory, CHECKPOINT_GLOB)
-
-
-def check_same_settings(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...], *,
-                        path: str | Path) -> None:
-    """Raise naming the first dotted config key of ``keys`` whose value differs between the
-    checkpoint's config and the current one."""
-    def get(cfg: dict[str, Any], key: str) -> Any:
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
-    for key in keys:
-        was, now = get(saved, key), get(current, key)
-        if was != now:
-            raise CheckpointError(f"checkpoint '{path}' was trained with {key}={_show(was)}, the config says "
-                                  f"{_show(now)}; resume with the checkpoint's setting (--set {key}={_show(was)}) "
-                                  f"or start a new run")
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        config = config_from_dict(state["config"])
+    except ValueError as e:
+        raise CheckpointError(f"'{ckpt_path}': its saved config is not valid ({e})") from None
+    return TrainedWeights(ckpt_path, config, state["dataset"], state["student"], state.get("teacher"))

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fastforec.atomic import atomic_path
-from fastforec.checkpoint import CheckpointError
+from fastforec.checkpoint_files import CheckpointError
 from fastforec.config import Config, config_from_dict
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 

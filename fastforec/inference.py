@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import torch
 
-from fastforec.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from fastforec.config import Config, config_from_dict
+from fastforec.checkpoint import load_trained_weights
+from fastforec.checkpoint_files import CheckpointError, first_line, resolve_checkpoint
+from fastforec.config import Config
 from fastforec.export_format import read_export
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 
@@ -27,20 +28,20 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():
         return read_export(path, weights=weights, device=device)
     weights = weights or "student"
-    ckpt_path = resolve_checkpoint(path)
-    state = load_checkpoint(ckpt_path)
-    if "student" not in state or "config" not in state:
-        raise CheckpointError(f"'{ckpt_path}' is not a fastforec training checkpoint (no student/config)")
-    cfg = config_from_dict(state["config"])
-    dataset = state["dataset"]
-    if weights == "teacher" and state.get("teacher") is None:
-        raise CheckpointError(f"'{ckpt_path}' has no teacher (method {cfg.method.label}); use the student weights")
-    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
+    trained = load_trained_weights(path)
+    cfg = trained.config
+    if weights == "teacher" and trained.teacher is None:
+        raise CheckpointError(f"'{trained.path}' has no teacher (method {cfg.method.label}); use the student weights")
+    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=trained.dataset["num_classes"],
                           output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
                           backbone_width=cfg.model.backbone_width,
                           reconstruction=cfg.method.reconstruction if weights == "student" else None)
-    model.load_state_dict(state[weights])
-    return model.to(device).eval(), cfg, dataset
+    try:
+        model.load_state_dict(trained.student if weights == "student" else trained.teacher)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{trained.path}': its {weights} weights do not fit the architecture of its own "
+                              f"config ({first_line(e)})") from None
+    return model.to(device).eval(), cfg, trained.dataset
 
 
 def segmentation_network(path: str | Path, weights: Weights) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:

@@ -47,7 +47,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     # errors instant
     import torch
 
-    from fastforec.checkpoint import list_checkpoints
+    from fastforec.checkpoint_files import list_checkpoints
     from fastforec.precision import check_precision
 
     check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -8,11 +8,9 @@ a plain module beside it, identical on every rank.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -22,74 +20,31 @@ from torch import nn
 
 from fastforec import methods
 from fastforec.atomic import atomic_write_json
-from fastforec.checkpoint import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
-                                  first_line, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
-                                  rank_file, remove_partial_writes, save_checkpoint)
+from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
+from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
 from fastforec.config import Config, ConfigError
 from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
-from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true, barrier
+from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
 from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, deeplabv3plus
 from fastforec.optim import build_optimizer
 from fastforec.precision import (ZeroMasterWeights, autocast_context, check_precision, keep_norm_statistics_fp32,
-                                 load_loss_scaler_state, loss_scaler_state, precision_mode)
+                                 precision_mode)
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
+from fastforec.train_state import EngineCounters, OptimizerState, RngState, Score, TrainState
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "fastforec-checkpoint-v1"
 ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
-# Settings a checkpoint must share with the config that resumes it: the architecture (else the
-# weights do not fit), what fixes the data position (else the resumed batches differ), and what the
-# optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
-RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder_channels",
-                     "method.name", "method.base", "method.aux",
-                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
-                     "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
-                     "train.epochs", "train.max_steps")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses, or weights that became non-finite."""
-
-
-@dataclass
-class Score:
-    """One evaluated model's mIoU history (the student's, or the teacher's)."""
-
-    best_miou: float = -1.0
-    best_epoch: int = -1
-    miou_last: float = float("nan")
-
-    def update(self, miou: float, epoch: int) -> None:
-        self.miou_last = miou
-        if miou > self.best_miou:
-            self.best_miou, self.best_epoch = miou, epoch
-
-
-@dataclass
-class TrainState:
-    """Counters saved with every checkpoint (the trainer's position)."""
-
-    step: int = 0  # optimizer steps done
-    batches: int = 0  # micro-batches consumed: the data position
-    scores: dict[str, Score] = dataclasses.field(default_factory=dict)  # per evaluated model
-    nonfinite_total: int = 0
-    nonfinite_consecutive: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "TrainState":
-        scores = {k: Score(**v) for k, v in state.get("scores", {}).items()}
-        return cls(**{**state, "scores": scores})
-
 
 
 def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -133,7 +88,8 @@ class Trainer:
         else:
             self.manifest = data.manifest
         remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
-        resume_from = self._pick_checkpoint(resume) if resume is not None else None
+        resume_from = (pick_checkpoint(resume, directory=self.ckpt_dir, dist=dist, config=cfg)
+                       if resume is not None else None)
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
@@ -184,7 +140,6 @@ class Trainer:
         optimizer, scheduler = build_optimizer(student, cfg.optim, max_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
-        _optimizer_kind(self.optimizer)  # fail now, not at the first checkpoint
         if cfg.train.compile:
             # In place (nn.Module.compile): parameter names and state-dict keys stay as they are.
             self.engine.module.compile()
@@ -196,15 +151,25 @@ class Trainer:
                                               fg_classes=self.fg_classes, input_dtype=self.input_dtype,
                                               memory_format=self.memory_format,
                                               autocast=self.autocast, device=self.device)
-        self.state = TrainState()
+        self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.
         self._weights_finite = torch.tensor(True, device=self.device)
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
                                 tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
+        self.checkpointer = Checkpointer(
+            self.ckpt_dir, dist=dist, config=cfg, keep=cfg.train.keep_checkpoints,
+            dataset={"kind": self.manifest.dataset, "num_classes": self.num_classes,
+                     "class_names": list(self.manifest.class_names),
+                     "palette": [list(c) for c in self.manifest.palette]},
+            shared={"state": self.state, "student": self.student,
+                    "teacher": self.teacher.module if self.teacher is not None else None,
+                    "scheduler": self.scheduler},
+            per_rank={"optimizer": OptimizerState(self.optimizer), "engine": EngineCounters(self.engine),
+                      "rng": RngState(self.device)})
         if resume_from is not None:
-            self._restore(*resume_from)
+            self._restore(resume_from)
 
     # ------------------------------------------------------------------------------------------
     # the step
@@ -212,9 +177,6 @@ class Trainer:
     @property
     def student(self) -> DeepLabV3Plus:
         return self.engine.module
-
-    def epoch_of(self, batches: int) -> int:
-        return batches // self.steps_per_epoch
 
     def compute_losses(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None,
                        *, epoch: int) -> dict[str, torch.Tensor]:
@@ -231,7 +193,7 @@ class Trainer:
         # its (possibly NaN) statistics behind, so they are kept to be put back.
         buffers = list(self.student.buffers())
         kept = _copy_all(buffers)
-        terms = self.compute_losses(labeled, unlabeled, epoch=self.epoch_of(self.state.batches))
+        terms = self.compute_losses(labeled, unlabeled, epoch=self.state.epoch)
         self.state.batches += 1
         loss = terms["loss"]
         # Every rank must take the same branch, or the collectives of backward/step deadlock. This
@@ -325,9 +287,9 @@ class Trainer:
         batches_at_log = self.state.batches
         with self.logger.progress(total=self.total_steps, completed=self.state.step) as bar:
             while self.state.batches < self.total_batches:
-                epoch = self.epoch_of(self.state.batches)
+                epoch = self.state.epoch
                 t0 = time.perf_counter()
-                labeled, unlabeled = self.train_data.next_batch(epoch)
+                labeled, unlabeled = self.train_data.next_batch()
                 wait += time.perf_counter() - t0
                 if self.train_step(labeled, unlabeled) is None:
                     continue
@@ -349,7 +311,7 @@ class Trainer:
                     self.run_evaluation(epoch)
                 if at_boundary and self.state.step % cfg.checkpoint_every == 0 and not finished:
                     self.save_checkpoint()
-        epoch = self.epoch_of(self.state.batches - 1)
+        epoch = (self.state.batches - 1) // self.steps_per_epoch
         self.run_evaluation(epoch)
         self.save_checkpoint()
         return self.write_results()
@@ -407,98 +369,19 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints: rank 0 writes the shared file last, after every rank's own file exists, so a
-    # shared file on disk means the checkpoint is complete.
+    # checkpoints (fastforec.checkpoint saves and restores the parts named in __init__)
 
     def save_checkpoint(self) -> Path:
-        path = self.ckpt_dir / checkpoint_name(self.state.step)
-        shared = self._shared_state()
-        # Never write a non-finite state: the newest checkpoint must always be one to resume from.
-        # (Every rank holds the same replicated weights, and all take the same branch.)
-        bad = [f"{k}.{name}" for k in ("student", "teacher") if shared[k] is not None
-               for name, t in shared[k].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-        if not all_ranks_true(not bad, self.device):
-            raise self._diverged(bad)
-        save_checkpoint(self._rank_state(), rank_file(path, self.dist.rank))
-        barrier()
-        if self.dist.is_main:
-            save_checkpoint(shared, path)
-            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
-        barrier()
-        return path
-
-    def _shared_state(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "world_size": self.dist.world_size,
-                "state": self.state.state_dict(),
-                "student": self.student.state_dict(),
-                "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
-                "scheduler": self.scheduler.state_dict(),
-                "dataset": {"kind": self.manifest.dataset, "num_classes": self.num_classes,
-                            "class_names": list(self.manifest.class_names),
-                            "palette": [list(c) for c in self.manifest.palette]}}
-
-    def _rank_state(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"optimizer": _optimizer_state(self.optimizer), "data": self.train_data.state_dict(), "rng": rng,
-                "engine": {"global_steps": self.engine.global_steps, "global_samples": self.engine.global_samples,
-                           "micro_steps": self.engine.micro_steps}}
-
-    def _pick_checkpoint(self, resume: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-        """The checkpoint to continue from and its (shared, own) contents: "latest" is the newest
-        complete, intact checkpoint of this run (damaged newer ones are skipped, and said so), a
-        path is taken as it is (no fallback). It must fit this run (format, ranks, settings)."""
-        if resume == "latest":
-            candidates = list_checkpoints(self.ckpt_dir)[::-1]
-            if not candidates:
-                raise CheckpointError(f"--resume: no checkpoint in '{self.ckpt_dir}'")
-        else:
-            candidates = [Path(resume)]
-        skipped: list[str] = []
-        for path in candidates:
-            try:  # every rank checks its own file; all must have an intact one
-                shared, own, problem = load_checkpoint(path), load_checkpoint(rank_file(path, self.dist.rank)), None
-            except CheckpointError as e:
-                shared, own, problem = None, None, e
-            if all_ranks_true(problem is None, self.device):
-                break
-            if resume != "latest":
-                raise problem or CheckpointError(f"checkpoint '{path}': the file of another rank is damaged "
-                                                 f"(see its message); {earlier_checkpoint_hint(path)}")
-            skipped.append(str(problem) if problem else f"'{path}': the file of another rank is damaged")
-        else:
-            raise CheckpointError(f"--resume: no intact checkpoint in '{self.ckpt_dir}':\n  " + "\n  ".join(skipped))
-        if skipped and self.dist.is_main:
-            log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
-                        len(skipped), path, "\n  ".join(skipped))
-        if shared.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"'{path}' is not a fastforec training checkpoint")
-        if shared["world_size"] != self.dist.world_size:
-            raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
-                                  f"number of processes (now {self.dist.world_size})")
-        check_same_settings(shared["config"], self.cfg.to_dict(), RESUME_MUST_MATCH, path=path)
-        return path, shared, own
-
-    def _restore(self, path: Path, shared: dict[str, Any], own: dict[str, Any]) -> None:
         try:
-            self.student.load_state_dict(shared["student"])
-            if self.teacher is not None:
-                self.teacher.module.load_state_dict(shared["teacher"])
-            _load_optimizer_state(self.optimizer, own["optimizer"])
-            self.scheduler.load_state_dict(shared["scheduler"])
-            self.train_data.load_state_dict(own["data"])
-        except (RuntimeError, ValueError, KeyError) as e:  # shapes or positions that do not fit this run
-            raise CheckpointError(f"checkpoint '{path}' does not fit this run ({first_line(e)}); resume with the "
-                                  f"config it was trained with (saved in the checkpoint and the run's config.json)"
-                                  ) from None
-        self.state = TrainState.from_state_dict(shared["state"])
-        torch.set_rng_state(own["rng"]["torch"])
-        if "cuda" in own["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
-        for k, v in own["engine"].items():
-            setattr(self.engine, k, v)
-        log.info("resumed from %s at step %d", path, self.state.step)
+            return self.checkpointer.save(self.state.step)
+        except NonFiniteWeights as e:
+            raise self._diverged(e.names) from None
+
+    def _restore(self, resumable: Resumable) -> None:
+        self.checkpointer.restore(resumable)
+        # The position is the train state's; the loader only learns where to start.
+        self.train_data.seek(self.state.batches)
+        log.info("resumed from %s at step %d", resumable.path, self.state.step)
         if self.dist.is_main:
             dropped = self.logger.drop_after(self.state.step)
             if dropped:
@@ -546,38 +429,3 @@ def _copy_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         for i, c in zip(idx, torch._foreach_mul([tensors[i].detach() for i in idx], 1)):
             out[i] = c
     return out
-
-
-def _optimizer_kind(opt: Any) -> str:
-    """"zero" (ZeRO 1/2 partitions) or "torch" (stage 0 in fp32 / torch_autocast); else an error."""
-    if hasattr(opt, "single_partition_of_fp32_groups"):
-        return "zero"
-    if isinstance(opt, torch.optim.Optimizer):
-        return "torch"
-    raise ConfigError(f"deepspeed: checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not "
-                      f"supported; for mixed precision use zero_optimization.stage 1 or 2, or the torch_autocast "
-                      f"block")
-
-
-def _optimizer_state(opt: Any) -> dict[str, Any]:
-    """Optimizer state as plain tensors, loadable with weights_only=True.
-
-    ZeRO 1/2 wrap our SGD around flat fp32 partitions: we keep that inner state and the fp32
-    partition itself (the master weights when the module is bf16/fp16), not DeepSpeed's full
-    state_dict, which pickles Python objects.
-    """
-    if _optimizer_kind(opt) == "zero":
-        return {"kind": "zero", "base": opt.optimizer.state_dict(),
-                "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups],
-                "loss_scaler": loss_scaler_state(opt)}
-    return {"kind": "torch", "base": opt.state_dict()}
-
-
-def _load_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
-    if state["kind"] == "zero":
-        opt.optimizer.load_state_dict(state["base"])
-        for dst, src in zip(opt.single_partition_of_fp32_groups, state["fp32"]):
-            dst.data.copy_(src)
-        load_loss_scaler_state(opt, state.get("loss_scaler", {}))
-    else:
-        opt.load_state_dict(state["base"])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastforec.checkpoint import save_checkpoint
+from fastforec.checkpoint_files import save_checkpoint
 from fastforec.cli import main
 from fastforec.config import Config, ModelConfig, MethodConfig
 from fastforec.models import deeplabv3plus

@@ -116,13 +116,8 @@ def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
 
     train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device=device,
                       labeled=False)
-    position = {"epoch": 0, "step": 0}
-
     def next_batch() -> Any:
-        if position["step"] == train.steps_per_epoch:
-            position["epoch"], position["step"] = position["epoch"] + 1, 0
-        position["step"] += 1
-        return train.next_batch(position["epoch"])[1]
+        return train.next_batch()[1]
 
     return next_batch
 

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from fastforec.atomic import atomic_write_json
 from fastforec.bench.flops import GIGA, TERA, step_flops
-from fastforec.bench.harness import Batch, bench_trainer, cycle, memory_batches, pipeline_batch
+from fastforec.bench.harness import Batch, bench_trainer, cycle, memory_batches
 from fastforec.bench.peak import PeakMeter, compute_dtype
 from fastforec.bench.ranks import gather_metrics, per_rank_rows, run_identity, throughput_summary
 from fastforec.bench.settings import FLOPS_ONLY, BenchError, BenchSettings, bench_config, bench_settings
@@ -61,7 +61,7 @@ def measure_e2e(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, A
     in_memory = cycle(memory_batches(trainer.train_data, trainer.device))
 
     def from_pipeline() -> Batch:
-        return pipeline_batch(trainer.train_data)
+        return trainer.train_data.next_batch()
 
     run_steps(trainer, in_memory, settings.warmup)
     run_steps(trainer, from_pipeline, settings.warmup)

@@ -452,7 +452,7 @@ def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> d
     flops_per_sample = model_step_flops(cfg, num_classes=NUM_CLASSES)["total"] / sizes.batch
     with tempfile.TemporaryDirectory(prefix="fastforec-gpu-check-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist, data=data)
-        feed = lambda: data.train.next_batch(0)  # noqa: E731
+        feed = lambda: data.train.next_batch()  # noqa: E731
         start = time.perf_counter()
         run_steps(trainer, feed, sizes.warmup)
         warmup_s = time.perf_counter() - start
@@ -506,11 +506,11 @@ def dali_section(device: Any, dry_run: bool) -> dict[str, Any]:
         train = TrainData(Manifest.load(root), cfg, rank=0, world_size=1, seed=0, with_unlabeled=True,
                           device=dali_device)
         try:
-            train.next_batch(0)  # build + first batch
+            train.next_batch()  # build + first batch
             _sync(device)
             start = time.perf_counter()
             for _ in range(batches):
-                labeled, unlabeled = train.next_batch(train.state_dict()["epoch"])
+                labeled, unlabeled = train.next_batch()
             _sync(device)
             seconds = time.perf_counter() - start
             on = str(unlabeled["strong"].device)

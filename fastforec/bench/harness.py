@@ -40,11 +40,6 @@ def bench_trainer(cfg: Config, dist: Any) -> Iterator[Any]:
             trainer.train_data.close()
 
 
-def pipeline_batch(train_data: Any) -> Batch:
-    """The next training batch of the DALI pipeline, whatever epoch it belongs to."""
-    return train_data.next_batch(train_data.state_dict()["epoch"])
-
-
 def _own(batch: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
     # DALI's tensors are zero-copy views of its buffers: clone so the batch outlives them.
     return None if batch is None else {k: v.to(device).clone() for k, v in batch.items()}
@@ -54,7 +49,7 @@ def memory_batches(train_data: Any, device: torch.device, count: int = MEMORY_BA
     """``count`` real batches from the pipeline, copied to the device once."""
     batches = []
     for _ in range(count):
-        labeled, unlabeled = pipeline_batch(train_data)
+        labeled, unlabeled = train_data.next_batch()
         batches.append((_own(labeled, device), _own(unlabeled, device)))  # type: ignore[arg-type]
     return batches
 

@@ -16,10 +16,11 @@ padded bottom/right with image 0 / label 255 to the largest image of the batch.
 Tensors live on the CPU for ``device="cpu"`` and on the current CUDA device for ``"gpu"``.
 
 Position and determinism: batch (epoch, step) is a pure function of (seed, rank, world_size,
-epoch, step) (:mod:`fastforec.data.batch_draws`). DALI prefetches ahead of the consumer; the inputs of
-every batch in flight are remembered in a FIFO so that :meth:`TrainData.state_dict` reports the
-position of the next batch the *consumer* will get, and a restore simply rebuilds the pipeline
-at that position.
+epoch, step) (:mod:`fastforec.data.batch_draws`). The trainer owns the position (micro-batches
+consumed, in its checkpointed train state); :meth:`TrainData.seek` tells the loader where the next
+batch comes from, and :meth:`TrainData.next_batch` goes on from there in order. DALI prefetches
+ahead of the consumer; the inputs of every batch in flight are remembered in a FIFO, and a seek
+drops them with the pipeline.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from fastforec.data.shard_reader import ShardError, SplitReader
 
 DEVICES = ("auto", "cpu", "gpu")
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the consumer
-STATE_FORMAT = 1
 IDENTITY_TAPS = np.ones((1, 1), dtype=np.float32)  # fed where no blur is drawn (branch not run)
 
 
@@ -154,26 +154,11 @@ class TrainData:
         epoch, step = pos
         return (epoch + 1, 0) if step + 1 == self.steps_per_epoch else (epoch, step + 1)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Position of the next batch; the same on every rank (batches depend on the rank only
-        through :mod:`fastforec.data.batch_draws`), JSON-serialisable."""
-        epoch, step = self._consumed
-        return {"format": STATE_FORMAT, "epoch": epoch, "step": step, "seed": self.seed,
-                "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("format", "epoch", "step", "seed", "world_size", "steps_per_epoch"):
-            if key not in state:
-                raise ValueError(f"data state: missing key '{key}' (got {sorted(state)})")
-        if state["format"] != STATE_FORMAT:
-            raise ValueError(f"data state: format {state['format']} is not supported (expected {STATE_FORMAT})")
-        same = {k: state[k] for k in ("seed", "world_size", "steps_per_epoch")}
-        mine = {"seed": self.seed, "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
-        if same != mine:
-            raise ValueError(f"data state was saved with {same} but this run has {mine}; the saved position "
-                             f"does not describe this run's batches (resume with the same seed, world size, "
-                             f"batch size and data)")
-        self._reposition((int(state["epoch"]), int(state["step"])))
+    def seek(self, batches: int) -> None:
+        """Make the next batch the one ``batches`` micro-batches into the run (a resume)."""
+        if batches < 0:
+            raise ValueError(f"seek: batches must be >= 0, got {batches}")
+        self._reposition(divmod(batches, self.steps_per_epoch))
 
     def _reposition(self, pos: tuple[int, int]) -> None:
         # Batches already prefetched belong to the old position: drop the pipeline with them.
@@ -264,13 +249,9 @@ class TrainData:
         where = "; ".join(reader.describe(indices) for reader, indices in groups)
         return ShardError(f"reading a training batch failed ({_last_line(error)}); it came from one of {where}")
 
-    def next_batch(self, epoch: int) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
-        consumed_epoch, consumed_step = self._consumed
-        if epoch != consumed_epoch:
-            if epoch == consumed_epoch - 1 and consumed_step == 0:
-                raise RuntimeError(f"next_batch({epoch}) called more than steps_per_epoch="
-                                   f"{self.steps_per_epoch} times in epoch {epoch}")
-            self._reposition((epoch, 0))  # e.g. an epoch cut short by max_steps
+    def next_batch(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+        """The batch at the position, and the position moves on (into the next epoch after the
+        epoch's last batch)."""
         if self._pipe is None:
             self._build()
         try:

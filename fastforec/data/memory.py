@@ -6,14 +6,13 @@ instead of letting it open the shards. Nothing here imports DALI or webdataset.
 
 The batches follow the format of :mod:`fastforec.data.loader` (labeled image/label, unlabeled
 weak/strong/valid/box) and the source answers the calls the trainer makes of ``TrainData``
-(``steps_per_epoch``, ``next_batch``, ``state_dict``/``load_state_dict``, ``close``).
+(``steps_per_epoch``, ``next_batch``, ``seek``, ``close``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -63,16 +62,13 @@ class MemoryTrainData:
         self.steps_per_epoch = len(batches)
         self.position = 0
 
-    def next_batch(self, epoch: int) -> Batch:
+    def next_batch(self) -> Batch:
         batch = self.batches[self.position % len(self.batches)]
         self.position += 1
         return batch
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "epoch": self.position // self.steps_per_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
+    def seek(self, batches: int) -> None:
+        self.position = batches
 
     def close(self) -> None:
         pass

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from fastforec.checkpoint import NOT_TENSORS, first_line, refused_pickle
+from fastforec.checkpoint_files import NOT_TENSORS, first_line, refused_pickle
 from fastforec.config import BACKBONES, BackboneName
 from fastforec.errors import UserError
 

@@ -36,7 +36,7 @@ def _dali_unlabeled(manifest, cfg: DataConfig, epochs: int) -> list[dict[str, np
     out = []
     for epoch in range(epochs):
         for _ in range(data.steps_per_epoch):
-            _, u = data.next_batch(epoch)
+            _, u = data.next_batch()
             out += [{k: v[b].numpy() for k, v in u.items()} for b in range(cfg.batch_size)]
     return out
 
@@ -155,7 +155,7 @@ def test_labeled_padding_is_ignore_and_geometry(coordinate_data):
     flips, scales, padded = [], [], 0
     for epoch in range(8):
         for _ in range(data.steps_per_epoch):
-            labeled, unlabeled = data.next_batch(epoch)
+            labeled, unlabeled = data.next_batch()
             assert unlabeled is None
             assert labeled["image"].shape == (8, 3, STATS_CROP, STATS_CROP)
             assert labeled["label"].shape == (8, STATS_CROP, STATS_CROP)
@@ -183,7 +183,7 @@ def test_label_image_alignment(class_colour_data):
     checked = 0
     for epoch in range(3):
         for _ in range(data.steps_per_epoch):
-            labeled, _ = data.next_batch(epoch)
+            labeled, _ = data.next_batch()
             for image, label in zip(labeled["image"].numpy(), labeled["label"].numpy()):
                 valid = label != 255
                 cls = A.nearest_class(image, T.CLASS_PALETTE)

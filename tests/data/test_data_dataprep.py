@@ -20,7 +20,7 @@ def test_train_and_val_on_dataprep_shards(tmp_path, layout):
     cfg = DataConfig(crop_size=40, batch_size=4)
     train = TrainData(manifest, cfg, rank=0, world_size=1, seed=0, with_unlabeled=True, device="cpu")
     assert train.steps_per_epoch == 2
-    labeled, unlabeled = train.next_batch(0)
+    labeled, unlabeled = train.next_batch()
     assert labeled["image"].shape == (4, 3, 40, 40) and unlabeled["strong"].shape == (4, 3, 40, 40)
     classes = set(labeled["label"].unique().tolist())
     assert classes <= set(range(manifest.num_classes)) | {255} and classes - {255}

@@ -18,7 +18,7 @@ def _train(manifest) -> TrainData:
 def _drain(data: TrainData) -> None:
     for epoch in range(2):
         for _ in range(data.steps_per_epoch):
-            data.next_batch(epoch)
+            data.next_batch()
 
 
 def test_missing_shard_is_named(identity_data, copy_of):

@@ -4,7 +4,6 @@ Samples are identified from pixels: every image of the identity fixture is one f
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -43,7 +42,7 @@ def _ids(images: torch.Tensor, candidates) -> list[int]:
 def _epoch_ids(data: TrainData, epoch: int) -> tuple[list[int], list[int]]:
     unl, lab = [], []
     for _ in range(data.steps_per_epoch):
-        labeled, unlabeled = data.next_batch(epoch)
+        labeled, unlabeled = data.next_batch()
         lab += _ids(labeled["image"], LABELED_IDS)
         if unlabeled is not None:
             unl += _ids(unlabeled["weak"], range(NUM_UNLABELED))
@@ -67,7 +66,7 @@ def test_resolve_device():
 def test_same_seed_same_batches_other_seed_differs(identity_data):
     a, b, c = (_train(identity_data, seed=s) for s in (7, 7, 8))
     for _ in range(3):
-        (la, ua), (lb, ub), (_, uc) = a.next_batch(0), b.next_batch(0), c.next_batch(0)
+        (la, ua), (lb, ub), (_, uc) = a.next_batch(), b.next_batch(), c.next_batch()
         assert _same(la, lb) and _same(ua, ub)
     assert not _same(ua, uc)
 
@@ -110,29 +109,31 @@ def test_resume_mid_epoch_gives_identical_batches(identity_data):
     ref = _train(identity_data, seed=3)
     steps = ref.steps_per_epoch
     for _ in range(steps - 2):
-        ref.next_batch(0)
-    state = json.loads(json.dumps(ref.state_dict()))  # what a checkpoint stores
-    expected = [ref.next_batch(0) for _ in range(2)] + [ref.next_batch(1) for _ in range(2)]
+        ref.next_batch()
+    expected = [ref.next_batch() for _ in range(2)] + [ref.next_batch() for _ in range(2)]
 
     resumed = _train(identity_data, seed=3)
-    resumed.next_batch(0)  # a pipeline with prefetched batches that must be discarded
-    resumed.load_state_dict(state)
-    got = [resumed.next_batch(0) for _ in range(2)] + [resumed.next_batch(1) for _ in range(2)]
+    resumed.next_batch()  # a pipeline with prefetched batches that must be discarded
+    resumed.seek(steps - 2)  # the train state's micro-batch count, as a resume passes it
+    got = [resumed.next_batch() for _ in range(2)] + [resumed.next_batch() for _ in range(2)]
     for (le, ue), (lg, ug) in zip(expected, got):
         assert _same(le, lg) and _same(ue, ug)
 
 
-def test_state_from_another_run_is_refused(identity_data):
-    state = _train(identity_data, seed=1).state_dict()
-    with pytest.raises(ValueError, match="same seed"):
-        _train(identity_data, seed=2).load_state_dict(state)
-
-
-def test_too_many_calls_in_an_epoch_is_an_error(identity_data):
+def test_next_batch_goes_on_into_the_next_epoch(identity_data):
+    """The loader's position moves by one per batch and wraps into the next epoch; a seek to a
+    count of micro-batches lands on the same batch."""
     data = _train(identity_data, with_unlabeled=False, cfg=DataConfig(crop_size=CROP, batch_size=5))
-    data.next_batch(0), data.next_batch(0)
-    with pytest.raises(RuntimeError, match="more than steps_per_epoch=2"):
-        data.next_batch(0)
+    assert data.steps_per_epoch == 2
+    for _ in range(4):  # two whole epochs
+        data.next_batch()
+    third_epoch_first = data.next_batch()
+    for target in (4, 3):
+        sought = _train(identity_data, with_unlabeled=False, cfg=DataConfig(crop_size=CROP, batch_size=5))
+        sought.seek(target)
+        assert _same(sought.next_batch()[0], third_epoch_first[0]) == (target == 4)
+    with pytest.raises(ValueError, match="batches must be >= 0"):
+        data.seek(-1)
 
 
 def test_batch_larger_than_split_is_an_error(identity_data):
@@ -141,7 +142,7 @@ def test_batch_larger_than_split_is_an_error(identity_data):
 
 
 def test_batch_contract(identity_data):
-    labeled, unlabeled = _train(identity_data, cfg=_cfg(labeled_strong=True)).next_batch(0)
+    labeled, unlabeled = _train(identity_data, cfg=_cfg(labeled_strong=True)).next_batch()
     assert labeled["image"].dtype == torch.float32 and labeled["image"].shape == (BATCH, 3, CROP, CROP)
     assert labeled["label"].dtype == torch.int64 and labeled["label"].shape == (BATCH, CROP, CROP)
     for key in ("weak", "strong"):
@@ -186,11 +187,11 @@ def test_batches_stay_valid_while_later_batches_are_made(identity_data):
     """Batches are zero-copy views of DALI buffers: a batch kept by the trainer must not be
     overwritten by the batches produced after it."""
     data = _train(identity_data)
-    kept = [data.next_batch(0) for _ in range(2)]
+    kept = [data.next_batch() for _ in range(2)]
     copies = [({k: v.clone() for k, v in lab.items()}, {k: v.clone() for k, v in unl.items()}) for lab, unl in kept]
     for epoch in range(3):
         for _ in range(data.steps_per_epoch - (2 if epoch == 0 else 0)):
-            data.next_batch(epoch)
+            data.next_batch()
     for (lab, unl), (lab_copy, unl_copy) in zip(kept, copies):
         assert _same(lab, lab_copy) and _same(unl, unl_copy)
 

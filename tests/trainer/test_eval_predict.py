@@ -86,7 +86,7 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
 
 def test_the_dataset_kind_travels_in_the_checkpoint(trained: tuple[Path, Path]) -> None:
     # predict has no manifest: the one evaluation-mode rule reads the dataset kind from here
-    from fastforec.checkpoint import latest_checkpoint, load_checkpoint
+    from fastforec.checkpoint_files import latest_checkpoint, load_checkpoint
     from fastforec.evaluate import resolve_eval_mode
 
     _, run_dir = trained

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastforec.checkpoint import load_checkpoint, resolve_checkpoint
+from fastforec.checkpoint_files import load_checkpoint, resolve_checkpoint
 from fastforec.inference import load_trained_model
 from trainer_support import clean_env, run_train, tiny_config, write_config
 

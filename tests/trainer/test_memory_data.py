@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist, data=data)
         losses = []
         for _ in range(3):
-            terms = trainer.train_step(*data.train.next_batch(0))
+            terms = trainer.train_step(*data.train.next_batch())
             losses.append({k: float(v) for k, v in terms.items()})
     print(json.dumps({"losses": losses, "step": trainer.state.step, "position": data.train.position,
                       "dali": any(m.startswith("nvidia.dali") for m in sys.modules),

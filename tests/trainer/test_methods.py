@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from trainer_support import tiny_config, write_config
 from equivalence_harness import make_batch
-from fastforec.checkpoint import load_checkpoint
+from fastforec.checkpoint_files import load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
 from fastforec.trainer import NonFiniteLossError, Trainer

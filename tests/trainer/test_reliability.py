@@ -16,7 +16,7 @@ import torch
 
 from trainer_support import read_jsonl, run_train, tiny_config, write_config
 from equivalence_harness import make_batch
-from fastforec.checkpoint import list_checkpoints, load_checkpoint
+from fastforec.checkpoint_files import list_checkpoints, load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
 from fastforec.trainer import NonFiniteLossError, Trainer

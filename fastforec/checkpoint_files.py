@@ -1,0 +1,250 @@
+"""Checkpoint files: atomic writes, verified safe loads, keep the last k.
+
+A checkpoint is a dict of tensors and plain Python values (no pickled objects), written with
+``torch.save`` to a temporary name, fsync-ed and renamed: a crash leaves the previous checkpoint
+intact. Loading uses ``torch.load(weights_only=True)``, which refuses arbitrary objects.
+
+Every file carries a SHA-256 of its content (under :data:`CHECKSUM_KEY`) that loading verifies:
+torch's zip reader does not check its CRCs, so a flipped byte inside a tensor would otherwise
+load silently and be saved again into every later checkpoint. The digest covers the values, not
+the file bytes, so it is computed from the state being saved (no second pass over the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastforec.atomic import atomic_path, remove_temporaries
+from fastforec.errors import UserError
+
+CHECKPOINT_GLOB = "step_*.pt"
+CHECKSUM_KEY = "checksum_sha256"
+_STEP_RE = re.compile(r"step_(\d+)(?:\.rank\d+)?\.pt$")
+# The message torch.load(weights_only=True) raises when a file holds other Python objects; it
+# goes on to suggest weights_only=False, which is exactly what must never be done with it.
+_REFUSED_PICKLE = "Weights only load failed"
+_UNSUPPORTED_GLOBAL = "Unsupported global"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, damaged, from another run, or not a fastforec checkpoint."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a shared or per-rank checkpoint file, from its name."""
+    m = _STEP_RE.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def rank_file(path: str | Path, rank: int) -> Path:
+    """The per-rank companion of a checkpoint (optimizer partition, data position, RNG)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# content digest
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 over a nested structure of dicts, lists, tensors and plain values: every dtype,
+    shape, byte, key and value, in order."""
+    h = hashlib.sha256()
+    _feed(h, state)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes of any dtype (bf16 included)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+        text = repr(obj).encode()
+        h.update(f"{type(obj).__name__}{len(text)};".encode() + text)
+    else:
+        raise TypeError(f"checkpoint values must be tensors, containers or plain values, got {type(obj).__name__}")
+
+
+def _to_cpu(obj: Any) -> Any:
+    # One device-to-host copy shared by the digest and torch.save (each would copy otherwise).
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    state = _to_cpu(state)
+    payload = {**state, CHECKSUM_KEY: state_digest(state)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def earlier_checkpoint_hint(path: str | Path) -> str:
+    """'use the earlier checkpoint X' (the newest one before ``path`` in its directory), or a
+    sentence saying there is none."""
+    step = checkpoint_step(path)
+    earlier = [p for p in list_checkpoints(Path(path).parent) if step is None or (checkpoint_step(p) or 0) < step]
+    if earlier:
+        return f"use the earlier checkpoint '{earlier[-1]}' (e.g. --resume {earlier[-1]})"
+    return "no earlier checkpoint exists in that directory"
+
+
+def refused_pickle(error: Exception) -> bool:
+    """True when ``torch.load(weights_only=True)`` refused a file because it names a Python class
+    or function (a pickled object, possibly code), as opposed to a stream that is just broken."""
+    return _REFUSED_PICKLE in str(error) and _UNSUPPORTED_GLOBAL in str(error)
+
+
+def first_line(error: Exception) -> str:
+    """``Type: what went wrong``, without the advice torch appends (which, for a refused load,
+    is to retry with weights_only=False: never to be passed on)."""
+    text = str(error)
+    if _REFUSED_PICKLE in text:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        text = detail.group(1) if detail else "not a valid torch file"
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+NOT_TENSORS = ("holds Python objects other than tensors and plain values, so it is not a fastforec checkpoint "
+               "or weight file; fastforec never unpickles such files")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify one checkpoint file; :class:`CheckpointError` names the file and what
+    to use instead when it is missing, damaged or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
+        if refused_pickle(e):
+            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}); "
+                              f"{earlier_checkpoint_hint(path)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is not a fastforec checkpoint (top level is {type(state).__name__})")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise CheckpointError(f"'{path}' has no checksum: it is not a checkpoint written by this version of "
+                              f"fastforec")
+    try:
+        actual = state_digest(state)
+    except TypeError as e:
+        raise CheckpointError(f"'{path}' is not a fastforec checkpoint ({e})") from None
+    if actual != stored:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt: its content does not match its checksum (a byte "
+                              f"changed on disk or in a copy); {earlier_checkpoint_hint(path)}")
+    if map_location != "cpu":
+        state = _to_device(state, torch.device(map_location))
+    return state
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# a run's checkpoint directory
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Shared checkpoint files in ``directory``, oldest first (by step number)."""
+    found = [(s, p) for p in Path(directory).glob(CHECKPOINT_GLOB)
+             if ".rank" not in p.name and (s := checkpoint_step(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its ``checkpoints/`` latest, or its own latest)."""
+    path = Path(path)
+    if path.is_dir():
+        for d in (path / "checkpoints", path):
+            if (latest := latest_checkpoint(d)) is not None:
+                return latest
+        raise CheckpointError(f"no checkpoint ({CHECKPOINT_GLOB}) in '{path}'")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    return path
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints; returns the deleted paths."""
+    old = list_checkpoints(directory)[:-keep] if keep > 0 else []
+    for p in old:
+        # the shared file first: without it the rank files are never read
+        p.unlink(missing_ok=True)
+        for companion in p.parent.glob(f"{p.stem}.rank*.pt"):
+            companion.unlink(missing_ok=True)
+    return old
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Temporaries of checkpoint writes killed mid-way (``.step_*.pt.tmp-PID``); a run calls
+    this at its start, before any of its processes writes a checkpoint."""
+    return remove_temporaries(directory, CHECKPOINT_GLOB)
+
+
+def check_same_settings(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...], *,
+                        path: str | Path) -> None:
+    """Raise naming the first dotted config key of ``keys`` whose value differs between the
+    checkpoint's config and the current one."""
+    def get(cfg: dict[str, Any], key: str) -> Any:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    for key in keys:
+        was, now = get(saved, key), get(current, key)
+        if was != now:
+            raise CheckpointError(f"checkpoint '{path}' was trained with {key}={_show(was)}, the config says "
+                                  f"{_show(now)}; resume with the checkpoint's setting (--set {key}={_show(was)}) "
+                                  f"or start a new run")
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
