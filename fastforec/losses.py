@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import kernels
+import fastforec_kernels as kernels
 
 IGNORE_INDEX = 255
 Backend = Literal["auto", "triton", "torch"]

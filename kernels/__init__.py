@@ -21,9 +21,9 @@ from typing import Sequence
 
 import torch
 
-from kernels import _checks
-from kernels._autograd import fused_loss
-from kernels._dispatch import BACKENDS, Backend, resolve_backend
+from . import _checks
+from ._autograd import fused_loss
+from ._dispatch import BACKENDS, Backend, resolve_backend
 
 __all__ = ["BACKENDS", "Backend", "masked_mse", "pseudo_label", "pseudo_label_ce", "resolve_backend"]
 
@@ -35,10 +35,10 @@ _CONF_DTYPES = (torch.float32,)
 def _implementation(backend: str, tensor: torch.Tensor) -> ModuleType:
     if resolve_backend(backend, tensor) == "triton":
         # Deferred: defining the @triton.jit functions reads TRITON_INTERPRET (see the module).
-        from kernels import _triton_impl
+        from . import _triton_impl
 
         return _triton_impl
-    from kernels import _chunked
+    from . import _chunked
 
     return _chunked
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import INTERPRET_ENV, interpreter_requested
+from ._dispatch import INTERPRET_ENV, interpreter_requested
 
 # Decided once: the @triton.jit functions below are interpreted iff this was true at import.
 INTERPRETED = interpreter_requested()

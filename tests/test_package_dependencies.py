@@ -37,3 +37,60 @@ def test_fastforec_never_imports_dataprep() -> None:
                  if name == FORBIDDEN or name.startswith(FORBIDDEN + ".")]
     assert not offenders, "fastforec must run dataprep as a command (fastforec.dataprep_cli), not import it:\n" + \
         "\n".join(offenders)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' import name
+
+REPO = PACKAGE.parent
+KERNELS_FOLDER, KERNELS_IMPORT = "kernels", "fastforec_kernels"
+
+
+def test_nothing_imports_the_kernels_by_their_folder_name() -> None:
+    """`kernels` is also a PyPI package (Hugging Face's): an import of it would get whichever comes
+    first on the path. The kernels themselves import each other relatively."""
+    files = [p for d in ("fastforec", "dataprep", "kernels", "tools", "tests") for p in sorted((REPO / d).rglob("*.py"))]
+    offenders = [f"{path.relative_to(REPO)}: import {name}"
+                 for path in files for name in _imported_modules(ast.parse(path.read_text(), filename=str(path)))
+                 if name == KERNELS_FOLDER or name.startswith(KERNELS_FOLDER + ".")]
+    assert not offenders, f"import the kernels as {KERNELS_IMPORT}:\n" + "\n".join(offenders)
+
+
+def test_the_package_list_names_every_package_folder() -> None:
+    """pyproject.toml lists the packages by hand (the kernels folder installs under another
+    name); a new subpackage missing from that list would be left out of every install."""
+    import tomllib
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["package-dir"] == {KERNELS_IMPORT: KERNELS_FOLDER}
+    folders = {".".join(init.parent.relative_to(REPO).parts) for d in ("fastforec", "dataprep", KERNELS_FOLDER)
+               for init in (REPO / d).rglob("__init__.py")}
+    listed = {tool["package-dir"].get(name, name) for name in tool["packages"]}
+    assert listed == folders
+
+
+def test_the_kernels_install_under_their_own_name(tmp_path: Path) -> None:
+    """The wheel holds fastforec_kernels/ (and no top-level kernels/), and it imports from there."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for d in ("fastforec", "dataprep", KERNELS_FOLDER):
+        shutil.copytree(REPO / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(src)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("fastforec-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {"fastforec", "dataprep", KERNELS_IMPORT} <= tops and KERNELS_FOLDER not in tops
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("import fastforec_kernels, torch; x = torch.randn(1, 3, 2, 2); "
+             "print(fastforec_kernels.__file__); print(tuple(fastforec_kernels.pseudo_label(x, [1])[0].shape))")
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
+    assert Path(out[0]).is_relative_to(site) and out[1:] == ["(1,", "2,", "2)"]

@@ -11,7 +11,8 @@
 #   - DeepSpeed's dependencies such a node may lack: hjson, pydantic with pydantic-core for
 #     cp312 manylinux, annotated-types, typing-inspection, typing-extensions, and the small
 #     ones it may have (py-cpuinfo, psutil, msgpack, ninja, tqdm, einops, packaging);
-#   - webdataset (+ braceexpand) and rich (+ markdown-it-py, mdurl, pygments) for fastforec.
+#   - webdataset (+ braceexpand) and rich (+ markdown-it-py, mdurl, pygments) for fastforec;
+#   - fastforec's own wheel (pure Python), for its kernels' import name `fastforec_kernels`.
 # gpu-check unpacks them into a temporary prefix placed after the node's own packages on
 # sys.path, only when an import fails. Nothing is installed on the node itself.
 set -euo pipefail
@@ -38,6 +39,10 @@ PY
 # shellcheck disable=SC2086
 "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version "$TARGET_PY" --implementation cp \
     --platform "$PLATFORM" -d "$OUT" $pins
+
+# fastforec itself, from this tree: the folder kernels/ installs as `fastforec_kernels`, which an
+# uninstalled tree (the check runs from the repository root) cannot import otherwise.
+"$PYTHON" -m pip wheel --no-deps --no-build-isolation -w "$OUT" "$(dirname "$0")/.."
 
 ls -l "$OUT"
 du -sh "$OUT"

@@ -3,8 +3,8 @@
     python -m fastforec.cli bench --what gpu-check --json gpu_check.json     # on the GPU node
     python -m fastforec.cli bench --what gpu-check --dry-run                 # the same, CPU-sized
 
-Meant for an offline GPU node that has PyTorch and Triton but not DeepSpeed, its dependencies or
-webdataset: ``tools/build_offline_wheels.sh`` builds those wheels beforehand (on a machine with
+Meant for an offline GPU node that has PyTorch and Triton but not DeepSpeed, its dependencies,
+webdataset or fastforec installed: ``tools/build_offline_wheels.sh`` builds those wheels beforehand (on a machine with
 the package registry) into ``build/offline_wheels``, and this command unpacks them into a
 temporary prefix, placed *after* the node's own packages on ``sys.path``, when an import fails.
 DALI is optional (its section says when it was skipped); the trainer gets its batches from
@@ -48,7 +48,9 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_WHEELS = REPO / "build" / "offline_wheels"
 # What the check imports that an offline GPU node may lack (module names), from the wheels.
-OFFLINE_MODULES = ("deepspeed", "hjson", "pydantic", "rich", "webdataset")
+# fastforec_kernels: the folder kernels/ installs under that name, so an uninstalled tree needs
+# fastforec's own wheel (built from this tree by the same script).
+OFFLINE_MODULES = ("deepspeed", "hjson", "pydantic", "rich", "webdataset", "fastforec_kernels")
 BUDGET_S = 8 * 60  # the whole check must fit in this on one H100/H200-class GPU
 TERA, GIGA = 1e12, 1e9
 NUM_CLASSES = 21
@@ -239,9 +241,9 @@ def kernel_case(name: str, shape: tuple[int, int, int, int], channels_last: bool
     """The three kernels on one shape: errors against fp64, time, bandwidth fraction."""
     import torch
 
-    import kernels
+    import fastforec_kernels as kernels
     from fastforec.bench.kernels import masked_mse_bytes, pseudo_label_bytes, pseudo_label_ce_bytes
-    from kernels._autograd import gradient_in_backward
+    from fastforec_kernels._autograd import gradient_in_backward
 
     t = _kernel_inputs(shape, dtype, channels_last, device, seed=sum(shape))
     b, c, h, w = shape
@@ -296,7 +298,7 @@ def big_kernel_case(shape: tuple[int, int, int, int], device: Any) -> list[dict[
     Only that sample is valid, so the loss and its gradient are those of the sample alone."""
     import torch
 
-    import kernels
+    import fastforec_kernels as kernels
 
     b, c, h, w = shape
     gen = torch.Generator(device=device).manual_seed(1)

@@ -28,8 +28,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import kernels
-from kernels._autograd import gradient_in_backward
+import fastforec_kernels as kernels
+from fastforec_kernels._autograd import gradient_in_backward
 from fastforec.atomic import atomic_write_json
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, pseudo_label_reference
 

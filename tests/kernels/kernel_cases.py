@@ -63,10 +63,10 @@ LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
 
 def force_chunk_elements(monkeypatch, elements: int) -> None:
     """Make the torch backend cut every call into chunks of ``elements`` values."""
-    import kernels._chunked
+    from fastforec_kernels import _chunked
 
-    monkeypatch.setattr(kernels._chunked, "MIN_CHUNK_ELEMENTS", elements)
-    monkeypatch.setattr(kernels._chunked, "CHUNKS_PER_CALL", 2**62)
+    monkeypatch.setattr(_chunked, "MIN_CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(_chunked, "CHUNKS_PER_CALL", 2**62)
 
 
 def loss_and_grad(fn, x0: torch.Tensor, *rest, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

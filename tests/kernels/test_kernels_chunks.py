@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernels import _chunked
+from fastforec_kernels import _chunked
 
 
 def covered(batch: int, height: int, elements_per_row: int) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from kernel_cases import Shape, logits
 
-import kernels
+import fastforec_kernels as kernels
 from fastforec import losses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_kernels_work_when_triton_was_imported_before_the_interpreter_was_reques
         import triton  # before TRITON_INTERPRET: triton.language's helpers are defined compiled
         os.environ["TRITON_INTERPRET"] = "1"
         import torch
-        import kernels
+        import fastforec_kernels as kernels
         from fastforec.losses import pseudo_label_reference, pseudo_label_ce_reference
         x = torch.randn(2, 21, 5, 7) * 3
         label, conf, fg = kernels.pseudo_label(x, [1, 2], backend="triton")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from kernel_cases import BACKENDS, Shape, logits, pixel_rand
 
-import kernels
+import fastforec_kernels as kernels
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference
 
 LOSS_SCALE = 2.0 ** 16  # DeepSpeed's initial dynamic loss scale

@@ -8,7 +8,7 @@ import torch
 from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, layout,
                           pixel_rand)
 
-import kernels
+import fastforec_kernels as kernels
 from fastforec.losses import masked_mse_reference
 
 RGB = 3

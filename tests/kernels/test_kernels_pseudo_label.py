@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import BACKENDS, DTYPES, SHAPES, Shape, force_chunk_elements, layout, logits
 
-import kernels
+import fastforec_kernels as kernels
 from fastforec.losses import pseudo_label_reference
 
 FG = (1, 2, 3, 7, 11, 18)

@@ -8,7 +8,7 @@ import torch
 from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
                           pixel_rand)
 
-import kernels
+import fastforec_kernels as kernels
 from fastforec.losses import pseudo_label_ce_reference, pseudo_label_reference
 
 THRESH = 0.4
