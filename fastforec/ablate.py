@@ -71,9 +71,6 @@ BASE_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", 
                "unimatch": "UniMatch"}
 AUX_LABELS = {"rec": "reconstruction", "forec": "FOrec", "fgbg": "fg/bg prediction"}
 BASE_AUX_SEP = "+"  # --methods unimatch+forec: base x auxiliary task
-# Paper (VOC classic, ResNet-101 DeepLabV3+), Table 4/5: mIoU % at 92 / 183 labeled images.
-PAPER_TABLE = {"mean_teacher": (67.82, 70.78), "rec": (68.99, 72.35), "forec": (70.99, 74.67)}
-PAPER_BUDGETS = (92, 183)
 PLOT_INCHES = (8.0, 4.5)
 DPI = 110
 
@@ -247,7 +244,10 @@ def train_command(run: Run, *, config: Path, run_dir: Path, shards: Path, overri
                   resume: bool) -> list[str]:
     script = Path(__file__).resolve().parent / "train.py"
     # base and aux are always set, so a config that sets them cannot change what a row means.
-    base, aux = method_parts(run.method) or NAME_PARTS[run.method]
+    parts = method_parts(run.method)
+    if parts is None:  # the --methods parser refuses these; a Run built by hand may not
+        raise AblationError(f"--methods: '{run.method}' is neither a method, a base nor base{BASE_AUX_SEP}aux")
+    base, aux = parts
     name = run.method if run.method in METHODS else "mean_teacher"
     cmd = [sys.executable, str(script), "--config", str(config), "--run-dir", str(run_dir),
            "--set", f"method.name={name}", "--set", f"method.base={base}", "--set", f"method.aux={aux}",

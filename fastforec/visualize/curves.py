@@ -63,20 +63,17 @@ def curves_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> Figure:
     (ax_loss, ax_lr), (ax_pl, ax_miou) = fig.subplots(2, 2)
     colours = [f"C{i}" for i in range(len(runs))]
     for (name, records), colour in zip(runs, colours):
+        def plot(ax: Any, kind: str, key: str, style: str, label: str, scale: float = 1.0, **kw: Any) -> None:
+            xs, ys = series(records, kind=kind, key=key)
+            if xs:
+                ax.plot(xs, [scale * y for y in ys], style, color=colour, label=label, linewidth=1, **kw)
+
         for key in LOSS_KEYS:
-            xs, ys = series(records, kind="train", key=key)
-            if xs:
-                ax_loss.plot(xs, ys, LOSS_STYLES[key], color=colour, label=f"{name} {key}", linewidth=1)
-        xs, ys = series(records, kind="train", key="lr")
-        if xs:
-            ax_lr.plot(xs, ys, color=colour, label=name, linewidth=1)
+            plot(ax_loss, "train", key, LOSS_STYLES[key], f"{name} {key}")
+        plot(ax_lr, "train", "lr", "-", name)
         for key in PSEUDO_KEYS:
-            xs, ys = series(records, kind="train", key=key)
-            if xs:
-                ax_pl.plot(xs, ys, PSEUDO_STYLES[key], color=colour, label=f"{name} {key}", linewidth=1)
-        xs, ys = series(records, kind="eval", key="miou")
-        if xs:
-            ax_miou.plot(xs, [100 * y for y in ys], "o-", color=colour, label=name, markersize=3, linewidth=1)
+            plot(ax_pl, "train", key, PSEUDO_STYLES[key], f"{name} {key}")
+        plot(ax_miou, "eval", "miou", "o-", name, scale=100, markersize=3)
     for ax, title, ylabel in ((ax_loss, "loss terms", "loss"), (ax_lr, "learning rate (backbone)", "lr"),
                               (ax_pl, "pseudo-labels: coverage above tau, mean teacher confidence", "fraction"),
                               (ax_miou, "validation mIoU", "mIoU %")):
