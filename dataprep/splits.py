@@ -11,6 +11,7 @@ from . import cityscapes, voc
 from .errors import DataprepError
 from .sources import require_dir
 from .splitfiles import read_split_list, write_split_list
+from .synth.sslbench import read_metadata
 
 VOC_SETS_DIR = "ImageSets/Segmentation"
 VOC_CLASSIC_POOL = "train.txt"  # images with SegmentationClass masks (1464 on real VOC)
@@ -65,8 +66,6 @@ def random_partition(*, root: Path, layout: str, labeled: int, seed: int, blende
 def balanced_partition(*, root: Path, labeled: int) -> Partition:
     """The first ``labeled`` ids of an sslbench tree's class-balanced order (so budgets are nested);
     every other training id is unlabeled. Both lists sorted."""
-    from .synth.sslbench import read_metadata
-
     order = read_metadata(require_dir(root, "--root"))["balanced_order"]
     if not 1 <= labeled <= len(order):
         raise DataprepError(f"--labeled {labeled} is not in 1..{len(order)} (the training images of '{root}')")

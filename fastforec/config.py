@@ -336,6 +336,7 @@ class Config:
         manifest = Path(self.data.root) / "manifest.json"
         _check(manifest.is_file(), "data.root",
                f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
+        # lazy (both): loading a config, and so `--help` and config errors, must not import torch
         if self.method.fg_classes is not None:
             from fastforec.data.manifest import Manifest
 

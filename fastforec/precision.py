@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules._functions import SyncBatchNorm as SyncBatchNormFunction
 
 from fastforec.config import ConfigError
 
@@ -133,8 +134,6 @@ class Fp32StatsSyncBatchNorm(nn.SyncBatchNorm):
         group = self.process_group or dist.group.WORLD
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
             return _batch_norm(self, x, factor)
-        from torch.nn.modules._functions import SyncBatchNorm as SyncBatchNormFunction
-
         w, b = _float_affine(self)
         return SyncBatchNormFunction.apply(x, w, b, self.running_mean, self.running_var, self.eps, factor, group,
                                            dist.get_world_size(group))

@@ -73,7 +73,7 @@ class RunLogger:
             self.monitor.write_events(events)
         if self.tensorboard_dir is not None:
             if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # slow to import: only when enabled
 
                 self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
             for tag, value, at in events:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from . import _checks
+from . import _checks, _chunked
 from ._autograd import fused_loss
 from ._dispatch import BACKENDS, Backend, resolve_backend
 
@@ -38,8 +38,6 @@ def _implementation(backend: str, tensor: torch.Tensor) -> ModuleType:
         from . import _triton_impl
 
         return _triton_impl
-    from . import _chunked
-
     return _chunked
 
 

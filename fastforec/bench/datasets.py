@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 from PIL import Image
+from wds2idx import IndexCreator
 
 from fastforec.atomic import atomic_path, atomic_write_json
 from fastforec.data.manifest import Manifest, ShardInfo, SplitInfo
@@ -49,9 +51,6 @@ def encode(array: np.ndarray, ext: str) -> bytes:
 
 def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
     """One tar shard + its DALI index, each written under a temporary name and renamed."""
-    import webdataset as wds
-    from wds2idx import IndexCreator
-
     with atomic_path(path) as tmp:
         with wds.TarWriter(str(tmp)) as writer:
             for s in samples:

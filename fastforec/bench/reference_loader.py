@@ -21,8 +21,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms
 
 from fastforec.config import AugConfig, DataConfig
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest
@@ -39,8 +41,6 @@ class Recipe:
     """Weak geometric + strong photometric augmentation with PIL/torchvision."""
 
     def __init__(self, aug: AugConfig, crop: int) -> None:
-        from torchvision import transforms
-
         self.aug, self.crop = aug, crop
         self.jitter = transforms.RandomApply(
             [transforms.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)], p=aug.jitter_prob)
@@ -125,8 +125,6 @@ class ReferenceDataset(IterableDataset):
         self.cfg, self.split, self.seed, self.passes = cfg, split, seed, passes
 
     def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
-        import webdataset as wds
-
         source = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples())
         for i, sample in enumerate(source):
             if i % workers == worker:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
 from nvidia.dali import fn, pipeline_def, types
 
 PIXEL_MAX = 255.0
@@ -169,8 +170,6 @@ def _device_id(device: str) -> int | None:
     """The current CUDA device (each rank has set its own), or None for DALI's CPU-only mode."""
     if device != "gpu":
         return None
-    import torch
-
     return torch.cuda.current_device()
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from fastforec.data.images import decode_problem
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest, ManifestError, ShardInfo
@@ -195,8 +196,6 @@ class SplitReader:
         """(height, width) from the encoded header, cached: the crop geometry is drawn in Python
         before DALI decodes, and a header parse is ~1000x cheaper than a decode."""
         if index not in self._sizes:
-            from PIL import Image, UnidentifiedImageError
-
             raw = data.tobytes()
             try:
                 with Image.open(io.BytesIO(raw)) as im:
@@ -212,8 +211,6 @@ class SplitReader:
     def first_undecodable(self, indices: list[int]) -> str | None:
         """Fully decode the given samples with PIL and describe the first that fails. Only on the
         error path: DALI reports a decode failure per batch, not per sample."""
-        from PIL import Image
-
         for i in indices:
             ref = self.samples[i]
             members = [ref.image] + ([ref.label] if ref.label is not None else [])

@@ -27,6 +27,7 @@ import timm
 import torch
 from rich.console import Console
 from rich.table import Table
+from safetensors.torch import load_file
 from torch import nn
 
 from fastforec.checkpoint_files import NOT_TENSORS, first_line, refused_pickle
@@ -151,7 +152,7 @@ def resolve_pretrained(spec: str | Path, backbone: str, *, cache_dir: str | Path
     full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     looked = []
     if cfg.hf_hub_id:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache  # timm's optional dependency
 
         for filename in ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES):
             found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=cache_dir)
@@ -178,8 +179,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise PretrainedError(f"pretrained weights '{path}' do not exist")
     try:
         if path.suffix == SAFETENSORS_SUFFIX:
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
