@@ -30,6 +30,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from fastforec.atomic import atomic_write_json
+from fastforec.bench.datasets import SHARDS_SUBDIR, make_bench_dataset, synthetic_voc_shards
+from fastforec.bench.reference_loader import reference_loader
+from fastforec.config import ConfigError, load_config
+from fastforec.data.loader import TrainData
+from fastforec.data.manifest import Manifest, ManifestError
+from fastforec.data.pipelines import build_decode_pipeline
+from fastforec.data.shard_reader import SplitReader
+from fastforec.errors import UserError, check_output_dir
 
 DEFAULT_BATCHES = 30  # timed batches per contender and round
 ROUNDS = 5
@@ -56,8 +70,6 @@ class Settings:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
-    from fastforec.config import ConfigError, load_config
-
     if not args.config:
         raise ConfigError("bench --what data needs --config (a run config; its data section is used)")
     cfg = load_config(args.config, args.overrides)
@@ -71,8 +83,6 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
     data.validate("data")
     device = getattr(args, "device", None) or "cpu"
     if device == "gpu":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("bench --what data --device gpu: no CUDA GPU here; use --device cpu")
     settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
@@ -84,10 +94,6 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
 def _manifest(root: Path, synthetic: str, console: Any) -> Any:
     """Shards at ``root`` (or ``root/shards``, where a generated scenes set lives); an empty or
     new ``root`` first gets VOC-sized synthetic shards of the kind ``synthetic`` names."""
-    from fastforec.bench.datasets import SHARDS_SUBDIR, make_bench_dataset, synthetic_voc_shards
-    from fastforec.data.manifest import Manifest
-    from fastforec.errors import check_output_dir
-
     for candidate in (root, root / SHARDS_SUBDIR):
         if (candidate / "manifest.json").is_file():
             return Manifest.load(candidate)
@@ -112,10 +118,9 @@ def _manifest(root: Path, synthetic: str, console: Any) -> Any:
 
 
 def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
-    from fastforec.data.loader import TrainData
-
     train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device=device,
                       labeled=False)
+
     def next_batch() -> Any:
         return train.next_batch()[1]
 
@@ -123,16 +128,11 @@ def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
 
 
 def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
-    from fastforec.bench.reference_loader import reference_loader
-
     batches: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=threads))
     return lambda: next(batches)
 
 
 def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
-    from fastforec.data.pipelines import build_decode_pipeline
-    from fastforec.data.shard_reader import SplitReader
-
     reader = SplitReader(manifest, "unlabeled", with_labels=False)
     order: deque[int] = deque()
 
@@ -191,8 +191,6 @@ def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     for _ in range(s.batches):
         next_batch()
     if s.device == "gpu":  # GPU batches are handed over on the stream: wait for the last one
-        import torch
-
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     samples = s.batches * s.batch_size
@@ -230,8 +228,6 @@ def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> 
 
 
 def _print(result: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
     table = Table(title=f"data pipeline ({result['device']} DALI backend; the baseline is always CPU), "
                         f"unlabeled recipe, crop {result['crop']}, batch {result['batch_size']}, "
                         f"{result['threads']} threads/workers (median of {result['rounds']} rounds)")
@@ -250,13 +246,6 @@ def _print(result: dict[str, Any], console: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from fastforec.atomic import atomic_write_json
-    from fastforec.data.manifest import ManifestError
-    from fastforec.errors import UserError
-
     console = Console(stderr=True)
     try:
         settings, data = _settings(args)
