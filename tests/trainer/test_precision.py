@@ -33,9 +33,11 @@ def _harness(shards: Path, tmp_path: Path, precision: str, stage: int, ranks: in
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-@pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("precision", ["bf16", "torch_autocast"])
+# Every pair of (precision, ZeRO stage, ranks) values occurs once: 4 runs instead of the 8 of the
+# full grid (each a DeepSpeed run that checkpoints and resumes). ZeRO 1 and 2 keep the fp32 master
+# partition the same way, so the pairs are where a difference could show.
+@pytest.mark.parametrize(("precision", "stage", "ranks"), [
+    ("bf16", 1, 1), ("bf16", 2, 2), ("torch_autocast", 1, 2), ("torch_autocast", 2, 1)])
 def test_train_checkpoint_resume(shards: Path, tmp_path: Path, precision: str, stage: int, ranks: int) -> None:
     reports = _harness(shards, tmp_path, precision, stage, ranks)
     assert len(reports) == ranks
