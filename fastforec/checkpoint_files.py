@@ -46,7 +46,7 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def rank_file(path: str | Path, rank: int) -> Path:
-    """The per-rank companion of a checkpoint (optimizer partition, data position, RNG)."""
+    """The per-rank companion of a checkpoint (optimizer partition, DeepSpeed counters, RNG)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.rank{rank}.pt")
 
