@@ -105,7 +105,7 @@ class OptimizerState:
         opt = self.optimizer
         if self.kind == ZERO:
             return {"kind": ZERO, "base": opt.optimizer.state_dict(),
-                    "fp32": [t.detach().clone() for t in opt.single_partition_of_fp32_groups],
+                    "fp32": [t.detach() for t in opt.single_partition_of_fp32_groups],  # saving copies them
                     "loss_scaler": loss_scaler_state(opt)}
         return {"kind": TORCH, "base": opt.state_dict()}
 

@@ -143,8 +143,9 @@ class TrainData:
         if batch_draws.per_rank(len(self._labeled), world_size) < 1:
             raise ShardError(f"split 'labeled' of '{manifest.root}' has {len(self._labeled)} samples, fewer "
                              f"than the {world_size} ranks")
-        self._consumed = (0, 0)  # (epoch, step) of the next batch next_batch returns
-        self._fed = (0, 0)  # (epoch, step) of the next batch handed to DALI
+        # (epoch, step) of the next batch handed to DALI; the consumer's position is the trainer's
+        # (TrainState.batches), and the batches in between are the in-flight FIFO.
+        self._fed = (0, 0)
         self._inflight: deque[tuple[_Branch | None, _Branch | None]] = deque()
         self._pipe: Any = None
 
@@ -164,7 +165,7 @@ class TrainData:
         # Batches already prefetched belong to the old position: drop the pipeline with them.
         self._pipe = None
         self._inflight.clear()
-        self._consumed = self._fed = pos
+        self._fed = pos
 
     # ---- what goes into a batch ---------------------------------------------------------------
 
@@ -262,7 +263,6 @@ class TrainData:
             self._pipe = None  # a DALI pipeline is unusable after an error
             raise self._explain_failure(e) from e
         labeled, unlabeled = self._inflight.popleft()
-        self._consumed = self._advance(self._consumed)
         named = dict(zip(self._graph.outputs, outputs))
         return (None if labeled is None else self._labeled_batch(named),
                 None if unlabeled is None else self._unlabeled_batch(named, unlabeled))
