@@ -44,6 +44,7 @@ from fastforec.atomic import atomic_write_bytes, atomic_write_json
 from fastforec.config import AUX_TASKS, BASES, METHODS, NAME_PARTS, ConfigError, load_config
 from fastforec.dataprep_cli import run_dataprep
 from fastforec.errors import UserError
+from fastforec.provenance import provenance
 
 # Defaults of the study (see docs/results.md for why): a few hundred small synthetic images.
 DEFAULT_NUM_TRAIN = 400
@@ -58,6 +59,7 @@ ALL = "all"  # the budget that labels every training image (sslbench)
 # study of unimatch and unimatch+forec compares the two).
 BASELINES = ("supervised", "mean_teacher")
 CONFIDENCE = 0.95
+PROVENANCE_FILE = "provenance.json"  # in each run directory: what its result depends on
 # Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom (standard table).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -299,6 +301,11 @@ def execute(run: Run, *, out: Path, config: Path, shards: Path, overrides: Seque
         # records would be appended after it.
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     cmd = train_command(run, config=config, run_dir=run_dir, shards=shards, overrides=overrides, resume=resume)
+    # What this result depends on (code, packages, CPU, shards), one record per attempt: a run
+    # resumed on another machine is no longer a one-machine result, and this shows it.
+    record = run_dir / PROVENANCE_FILE
+    attempts = json.loads(record.read_text()) if record.is_file() else []
+    atomic_write_json(record, attempts + [{**provenance(data_root=shards), "resumed": resume}])
     start = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
@@ -358,8 +365,14 @@ def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[s
             teacher = models.get("teacher", {}).get("miou_last")
             found.setdefault((run.method, run.budget), []).append(
                 {"seed": run.seed, "miou_last": models.get("student", r)["miou_last"], "teacher_miou_last": teacher,
-                 "miou_best": r["miou_best"], "step": r.get("step")})
+                 "miou_best": r["miou_best"], "step": r.get("step"), "provenance": _attempts(path.parent)})
     return found
+
+
+def _attempts(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The run's provenance records (one per attempt), or None for a run from before they existed."""
+    path = run_dir / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _finite(x: Any) -> bool:

@@ -25,7 +25,7 @@ import torch
 from fastforec.checkpoint_files import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
                                         first_line, list_checkpoints, load_checkpoint, prune_checkpoints, rank_file,
                                         resolve_checkpoint, save_checkpoint)
-from fastforec.config import Config, config_from_dict
+from fastforec.config import LEGACY_DECODER, Config, config_from_dict
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.train_state import Stateful
 
@@ -38,7 +38,8 @@ READABLE_FORMATS = ("fastforec-checkpoint-v1", CHECKPOINT_FORMAT)
 # Settings a checkpoint must share with the config that resumes it: the architecture (else the
 # weights do not fit), what fixes the data position (else the resumed batches differ), and what the
 # optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
-RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder_channels",
+RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder",
+                     "model.decoder_channels",
                      "method.name", "method.base", "method.aux",
                      "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
                      "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
@@ -159,8 +160,17 @@ def pick_checkpoint(resume: str, *, directory: Path, dist: DistInfo, config: Con
     if shared["world_size"] != dist.world_size:
         raise CheckpointError(f"'{path}' was written by {shared['world_size']} ranks; resume with the same "
                               f"number of processes (now {dist.world_size})")
-    check_same_settings(shared["config"], config.to_dict(), RESUME_MUST_MATCH, path=path)
+    check_same_settings(saved_config(shared["config"]), config.to_dict(), RESUME_MUST_MATCH, path=path)
     return Resumable(path, shared, own)
+
+
+def saved_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the meaning it had when saved: a config from before
+    ``model.decoder`` existed was trained with the legacy decoder, not today's default."""
+    model = raw.get("model")
+    if isinstance(model, dict) and "decoder" not in model:
+        return {**raw, "model": {**model, "decoder": LEGACY_DECODER}}
+    return raw
 
 
 def load_trained_weights(path: str | Path) -> TrainedWeights:
@@ -176,7 +186,7 @@ def load_trained_weights(path: str | Path) -> TrainedWeights:
         raise CheckpointError(f"'{ckpt_path}' is not a complete fastforec training checkpoint (no "
                               f"{', '.join(missing)})")
     try:
-        config = config_from_dict(state["config"])
+        config = config_from_dict(saved_config(state["config"]))
     except ValueError as e:
         raise CheckpointError(f"'{ckpt_path}': its saved config is not valid ({e})") from None
     return TrainedWeights(ckpt_path, config, state["dataset"], state["student"], state.get("teacher"))

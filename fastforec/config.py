@@ -32,10 +32,14 @@ BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resne
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
 BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch"]  # where the unlabeled signal comes from
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
+DecoderName = Literal["unimatch", "u2pl", "torchvision"]  # whose DeepLabV3+ decoder (models/deeplab.py)
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 METHODS: tuple[str, ...] = typing.get_args(MethodName)
 BASES: tuple[str, ...] = typing.get_args(BaseName)
 AUX_TASKS: tuple[str, ...] = typing.get_args(AuxName)
+DECODERS: tuple[str, ...] = typing.get_args(DecoderName)
+# Checkpoints written before model.decoder existed were trained with this decoder.
+LEGACY_DECODER = "torchvision"
 # What each method.name means as base x auxiliary task: its meaning from before bases existed.
 NAME_PARTS = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
               "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"), "fgbg": ("mean_teacher", "fgbg")}
@@ -121,6 +125,9 @@ class DataConfig:
 class ModelConfig:
     backbone: BackboneName = "resnet101"
     output_stride: int = 16
+    # Whose DeepLabV3+ decoder, exactly as that source builds it (dropout, widths, align_corners):
+    # "unimatch" (also FOrec's), "u2pl", or "torchvision" (fastforec's before 2026-12, for old checkpoints)
+    decoder: DecoderName = "unimatch"
     # ImageNet weights: a local file (torchvision/timm names, U2PL/UniMatch's deep-stem resnet101.pth
     # with resnet101s, mmseg ResNetV1c with resnet101c), or "timm" / "timm:<name>" from the local cache
     pretrained: str | None = None

@@ -27,7 +27,7 @@ from torch import nn
 from fastforec.atomic import atomic_path
 from fastforec.checkpoint_files import CheckpointError
 from fastforec.config import Config, config_from_dict
-from fastforec.models import DeepLabV3Plus, deeplabv3plus
+from fastforec.models import DeepLabV3Plus, build_model
 
 EXPORT_FORMAT = "fastforec-segmentation-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -97,9 +97,6 @@ def read_export(path: str | Path, *, weights: str | None = None,
                               f"{weights} with `fastforec export --weights {weights}`")
     cfg = config_from_dict(json.loads(meta["config"]))
     dataset = json.loads(meta["dataset"])
-    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=dataset["num_classes"],
-                          output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
-                          backbone_width=cfg.model.backbone_width,
-                          reconstruction=None)
+    model = build_model(cfg.model, num_classes=dataset["num_classes"], reconstruction=None)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg, dataset

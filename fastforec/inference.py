@@ -11,7 +11,7 @@ from fastforec.checkpoint import load_trained_weights
 from fastforec.checkpoint_files import CheckpointError, first_line, resolve_checkpoint
 from fastforec.config import Config
 from fastforec.export_format import read_export
-from fastforec.models import DeepLabV3Plus, deeplabv3plus
+from fastforec.models import DeepLabV3Plus, build_model
 
 Weights = Literal["student", "teacher"]
 SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
@@ -32,10 +32,8 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     cfg = trained.config
     if weights == "teacher" and trained.teacher is None:
         raise CheckpointError(f"'{trained.path}' has no teacher (method {cfg.method.label}); use the student weights")
-    model = deeplabv3plus(backbone=cfg.model.backbone, num_classes=trained.dataset["num_classes"],
-                          output_stride=cfg.model.output_stride, decoder_channels=cfg.model.decoder_channels,
-                          backbone_width=cfg.model.backbone_width,
-                          reconstruction=cfg.method.reconstruction if weights == "student" else None)
+    model = build_model(cfg.model, num_classes=trained.dataset["num_classes"],
+                        reconstruction=cfg.method.reconstruction if weights == "student" else None)
     try:
         model.load_state_dict(trained.student if weights == "student" else trained.teacher)
     except RuntimeError as e:

@@ -30,7 +30,7 @@ from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
 from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
-from fastforec.models import DeepLabV3Plus, deeplabv3plus
+from fastforec.models import DeepLabV3Plus, build_model
 from fastforec.optim import build_optimizer
 from fastforec.precision import (ZeroMasterWeights, autocast_context, check_precision, keep_norm_statistics_fp32,
                                  precision_mode)
@@ -106,11 +106,8 @@ class Trainer:
             self.train_data, self.val_data = data.train, data.val
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=self.num_classes,
-                                output_stride=cfg.model.output_stride, reconstruction=method.reconstruction,
-                                pretrained=cfg.model.pretrained, decoder_channels=cfg.model.decoder_channels,
-                                backbone_width=cfg.model.backbone_width,
-                                show_pretrained=dist.is_main)
+        student = build_model(cfg.model, num_classes=self.num_classes, reconstruction=method.reconstruction,
+                              with_pretrained=True, show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         if self.device.type == "cuda":

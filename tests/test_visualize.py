@@ -102,8 +102,9 @@ def test_latent_channels_recombine_into_the_reconstruction(checkpoints: dict, im
             latent = torch.from_numpy(arrays[f"c{g}_i{i}_latent"])[None]
             image = _load(path)
             assert torch.equal(torch.from_numpy(arrays[f"input{i}"]), image[0])
+            # the model's decoder (UniMatch's) resizes with align_corners=True
             recombined = F.interpolate(F.conv2d(latent, weight[:, :, None, None], bias), size=image.shape[-2:],
-                                       mode="bilinear", align_corners=False)
+                                       mode="bilinear", align_corners=model.aux_head.align_corners)
             rec = torch.from_numpy(arrays[f"c{g}_i{i}_aux"])[None]
             torch.testing.assert_close(recombined, rec, atol=1e-5, rtol=1e-5)
             with torch.no_grad():  # and it is the model's own reconstruction of that input

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastforec.bench.harness import Batch
 from fastforec.config import Config
-from fastforec.models import deeplabv3plus
+from fastforec.models import build_model
 
 DEFAULT_NUM_CLASSES = 21  # VOC; only used when counting FLOPs without a dataset
 TERA = 1e12
@@ -46,10 +46,7 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     b, crop = cfg.data.batch_size, cfg.data.crop_size
     semi = m.uses_unlabeled
     with torch.device("meta"):
-        student = deeplabv3plus(backbone=cfg.model.backbone, num_classes=num_classes,
-                                output_stride=cfg.model.output_stride, reconstruction=m.reconstruction,
-                                decoder_channels=cfg.model.decoder_channels,
-                                backbone_width=cfg.model.backbone_width)
+        student = build_model(cfg.model, num_classes=num_classes, reconstruction=m.reconstruction)
         teacher = student.segmentation_copy().eval() if m.has_teacher else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
         strong = torch.empty(m.strong_views * b, 3, crop, crop)

@@ -202,7 +202,7 @@ class ResNetBackbone(nn.Module):
     the only width ImageNet weights fit). Narrower networks exist for CPU-sized benchmarks trained
     from scratch or from a fastforec checkpoint of the same width; the 7x7 stem stays at 64."""
 
-    def __init__(self, *, name: BackboneName, output_stride: int, width: float = 1.0):
+    def __init__(self, *, name: BackboneName, output_stride: int, width: float = 1.0, maxpool_ceil: bool = False):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"backbone '{name}' is not supported; choose one of {', '.join(BACKBONES)}")
@@ -213,6 +213,9 @@ class ResNetBackbone(nn.Module):
         self.body = timm.create_model(name, pretrained=False, features_only=True, output_stride=output_stride,
                                       out_indices=(LOW_LEVEL_STAGE, LAST_STAGE), **narrow)
         self.low_channels, self.high_channels = self.body.feature_info.channels()
+        # U2PL's ResNet pools its stem with ceil_mode=True: on even-sized stem outputs c1 is then
+        # one pixel larger than torchvision's, and its weights expect that geometry.
+        self.body.maxpool.ceil_mode = maxpool_ceil
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c1, c4 = self.body(x)

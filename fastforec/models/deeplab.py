@@ -1,9 +1,24 @@
 """DeepLabV3+ with an optional reconstruction (or fg/bg) decoder sharing the encoder.
 
-Both heads are instances of one ``Decoder`` class (ASPP on c4, 48-channel low-level reduce of c1,
-two 3x3 fuse convs, a 1x1 classifier); only the classifier's output channels differ. The
-reconstruction head's fused features are the paper's "latent images": the reconstruction is a
-1x1 conv of them (paper eq. 2), then bilinear upsampling, which commutes with the 1x1 conv.
+The decoder is built as each source defines it (``model.decoder``), so that a recipe trains the
+network its paper trained and the source's trained checkpoints load by name and shape:
+
+- ``unimatch``: UniMatch's DeepLabV3+ (LiheYoung/UniMatch ``model/semseg/deeplabv3plus.py``):
+  ASPP of five Conv-BN-ReLU branches and a 1x1 projection, **no dropout**; a 48-channel 1x1
+  reduce of c1; two 3x3 fuse convs; a 1x1 classifier; every resize ``align_corners=True``.
+- ``u2pl``: U2PL's ``dec_deeplabv3_plus`` (Haochen-Wang409/U2PL ``u2pl/models/decoder.py``) without
+  its contrastive representation head: a 256-channel 1x1 low-level conv *with* bias; the five ASPP
+  branches concatenated with no projection, then a 3x3 conv + Dropout2d(0.1); a classifier of two
+  3x3 convs with bias, each followed by Dropout2d(0.1), then the 1x1; ``align_corners=True``.
+  U2PL's ResNet also pools its stem with ``ceil_mode=True`` (the builder sets that too).
+- ``torchvision``: fastforec's decoder before 2026-12 (torchvision's choices: Dropout(0.5) after
+  the ASPP projection, ``align_corners=False``). Kept so checkpoints trained with it still load;
+  no published recipe uses it.
+
+Every decoder is one class serving both heads: ``features(c1, c4)`` is the map entering the last
+1x1 conv (the reconstruction head's "latent image"), ``classifier`` is that conv. Only its output
+channels differ between the segmentation and the auxiliary head (paper: "the same structure as the
+segmentation decoder; only the channel number of the last layer differs").
 """
 
 from __future__ import annotations
@@ -16,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastforec.models.backbones import BackboneName, ResNetBackbone
+from fastforec.config import DECODERS, BackboneName, DecoderName
+from fastforec.models.backbones import ResNetBackbone
 
 ASPP_CHANNELS = 256
-LOW_LEVEL_CHANNELS = 48
-ASPP_DROPOUT = 0.5
+UNIMATCH_REDUCE_CHANNELS = 48  # UniMatch's low-level reduce width
+TORCHVISION_ASPP_DROPOUT = 0.5  # torchvision's DeepLabHead dropout after the ASPP projection
+U2PL_DROPOUT = 0.1  # U2PL's Dropout2d after its ASPP conv and after each classifier conv
 DILATIONS = {16: (6, 12, 18), 8: (12, 24, 36)}
 # ImageNet statistics: inputs arrive as RGB in [0, 1] (the reconstruction target), the
 # backbone wants them standardised.
@@ -28,15 +45,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUX_CHANNELS = {"rgb": 3, "fgbg": 1}
 AUX_OUTPUT = {"rgb": "rec", "fgbg": "fgbg"}  # the key the auxiliary map has in the output dict
+# Both peers resize with align_corners=True; torchvision (and so the legacy decoder) with False.
+# The setting changes ~11 % of the predicted pixels of the same weights, so it follows the source.
+ALIGN_CORNERS = {"unimatch": True, "u2pl": True, "torchvision": False}
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1, bias: bool = False) -> nn.Sequential:
     pad = dilation * (kernel // 2)
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=bias),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int], align_corners: bool) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
 class ImagePooling(nn.Module):
+    """Global-average-pool branch. Its 1x1 map is broadcast to the input size, which is what a
+    bilinear resize of a 1x1 map gives with either align_corners."""
+
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv = _conv_bn_relu(cin, cout, 1)
@@ -47,31 +74,51 @@ class ImagePooling(nn.Module):
 
 
 class ASPP(nn.Module):
-    def __init__(self, cin: int, cout: int, dilations: tuple[int, int, int]):
+    """Five branches concatenated in the source's order (UniMatch: 1x1, three dilated, pool; U2PL:
+    pool first), then ``project``: UniMatch a 1x1 Conv-BN-ReLU; U2PL a 3x3 Conv-BN-ReLU and
+    Dropout2d(0.1); torchvision a 1x1 Conv-BN-ReLU and Dropout(0.5)."""
+
+    def __init__(self, cin: int, cout: int, dilations: tuple[int, int, int], *, variant: DecoderName):
         super().__init__()
-        self.branches = nn.ModuleList([_conv_bn_relu(cin, cout, 1)]
-                                      + [_conv_bn_relu(cin, cout, 3, d) for d in dilations]
-                                      + [ImagePooling(cin, cout)])
-        self.project = nn.Sequential(_conv_bn_relu(cout * len(self.branches), cout, 1), nn.Dropout(ASPP_DROPOUT))
+        convs = [_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, d) for d in dilations]
+        pool = ImagePooling(cin, cout)
+        self.branches = nn.ModuleList([pool] + convs if variant == "u2pl" else convs + [pool])
+        width = cout * len(self.branches)
+        if variant == "u2pl":
+            self.project = nn.Sequential(*_conv_bn_relu(width, cout, 3), nn.Dropout2d(U2PL_DROPOUT))
+        elif variant == "torchvision":
+            self.project = nn.Sequential(_conv_bn_relu(width, cout, 1), nn.Dropout(TORCHVISION_ASPP_DROPOUT))
+        else:
+            self.project = _conv_bn_relu(width, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([b(x) for b in self.branches], dim=1))
 
 
 class Decoder(nn.Module):
-    """DeepLabV3+ decoder: ``features(c1, c4)`` is the map entering the last 1x1 conv."""
+    """A DeepLabV3+ decoder as ``variant`` defines it (module doc); ``out_channels`` is the width
+    of the last 1x1 conv, ``classifier`` (classes, 3 for RGB, 1 for fg/bg)."""
 
-    def __init__(self, *, low_channels: int, high_channels: int, out_channels: int, dilations: tuple[int, int, int],
-                 channels: int = ASPP_CHANNELS):
+    def __init__(self, *, variant: DecoderName, low_channels: int, high_channels: int, out_channels: int,
+                 dilations: tuple[int, int, int], channels: int = ASPP_CHANNELS):
         super().__init__()
-        self.aspp = ASPP(high_channels, channels, dilations)
-        self.reduce = _conv_bn_relu(low_channels, LOW_LEVEL_CHANNELS, 1)
-        self.fuse = nn.Sequential(_conv_bn_relu(channels + LOW_LEVEL_CHANNELS, channels, 3),
-                                  _conv_bn_relu(channels, channels, 3))
+        if variant not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {variant!r}")
+        self.variant = variant
+        self.align_corners = ALIGN_CORNERS[variant]
+        self.aspp = ASPP(high_channels, channels, dilations, variant=variant)
+        if variant == "u2pl":
+            self.reduce = _conv_bn_relu(low_channels, channels, 1, bias=True)
+            self.fuse = nn.Sequential(*_conv_bn_relu(2 * channels, channels, 3, bias=True), nn.Dropout2d(U2PL_DROPOUT),
+                                      *_conv_bn_relu(channels, channels, 3, bias=True), nn.Dropout2d(U2PL_DROPOUT))
+        else:
+            self.reduce = _conv_bn_relu(low_channels, UNIMATCH_REDUCE_CHANNELS, 1)
+            self.fuse = nn.Sequential(_conv_bn_relu(channels + UNIMATCH_REDUCE_CHANNELS, channels, 3),
+                                      _conv_bn_relu(channels, channels, 3))
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
-        high = F.interpolate(self.aspp(c4), size=c1.shape[-2:], mode="bilinear", align_corners=False)
+        high = _resize(self.aspp(c4), c1.shape[-2:], self.align_corners)
         return self.fuse(torch.cat([self.reduce(c1), high], dim=1))
 
     def forward(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
@@ -100,17 +147,18 @@ class DeepLabV3Plus(nn.Module):
         Clean and perturbed features go through the seg head in one batch, as UniMatch decodes them,
         so its BatchNorm sees both; the auxiliary head sees the clean features only."""
         size = x.shape[-2:]
+        up = self.seg_head.align_corners
         c1, c4 = self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
         if fp_dropout > 0:
             n = x.shape[0]
             drop = lambda t: F.dropout2d(t[fp_from:], p=fp_dropout, training=True)  # noqa: E731
-            seg = _upsample(self.seg_head(torch.cat([c1, drop(c1)]), torch.cat([c4, drop(c4)])), size)
+            seg = _resize(self.seg_head(torch.cat([c1, drop(c1)]), torch.cat([c4, drop(c4)])), size, up)
             out = {"seg": seg[:n], "seg_fp": seg[n:]}
         else:
-            out = {"seg": _upsample(self.seg_head(c1, c4), size)}
+            out = {"seg": _resize(self.seg_head(c1, c4), size, up)}
         if self.aux_head is not None:
             latent = self.aux_head.features(c1, c4)
-            out[AUX_OUTPUT[self.aux_kind]] = _upsample(self.aux_head.classifier(latent), size)
+            out[AUX_OUTPUT[self.aux_kind]] = _resize(self.aux_head.classifier(latent), size, self.aux_head.align_corners)
             if return_latent:
                 out["latent"] = latent
         elif return_latent:
@@ -128,16 +176,13 @@ class DeepLabV3Plus(nn.Module):
                              aux_head=None, aux_kind=None)
 
 
-def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: int = 16,
-                  reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
+                  decoder: DecoderName = "unimatch", reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
                   pretrained: str | Path | None = None, decoder_channels: int = ASPP_CHANNELS,
                   backbone_width: float = 1.0, show_pretrained: bool = True) -> DeepLabV3Plus:
     """Build DeepLabV3+ (optionally with the reconstruction or fg/bg decoder).
 
+    ``decoder``: whose DeepLabV3+ decoder (module doc): ``unimatch``, ``u2pl`` or ``torchvision``.
     ``pretrained``: ImageNet weights for the backbone: a local file (torchvision/timm, U2PL/UniMatch
     or mmseg naming) or ``"timm"`` / ``"timm:<name>"`` from the local cache (see backbones.py);
     ``show_pretrained`` prints the loaded/missing/unexpected table.
@@ -150,12 +195,15 @@ def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: in
         raise ValueError(f"reconstruction must be 'rgb', 'fgbg' or None, got {reconstruction!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    encoder = ResNetBackbone(name=backbone, output_stride=output_stride, width=backbone_width)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    encoder = ResNetBackbone(name=backbone, output_stride=output_stride, width=backbone_width,
+                             maxpool_ceil=decoder == "u2pl")
     if pretrained is not None:
         encoder.load_pretrained(pretrained, show=show_pretrained)
 
     def head(out_channels: int) -> Decoder:
-        return Decoder(low_channels=encoder.low_channels, high_channels=encoder.high_channels,
+        return Decoder(variant=decoder, low_channels=encoder.low_channels, high_channels=encoder.high_channels,
                        out_channels=out_channels, dilations=DILATIONS[output_stride], channels=decoder_channels)
 
     aux = head(AUX_CHANNELS[reconstruction]) if reconstruction is not None else None

@@ -68,13 +68,6 @@ def classifier_weights(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return conv.weight.detach()[:, :, 0, 0], conv.bias.detach()
 
 
-def recombine(latent: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Paper eq. 2: the auxiliary output from the latent images, ``up(W @ latent + b)``; latent
-    (B, C, h, w) -> (B, out, *size)."""
-    mixed = torch.einsum("oc,bchw->bohw", weight, latent) + bias[None, :, None, None]
-    return F.interpolate(mixed, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def select_channels(weight: np.ndarray, latents: Sequence[np.ndarray], *, k: int, by: Selection) -> list[int]:
     """The ``k`` most important latent channels, most important first.
 

@@ -112,10 +112,11 @@ def test_reconstruction_is_a_1x1_conv_of_the_latent_image(model: DeepLabV3Plus) 
     weight = model.aux_head.classifier.weight[:, :, 0, 0]  # (3, 256)
     bias = model.aux_head.classifier.bias
     low_res = torch.einsum("oc,bchw->bohw", weight, out["latent"]) + bias.view(1, 3, 1, 1)
-    expected = F.interpolate(low_res, size=(H, W), mode="bilinear", align_corners=False)
+    assert model.aux_head.align_corners  # UniMatch's decoder, the default, resizes with align_corners=True
+    expected = F.interpolate(low_res, size=(H, W), mode="bilinear", align_corners=True)
     torch.testing.assert_close(out["rec"], expected, rtol=1e-4, atol=1e-5)
     # bilinear weights sum to 1, so the 1x1 conv of the upsampled latent is the same image
-    up = F.interpolate(out["latent"], size=(H, W), mode="bilinear", align_corners=False)
+    up = F.interpolate(out["latent"], size=(H, W), mode="bilinear", align_corners=True)
     full_res = torch.einsum("oc,bchw->bohw", weight, up) + bias.view(1, 3, 1, 1)
     torch.testing.assert_close(out["rec"], full_res, rtol=1e-4, atol=1e-5)
 
