@@ -2,7 +2,7 @@
 
 A run config is a JSON file with one section per component::
 
-    {"data": {...}, "model": {...}, "method": {...}, "optim": {...}, "train": {...},
+    {"data": {...}, "model": {...}, "method": {...}, "loss": {...}, "optim": {...}, "train": {...},
      "eval": {...}, "deepspeed": {...}}
 
 Each section loads into its own dataclass and each component receives only its own section.
@@ -231,6 +231,23 @@ class MethodConfig:
 
 
 @dataclass
+class LossConfig:
+    """The labeled (supervised) loss: plain CE, or OHEM as UniMatch and U2PL train Cityscapes with
+    (``losses.ohem_ce``: pixels whose true-class probability is <= ``ohem_thresh``, at least
+    ``ohem_min_kept`` of them per rank's labeled batch)."""
+
+    labeled: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 200000
+
+    def validate(self, prefix: str = "loss") -> None:
+        _check_prob(self.ohem_thresh, f"{prefix}.ohem_thresh")
+        # UniMatch's code skips the mining entirely at min_kept 0: say so rather than mimic it
+        _check(self.ohem_min_kept >= 1, f"{prefix}.ohem_min_kept",
+               f"must be >= 1, got {self.ohem_min_kept} (for plain cross-entropy set {prefix}.labeled=ce)")
+
+
+@dataclass
 class OptimConfig:
     """SGD with poly decay; the decoders get ``lr * head_lr_mult``."""
 
@@ -303,6 +320,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -312,6 +330,7 @@ class Config:
         self.data.validate("data")
         self.model.validate("model")
         self.method.validate("method")
+        self.loss.validate("loss")
         self.optim.validate("optim")
         self.train.validate("train")
         self.eval.validate("eval")

@@ -12,13 +12,15 @@ gets the fused versions by default.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import functools
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import fastforec_kernels as kernels
+from fastforec.config import LossConfig
 
 IGNORE_INDEX = 255
 Backend = Literal["auto", "triton", "torch"]
@@ -44,6 +46,39 @@ def supervised_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_IND
     """Mean cross-entropy over pixels whose label is not ``ignore_index`` (0 if there are none)."""
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     return _safe_div(loss, (target != ignore_index).sum())
+
+
+def ohem_ce(logits: Tensor, target: Tensor, *, thresh: float, min_kept: int,
+            ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Online hard example mining CE, as UniMatch's and U2PL's ``ProbOhemCrossEntropy2d``: over the
+    whole batch, keep the valid pixels whose softmax probability of the true class is <= ``thresh``,
+    raising the threshold to the ``min_kept``-th smallest probability when fewer than ``min_kept``
+    pixels fall below it (ties with that value are all kept); fewer valid pixels than ``min_kept``
+    means plain CE over all of them. Mean CE over the kept pixels; 0 when none is kept (the source
+    gives NaN there).
+
+    The ``min_kept``-th smallest value comes from ``kthvalue`` (a selection, not a sort of the
+    millions of pixels), and the branches are tensor ``where``s: no host sync."""
+    logits = logits.float()
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    prob = logits.softmax(dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+    # ignored pixels count as certain (probability 1), as in the source, so they are never the k-th
+    prob = torch.where(valid, prob, torch.ones_like(prob)).flatten()
+    k = min(prob.numel(), min_kept)
+    kth = prob.kthvalue(k).values
+    threshold = torch.clamp(kth, min=thresh)  # the source: thresh, or the k-th value when it is larger
+    num_valid = valid.sum()
+    kept = valid & ((prob.view_as(valid) <= threshold) | (num_valid < min_kept))
+    ce = F.cross_entropy(logits, safe, reduction="none")
+    return _safe_div((ce * kept).sum(), kept.sum())
+
+
+def labeled_loss(cfg: LossConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    """The supervised loss ``cfg`` names, as ``loss(logits, target)``."""
+    if cfg.labeled == "ohem":
+        return functools.partial(ohem_ce, thresh=cfg.ohem_thresh, min_kept=cfg.ohem_min_kept)
+    return supervised_ce
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ class StepModels:
     autocast: Callable[[], object]
     device: torch.device
     memory_format: torch.memory_format = torch.contiguous_format  # train.channels_last
+    # the labeled images' loss (logits, labels) -> scalar: CE, or OHEM (losses.labeled_loss)
+    labeled_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = losses.supervised_ce
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         # the dtype DeepSpeed gave the weights (bf16/fp16 blocks) and the configured memory format
@@ -106,7 +108,7 @@ def _aux_parts(pred: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str
 def _supervised(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, torch.Tensor]:
     m = ctx.method
     pred = ctx.student(ctx.model_input(x_l))
-    out = {"loss_s": losses.supervised_ce(pred["seg"], y_l)}
+    out = {"loss_s": ctx.labeled_loss(pred["seg"], y_l)}
     if m.reconstruction is not None:
         fg, mask = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
         out["loss_rec"] = m.rec_weight_labeled * aux_loss(ctx, pred, x_l, fg, mask)
@@ -127,7 +129,7 @@ def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     b = x_l.shape[0]
     pred = ctx.student(ctx.model_input(torch.cat([x_l, strong])))
     seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
-    out = {"loss_s": losses.supervised_ce(seg_l, y_l),
+    out = {"loss_s": ctx.labeled_loss(seg_l, y_l),
            "loss_u": m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)}
     if m.reconstruction is not None:
         lab, unl = _aux_parts(pred, [b, strong.shape[0]])
@@ -161,7 +163,7 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     pred_s = ctx.student(ctx.model_input(torch.cat([v[0] for v in mixed])))
     seg_s = pred_s["seg"].split(n)
 
-    out = {"loss_s": losses.supervised_ce(seg_l, y_l)}
+    out = {"loss_s": ctx.labeled_loss(seg_l, y_l)}
     names = ["loss_u_s1", "loss_u_s2"] if unimatch else ["loss_u"]
     for name, (_, pl_v, conf_v, _, valid_v), seg in zip(names, mixed, seg_s):
         out[name] = losses.pseudo_label_ce(seg, pl_v, conf_v, valid_v, m.conf_thresh, backend=m.kernels)

@@ -18,7 +18,7 @@ import deepspeed
 import torch
 from torch import nn
 
-from fastforec import methods
+from fastforec import losses, methods
 from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
@@ -147,7 +147,8 @@ class Trainer:
         self.step_models = methods.StepModels(student=self.engine, teacher=self.teacher, method=method,
                                               fg_classes=self.fg_classes, input_dtype=self.input_dtype,
                                               memory_format=self.memory_format,
-                                              autocast=self.autocast, device=self.device)
+                                              autocast=self.autocast, device=self.device,
+                                              labeled_loss=losses.labeled_loss(cfg.loss))
         self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.

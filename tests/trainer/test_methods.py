@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer_support import tiny_config, write_config
+from trainer_support import threshold_between, tiny_config, write_config
 from equivalence_harness import make_batch
 from fastforec.checkpoint_files import load_checkpoint
 from fastforec.config import load_config
@@ -67,7 +67,7 @@ def test_auxiliary_targets(shards: Path, tmp_path: Path, world, method: str) -> 
     strong, pl, conf, valid = _mixed_inputs(tr, labeled, unlabeled)
     # thresholds inside the teacher's confidence range, so both sides of each threshold occur
     m = tr.cfg.method
-    m.conf_thresh, m.rec_conf_thresh = float(conf.quantile(0.5)), float(conf.quantile(0.3))
+    m.conf_thresh, m.rec_conf_thresh = threshold_between(conf, 0.5), threshold_between(conf, 0.3)
     got = _losses(tr, labeled, unlabeled)
     x, y = labeled["image"], labeled["label"]
     with torch.no_grad():

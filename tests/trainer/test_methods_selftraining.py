@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer_support import tiny_config, write_config
+from trainer_support import threshold_between, tiny_config, write_config
 from equivalence_harness import make_batch
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
@@ -44,7 +44,8 @@ def _batch(tr: Trainer) -> tuple[dict, dict]:
 
 def _reference_forward(tr: Trainer, labeled: dict, unlabeled: dict, *, fp: float) -> dict:
     """[labeled ; weak] through encoder and heads by hand, dropout masks drawn in the order the
-    model draws them (c1's, then c4's) from the same seed."""
+    model draws them (c1's, then c4's) from the same seed; resized with align_corners=True as
+    UniMatch's model does."""
     model = tr.student
     x = torch.cat([labeled["image"], unlabeled["weak"]])
     torch.manual_seed(SEED)
@@ -55,18 +56,18 @@ def _reference_forward(tr: Trainer, labeled: dict, unlabeled: dict, *, fp: float
             m1 = F.dropout2d(torch.ones_like(c1[B:]), p=fp, training=True)
             m4 = F.dropout2d(torch.ones_like(c4[B:]), p=fp, training=True)
             seg = model.seg_head(torch.cat([c1, c1[B:] * m1]), torch.cat([c4, c4[B:] * m4]))
-            seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=True)
             out["seg"], out["seg_fp"] = seg[: 2 * B], seg[2 * B:]
         else:
-            out["seg"] = F.interpolate(model.seg_head(c1, c4), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out["seg"] = F.interpolate(model.seg_head(c1, c4), size=x.shape[-2:], mode="bilinear", align_corners=True)
         if model.aux_head is not None:
-            out["aux"] = F.interpolate(model.aux_head(c1, c4), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out["aux"] = F.interpolate(model.aux_head(c1, c4), size=x.shape[-2:], mode="bilinear", align_corners=True)
     return out
 
 
 def _ce(logits, label, conf, valid, thresh):
     # UniMatch keeps conf >= thresh, the fused kernel conf > thresh: equal unless a confidence is
-    # exactly the threshold, which the quantile thresholds below never are for softmax outputs
+    # exactly the threshold, which the thresholds below (between two distinct confidences) never are
     keep = (conf > thresh) & valid
     return float((F.cross_entropy(logits, label, reduction="none") * keep).sum() / valid.sum())
 
@@ -100,7 +101,7 @@ def test_self_training_loss_terms(shards: Path, tmp_path: Path, world, base: str
         pred_s = tr.engine(torch.cat([v[0] for v in mixed]))
     seg_s = pred_s["seg"].split(B)
     # thresholds inside the confidence range, so both sides of each threshold occur
-    m.conf_thresh, m.rec_conf_thresh = float(conf.quantile(0.5)), float(conf.quantile(0.3))
+    m.conf_thresh, m.rec_conf_thresh = threshold_between(conf, 0.5), threshold_between(conf, 0.3)
 
     torch.manual_seed(SEED)
     got = {k: float(v.detach()) for k, v in tr.compute_losses(labeled, unlabeled, epoch=0).items()}

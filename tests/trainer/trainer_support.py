@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "fastforec" / "train.py"
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -54,3 +56,12 @@ def run_train(args: list[str], *, cwd: Path, timeout: float = 300, launcher: lis
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def threshold_between(conf: torch.Tensor, q: float) -> float:
+    """A threshold near the q-quantile of ``conf`` that lies halfway between two distinct values:
+    a threshold equal to a confidence that many pixels share (padding regions give runs of equal
+    values) would let one-ulp differences between the kernel's softmax and torch's flip them."""
+    values = conf.flatten().unique()  # sorted
+    i = min(int(q * (values.numel() - 1)), values.numel() - 2)
+    return float((values[i] + values[i + 1]) / 2)
