@@ -28,7 +28,7 @@ from fastforec.errors import UserError
 
 # Every choice below is spelled once, as a Literal (what the config accepts and type checkers
 # see); the tuples are read from it.
-BackboneName = Literal["resnet18", "resnet50", "resnet101", "resnet101c", "resnet101s"]
+BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s"]
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
 BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch"]  # where the unlabeled signal comes from
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
@@ -300,6 +300,9 @@ class EvalConfig:
 
     mode: Literal["auto", "whole", "sliding"] = "auto"  # auto: sliding window on Cityscapes, else whole
     stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the window (= data.crop_size)
+    # Where the windows go and how they merge (fastforec.evaluate.SlidingProtocol): "border_aligned"
+    # (full windows, logits averaged) or "unimatch" (UniMatch's: cut-short border windows, softmax summed)
+    sliding_protocol: Literal["border_aligned", "unimatch"] = "border_aligned"
     batch_size: int = 1
     every: int = 1  # in epochs; the end of training is always evaluated
     # Which model training scores: the student, the EMA teacher (U2PL reports the teacher), or
@@ -312,7 +315,8 @@ class EvalConfig:
         _check(self.every >= 1, f"{prefix}.every", "must be >= 1")
 
     def stride(self, window: int) -> int:
-        return max(1, int(window * self.stride_ratio))
+        # UniMatch's int(crop * 2 / 3): 801 * (2/3) is 533.99999... in floating point, 534 for it
+        return max(1, int(window * self.stride_ratio + 1e-9))
 
 
 @dataclass

@@ -14,10 +14,13 @@ HELP = "mIoU of a checkpoint on the val split"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config (JSON): data and evaluation settings")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file, a run directory (its latest), or a peer's trained checkpoint: "
+                        "unimatch:FILE, u2pl:FILE (or the file alone, recognised by its keys)")
     p.add_argument("--mode", choices=["whole", "sliding"], default=None,
                    help="whole image (VOC default) or sliding window (Cityscapes default)")
-    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--weights", choices=["student", "teacher"], default=None,
+                   help="default: the student of a fastforec checkpoint; the weights a peer reports (U2PL: teacher)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.report import print_iou_table
 
     dist = init_distributed(args.local_rank)
-    model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device)
+    model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=cfg)
     manifest = Manifest.load(cfg.data.root)
     if dataset["num_classes"] != manifest.num_classes:
         raise ConfigError(f"data.root: checkpoint has {dataset['num_classes']} classes, dataset "
@@ -49,11 +52,15 @@ def run(args: argparse.Namespace) -> int:
     crop = cfg.data.crop_size
     result = evaluate(model, val, num_classes=manifest.num_classes, ignore_index=manifest.ignore_index, mode=mode,
                       window=crop, stride=cfg.eval.stride(crop), device=dist.device,
+                      protocol=cfg.eval.sliding_protocol,
                       autocast=autocast_context(cfg.deepspeed, dist.device))
     if dist.is_main:
-        print_iou_table(manifest.class_names, result["iou"], result["miou"], title=f"{args.checkpoint} ({mode})")
+        protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""
+        print_iou_table(manifest.class_names, result["iou"], result["miou"],
+                        title=f"{args.checkpoint} ({mode}{protocol})")
         if args.json_out:
             atomic_write_json(args.json_out, {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "mode": mode,
+                                              "sliding_protocol": cfg.eval.sliding_protocol if mode == "sliding" else None,
                                               "per_class_iou": {n: nan_to_none(v) for n, v in
                                                                 zip(manifest.class_names, result["iou"])},
                                               "checkpoint": str(args.checkpoint), "weights": args.weights})

@@ -12,6 +12,13 @@ from torch import nn
 from fastforec.metrics import ConfusionMatrix
 
 EvalMode = Literal["whole", "sliding"]
+# How sliding windows are placed and merged (config.EvalConfig.sliding_protocol):
+# "border_aligned": windows every `stride`, the last one moved back to end at the border (every
+# window full-sized, zero padding only for images smaller than the window), logits averaged;
+# "unimatch": UniMatch's (and UniMatch V2's) `evaluate(..., 'sliding_window')`: windows start at
+# 0, stride, 2*stride, ... while inside the image, those at the border are cut short, and their
+# softmax probabilities are summed.
+SlidingProtocol = Literal["border_aligned", "unimatch"]
 # Datasets whose images are larger than the training crop and are scored by sliding window
 # (Cityscapes, as its peers do); every other dataset is scored on whole images.
 SLIDING_DATASETS = ("cityscapes",)
@@ -55,10 +62,26 @@ def sliding_window_logits(model: nn.Module, image: torch.Tensor, *, num_classes:
 
 
 @torch.no_grad()
+def sliding_window_unimatch(model: nn.Module, image: torch.Tensor, *, num_classes: int, window: int,
+                            stride: int) -> torch.Tensor:
+    """UniMatch's sliding window: the sum of the softmax of windows starting at multiples of
+    ``stride`` (cut short at the image border), at the image's resolution."""
+    b, _, h, w = image.shape
+    total = torch.zeros(b, num_classes, h, w, device=image.device)
+    for y in range(0, h, stride):
+        for x in range(0, w, stride):
+            crop = image[:, :, y:y + window, x:x + window]
+            total[:, :, y:y + window, x:x + window] += model(crop)["seg"].float().softmax(dim=1)
+    return total
+
+
+@torch.no_grad()
 def predict(model: nn.Module, image: torch.Tensor, *, mode: EvalMode, num_classes: int, window: int,
-            stride: int) -> torch.Tensor:
+            stride: int, protocol: SlidingProtocol = "border_aligned") -> torch.Tensor:
     """Class map (B, H, W) for images in [0, 1]."""
-    if mode == "sliding":
+    if mode == "sliding" and protocol == "unimatch":
+        logits = sliding_window_unimatch(model, image, num_classes=num_classes, window=window, stride=stride)
+    elif mode == "sliding":
         logits = sliding_window_logits(model, image, num_classes=num_classes, window=window, stride=stride)
     else:
         logits = model(image)["seg"]
@@ -68,7 +91,8 @@ def predict(model: nn.Module, image: torch.Tensor, *, mode: EvalMode, num_classe
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
              ignore_index: int, mode: EvalMode, window: int, stride: int, device: torch.device,
-             autocast: Callable[[], object], on_batch: Callable[[], None] | None = None) -> dict[str, object]:
+             autocast: Callable[[], object], on_batch: Callable[[], None] | None = None,
+             protocol: SlidingProtocol = "border_aligned") -> dict[str, object]:
     """mIoU over ``batches`` of this rank, reduced over all ranks (every rank must call it)."""
     was_training = model.training
     model.eval()
@@ -76,7 +100,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, nu
     for batch in batches:
         with autocast():
             pred = predict(model, batch["image"].to(device), mode=mode, num_classes=num_classes,
-                           window=window, stride=stride)
+                           window=window, stride=stride, protocol=protocol)
         cm.update(pred, batch["label"].to(device))
         if on_batch is not None:
             on_batch()

@@ -16,10 +16,14 @@ FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}  # --format: the suff
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file, a run directory (its latest), or a peer's checkpoint (unimatch:FILE, "
+                        "u2pl:FILE; needs --config)")
+    p.add_argument("--config", default=None, help="the recipe of a peer's checkpoint (its network and dataset)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
-    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--weights", choices=["student", "teacher"], default=None,
+                   help="default: the student of a fastforec checkpoint; the weights a peer reports")
     p.add_argument("--out", required=True, help="output file (.safetensors or .onnx, as --format)")
 
 
@@ -31,16 +35,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out '{out}': a {args.format} export must end with '{suffix}' "
                           f"(fastforec predict recognises exports by it)")
     # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant
+    from fastforec.config import load_config
     from fastforec.export_format import metadata, write_onnx, write_safetensors
     from fastforec.inference import segmentation_network
 
-    model, cfg, dataset, ckpt = segmentation_network(args.checkpoint, args.weights)
-    meta = metadata(cfg, dataset, args.weights, ckpt)
+    given = load_config(args.config) if args.config else None
+    model, cfg, dataset, ckpt = segmentation_network(args.checkpoint, args.weights, config=given)
+    weights = args.weights or "student"
+    meta = metadata(cfg, dataset, weights, ckpt)
     if args.format == "safetensors":
         write_safetensors(model, meta, out)
     else:
         write_onnx(model, meta, out)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{ckpt} ({args.weights}, {params / 1e6:.1f} M parameters, {dataset['num_classes']} classes) -> {out} "
+    print(f"{ckpt} ({weights}, {params / 1e6:.1f} M parameters, {dataset['num_classes']} classes) -> {out} "
           f"({args.format}, {out.stat().st_size / 2 ** 20:.1f} MiB)")
     return 0

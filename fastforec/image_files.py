@@ -15,6 +15,10 @@ from fastforec.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 OVERLAY_ALPHA = 0.5
+# Cityscapes train id 0..18 -> its official label id (cityscapesScripts' labels.py): what the
+# benchmark's evaluation scripts and test server read from a *_labelIds.png prediction.
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+CITYSCAPES_UNLABELED_ID = 0
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -50,6 +54,13 @@ def colourise(mask: np.ndarray, palette: list[list[int]]) -> Image.Image:
     flat = [v for c in palette for v in c]
     img.putpalette(flat + [0] * (768 - len(flat)))
     return img
+
+
+def cityscapes_label_ids(mask: np.ndarray) -> Image.Image:
+    """A single-channel PNG of Cityscapes label ids from a train-id class map."""
+    lut = np.full(256, CITYSCAPES_UNLABELED_ID, dtype=np.uint8)
+    lut[:len(CITYSCAPES_LABEL_IDS)] = CITYSCAPES_LABEL_IDS
+    return Image.fromarray(lut[mask.astype(np.uint8)], mode="L")
 
 
 def overlay(image: torch.Tensor, mask: Image.Image) -> Image.Image:

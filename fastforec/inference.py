@@ -7,24 +7,34 @@ from typing import Any, Literal
 
 import torch
 
+import copy
+
+from rich.console import Console
+
 from fastforec.checkpoint import load_trained_weights
 from fastforec.checkpoint_files import CheckpointError, first_line, resolve_checkpoint
 from fastforec.config import Config
+from fastforec.data.manifest import Manifest
 from fastforec.export_format import read_export
 from fastforec.models import DeepLabV3Plus, build_model
+from fastforec.peer_checkpoints import (SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint,
+                                       split_spec)
 
 Weights = Literal["student", "teacher"]
 SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
 
 
-def load_trained_model(path: str | Path, *, weights: Weights | None = "student", device: torch.device | str = "cpu"
-                       ) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+def load_trained_model(path: str | Path, *, weights: Weights | None = "student", device: torch.device | str = "cpu",
+                       config: Config | None = None) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
     """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint, a run
-    dir, or a ``fastforec export`` safetensors file.
+    dir, a ``fastforec export`` safetensors file, or a peer's trained checkpoint
+    (``unimatch:best.pth``, ``u2pl:ckpt.pth``, or such a file alone; it needs ``config``).
 
     The teacher has no reconstruction decoder; ``weights="student"`` keeps it. An export holds one
     set of weights (the segmentation network only): ``weights=None`` takes it, a named one must match.
     """
+    if is_peer_checkpoint(path):
+        return load_peer_model(path, weights=weights, device=device, config=config)
     if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():
         return read_export(path, weights=weights, device=device)
     weights = weights or "student"
@@ -42,10 +52,37 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     return model.to(device).eval(), cfg, trained.dataset
 
 
-def segmentation_network(path: str | Path, weights: Weights) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:
+def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.device | str,
+                    config: Config | None) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+    """A peer's checkpoint in the network its source builds (peer_checkpoints), with the recipe
+    ``config`` for everything the file does not say (output stride, evaluation, the dataset)."""
+    peer = read_peer_checkpoint(spec, weights=weights)
+    if config is None:
+        raise CheckpointError(f"'{peer.path}' is a {SOURCE_NAMES[peer.source]} checkpoint: it carries no config "
+                              f"or class table; give --config with the recipe it was trained with (e.g. --config "
+                              f"{peer.source}_voc_classic_92) and --set data.root=<the dataset's shards>")
+    cfg = peer_config(copy.deepcopy(config), peer)
+    manifest = Manifest.load(cfg.data.root)
+    if peer.num_classes != manifest.num_classes:
+        raise CheckpointError(f"'{peer.path}' predicts {peer.num_classes} classes, the dataset in data.root "
+                              f"'{cfg.data.root}' has {manifest.num_classes}; point data.root at the dataset it "
+                              f"was trained on")
+    dataset = {"kind": manifest.dataset, "num_classes": manifest.num_classes,
+               "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette]}
+    model = build_model(cfg.model, num_classes=peer.num_classes, reconstruction=None)
+    table = load_into(model, peer)
+    Console(stderr=True).print(table)
+    return model.to(device).eval(), cfg, dataset
+
+
+def segmentation_network(path: str | Path, weights: Weights | None, *, config: Config | None = None
+                         ) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:
     """(encoder + segmentation decoder in eval mode on the CPU, config, dataset info, checkpoint file)."""
+    if is_peer_checkpoint(path):
+        model, cfg, dataset = load_peer_model(path, weights=weights, device="cpu", config=config)
+        return model, cfg, dataset, split_spec(path)[1]
     ckpt = resolve_checkpoint(path)
-    model, cfg, dataset = load_trained_model(ckpt, weights=weights, device="cpu")
+    model, cfg, dataset = load_trained_model(ckpt, weights=weights or "student", device="cpu")
     if model.aux_head is not None:
         model = model.segmentation_copy()
     return model.eval(), cfg, dataset, ckpt

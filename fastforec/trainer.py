@@ -332,6 +332,7 @@ class Trainer:
         results = {}
         for name in names:
             result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
+                              protocol=self.cfg.eval.sliding_protocol,
                               ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
                               stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
             self.state.scores.setdefault(name, Score()).update(result["miou"], epoch)

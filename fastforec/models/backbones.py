@@ -54,6 +54,7 @@ STEM_V1S = (64, 64, 128)
 BACKBONE_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], bool]] = {
     "resnet18": (STEM_7X7, (2, 2, 2, 2), False),
     "resnet50": (STEM_7X7, (3, 4, 6, 3), True),
+    "resnet50s": (STEM_V1S, (3, 4, 6, 3), True),  # UniMatch's ResNet-50: the same deep stem as its ResNet-101
     "resnet101": (STEM_7X7, (3, 4, 23, 3), True),
     "resnet101c": (STEM_V1C, (3, 4, 23, 3), True),
     "resnet101s": (STEM_V1S, (3, 4, 23, 3), True),
