@@ -1,4 +1,4 @@
-"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate.
+"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate, recipes.
 
 Each command is one module with its NAME, HELP, ``add_arguments(parser)`` and ``run(args)``;
 this file only builds the parser from them and dispatches. Command modules import their heavy
@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastforec import ablate, bench, eval_cli, export, predict, train, visualize
+from fastforec import ablate, bench, eval_cli, export, predict, recipes, train, visualize
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
 
-COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate)
+COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, recipes)
 
 
 def build_parser() -> argparse.ArgumentParser:

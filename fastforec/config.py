@@ -83,7 +83,7 @@ class AugConfig:
     cutmix_prob: float = 0.5
     cutmix_area_min: float = 0.02
     cutmix_area_max: float = 0.4
-    cutmix_aspect_min: float = 0.3  # aspect ratio drawn (log-uniformly) in [min, 1/min]
+    cutmix_aspect_min: float = 0.3  # aspect ratio h/w drawn uniformly in [min, 1/min], as UniMatch draws it
 
     def validate(self, prefix: str) -> None:
         _check_range(self.scale_min, self.scale_max, f"{prefix}.scale_min/scale_max", lo_min=1e-3)
@@ -320,6 +320,20 @@ class EvalConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """Where a published training setting comes from. Informational: nothing reads it to train,
+    but every shipped recipe fills it in and `fastforec recipes` tabulates it (docs/reproduce.md)."""
+
+    source: str = ""  # repository, file and commit, or the paper and its table
+    dataset: str = ""  # voc_classic, voc_blender or cityscapes
+    split: str | None = None  # the partition list directory `dataprep` converts for data.root
+    published_miou: float | None = None  # the source's number for this setting (mIoU %)
+    # where fastforec differs from the source, and why, by topic (a dict, so that a recipe's notes
+    # merge with those of what it extends and one can be replaced by name)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -329,6 +343,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def validate(self) -> None:
         self.data.validate("data")
@@ -603,17 +618,65 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file '{path}' does not exist, and it is not the name of a shipped config; {listing}")
 
 
+# A config may build on others: ``"extends": "base/unimatch_voc.json"`` (or a list, applied in
+# order), paths relative to the file. Objects merge key by key, anything else is replaced, and the
+# file's own keys come last. A recipe file so holds only what differs from what it builds on.
+EXTENDS_KEY = "extends"
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a JSON run config is expected)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train/eval")
+    return data
+
+
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: objects merge recursively, other values replace."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with everything it extends merged in (``extends`` resolved away)."""
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' forms a cycle ({cycle}); remove one of them")
+    data = _read_json_object(path)
+    parents = data.pop(EXTENDS_KEY, [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' must be a file name or a list of them, got {parents!r}")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = path.parent / parent
+        if not parent_path.is_file():
+            raise ConfigError(f"{path}: '{EXTENDS_KEY}' names '{parent}', which does not exist (looked for "
+                              f"{parent_path}); paths are relative to the file that extends them")
+        merged = merge_config(merged, read_config_file(parent_path, (*_chain, path)))
+    return merge_config(merged, data)
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load a JSON run config, apply ``--set`` overrides, validate. Raises ConfigError.
+    """Load a JSON run config (with what it extends), apply ``--set`` overrides, validate.
+    Raises ConfigError. ``train.name`` defaults to the file's name.
 
     ``path`` is a file, or the bare name of a config in the project's ``configs/``."""
     path = resolve_config_path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object with sections data/model/method/optim/train/eval")
+    data = read_config_file(path)
+    data = merge_config({"train": {"name": path.stem}}, data)
     try:
         return config_from_dict(apply_overrides(data, overrides))
     except ConfigError as e:

@@ -23,6 +23,7 @@ from fastforec.config import (
     TrainConfig,
     apply_overrides,
     config_from_dict,
+    read_config_file,
     load_config,
     resolve_config_path,
 )
@@ -249,12 +250,12 @@ def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: str
 def test_a_bare_config_name_resolves_against_the_projects_configs(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name must find the project's
-    shipped = json.loads((CONFIGS_DIR / "cityscapes_1_4.json").read_text())
+    shipped = read_config_file(CONFIGS_DIR / "cityscapes_1_4.json")  # with what it extends
     for name in ("cityscapes_1_4.json", "cityscapes_1_4"):
         assert resolve_config_path(name) == CONFIGS_DIR / "cityscapes_1_4.json"
         cfg = load_config(name, ["train.epochs=3"])
-        assert cfg.train.name == shipped["train"]["name"] == "cityscapes_1_4"
-        assert cfg.data.crop_size == shipped["data"]["crop_size"] and cfg.train.epochs == 3
+        assert cfg.train.name == "cityscapes_1_4"  # the file's name
+        assert cfg.data.crop_size == shipped["data"]["crop_size"] == 712 and cfg.train.epochs == 3
 
 
 def test_an_existing_path_wins_over_a_shipped_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

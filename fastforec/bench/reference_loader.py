@@ -30,6 +30,7 @@ from fastforec.config import AugConfig, DataConfig
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest
 
 IGNORE = 255
+WORKER_START = "forkserver"  # how DataLoader workers start (see reference_loader)
 
 
 def _decode(data: bytes, mode: str) -> Image.Image:
@@ -155,8 +156,14 @@ class ReferenceDataset(IterableDataset):
 def reference_loader(manifest: Manifest, cfg: DataConfig, *, split: str = "unlabeled", num_workers: int = 2,
                      seed: int = 0, passes: int | None = None) -> DataLoader:
     """Batches of ``cfg.batch_size`` as the peers build them: default collate, worker processes,
-    pinned memory off (CPU)."""
+    pinned memory off (CPU).
+
+    The workers start from a fork server, not by forking this process: the bench has DALI's
+    thread pools running here, and a fork of a process with running threads copies locks in
+    whatever state they hold (a worker segfaulted that way, depending on the parent's memory
+    layout). Start-up is outside the timed rounds."""
     generator = torch.Generator().manual_seed(seed)
+    context = WORKER_START if num_workers > 0 else None
     return DataLoader(ReferenceDataset(manifest, cfg, split=split, seed=seed, passes=passes),
                       batch_size=cfg.batch_size, num_workers=num_workers, generator=generator,
-                      persistent_workers=num_workers > 0, drop_last=True)
+                      persistent_workers=num_workers > 0, drop_last=True, multiprocessing_context=context)

@@ -1,0 +1,133 @@
+"""Recipes: config inheritance, every shipped recipe against its source, and docs/reproduce.md
+against the files (the two cannot drift)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastforec import recipes
+from fastforec.config import ConfigError, load_config, shipped_configs
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "reproduce.md"
+# The published numbers, as the sources print them (FOrec paper tables; UniMatch README @ 0324f3d).
+FOREC = {"voc_classic_92": 71.0, "voc_classic_183": 74.7, "voc_classic_366": 77.5, "voc_classic_732": 78.7,
+         "voc_classic_1464": 81.1, "voc_blender_662": 78.84, "voc_blender_1323": 80.52, "voc_blender_2646": 80.92,
+         "voc_blender_5291": 80.99, "cityscapes_1_16": 72.42, "cityscapes_1_8": 75.76, "cityscapes_1_4": 77.65,
+         "cityscapes_1_2": 79.18}
+UNIMATCH = {"unimatch_voc_classic_92": 75.2, "unimatch_voc_classic_183": 77.2, "unimatch_voc_classic_366": 78.8,
+            "unimatch_voc_classic_732": 79.9, "unimatch_voc_classic_1464": 81.2, "unimatch_cityscapes_1_16": 76.6,
+            "unimatch_cityscapes_1_8": 77.9, "unimatch_cityscapes_1_4": 79.2, "unimatch_cityscapes_1_2": 79.5}
+CITYSCAPES_LABELED = {"1_30": 100, "1_16": 186, "1_8": 372, "1_4": 744, "1_2": 1488}
+VOC_BLENDER_LABELED = {"1_16": 662, "1_8": 1323, "1_4": 2646}
+
+
+def test_docs_tables_are_generated_from_the_configs() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fastforec.cli", "recipes", "--check", str(DOC)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert recipes.markdown() in DOC.read_text()
+
+
+def test_every_recipe_names_its_source_split_and_number() -> None:
+    found = recipes.recipes()
+    assert set(FOREC) | set(UNIMATCH) <= set(found)
+    for name, cfg in found.items():
+        assert cfg.train.name == name  # a run directory per recipe, named after its file
+        assert cfg.recipe.dataset in recipes.PREPARE, name
+        assert (REPO / cfg.recipe.split / "labeled.txt").is_file(), name
+        assert cfg.recipe.published_miou == {**FOREC, **UNIMATCH}.get(name.replace("unimatch_forec_", "-")), name
+        # the number of labeled images the name promises is what the split holds
+        suffix = name.rsplit("_", 2)
+        count = recipes.labeled_count(cfg.recipe.split)
+        if suffix[-1].isdigit() and not suffix[-2].isdigit():
+            assert count == int(suffix[-1]), name
+        elif "cityscapes" in name:
+            assert count == CITYSCAPES_LABELED[f"{suffix[-2]}_{suffix[-1]}"], name
+        else:
+            assert count == VOC_BLENDER_LABELED[f"{suffix[-2]}_{suffix[-1]}"], name
+
+
+def test_unimatch_recipes_are_unimatchs_settings() -> None:
+    for name, cfg in recipes.recipes().items():
+        if not name.startswith("unimatch_"):
+            continue
+        assert (cfg.method.base_name, cfg.model.decoder, cfg.model.output_stride) == ("unimatch", "unimatch", 16)
+        assert (cfg.optim.weight_decay, cfg.optim.poly_power, cfg.method.fp_dropout) == (1e-4, 0.9, 0.5)
+        assert cfg.recipe.source.startswith("LiheYoung/UniMatch @ 0324f3d")
+        if "cityscapes" in name:
+            # its README: threshold 0 and output stride 16 (arXiv v1: 0.95 and 8); configs/cityscapes.yaml
+            assert cfg.method.conf_thresh == 0.0
+            assert (cfg.loss.labeled, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept) == ("ohem", 0.7, 200000)
+            assert (cfg.data.crop_size, cfg.optim.lr, cfg.optim.head_lr_mult, cfg.train.epochs) == (801, 5e-3, 1, 240)
+            assert (cfg.eval.mode, cfg.eval.sliding_protocol, cfg.eval.every) == ("sliding", "unimatch", 1)
+            assert cfg.recipe.split.startswith("splits/unimatch/cityscapes/")
+            # images per forward = UniMatch's per-GPU batch (OHEM's min_kept counts per forward), x 4 GPUs
+            assert cfg.data.batch_size * cfg.deepspeed["gradient_accumulation_steps"] == 2 * 4
+        else:
+            assert (cfg.method.conf_thresh, cfg.loss.labeled, cfg.eval.mode) == (0.95, "ce", "whole")
+            assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.train.epochs) == (1e-3, 10, 80)
+            # crop 321 on UniMatch's own lists, 513 on U2PL's blended ones
+            assert cfg.data.crop_size == (513 if re.search(r"blender_\d+$", name) else 321), name
+        assert cfg.method.aux_name == ("forec" if name.startswith("unimatch_forec_") else "none")
+
+
+def test_forec_recipes_are_the_papers_settings() -> None:
+    for name in FOREC:
+        cfg = load_config(name)
+        assert (cfg.method.base_name, cfg.method.aux_name, cfg.method.conf_thresh) == ("mean_teacher", "forec", 0.95)
+        assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled, cfg.model.decoder) == (1, 0.5, "unimatch")
+        assert cfg.data.batch_size * cfg.deepspeed["gradient_accumulation_steps"] == 16
+        voc = name.startswith("voc")
+        assert (cfg.data.crop_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult, cfg.train.epochs) == \
+            ((512, 1e-3, 1e-4, 10, 80) if voc else (712, 1e-2, 5e-4, 1, 200))
+        assert cfg.recipe.split.startswith("splits/u2pl/")
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_extends_merges_objects_in_order_and_the_file_wins(tmp_path: Path) -> None:
+    _write(tmp_path / "base" / "a.json", {"data": {"crop_size": 100, "batch_size": 3}, "deepspeed": {"x": {"y": 1}},
+                                          "recipe": {"notes": {"k1": "one"}}})
+    _write(tmp_path / "base" / "b.json", {"extends": "a.json", "data": {"crop_size": 200},
+                                          "deepspeed": {"x": {"z": 2}}, "recipe": {"notes": {"k2": "two"}}})
+    leaf = _write(tmp_path / "leaf.json", {"extends": ["base/b.json"], "data": {"batch_size": 5}})
+    cfg = load_config(leaf)
+    assert (cfg.data.crop_size, cfg.data.batch_size) == (200, 5)
+    assert cfg.deepspeed == {"x": {"y": 1, "z": 2}}
+    assert cfg.recipe.notes == {"k1": "one", "k2": "two"}
+    assert cfg.train.name == "leaf"
+    assert load_config(leaf, ["data.crop_size=64", "train.name=other"]).data.crop_size == 64
+    assert load_config(leaf, ["train.name=other"]).train.name == "other"
+
+
+def test_extends_errors_name_the_file(tmp_path: Path) -> None:
+    _write(tmp_path / "x.json", {"extends": "y.json"})
+    _write(tmp_path / "y.json", {"extends": "x.json"})
+    with pytest.raises(ConfigError, match=r"'extends' forms a cycle \(x.json -> y.json -> x.json\)"):
+        load_config(tmp_path / "x.json")
+    missing = _write(tmp_path / "m.json", {"extends": "nope.json"})
+    with pytest.raises(ConfigError, match="'extends' names 'nope.json', which does not exist"):
+        load_config(missing)
+    bad = _write(tmp_path / "b.json", {"extends": 3})
+    with pytest.raises(ConfigError, match="'extends' must be a file name or a list of them, got 3"):
+        load_config(bad)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="bin.json: not a text file"):
+        load_config(binary)
+
+
+def test_every_shipped_config_resolves() -> None:
+    for name in shipped_configs():
+        load_config(name)
