@@ -3,11 +3,13 @@ the table, and resumption (finished runs are not redone)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from fastforec.ablate import (Run, baselines, method_label, mean_ci, paired_difference, parse_methods, plan_runs,
@@ -77,6 +79,15 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
         mean, half = statistics.fmean(values), 12.706 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1 df)
         assert f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]" in table
         assert report["table"][m][str(BUDGET)]["student"]["n"] == 2
+    # what each run that ran here depends on: code, packages, CPU, the shards' manifest checksum
+    manifest_sha = hashlib.sha256((out / "data" / f"shards_{BUDGET}" / "manifest.json").read_bytes()).hexdigest()
+    for m, run in runs.items():
+        (attempt,) = json.loads((run / "provenance.json").read_text())
+        assert attempt["data"]["manifest_sha256"] == manifest_sha and attempt["resumed"] is False
+        assert attempt["packages"]["torch"] == torch.__version__.split("+")[0] and attempt["cpu"]["model"]
+        assert len(attempt["code"]["commit"]) == 40
+        row = next(r for r in report["table"][m][str(BUDGET)]["runs"] if r["seed"] == 0)
+        assert row["provenance"] == [attempt]
     # FOrec against supervised, paired by seed: seed 1 differs by 25 points, seed 0 by whatever ran
     diff = report["table"]["forec"][str(BUDGET)]["vs"]["supervised"]
     assert diff["seeds"] == [0, 1] and diff["n"] == 2
