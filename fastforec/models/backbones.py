@@ -70,7 +70,11 @@ STEM_NAMES = {
 # last BN as ``bn1``. The residual stages have the same names in both.
 MMSEG_STEM_PREFIX = "stem."
 MMSEG_LAST_STEM_BN = "7"
-MMSEG_MODEL_PREFIX = "backbone."  # a whole mmseg segmentor checkpoint nests the backbone here
+# A whole segmentor checkpoint nests the backbone under a prefix: mmseg and UniMatch "backbone.",
+# U2PL "encoder."; UniMatch and U2PL save the network under a key, with DDP's "module." prefix.
+SEGMENTOR_BACKBONE_PREFIXES = ("backbone.", "encoder.")
+SEGMENTOR_CONTAINERS = ("model", "teacher_state", "model_state")  # UniMatch; U2PL (its reported teacher first)
+DDP_PREFIX = "module."
 
 # timm's own weights: "timm" (the default tag of model.backbone) or "timm:<model>.<tag>".
 TIMM_SPEC = "timm"
@@ -116,9 +120,11 @@ def layout_of(state: dict[str, torch.Tensor]) -> Layout | None:
 
 def _from_mmseg(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     """(state in timm names, the naming it came in)."""
-    if not any(k.startswith(("conv1", RESIDUAL_STAGE_PREFIX)) for k in state) and \
-            any(k.startswith(MMSEG_MODEL_PREFIX) for k in state):
-        state = {k[len(MMSEG_MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MMSEG_MODEL_PREFIX)}
+    if not any(k.startswith(("conv1", RESIDUAL_STAGE_PREFIX)) for k in state):
+        for prefix in SEGMENTOR_BACKBONE_PREFIXES:
+            if any(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                break
     if not any(k.startswith(MMSEG_STEM_PREFIX) for k in state):
         return state, "torchvision/timm names"
     renamed = {}
@@ -189,6 +195,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise PretrainedError(f"pretrained weights '{path}' cannot be read ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        # a peer's trained checkpoint (model.pretrained = fine-tuning from it): its encoder
+        nested = next((state[k] for k in SEGMENTOR_CONTAINERS if isinstance(state.get(k), dict)), None)
+        if nested is not None:
+            state = nested
+    if isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(DDP_PREFIX) for k in state):
+        state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
     if isinstance(state, dict) and isinstance(state.get("student"), dict) and "format" in state:
         # A fastforec training checkpoint: its student's encoder (pretraining on other data).
         state = {k[len(FASTFOREC_ENCODER_PREFIX):]: v for k, v in state["student"].items()

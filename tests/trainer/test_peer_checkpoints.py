@@ -391,3 +391,20 @@ def test_refusals_name_the_file_and_what_to_change(shards: Path, tmp_path: Path)
         load_trained_model(f"unimatch:{city}", weights=None, config=cfg)
     proc = _cli(["eval", "--config", str(_config(tmp_path, shards)), "--checkpoint", f"unimatch:{city}"], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "predicts 19 classes" in proc.stderr
+
+
+@pytest.mark.parametrize("source", ["unimatch", "u2pl"])
+def test_model_pretrained_takes_the_encoder_of_a_peers_checkpoint(source: str, shards: Path, tmp_path: Path) -> None:
+    """Fine-tuning from a peer's trained network: its encoder is the backbone's starting point."""
+    from fastforec.models import build_model
+
+    torch.manual_seed(5)
+    state = unimatch_state(21) if source == "unimatch" else u2pl_state(21)
+    ckpt = _save(tmp_path / "best.pth", source, state)
+    cfg = load_config(_config(tmp_path, shards, model={"backbone": "resnet50s", "pretrained": str(ckpt)}))
+    model = build_model(cfg.model, num_classes=5, reconstruction="rgb", with_pretrained=True, show_pretrained=False)
+    prefix = "backbone." if source == "unimatch" else "encoder."
+    own = model.backbone.body.state_dict()
+    for key, value in state.items():
+        if key.startswith(prefix):
+            assert torch.equal(own[key[len(prefix):]], value), key
