@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fastforec.atomic import WriteError
 from fastforec.checkpoint_files import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
                                         first_line, list_checkpoints, load_checkpoint, prune_checkpoints, rank_file,
                                         resolve_checkpoint, save_checkpoint)
@@ -99,10 +100,17 @@ class Checkpointer:
                for name, t in shared[part].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if not all_ranks_true(not bad, self.dist.device):
             raise NonFiniteWeights(bad)
-        save_checkpoint(_state_dicts(self.per_rank), rank_file(path, self.dist.rank))
+        own = rank_file(path, self.dist.rank)
+        save_checkpoint(_state_dicts(self.per_rank), own)
         barrier()
         if self.dist.is_main:
-            save_checkpoint(shared, path)
+            try:
+                save_checkpoint(shared, path)
+            except WriteError:
+                # without its shared file a checkpoint is never read: drop this rank's part too, so
+                # a full disk leaves the directory as the last complete checkpoint left it
+                own.unlink(missing_ok=True)
+                raise
             prune_checkpoints(self.directory, self.keep)
         barrier()
         return path

@@ -52,7 +52,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
         found.append(("--json", Path(args.json_out).parent))
     if args.command in ("predict", "ablate"):
         found.append(("--out", Path(args.out)))
-    elif args.command == "visualize" and getattr(args, "out", None):
+    elif args.command in ("visualize", "export") and getattr(args, "out", None):
         found.append(("--out", Path(args.out).parent))
     return found
 
