@@ -42,7 +42,7 @@ READABLE_FORMATS = ("fastforec-checkpoint-v1", CHECKPOINT_FORMAT)
 RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder",
                      "model.decoder_channels",
                      "method.name", "method.base", "method.aux",
-                     "data.batch_size", "train.seed", "deepspeed.gradient_accumulation_steps",
+                     "data.batch_size", "data.crop_size", "train.seed", "deepspeed.gradient_accumulation_steps",
                      "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
                      "train.epochs", "train.max_steps")
 # Shared parts that hold weights: no checkpoint is written while one of them is non-finite.

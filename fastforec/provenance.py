@@ -63,10 +63,6 @@ def cpu() -> dict[str, Any]:
     return info
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def provenance(*, data_root: Path | None = None) -> dict[str, Any]:
     """Code, packages, Python, CPU and (given its shard directory) the data's manifest checksum:
     the manifest lists every shard's sha256, so its own checksum names the exact shards."""
@@ -75,5 +71,7 @@ def provenance(*, data_root: Path | None = None) -> dict[str, Any]:
     if data_root is not None:
         manifest = Path(data_root) / "manifest.json"
         record["data"] = {"root": str(data_root),
-                          "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None}
+                          # a few kB: read whole (the chunked shard hasher lives with the DALI-side readers)
+                          "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
+                          if manifest.is_file() else None}
     return record

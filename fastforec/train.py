@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     # Run as a script, Python puts fastforec/ itself first on sys.path, where our config.py,
@@ -82,11 +83,30 @@ def _is_under(path: Path, root: Path) -> bool:
 
 def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from fastforec.distributed import init_distributed
+    from fastforec.distributed import all_ranks_true, init_distributed
+    from fastforec.run_lock import RunDirectoryBusy, RunLock
+
+    dist = init_distributed(args.local_rank)
+    # One run per directory: rank 0 holds the lock until this process ends; every rank learns
+    # whether it got it, so a refused run stops on all ranks instead of hanging in a collective.
+    lock, busy = RunLock(run_dir), None
+    if dist.is_main:
+        try:
+            lock.acquire()
+        except RunDirectoryBusy as e:
+            busy = e
+    if not all_ranks_true(busy is None, dist.device):
+        raise busy or RunDirectoryBusy(f"run directory '{run_dir}' is in use by another run (see rank 0's message)")
+    try:
+        return _fit(args, cfg, run_dir, dist)
+    finally:
+        lock.release()
+
+
+def _fit(args: argparse.Namespace, cfg: Config, run_dir: Path, dist: Any) -> int:
     from fastforec.report import print_iou_table
     from fastforec.trainer import Trainer
 
-    dist = init_distributed(args.local_rank)
     trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,10 @@ class TrainState:
     scores: dict[str, Score] = dataclasses.field(default_factory=dict)  # per evaluated model
     nonfinite_total: int = 0
     nonfinite_consecutive: int = 0
+    # sha256 of the training data's manifest.json, which lists every shard's sha256: the data's
+    # identity, whatever its path ("" in checkpoints from before it was recorded)
+    data_identity: str = ""
+    empty_label_batches: int = 0  # labeled micro-batches with no valid pixel (all 255)
 
     @property
     def epoch(self) -> int:
@@ -69,9 +73,17 @@ class TrainState:
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"the checkpoint's data has {state['steps_per_epoch']} micro-batches per epoch, this "
                              f"run's has {self.steps_per_epoch}: the training data (data.root) or its splits changed")
+        saved_identity = state.get("data_identity", "")
+        if saved_identity and self.data_identity and saved_identity != self.data_identity:
+            raise ValueError(f"the checkpoint was trained on other data (manifest sha256 {saved_identity[:12]}..., "
+                             f"data.root now holds {self.data_identity[:12]}...): a resume continues on the same "
+                             f"shards; to train on new data, start a new run with model.pretrained=<this checkpoint>")
+        own_identity = self.data_identity
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for field in dataclasses.fields(self):
-            value = state[field.name]
+            value = state.get(field.name, defaults[field.name])
             setattr(self, field.name, {k: Score(**v) for k, v in value.items()} if field.name == "scores" else value)
+        self.data_identity = own_identity or saved_identity
 
 
 ZERO, TORCH = "zero", "torch"

@@ -43,6 +43,8 @@ SPLITS = ("labeled", "unlabeled", "val")
 IMAGE_EXTS = ("jpg", "png")
 LABEL_EXT = "label.png"
 
+MANIFEST_NAME = "manifest.json"  # in every shard directory
+
 
 class ManifestError(UserError, ValueError):
     """The manifest or a shard it names is missing or inconsistent."""
@@ -107,7 +109,7 @@ class Manifest:
     @classmethod
     def load(cls, root: str | Path) -> "Manifest":
         root = Path(root)
-        path = root / "manifest.json"
+        path = root / MANIFEST_NAME
         if not path.is_file():
             raise ManifestError(f"'{path}' does not exist; create the dataset with `dataprep` first")
         try:
@@ -118,7 +120,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], root: Path) -> "Manifest":
-        where = root / "manifest.json"
+        where = root / MANIFEST_NAME
         try:
             if raw["format_version"] != FORMAT_VERSION:
                 raise ManifestError(f"{where}: format_version {raw['format_version']} is not supported "

@@ -19,6 +19,7 @@ from equivalence_harness import make_batch
 from fastforec.checkpoint_files import list_checkpoints, load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
+from fastforec.run_lock import LOCK_NAME
 from fastforec.trainer import NonFiniteLossError, Trainer
 
 LOSS_KEYS = ("loss", "loss_s", "loss_u", "loss_rec")
@@ -48,7 +49,9 @@ def _flip_inside(path: Path, tensor: torch.Tensor) -> None:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """Every file's bytes, but the run lock's: each run that takes it writes its own PID there."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +293,7 @@ def test_user_errors_are_one_line_and_exit_2(overrides: list[str], expected: str
     ("data.batch_size=4", "was trained with data.batch_size=2, the config says 4"),
     ("model.decoder_channels=32", "was trained with model.decoder_channels=256, the config says 32"),
     ("optim.lr=0.001", "was trained with optim.lr=0.01, the config says 0.001"),
+    ("data.crop_size=64", "was trained with data.crop_size=48, the config says 64"),
 ])
 def test_resume_with_changed_settings_names_the_key(override: str, expected: str, finished: tuple[Path, Path],
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -299,6 +303,22 @@ def test_resume_with_changed_settings_names_the_key(override: str, expected: str
                                   capsys)
     assert code == 2 and expected in err, err
     assert "size mismatch" not in err
+    assert _files(run_dir) == before
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(finished: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Same number of samples per split (so the same data position arithmetic), other images: the
+    manifest's checksum tells them apart."""
+    from tests.shard_sets import make_shards
+
+    cfg, run_dir = finished
+    other = make_shards(tmp_path / "other", layout="voc", num_train=24, num_labeled=8, num_val=4, size=(64, 80), seed=7)
+    before = _files(run_dir)
+    code, err = _train_in_process(["--config", str(cfg), "--run-dir", str(run_dir), "--resume", "--set",
+                                   f"data.root={other}"], capsys)
+    assert code == 2 and "was trained on other data (manifest sha256" in err, err
+    assert "start a new run with model.pretrained=<this checkpoint>" in err
     assert _files(run_dir) == before
 
 

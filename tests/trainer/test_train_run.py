@@ -10,6 +10,7 @@ import pytest
 
 from fastforec.config import config_from_dict
 from fastforec.runlog import RunLogger
+from fastforec.run_lock import LOCK_NAME
 from trainer_support import read_jsonl, run_train, tiny_config, write_config
 
 
@@ -95,11 +96,12 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritte
     ckpt = run_dir / "checkpoints" / "step_00000002.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 2])
-    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    # every file but the run lock's (each run writes its PID there)
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME}
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir), "--resume"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "step_00000002.pt" in proc.stderr and "corrupt" in proc.stderr
-    after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME}
     assert after == before
 
     # a fresh start into a run directory that holds checkpoints is refused

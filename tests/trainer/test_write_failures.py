@@ -104,3 +104,25 @@ def test_export_to_an_unwritable_place_is_one_line(shards: Path, read_only_fs: P
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(ok.stat().st_mode) == 0o666 & ~umask  # not safetensors' 0600
+
+
+def test_a_second_run_on_a_busy_run_directory_is_refused_naming_the_first(shards: Path, tmp_path: Path) -> None:
+    """Two processes: one holds the run directory (as a running training does), the second is a
+    real training launched onto it. After the holder dies (kill -9), the lock is gone with it."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from fastforec.run_lock import RunLock\n"
+                               f"lock = RunLock(Path({str(run_dir)!r}))\nlock.acquire()\nprint('held', flush=True)\n"
+                               "time.sleep(600)"], env=clean_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={"max_steps": 1, "tensorboard": False}))
+        proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"is in use by another run (PID {holder.pid}, started " in proc.stderr
+        assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
