@@ -49,9 +49,10 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     import torch
 
     from fastforec.checkpoint_files import list_checkpoints
-    from fastforec.precision import check_precision
+    from fastforec.ds_config import deepspeed_config
 
-    check_precision(cfg.deepspeed, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    # precision, ZeRO stage, batch keys, and every key against what DeepSpeed reads
+    deepspeed_config(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name
     check_output_dir(run_dir, "--run-dir")
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):

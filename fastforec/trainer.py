@@ -8,7 +8,6 @@ a plain module beside it, identical on every rank.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,17 +21,18 @@ from fastforec import losses, methods
 from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
-from fastforec.config import Config, ConfigError
+from fastforec.config import Config
 from fastforec.data.manifest import MANIFEST_NAME, Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, file_sha256, verify_shards
+from fastforec.ds_config import deepspeed_config
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
 from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, build_model
 from fastforec.optim import build_optimizer
-from fastforec.precision import (ZeroMasterWeights, autocast_context, check_precision, keep_norm_statistics_fp32,
+from fastforec.precision import (ZeroMasterWeights, autocast_context, keep_norm_statistics_fp32,
                                  precision_mode)
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
@@ -40,33 +40,8 @@ from fastforec.train_state import EngineCounters, OptimizerState, RngState, Scor
 
 log = logging.getLogger(__name__)
 
-ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
-
-
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses, or weights that became non-finite."""
-
-
-def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
-    """The user's ``deepspeed`` block with what the trainer owns filled in; settings this trainer
-    or ``device`` cannot run are a ConfigError before DeepSpeed sees them."""
-    ds = json.loads(json.dumps(cfg.deepspeed))
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in ZERO_STAGES:
-        raise ConfigError(f"deepspeed.zero_optimization.stage: {stage} is not supported; use 0, 1 or 2 (ZeRO-3 "
-                          f"partitions the parameters, which the EMA teacher and the checkpoints read whole)")
-    check_precision(ds, device)
-    ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
-    if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:
-        raise ConfigError("deepspeed.train_micro_batch_size_per_gpu must equal data.batch_size "
-                         f"({ds['train_micro_batch_size_per_gpu']} != {cfg.data.batch_size}); remove it from the "
-                         "deepspeed block, it is filled in from data.batch_size")
-    ds.setdefault("gradient_accumulation_steps", 1)
-    ds.pop("train_batch_size", None)  # derived: micro x accumulation x world size
-    # Our SGD is not on DeepSpeed's tested list for ZeRO; it is a plain elementwise optimizer.
-    ds.setdefault("zero_allow_untested_optimizer", True)
-    ds.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
-    return ds
 
 
 class Trainer:

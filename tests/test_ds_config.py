@@ -1,0 +1,48 @@
+"""The deepspeed block: keys DeepSpeed does not read are refused, with the closest one it reads;
+the list of known keys is the installed DeepSpeed's own (it parses the block)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastforec.config import ConfigError, config_from_dict, load_config, shipped_configs
+from fastforec.ds_config import deepspeed_config
+
+CPU = torch.device("cpu")
+
+
+def _check(block: dict) -> dict:
+    return deepspeed_config(config_from_dict({"deepspeed": block, "data": {"batch_size": 2}}), CPU)
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"zero_optimisation": {"stage": 2}},
+     "deepspeed.zero_optimisation: DeepSpeed does not know this key (it would be ignored); "
+     "did you mean deepspeed.zero_optimization?"),
+    ({"zero_optimization": {"stagee": 2}},
+     "deepspeed.zero_optimization.stagee: Extra inputs are not permitted (DeepSpeed's DeepSpeedZeroConfig); "
+     "did you mean deepspeed.zero_optimization.stage?"),
+    ({"flops_profiler": {"enabled": False, "profile_stepp": 3}},
+     "deepspeed.flops_profiler.profile_stepp: DeepSpeed does not know this key (it would be ignored); "
+     "did you mean deepspeed.flops_profiler.profile_step?"),
+    ({"torch_autocast": {"enabled": True, "dtyp": "bfloat16"}},
+     "did you mean deepspeed.torch_autocast.dtype?"),
+    ({"tensorboard": {"enabld": True}}, "deepspeed.tensorboard.enabld: Extra inputs are not permitted"),
+])
+def test_unknown_keys_are_refused_with_the_closest_known_one(block: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _check(block)
+    assert message in str(exc.value)
+
+
+def test_known_sections_pass_and_the_trainer_fills_in_its_keys() -> None:
+    ds = _check({"zero_optimization": {"stage": 1}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"},
+                 "gradient_accumulation_steps": 2, "timers": {"throughput": {"enabled": True}},
+                 "tensorboard": {"enabled": False}, "flops_profiler": {"enabled": False}})
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["zero_allow_untested_optimizer"] is True
+
+
+def test_every_shipped_config_has_a_valid_deepspeed_block() -> None:
+    for name in shipped_configs():
+        deepspeed_config(load_config(name), CPU)
