@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastforec.data.images import decode_problem
+from fastforec.data.images import ImageModeError, decode_problem, png_bit_depth, to_rgb8
 
 from .errors import Rejection
 from .conversion_plan import EncodeOptions, SampleSource
@@ -73,16 +73,24 @@ def _encode_png(img: Image.Image, *, compress_level: int) -> bytes:
     return buf.getvalue()
 
 
+def _rgb8(img: Image.Image, path: Path) -> Image.Image:
+    try:
+        return to_rgb8(img)
+    except ImageModeError as e:
+        raise _BadSample(path, str(e)) from None
+
+
 def _image_bytes(data: bytes, img: Image.Image, path: Path, options: EncodeOptions) -> tuple[str, bytes]:
-    keepable = img.format in KEEP_FORMATS and img.mode in KEEP_MODES
+    # a 16-bit PNG opens in an 8-bit mode for RGB, but its bytes are not what an 8-bit decoder reads
+    keepable = img.format in KEEP_FORMATS and img.mode in KEEP_MODES and png_bit_depth(data) in (None, 8)
     if options.image_policy == "jpg":
         buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="JPEG", quality=options.jpeg_quality)
+        _rgb8(img, path).save(buf, format="JPEG", quality=options.jpeg_quality)
         return "jpg", buf.getvalue()
     if keepable:
         return KEEP_FORMATS[img.format], data
     if options.image_policy == "keep_or_png":
-        return "png", _encode_png(img.convert("RGB"), compress_level=LABEL_PNG_COMPRESS_LEVEL)
+        return "png", _encode_png(_rgb8(img, path), compress_level=LABEL_PNG_COMPRESS_LEVEL)
     raise _BadSample(path, f"image is {img.format} in mode {img.mode}; expected a JPEG or PNG in RGB or grayscale")
 
 

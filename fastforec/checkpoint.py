@@ -25,7 +25,7 @@ import torch
 from fastforec.atomic import WriteError
 from fastforec.checkpoint_files import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
                                         first_line, list_checkpoints, load_checkpoint, prune_checkpoints, rank_file,
-                                        resolve_checkpoint, save_checkpoint)
+                                        resolve_checkpoint, save_checkpoint, without_hint)
 from fastforec.config import LEGACY_DECODER, Config, config_from_dict
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.train_state import Stateful
@@ -156,7 +156,9 @@ def pick_checkpoint(resume: str, *, directory: Path, dist: DistInfo, config: Con
                                              f"(see its message); {earlier_checkpoint_hint(path)}")
         skipped.append(str(problem) if problem else f"'{path}': the file of another rank is damaged")
     else:
-        raise CheckpointError(f"--resume: no intact checkpoint in '{directory}':\n  " + "\n  ".join(skipped))
+        raise CheckpointError(f"--resume: every checkpoint in '{directory}' is damaged, so there is nothing to "
+                              f"resume from; start a new run (another --run-dir, or remove the directory):\n  "
+                              + "\n  ".join(without_hint(s) for s in skipped))
     if skipped and dist.is_main:
         log.warning("--resume: skipped %d damaged checkpoint(s), resuming from '%s' instead:\n  %s",
                     len(skipped), path, "\n  ".join(skipped))

@@ -116,8 +116,21 @@ def earlier_checkpoint_hint(path: str | Path) -> str:
     step = checkpoint_step(path)
     earlier = [p for p in list_checkpoints(Path(path).parent) if step is None or (checkpoint_step(p) or 0) < step]
     if earlier:
-        return f"use the earlier checkpoint '{earlier[-1]}' (e.g. --resume {earlier[-1]})"
-    return "no earlier checkpoint exists in that directory"
+        return f"{EARLIER_HINT} '{earlier[-1]}' (e.g. --resume {earlier[-1]})"
+    return NO_EARLIER_HINT
+
+
+EARLIER_HINT = "use the earlier checkpoint"
+NO_EARLIER_HINT = "no earlier checkpoint exists in that directory"
+
+
+def without_hint(message: str) -> str:
+    """A damaged-checkpoint message without its advice to use an earlier one (for a summary in
+    which every checkpoint is damaged, where that advice would point at another damaged file)."""
+    for hint in (f"; {EARLIER_HINT} ", f"; {NO_EARLIER_HINT}"):
+        if hint in message:
+            message = message[:message.index(hint)]
+    return message
 
 
 def refused_pickle(error: Exception) -> bool:

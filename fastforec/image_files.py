@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastforec.data.images import decode_problem
+from fastforec.data.images import ImageModeError, decode_problem, to_rgb8
 from fastforec.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -36,9 +36,11 @@ def load_image(path: Path) -> torch.Tensor:
     """(1, 3, H, W) float in [0, 1]."""
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(to_rgb8(im))
     except OSError as e:
         raise UserError(f"cannot read image '{path}': {decode_problem(e, path.read_bytes())}") from None
+    except ImageModeError as e:
+        raise UserError(f"image '{path}': {e}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 

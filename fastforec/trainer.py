@@ -39,6 +39,7 @@ from fastforec.teacher import EmaTeacher
 from fastforec.train_state import EngineCounters, OptimizerState, RngState, Score, TrainState
 
 log = logging.getLogger(__name__)
+EMPTY_LABEL_WARN_EVERY = 100  # after the first, one warning per this many label-less micro-batches
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses, or weights that became non-finite."""
@@ -173,7 +174,13 @@ class Trainer:
         # Every rank must take the same branch, or the collectives of backward/step deadlock. This
         # is the step's one host synchronisation of ours: the flags are combined across ranks on
         # the device and read once (the loss terms stay on the device until the next log line).
-        loss_ok, weights_ok = all_ranks_each([torch.isfinite(loss), self._weights_finite], self.device)
+        # an all-ignore label map gives every supervised loss 0 (never NaN): training goes on, but
+        # the user hears of it (labels that are all 255 are a data problem, not a training one)
+        labeled_pixels = (labeled["label"] != losses.IGNORE_INDEX).any().to(self.device)
+        loss_ok, weights_ok, has_labels = all_ranks_each([torch.isfinite(loss), self._weights_finite, labeled_pixels],
+                                                         self.device)
+        if not has_labels:
+            self._on_empty_labels()
         if not weights_ok:
             # Skipping batches cannot repair diverged weights: stop now, save nothing.
             raise self._diverged()
@@ -228,6 +235,15 @@ class Trainer:
         if self.master_weights is None:
             return None
         return self.master_weights.gather().__getitem__
+
+    def _on_empty_labels(self) -> None:
+        self.state.empty_label_batches += 1
+        n = self.state.empty_label_batches
+        if self.dist.is_main and (n == 1 or n % EMPTY_LABEL_WARN_EVERY == 0):
+            log.warning("labeled micro-batch %d (step %d) has no valid pixel on some rank: every label is ignore "
+                        "(255), so it teaches the supervised loss nothing (%d such batches so far, counted in "
+                        "results.json as empty_label_batches); check the labels of data.root '%s' "
+                        "(`dataprep verify`)", self.state.batches, self.state.step, n, self.cfg.data.root)
 
     def _on_nonfinite(self) -> None:
         self.state.nonfinite_total += 1
@@ -338,7 +354,8 @@ class Trainer:
         results = {**models[scored], "scored": scored, "models": models,
                    "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
                    "class_names": list(self.manifest.class_names), "method": self.cfg.method.label,
-                   "nonfinite_skipped": self.state.nonfinite_total}
+                   "nonfinite_skipped": self.state.nonfinite_total,
+                   "empty_label_batches": self.state.empty_label_batches}
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "results.json", results)
         return results

@@ -127,3 +127,20 @@ def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_
     assert f"saved in '{saved}'" in str(exc.value) and saved.is_file()
     assert all(torch.isfinite(v).all() for v in load_checkpoint(saved)["student"].values() if v.is_floating_point())
     assert tr.state.nonfinite_total == limit
+
+
+def test_a_labeled_batch_without_valid_pixels_is_counted_and_warned_about(shards: Path, tmp_path: Path, world,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    tr = _trainer(shards, tmp_path, world, "forec")
+    labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    labeled["label"] = torch.full_like(labeled["label"], 255)
+    with caplog.at_level("WARNING", logger="fastforec.trainer"):
+        terms = tr.train_step(labeled, unlabeled)
+        tr.train_step(labeled, unlabeled)
+    assert terms is not None and float(terms["loss_s"]) == 0.0  # zero, not NaN: training goes on
+    assert tr.state.empty_label_batches == 2
+    warnings = [r.getMessage() for r in caplog.records if "has no valid pixel" in r.getMessage()]
+    assert len(warnings) == 1 and "empty_label_batches" in warnings[0]  # once, then every 100
+    labeled2, _ = make_batch(1, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    tr.train_step(labeled2, unlabeled)
+    assert tr.state.empty_label_batches == 2

@@ -180,6 +180,20 @@ def test_flipped_checkpoint_bytes_are_caught_and_resume_falls_back(finished: tup
     assert {r["step"]: [r[k] for k in LOSS_KEYS] for r in records if r["kind"] == "train"} == losses
 
 
+def test_when_every_checkpoint_is_damaged_no_damaged_one_is_suggested(finished: tuple[Path, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    cfg, original = finished
+    run_dir = Path(shutil.copytree(original, tmp_path / "run"))
+    for ckpt in (run_dir / "checkpoints").glob("step_????????.pt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = _files(run_dir)
+    code, err = _train_in_process(["--config", str(cfg), "--run-dir", str(run_dir), "--resume"], capsys)
+    assert code == 2 and "every checkpoint in" in err and "is damaged, so there is nothing to resume from" in err
+    assert "step_00000002.pt" in err and "step_00000004.pt" in err
+    assert "use the earlier checkpoint" not in err and "--resume step" not in err
+    assert _files(run_dir) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. corrupted shards
 
