@@ -1,4 +1,5 @@
-"""Run-directory logging: metrics.jsonl, DeepSpeed's monitor, and the rich progress bar.
+"""Run-directory logging: metrics.jsonl, TensorBoard and DeepSpeed's monitor (the console is
+fastforec/console.py).
 
 Only rank 0 writes. Scalars are accumulated as device tensors and turned into Python numbers
 only at log steps: every ``.item()`` is a host-device sync that would stall a GPU step.
@@ -12,8 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fastforec.atomic import atomic_write_bytes
 
@@ -60,7 +59,6 @@ class RunLogger:
         self.tensorboard_dir = run_dir / TENSORBOARD_DIR if tensorboard else None
         self._writer: Any = None
         self.class_names = list(class_names)
-        self.console = Console(stderr=True)
 
     def log(self, record: dict[str, Any], *, step: int, prefix: str) -> None:
         if not self.enabled:
@@ -112,34 +110,3 @@ class RunLogger:
         if dropped:
             atomic_write_bytes(self.path, "".join(f"{line}\n" for line in kept).encode())
         return dropped
-
-    def progress(self, total: int, completed: int) -> "TrainProgress":
-        return TrainProgress(self.console, total=total, completed=completed, enabled=self.enabled)
-
-
-class TrainProgress:
-    """A rich progress bar over optimizer steps (rank 0 only); a no-op elsewhere."""
-
-    def __init__(self, console: Console, *, total: int, completed: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        self._progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                  console=console, transient=False)
-        self._task = self._progress.add_task("train", total=total, completed=completed, epoch=0, rate="")
-
-    def __enter__(self) -> "TrainProgress":
-        if self.enabled:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.stop()
-
-    def update(self, *, completed: int, epoch: int, samples_per_s: float | None = None) -> None:
-        if not self.enabled:
-            return
-        rate = f"{samples_per_s:.1f} samples/s" if samples_per_s is not None else ""
-        self._progress.update(self._task, completed=completed, epoch=epoch, rate=rate)

@@ -22,6 +22,7 @@ from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
+from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, duration, iter_with_progress
 from fastforec.data.manifest import MANIFEST_NAME, Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, file_sha256, verify_shards
@@ -133,6 +134,8 @@ class Trainer:
         self.logger = RunLogger(run_dir, enabled=dist.is_main, monitor=getattr(self.engine, "monitor", None),
                                 tensorboard=cfg.train.tensorboard, class_names=self.manifest.class_names)
         self.meter = ScalarMeter()
+        self.console = RunConsole(enabled=dist.is_main)
+        self.sec_per_eval: float | None = None  # measured by the first evaluation (for the estimates)
         self.checkpointer = Checkpointer(
             self.ckpt_dir, dist=dist, config=cfg, keep=cfg.train.keep_checkpoints,
             dataset={"kind": self.manifest.dataset, "num_classes": self.num_classes,
@@ -274,8 +277,11 @@ class Trainer:
         cfg = self.cfg.train
         last_log = time.perf_counter()
         wait = 0.0
-        batches_at_log = self.state.batches
-        with self.logger.progress(total=self.total_steps, completed=self.state.step) as bar:
+        batches_at_log, steps_at_log = self.state.batches, self.state.step
+        first_step = self.state.step + 1  # of this process: a resumed run starts mid-way
+        clock = StepClock(first_step)
+        estimated = False
+        with self.console.training(total=self.total_steps, completed=self.state.step) as bar:
             while self.state.batches < self.total_batches:
                 epoch = self.state.epoch
                 t0 = time.perf_counter()
@@ -284,17 +290,27 @@ class Trainer:
                 if self.train_step(labeled, unlabeled) is None:
                     continue
                 at_boundary = self.state.batches % self.accum == 0
-                if at_boundary and self.state.step % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    n = (self.state.batches - batches_at_log) * self.cfg.data.batch_size * self.dist.world_size
-                    rate = n / max(now - last_log, 1e-9)
-                    self._log_train(epoch, samples_per_s=rate, data_wait=wait / max(now - last_log, 1e-9))
-                    bar.update(completed=self.state.step, epoch=epoch, samples_per_s=rate)
-                    last_log, wait, batches_at_log = now, 0.0, self.state.batches
-                else:
-                    bar.update(completed=self.state.step, epoch=epoch)
                 epoch_done = self.state.batches % self.steps_per_epoch == 0
                 finished = self.state.batches >= self.total_batches
+                if at_boundary:
+                    clock.tick(self.state.step)
+                    estimate = self._estimate(clock)
+                    if not estimated and estimate is not None and \
+                            self.state.step >= first_step + ESTIMATE_AFTER_STEPS:
+                        self._print_estimate(estimate)
+                        estimated = True
+                    # the first step, every log_every, and the last: a short run logs too
+                    if self.state.step % cfg.log_every == 0 or self.state.step == first_step or finished:
+                        now = time.perf_counter()
+                        elapsed = max(now - last_log, 1e-9)
+                        n = (self.state.batches - batches_at_log) * self.cfg.data.batch_size * self.dist.world_size
+                        self._log_train(epoch, samples_per_s=n / elapsed, data_wait=wait / elapsed,
+                                        sec_per_step=elapsed / max(1, self.state.step - steps_at_log),
+                                        estimate=estimate)
+                        last_log, wait = now, 0.0
+                        batches_at_log, steps_at_log = self.state.batches, self.state.step
+                    bar.update(self.state.step, f"epoch {epoch}" + (
+                        f", eta {duration(estimate.total_seconds)}" if estimate is not None else ""))
                 if self.warmup_batches and self.state.batches == self.warmup_batches:
                     self._end_warmup()
                 if epoch_done and ((epoch + 1) % self.cfg.eval.every == 0) and not finished:
@@ -306,11 +322,42 @@ class Trainer:
         self.save_checkpoint()
         return self.write_results()
 
-    def _log_train(self, epoch: int, *, samples_per_s: float, data_wait: float) -> None:
+    def _log_train(self, epoch: int, *, samples_per_s: float, data_wait: float, sec_per_step: float,
+                   estimate: Estimate | None) -> None:
         record = {"step": self.state.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
-                  **self.meter.pop(), "samples_per_s": samples_per_s, "data_wait_frac": min(1.0, data_wait),
-                  "nonfinite_skipped": self.state.nonfinite_total}
+                  **self.meter.pop(), "samples_per_s": samples_per_s, "sec_per_step": sec_per_step,
+                  "data_wait_frac": min(1.0, data_wait), "nonfinite_skipped": self.state.nonfinite_total}
         self.logger.log(record, step=self.state.step, prefix="train")
+        self.console.print(self.console.train_line(step=self.state.step, total=self.total_steps, epoch=epoch,
+                                                   record=record, device=self.device, estimate=estimate,
+                                                   next_eval_s=self._next_eval_seconds(estimate)))
+
+    def _evals_left(self) -> int:
+        """Evaluations still to come: at each remaining epoch end that eval.every selects, and the final one."""
+        epochs = -(-self.total_batches // self.steps_per_epoch)
+        done = self.state.batches // self.steps_per_epoch
+        return sum(1 for e in range(done, epochs - 1) if (e + 1) % self.cfg.eval.every == 0) + 1
+
+    def _estimate(self, clock: StepClock) -> Estimate | None:
+        sec = clock.sec_per_step(self.state.step)
+        if sec is None:
+            return None
+        return Estimate(sec_per_step=sec, steps_left=self.total_steps - self.state.step,
+                        evals_left=self._evals_left() * len(self.cfg.eval_models), sec_per_eval=self.sec_per_eval)
+
+    def _next_eval_seconds(self, estimate: Estimate | None) -> float | None:
+        if estimate is None:
+            return None
+        epoch_end = -(-max(1, self.state.batches) // self.steps_per_epoch) * self.steps_per_epoch
+        while (epoch_end // self.steps_per_epoch) % self.cfg.eval.every and epoch_end < self.total_batches:
+            epoch_end += self.steps_per_epoch
+        return estimate.sec_per_step * (min(epoch_end, self.total_batches) - self.state.batches) / self.accum
+
+    def _print_estimate(self, estimate: Estimate) -> None:
+        self.console.print(f"estimate: {estimate.describe()}")
+        warning = estimate.warning(self.device)
+        if warning:
+            self.console.print(warning)
 
     def eval_model(self, name: str) -> nn.Module:
         return self.teacher.module if name == "teacher" else self.student
@@ -322,11 +369,16 @@ class Trainer:
         mode = resolve_eval_mode(self.cfg.eval.mode, self.manifest.dataset)
         names = self.cfg.eval_models
         results = {}
+        images = len(self.val_data) * self.cfg.eval.batch_size * self.dist.world_size
         for name in names:
-            result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
-                              protocol=self.cfg.eval.sliding_protocol,
-                              ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
-                              stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
+            with self.console.evaluation(name=name, images=images) as bar:
+                result = evaluate(self.eval_model(name), iter_with_progress(self.val_data, bar),
+                                  num_classes=self.num_classes, protocol=self.cfg.eval.sliding_protocol,
+                                  ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
+                                  stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
+            self.sec_per_eval = bar.seconds
+            self.console.print(f"eval {name} (epoch {epoch}): mIoU {100 * result['miou']:.2f} "
+                               f"({bar.images} images in {duration(bar.seconds)})")
             self.state.scores.setdefault(name, Score()).update(result["miou"], epoch)
             results[name] = {**result, "epoch": epoch}
         self.last_eval = results

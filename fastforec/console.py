@@ -1,0 +1,254 @@
+"""What a person watching a run sees: one line per log step, progress and estimates.
+
+Rank 0 only. On a terminal a live bar stays at the bottom and the lines scroll above it; when
+output goes to a file there is no bar and no control code, only the lines (rich's Console knows
+which). Numbers keep three significant digits, so 0.0312 samples/s is not "0.0".
+
+The estimate: seconds per optimizer step measured since the first step (the first one pays for
+warm-up and compilation and is left out) times the steps left, plus the evaluations left times
+the measured duration of one (estimated from the forward cost until the first one has run).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+SIGNIFICANT = 3
+ESTIMATE_AFTER_STEPS = 3  # the up-front estimate is printed once this many steps after the first are timed
+DAYS_WARNING = 1.0  # runs estimated longer than this many days get a warning
+EVAL_LINES = 10  # in a file, an evaluation prints this many progress lines
+SECONDS_PER_DAY = 86400.0
+LOSS_KEYS = ("loss_s", "loss_u", "loss_u_s1", "loss_u_s2", "loss_u_fp", "loss_rec")
+SHORT = {"loss_s": "sup", "loss_u": "unsup", "loss_u_s1": "s1", "loss_u_s2": "s2", "loss_u_fp": "fp",
+         "loss_rec": "aux"}
+
+
+def sig(x: float, digits: int = SIGNIFICANT) -> str:
+    """``x`` with ``digits`` significant digits, without exponent for everyday magnitudes."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    magnitude = math.floor(math.log10(abs(x)))
+    if magnitude >= digits - 1:
+        return f"{x:,.0f}"
+    if magnitude < -4:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits - 1 - magnitude}f}"
+
+
+def duration(seconds: float) -> str:
+    """``2 d 03 h``, ``3 h 12 min``, ``4 min 05 s``, ``12 s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = max(0, round(seconds))
+    d, rem = divmod(s, 86400)
+    h, rem = divmod(rem, 3600)
+    m, sec = divmod(rem, 60)
+    if d:
+        return f"{d} d {h:02d} h"
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {sec:02d} s"
+    return f"{sec} s"
+
+
+def memory(device: torch.device) -> str:
+    """Peak memory of this process: the GPU's allocator, or the process's resident set."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GiB GPU"
+    # ru_maxrss is in kB on Linux, in bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return f"{rss / 2 ** 30:.1f} GiB RSS"
+
+
+@dataclass
+class Estimate:
+    """Time left, from measured rates. ``sec_per_eval`` None: no evaluation timed yet (the
+    evaluations are then left out of the total, and the text says so)."""
+
+    sec_per_step: float
+    steps_left: int
+    evals_left: int
+    sec_per_eval: float | None
+
+    @property
+    def train_seconds(self) -> float:
+        return self.sec_per_step * self.steps_left
+
+    @property
+    def eval_seconds(self) -> float:
+        return (self.sec_per_eval or 0.0) * self.evals_left
+
+    @property
+    def total_seconds(self) -> float:
+        return self.train_seconds + self.eval_seconds
+
+    def describe(self) -> str:
+        text = f"{self.steps_left} steps x {sig(self.sec_per_step)} s = {duration(self.train_seconds)} of training"
+        if self.sec_per_eval is None:
+            return text + f", plus {self.evals_left} evaluations (timed at the first one)"
+        return text + f" + {self.evals_left} evaluations x {duration(self.sec_per_eval)} = " \
+                      f"{duration(self.total_seconds)}"
+
+    def warning(self, device: torch.device) -> str | None:
+        """A plain warning when the run would take days (a GPU recipe on a CPU, typically)."""
+        days = self.total_seconds / SECONDS_PER_DAY
+        if days < DAYS_WARNING:
+            return None
+        where = "this CPU: the recipe is sized for GPUs (docs/reproduce.md)" if device.type == "cpu" else \
+            f"this {device.type} device"
+        return f"warning: this run needs about {sig(days)} days on {where}"
+
+
+class StepClock:
+    """Seconds per optimizer step, measured from the end of the first step."""
+
+    def __init__(self, first_step: int):
+        self.first_step = first_step
+        self._t0: float | None = None
+        self._step0 = first_step
+
+    def tick(self, step: int) -> None:
+        if self._t0 is None and step > self.first_step:
+            self._t0, self._step0 = time.perf_counter(), step
+
+    def sec_per_step(self, step: int) -> float | None:
+        if self._t0 is None or step <= self._step0:
+            return None
+        return (time.perf_counter() - self._t0) / (step - self._step0)
+
+
+class RunConsole:
+    """The console of a training run (a no-op on other ranks than 0)."""
+
+    def __init__(self, *, enabled: bool, console: Console | None = None):
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.active: _Training | None = None  # the training bar, paused while an evaluation shows its own
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def training(self, *, total: int, completed: int) -> "_Training":
+        return _Training(self, total=total, completed=completed)
+
+    def train_line(self, *, step: int, total: int, epoch: int, record: dict[str, Any], device: torch.device,
+                   estimate: Estimate | None, next_eval_s: float | None) -> str:
+        parts = [f"step {step}/{total}", f"epoch {epoch}"]
+        if "loss" in record:
+            terms = " ".join(f"{SHORT[k]} {sig(record[k])}" for k in LOSS_KEYS if k in record)
+            parts.append(f"loss {sig(record['loss'])}" + (f" ({terms})" if terms else ""))
+        parts.append(f"lr {record['lr']:.3g}")
+        if "pl_coverage" in record:
+            parts.append(f"pseudo-labels {100 * record['pl_coverage']:.0f}%")
+        if record.get("sec_per_step"):
+            parts.append(f"{sig(record['sec_per_step'])} s/step, {sig(record['samples_per_s'])} samples/s")
+        parts.append(memory(device))
+        if estimate is not None:
+            eta = f"eta {duration(estimate.total_seconds)}"
+            if next_eval_s is not None:
+                eta += f" (next eval in {duration(next_eval_s)})"
+            parts.append(eta)
+        return " | ".join(parts)
+
+    def evaluation(self, *, name: str, images: int) -> "_EvalProgress":
+        return _EvalProgress(self, name=name, images=images)
+
+
+class _Training:
+    def __init__(self, owner: RunConsole, *, total: int, completed: int):
+        self.owner = owner
+        self.progress: Progress | None = None
+        if owner.enabled and owner.interactive:
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=owner.console,
+                                     transient=True)
+            self.task = self.progress.add_task("train", total=total, completed=completed, info="")
+
+    def __enter__(self) -> "_Training":
+        self.owner.active = self
+        self.resume()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pause()
+        self.owner.active = None
+
+    def pause(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()  # rich shows one live display at a time
+
+    def resume(self) -> None:
+        if self.progress is not None:
+            self.progress.start()
+
+    def update(self, completed: int, info: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, info=info)
+
+
+class _EvalProgress:
+    """images done / total with a rate and an estimate: a live bar on a terminal, a few lines in a file."""
+
+    def __init__(self, owner: RunConsole, *, name: str, images: int):
+        self.owner, self.name, self.images = owner, name, max(1, images)
+        self.done = 0
+        self.start = time.perf_counter()
+        self._next_line = 1
+        self.progress: Progress | None = None
+        if owner.enabled and owner.interactive:
+            self.progress = Progress(TextColumn(f"[bold]eval {name}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), console=owner.console, transient=True)
+            self.task = self.progress.add_task("eval", total=self.images, info="")
+
+    def __enter__(self) -> "_EvalProgress":
+        if self.progress is not None:
+            if self.owner.active is not None:
+                self.owner.active.pause()
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            if self.owner.active is not None:
+                self.owner.active.resume()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def info(self) -> str:
+        rate = self.done / max(self.seconds, 1e-9)
+        left = (self.images - self.done) / rate if rate > 0 else math.inf
+        return f"{sig(rate)} images/s, eta {duration(left)}"
+
+    def advance(self, n: int) -> None:
+        self.done = min(self.images, self.done + n)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, info=self.info())
+        elif self.done >= self._next_line * self.images / EVAL_LINES and self.done < self.images:
+            while self.done >= self._next_line * self.images / EVAL_LINES:
+                self._next_line += 1
+            self.owner.print(f"eval {self.name}: {self.done}/{self.images} images, {self.info()}")
+
+
+def iter_with_progress(batches: Any, bar: _EvalProgress) -> Iterator[Any]:
+    """Yield ``batches``, advancing ``bar`` by each batch's number of images."""
+    for batch in batches:
+        yield batch
+        bar.advance(int(batch["image"].shape[0]))
