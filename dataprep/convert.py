@@ -23,6 +23,8 @@ from .encode import EncodedSample, SampleTask, encode_sample
 from .errors import DataprepError, Rejection
 from .labels import IGNORE_INDEX
 from .conversion_plan import ConversionPlan
+from fastforec.formats import sig
+
 from .progress import make_console, progress_bar
 from .shard_writer import (STATE_DIR, ShardCaps, ShardRecord, SplitShardWriter, completed_prefix, remove_stale_shards,
                      remove_temporaries)
@@ -178,13 +180,16 @@ def _all_rejections(plan: ConversionPlan, state: _Resume) -> list[Rejection]:
 
 
 def _encode_and_write(state: _Resume, *, workers: int, skip_bad: bool, console: Console,
-                      description: str) -> dict[str, list[ShardRecord]]:
+                      description: str) -> tuple[dict[str, list[ShardRecord]], float]:
+    """(shard records per split, seconds the conversion itself took: the bar's interval)."""
     results = _results(state.tasks, workers)
     try:
+        t0 = time.perf_counter()
         with progress_bar(console) as progress:
             bar = progress.add_task(description, total=len(state.tasks))
             _drain(results, state.writers, skip_bad=skip_bad, advance=lambda: progress.advance(bar))
-        return {split: state.prefixes[split] + writer.close() for split, writer in state.writers.items()}
+        records = {split: state.prefixes[split] + writer.close() for split, writer in state.writers.items()}
+        return records, time.perf_counter() - t0
     finally:
         results.close()  # stops the worker pool now, not whenever the generator is collected
         for writer in state.writers.values():
@@ -203,8 +208,8 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
         state = _resume(plan, out, options.caps)
         if state.reused:
             console.print(f"resuming: {state.reused} complete shard(s) kept, {len(state.tasks)} sample(s) to convert")
-        records = _encode_and_write(state, workers=options.workers, skip_bad=options.skip_bad, console=console,
-                                    description=f"converting {plan.meta.dataset}")
+        records, converting = _encode_and_write(state, workers=options.workers, skip_bad=options.skip_bad,
+                                                console=console, description=f"converting {plan.meta.dataset}")
         for split, writer in state.writers.items():
             remove_stale_shards(out=out, split=split, keep=writer.num_shards)
         rejected = _all_rejections(plan, state)
@@ -213,9 +218,11 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
         manifest = _build_manifest(plan, out, records, len(rejected))
         atomic_write_json(out / MANIFEST, manifest.to_dict())  # last: the directory is now complete
     seconds = time.perf_counter() - t0
-    rate = len(state.tasks) / seconds if seconds > 0 else 0.0
-    console.print(f"{len(state.tasks)} image(s) converted in {seconds:.1f} s ({rate:,.1f} images/s); "
-                  f"{state.reused} shard(s) reused; {len(rejected)} rejected; manifest: {out / MANIFEST}",
-                  soft_wrap=True)
+    # the rate over the conversion itself, as the bar showed it; the total adds planning, resume
+    # checks, hashing and the manifest
+    rate = len(state.tasks) / converting if converting > 0 else 0.0
+    console.print(f"{len(state.tasks)} image(s) converted in {converting:.1f} s ({sig(rate)} images/s), "
+                  f"{seconds:.1f} s in all; {state.reused} shard(s) reused; {len(rejected)} rejected; "
+                  f"manifest: {out / MANIFEST}", soft_wrap=True)
     return ConversionResult(manifest=manifest, encoded=len(state.tasks), reused_shards=state.reused,
                             rejected=rejected, seconds=seconds)

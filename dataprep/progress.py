@@ -10,11 +10,19 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from fastforec.formats import sig
+
 
 class _RateColumn(ProgressColumn):
+    """Images per second since the bar started: the same definition as the summary line. (rich's
+    own speed averages the last seconds of advances, which arrive from the worker pool in bursts
+    and read many times too high.)"""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- img/s" if speed is None else f"{speed:,.0f} img/s")
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or not task.completed:
+            return Text("-- img/s")
+        return Text(f"{sig(task.completed / elapsed)} img/s")
 
 
 def make_console(*, quiet: bool = False) -> Console:

@@ -510,6 +510,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``cfg`` (a checkpoint's, say) with ``--set`` overrides applied and validated again."""
+    return config_from_dict(apply_overrides(cfg.to_dict(), overrides)) if overrides else cfg
+
+
 # ---------------------------------------------------------------------------------------------
 # --set key.sub=value overrides
 

@@ -22,7 +22,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-SIGNIFICANT = 3
+from fastforec.formats import duration, sig
+
 ESTIMATE_AFTER_STEPS = 3  # the up-front estimate is printed once this many steps after the first are timed
 DAYS_WARNING = 1.0  # runs estimated longer than this many days get a warning
 EVAL_LINES = 10  # in a file, an evaluation prints this many progress lines
@@ -30,35 +31,6 @@ SECONDS_PER_DAY = 86400.0
 LOSS_KEYS = ("loss_s", "loss_u", "loss_u_s1", "loss_u_s2", "loss_u_fp", "loss_rec")
 SHORT = {"loss_s": "sup", "loss_u": "unsup", "loss_u_s1": "s1", "loss_u_s2": "s2", "loss_u_fp": "fp",
          "loss_rec": "aux"}
-
-
-def sig(x: float, digits: int = SIGNIFICANT) -> str:
-    """``x`` with ``digits`` significant digits, without exponent for everyday magnitudes."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    magnitude = math.floor(math.log10(abs(x)))
-    if magnitude >= digits - 1:
-        return f"{x:,.0f}"
-    if magnitude < -4:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits - 1 - magnitude}f}"
-
-
-def duration(seconds: float) -> str:
-    """``2 d 03 h``, ``3 h 12 min``, ``4 min 05 s``, ``12 s``."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = max(0, round(seconds))
-    d, rem = divmod(s, 86400)
-    h, rem = divmod(rem, 3600)
-    m, sec = divmod(rem, 60)
-    if d:
-        return f"{d} d {h:02d} h"
-    if h:
-        return f"{h} h {m:02d} min"
-    if m:
-        return f"{m} min {sec:02d} s"
-    return f"{sec} s"
 
 
 def memory(device: torch.device) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fastforec.atomic import atomic_write_json
-from fastforec.config import ConfigError, load_config
+from fastforec.config import ConfigError, load_config, with_overrides
 from fastforec.data.manifest import Manifest
 
 NAME = "eval"
@@ -13,7 +14,9 @@ HELP = "mIoU of a checkpoint on the val split"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="run config (JSON): data and evaluation settings")
+    p.add_argument("--config", default=None,
+                   help="a run config or recipe whose data and evaluation settings to use (default: the checkpoint's "
+                        "own; needed for a peer's checkpoint)")
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run directory (its latest), or a peer's trained checkpoint: "
                         "unimatch:FILE, u2pl:FILE (or the file alone, recognised by its keys)")
@@ -26,11 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def settings_source(config: str | None, overrides: list[str]) -> str:
+    """The line that says which settings a command used."""
+    where = f"--config {config}" if config else "the checkpoint's own config"
+    return f"settings: {where}" + (f" with --set {' '.join(overrides)}" if overrides else "")
+
+
 def run(args: argparse.Namespace) -> int:
     """Config, checkpoint and manifest errors propagate to `fastforec.cli.main`, which prints
     them and exits with 2."""
-    cfg = load_config(args.config, args.overrides)
-    cfg.check_paths()
+    given = load_config(args.config, args.overrides) if args.config else None
+    if given is not None:
+        given.model.pretrained = None  # every weight comes from the checkpoint
+        given.check_paths()
     # lazy: torch, DALI and rich; keeps `fastforec --help` and config errors instant
     from fastforec.data import ValData, resolve_device
     from fastforec.distributed import init_distributed
@@ -41,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.report import print_iou_table
 
     dist = init_distributed(args.local_rank)
-    model, _, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=cfg)
+    model, own, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=given)
+    cfg = given or with_overrides(own, args.overrides)
+    if given is None:
+        cfg.model.pretrained = None
+        cfg.check_paths()
+    if dist.is_main:
+        print(settings_source(args.config, args.overrides), file=sys.stderr)
     manifest = Manifest.load(cfg.data.root)
     if dataset["num_classes"] != manifest.num_classes:
         raise ConfigError(f"data.root: checkpoint has {dataset['num_classes']} classes, dataset "

@@ -12,6 +12,7 @@ For an input ``x.jpg`` it writes into ``--out``:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fastforec.atomic import atomic_write_bytes
@@ -44,12 +45,18 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.image_files import cityscapes_label_ids, colourise, list_inputs, load_image, overlay, png_bytes
     from fastforec.inference import load_trained_model
 
+    from fastforec.config import with_overrides
+    from fastforec.eval_cli import settings_source
+
     given = load_config(args.config, args.overrides) if args.config else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=device, config=given)
     if given is not None:
         cfg.eval = given.eval  # the recipe's protocol; the network stays the checkpoint's
         cfg.data.crop_size = given.data.crop_size
+    else:
+        cfg = with_overrides(cfg, args.overrides)
+    print(settings_source(args.config, args.overrides), file=sys.stderr)
     # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
     mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
     crop = cfg.data.crop_size

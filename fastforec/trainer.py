@@ -22,7 +22,8 @@ from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
-from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, duration, iter_with_progress
+from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, iter_with_progress
+from fastforec.formats import duration
 from fastforec.data.manifest import MANIFEST_NAME, Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, file_sha256, verify_shards

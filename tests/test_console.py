@@ -11,7 +11,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from fastforec.console import Estimate, RunConsole, duration, sig
+from fastforec.console import Estimate, RunConsole
+from fastforec.formats import duration, sig
 
 CPU = torch.device("cpu")
 

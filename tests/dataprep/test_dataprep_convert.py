@@ -152,3 +152,19 @@ def test_scan_reads_offsets_like_the_index(voc_shards: Path) -> None:
     first = (voc_shards / "val-000000.idx").read_text().splitlines()[1].split()
     assert [first[0], int(first[1]), int(first[2])] == [samples[0][1][0].ext, samples[0][1][0].offset,
                                                         samples[0][1][0].size]
+
+
+def test_the_bar_and_the_summary_give_the_same_rate(voc_raw_session: Path, voc_split_session: Path, tmp_path: Path,
+                                                    cli) -> None:
+    """Both are images over the conversion's own time (rich's windowed speed read 25x too high)."""
+    import re
+
+    result = cli("voc", "--root", voc_raw_session, "--split-dir", voc_split_session, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    summary = re.search(r"(\d+) image\(s\) converted in ([\d.]+) s \(([\d.,e+-]+) images/s\), ([\d.]+) s in all",
+                        result.err)
+    assert summary, result.err
+    n, seconds, rate = int(summary[1]), float(summary[2]), float(summary[3].replace(",", ""))
+    assert n == VOC_TRAIN + VOC_VAL and rate == pytest.approx(n / seconds, rel=0.06)  # 3 digits, 1-decimal seconds
+    bar = re.findall(r"([\d.,]+) img/s", result.err)
+    assert bar and float(bar[-1].replace(",", "")) == pytest.approx(rate, rel=0.25)

@@ -92,3 +92,26 @@ def test_the_dataset_kind_travels_in_the_checkpoint(trained: tuple[Path, Path]) 
     _, run_dir = trained
     dataset = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["dataset"]
     assert dataset["kind"] == "voc" and resolve_eval_mode("auto", dataset["kind"]) == "whole"
+
+
+def test_eval_takes_its_settings_from_the_checkpoint_and_never_needs_pretrained(trained: tuple[Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    cfg, run_dir = trained
+    want = json.loads((run_dir / "results.json").read_text())
+    out = tmp_path / "eval.json"
+    proc = _cli(["eval", "--checkpoint", str(run_dir), "--json", str(out)], tmp_path)  # no --config
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "settings: the checkpoint's own config" in proc.stderr
+    assert json.loads(out.read_text())["miou"] == pytest.approx(want["miou_last"], abs=1e-9)
+    # --set overrides the checkpoint's settings
+    proc = _cli(["eval", "--checkpoint", str(run_dir), "--set", "eval.mode=sliding", "--json", str(out)], tmp_path)
+    assert proc.returncode == 0 and json.loads(out.read_text())["mode"] == "sliding", proc.stderr[-3000:]
+    assert "settings: the checkpoint's own config with --set eval.mode=sliding" in proc.stderr
+    # a recipe-style config naming ImageNet weights that are not here: eval does not need them
+    recipe = json.loads(Path(cfg).read_text())
+    recipe["model"]["pretrained"] = "pretrained/resnet101.pth"
+    recipe_path = tmp_path / "recipe.json"
+    recipe_path.write_text(json.dumps(recipe))
+    proc = _cli(["eval", "--config", str(recipe_path), "--checkpoint", str(run_dir), "--json", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"settings: --config {recipe_path}" in proc.stderr
