@@ -9,6 +9,7 @@ a plain module beside it, identical on every rank.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -93,6 +94,8 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
+        if dist.is_main:
+            self._notice_settings_without_effect()
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -239,6 +242,17 @@ class Trainer:
         if self.master_weights is None:
             return None
         return self.master_weights.gather().__getitem__
+
+    def _notice_settings_without_effect(self) -> None:
+        """One notice per setting that cannot do here what it says (the run goes on)."""
+        cfg, cores = self.cfg, os.cpu_count() or 1
+        if cfg.model.sync_bn and self.device.type != "cuda":
+            log.warning("model.sync_bn=true has no effect on %s: SyncBatchNorm exists only on CUDA, so BatchNorm "
+                        "statistics are per rank (averaged after each step); set it to false to say so",
+                        self.device.type)
+        if cfg.data.num_threads > cores:
+            log.warning("data.num_threads=%d exceeds the %d CPU cores of this machine: the extra threads only "
+                        "compete; set data.num_threads=%d", cfg.data.num_threads, cores, cores)
 
     def _on_empty_labels(self) -> None:
         self.state.empty_label_batches += 1

@@ -4,6 +4,7 @@ run prints (cadence, content, no control codes when the output is a file)."""
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def test_a_short_run_logs_its_first_and_last_step_and_prints_an_estimate(tmp_pat
     from tests.trainer.trainer_support import read_jsonl, run_train, tiny_config, write_config
 
     shards = make_shards(tmp_path / "data", layout="voc", num_train=24, num_labeled=8, num_val=4, size=(64, 80))
+    cores = os.cpu_count() or 1
     cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={"max_steps": 6, "log_every": 20,
-                                                                         "tensorboard": False}))
+                                                                         "tensorboard": False},
+                                                          model={"sync_bn": True}, data={"num_threads": cores + 1}))
     proc = run_train(["--config", str(cfg), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
@@ -86,3 +89,6 @@ def test_a_short_run_logs_its_first_and_last_step_and_prints_an_estimate(tmp_pat
     assert any(line.startswith("estimate: 2 steps x ") for line in lines)
     assert any(re.match(r"eval student \(epoch \d+\): mIoU [\d.]+ \(4 images in ", line) for line in lines)
     assert "\x1b" not in proc.stderr
+    # settings that cannot take effect here are said once
+    assert proc.stderr.count("model.sync_bn=true has no effect on cpu") == 1
+    assert f"data.num_threads={cores + 1} exceeds the {cores} CPU cores" in proc.stderr

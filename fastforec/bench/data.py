@@ -253,6 +253,15 @@ def run(args: argparse.Namespace) -> int:
         num_samples = manifest.split("unlabeled").num_samples
         if num_samples < settings.batch_size:
             raise ManifestError(f"'{settings.root}' has {num_samples} unlabeled samples, fewer than one batch")
+        per_round = settings.batches * settings.batch_size
+        if per_round > num_samples:
+            # the loaders wrap around: decoded bytes may then come from the page cache warmer than
+            # a real epoch's, so say so rather than report it as a pass over new data
+            console.print(f"note: a round takes {per_round} samples ({settings.batches} batches x "
+                          f"{settings.batch_size}) from a split of {num_samples}: samples are recycled "
+                          f"{per_round / num_samples:.1f} times per round; give --batches "
+                          f"{max(1, num_samples // settings.batch_size)} or more data to avoid it",
+                          markup=False, highlight=False, soft_wrap=True)
         contenders = {"dali": _dali(manifest, data, settings.device),
                       "baseline": _baseline(manifest, data, settings.threads),
                       "decode_only": _decode_only(manifest, data, settings.device)}

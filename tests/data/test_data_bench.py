@@ -28,7 +28,16 @@ def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
     assert abs(result["ratio"] - result["dali_samples_per_s"] / result["baseline_samples_per_s"]) < 1e-9
     assert result["crop"] == 32 and result["threads"] == 2 and result["batch_size"] == 4
     assert all(len(v) == result["rounds"] for v in result["per_round"].values())
-    assert "PIL DataLoader" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "PIL DataLoader" in captured.out
+    assert "recycled" not in captured.err  # 2 batches x 4 of 26 samples
+
+
+def test_bench_data_says_when_a_round_recycles_samples(tmp_path, identity_data, capsys):
+    assert main(_args(tmp_path, identity_data.root)[:-2] + ["--batches", "8"]) == 0  # 8 x 4 = 32 > 26
+    err = capsys.readouterr().err
+    assert "a round takes 32 samples (8 batches x 4) from a split of 26: samples are recycled 1.2 times" in err
+    assert "give --batches 6 or more data" in err
 
 
 def test_bench_data_refuses_a_directory_that_is_not_shards(tmp_path, capsys):
