@@ -67,6 +67,8 @@ class Settings:
     batches: int
     device: str  # DALI backend: "cpu", or "gpu" (decoding and augmentation on the GPU)
     synthetic: str  # what an empty root is filled with, one of SYNTHETIC
+    strong_views: int  # per unlabeled image, as the config's method makes them (UniMatch: 2)
+    method: str
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
@@ -87,7 +89,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
             raise ConfigError("bench --what data --device gpu: no CUDA GPU here; use --device cpu")
     settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
                         batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES, device=device,
-                        synthetic=getattr(args, "synthetic", None) or SYNTHETIC[0])
+                        synthetic=getattr(args, "synthetic", None) or SYNTHETIC[0],
+                        strong_views=cfg.method.strong_views, method=cfg.method.label)
     return settings, data
 
 
@@ -117,19 +120,31 @@ def _manifest(root: Path, synthetic: str, console: Any) -> Any:
 # contenders: each is a zero-argument "give me the next batch" callable
 
 
-def _dali(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
+# What one "sample" of the timed rounds is, for each contender: a training step's share of one
+# labeled and one unlabeled image with everything the trainer receives for them.
+def produces(strong_views: int) -> dict[str, str]:
+    views = "weak + strong" if strong_views == 1 else f"weak + {strong_views} strong views"
+    return {"dali": f"labeled image + label; unlabeled {views}, valid mask, {strong_views} CutMix box(es); "
+                    "float32 RGB in [0, 1] (the model standardises on the device)",
+            "baseline": "the same, as the peers' loaders make it: PIL + torchvision per sample, images standardised "
+                        "(ImageNet mean/std) float32 on the CPU; a labeled and an unlabeled DataLoader",
+            "decode_only": "unlabeled image decoded, nothing else"}
+
+
+def _dali(manifest: Any, data: Any, device: str, strong_views: int) -> Callable[[], Any]:
     train = TrainData(manifest, data, rank=0, world_size=1, seed=0, with_unlabeled=True, device=device,
-                      labeled=False)
-
-    def next_batch() -> Any:
-        return train.next_batch()[1]
-
-    return next_batch
+                      strong_views=strong_views)
+    return train.next_batch
 
 
-def _baseline(manifest: Any, data: Any, threads: int) -> Callable[[], Any]:
-    batches: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=threads))
-    return lambda: next(batches)
+def _baseline(manifest: Any, data: Any, threads: int, strong_views: int) -> Callable[[], Any]:
+    # the two loaders share the workers the DALI contender gets as threads
+    workers = max(1, threads // 2)
+    labeled: Iterator[Any] = iter(reference_loader(manifest, data, split="labeled", num_workers=workers,
+                                                   normalize=True))
+    unlabeled: Iterator[Any] = iter(reference_loader(manifest, data, split="unlabeled", num_workers=workers,
+                                                     strong_views=strong_views, normalize=True))
+    return lambda: (next(labeled), next(unlabeled))
 
 
 def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
@@ -224,13 +239,15 @@ def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> 
         "per_round": {k: [round(w.samples_per_s, 1) for w in v] for k, v in windows.items()},
         "per_round_cpu_ms": {k: [round(w.cpu_ms_per_sample, 3) for w in v] for k, v in windows.items()},
         "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "device": s.device,
+        "method": s.method, "strong_views": s.strong_views, "produces": produces(s.strong_views),
     }
 
 
 def _print(result: dict[str, Any], console: Any) -> None:
     table = Table(title=f"data pipeline ({result['device']} DALI backend; the baseline is always CPU), "
-                        f"unlabeled recipe, crop {result['crop']}, batch {result['batch_size']}, "
-                        f"{result['threads']} threads/workers (median of {result['rounds']} rounds)")
+                        f"{result['method']} recipe ({result['strong_views']} strong view(s)), crop {result['crop']}, "
+                        f"batch {result['batch_size']}, {result['threads']} threads/workers (median of "
+                        f"{result['rounds']} rounds); a sample = one labeled + one unlabeled image")
     table.add_column("contender")
     table.add_column("samples/s", justify="right")
     table.add_column("vs baseline", justify="right")
@@ -241,6 +258,8 @@ def _print(result: dict[str, Any], console: Any) -> None:
         rate, cpu = result[f"{key}_samples_per_s"], result[f"{key}_cpu_ms_per_sample"]
         table.add_row(label, f"{rate:.1f}", f"{rate / base:.2f}x", f"{cpu:.2f}", f"{base_cpu / cpu:.2f}x")
     console.print(table)
+    for key, text in result["produces"].items():
+        console.print(f"{key}: {text}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"load average during the run: {', '.join(f'{x:.2f}' for x in result['load_average'])} "
                   f"on {result['cpu_count']} CPUs")
 
@@ -262,8 +281,8 @@ def run(args: argparse.Namespace) -> int:
                           f"{per_round / num_samples:.1f} times per round; give --batches "
                           f"{max(1, num_samples // settings.batch_size)} or more data to avoid it",
                           markup=False, highlight=False, soft_wrap=True)
-        contenders = {"dali": _dali(manifest, data, settings.device),
-                      "baseline": _baseline(manifest, data, settings.threads),
+        contenders = {"dali": _dali(manifest, data, settings.device, settings.strong_views),
+                      "baseline": _baseline(manifest, data, settings.threads, settings.strong_views),
                       "decode_only": _decode_only(manifest, data, settings.device)}
         with Progress(console=console, transient=True) as progress:
             result = _report(_measure(contenders, settings, progress), settings, num_samples)

@@ -30,6 +30,8 @@ from fastforec.config import AugConfig, DataConfig
 from fastforec.data.manifest import IMAGE_EXTS, LABEL_EXT, Manifest
 
 IGNORE = 255
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the peers' normalisation
+STRONG_KEYS = (("strong", "box"), ("strong2", "box2"))  # the names TrainData gives the strong views
 WORKER_START = "forkserver"  # how DataLoader workers start (see reference_loader)
 
 
@@ -39,14 +41,22 @@ def _decode(data: bytes, mode: str) -> Image.Image:
 
 
 class Recipe:
-    """Weak geometric + strong photometric augmentation with PIL/torchvision."""
+    """Weak geometric + strong photometric augmentation with PIL/torchvision.
 
-    def __init__(self, aug: AugConfig, crop: int) -> None:
-        self.aug, self.crop = aug, crop
+    ``strong_views``: photometric views per unlabeled image, each with its own CutMix box (UniMatch
+    makes two). ``normalize``: standardise the float32 images with the ImageNet statistics on the
+    CPU, as the peers' loaders do (fastforec's model does it on the device); the equal-work baseline
+    of ``bench --what data`` turns it on."""
+
+    def __init__(self, aug: AugConfig, crop: int, *, strong_views: int = 1, normalize: bool = False) -> None:
+        self.aug, self.crop, self.strong_views = aug, crop, strong_views
         self.jitter = transforms.RandomApply(
             [transforms.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)], p=aug.jitter_prob)
         self.gray = transforms.RandomGrayscale(p=aug.grayscale_prob)
-        self.to_tensor = transforms.ToTensor()
+        steps: list[Any] = [transforms.ToTensor()]
+        if normalize:
+            steps.append(transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        self.to_tensor = transforms.Compose(steps)
 
     def geometric(self, rnd: random.Random, image: Image.Image,
                   label: Image.Image) -> tuple[Image.Image, Image.Image]:
@@ -77,18 +87,18 @@ class Recipe:
         return image
 
     def cutmix_box(self, rnd: random.Random) -> torch.Tensor:
+        """UniMatch's draw: area once, then aspect and corner until the box fits."""
         box = torch.zeros(self.crop, self.crop, dtype=torch.bool)
         if rnd.random() >= self.aug.cutmix_prob:
             return box
-        log_a = math.log(self.aug.cutmix_aspect_min)
-        while True:  # redraw until the box fits, as the peers do
-            area = rnd.uniform(self.aug.cutmix_area_min, self.aug.cutmix_area_max) * self.crop ** 2
-            aspect = math.exp(rnd.uniform(log_a, -log_a))
-            bh, bw = int(math.sqrt(area * aspect) + 0.5), int(math.sqrt(area / aspect) + 0.5)
-            if 1 <= bh <= self.crop and 1 <= bw <= self.crop:
+        area = rnd.uniform(self.aug.cutmix_area_min, self.aug.cutmix_area_max) * self.crop ** 2
+        while True:
+            ratio = rnd.uniform(self.aug.cutmix_aspect_min, 1 / self.aug.cutmix_aspect_min)
+            bh, bw = int(math.sqrt(area * ratio)), int(math.sqrt(area / ratio))
+            y, x = rnd.randrange(self.crop), rnd.randrange(self.crop)
+            if y + bh <= self.crop and x + bw <= self.crop:
                 break
-        y, x = rnd.randint(0, self.crop - bh), rnd.randint(0, self.crop - bw)
-        box[y: y + bh, x: x + bw] = True
+        box[y: y + max(bh, 1), x: x + max(bw, 1)] = True
         return box
 
     def labeled(self, rnd: random.Random, image: Image.Image, label: Image.Image,
@@ -100,9 +110,11 @@ class Recipe:
 
     def unlabeled(self, rnd: random.Random, image: Image.Image) -> dict[str, torch.Tensor]:
         weak, pad = self.geometric(rnd, image, Image.new("L", image.size, 0))
-        strong = self.photometric(rnd, weak.copy())
-        return {"weak": self.to_tensor(weak), "strong": self.to_tensor(strong),
-                "valid": torch.from_numpy(np.array(pad) != IGNORE), "box": self.cutmix_box(rnd)}
+        out = {"weak": self.to_tensor(weak), "valid": torch.from_numpy(np.array(pad) != IGNORE)}
+        for image_key, box_key in STRONG_KEYS[:self.strong_views]:
+            out[image_key] = self.to_tensor(self.photometric(rnd, weak.copy()))
+            out[box_key] = self.cutmix_box(rnd)
+        return out
 
 
 def _image_of(sample: dict[str, Any]) -> bytes:
@@ -119,11 +131,12 @@ class ReferenceDataset(IterableDataset):
     feeds all workers (the peers' shard-per-worker split would idle all but one)."""
 
     def __init__(self, manifest: Manifest, cfg: DataConfig, *, split: str, seed: int,
-                 passes: int | None = None) -> None:
+                 passes: int | None = None, strong_views: int = 1, normalize: bool = False) -> None:
         super().__init__()
         manifest.check_files(split)
         self.urls = [str(p) for p in manifest.shard_paths(split)]
         self.cfg, self.split, self.seed, self.passes = cfg, split, seed, passes
+        self.strong_views, self.normalize = strong_views, normalize
 
     def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         source = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples())
@@ -140,7 +153,7 @@ class ReferenceDataset(IterableDataset):
         rnd = random.Random(base)
         if info is None:
             torch.manual_seed(self.seed)
-        recipe = Recipe(self.cfg.aug, self.cfg.crop_size)
+        recipe = Recipe(self.cfg.aug, self.cfg.crop_size, strong_views=self.strong_views, normalize=self.normalize)
         done = 0
         while self.passes is None or done < self.passes:
             for sample in self._samples(worker, workers):
@@ -154,7 +167,8 @@ class ReferenceDataset(IterableDataset):
 
 
 def reference_loader(manifest: Manifest, cfg: DataConfig, *, split: str = "unlabeled", num_workers: int = 2,
-                     seed: int = 0, passes: int | None = None) -> DataLoader:
+                     seed: int = 0, passes: int | None = None, strong_views: int = 1,
+                     normalize: bool = False) -> DataLoader:
     """Batches of ``cfg.batch_size`` as the peers build them: default collate, worker processes,
     pinned memory off (CPU).
 
@@ -164,6 +178,7 @@ def reference_loader(manifest: Manifest, cfg: DataConfig, *, split: str = "unlab
     layout). Start-up is outside the timed rounds."""
     generator = torch.Generator().manual_seed(seed)
     context = WORKER_START if num_workers > 0 else None
-    return DataLoader(ReferenceDataset(manifest, cfg, split=split, seed=seed, passes=passes),
+    return DataLoader(ReferenceDataset(manifest, cfg, split=split, seed=seed, passes=passes,
+                                       strong_views=strong_views, normalize=normalize),
                       batch_size=cfg.batch_size, num_workers=num_workers, generator=generator,
                       persistent_workers=num_workers > 0, drop_last=True, multiprocessing_context=context)

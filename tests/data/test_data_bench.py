@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from fastforec.cli import main
 
 
@@ -31,6 +33,28 @@ def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
     captured = capsys.readouterr()
     assert "PIL DataLoader" in captured.out
     assert "recycled" not in captured.err  # 2 batches x 4 of 26 samples
+
+
+def test_bench_data_times_the_methods_strong_views_against_equal_work(tmp_path, identity_data, capsys):
+    out = tmp_path / "bench.json"
+    argv = _args(tmp_path, identity_data.root, json=out) + ["--set", "method.base=unimatch", "--set", "method.aux=none"]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert (result["method"], result["strong_views"]) == ("unimatch", 2)
+    assert "weak + 2 strong views" in result["produces"]["dali"] and "standardised" in result["produces"]["baseline"]
+    assert "unimatch recipe (2 strong view(s))" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_equal_work_reference_makes_what_the_trainer_receives(identity_data) -> None:
+    from fastforec.bench.reference_loader import reference_loader
+    from fastforec.config import DataConfig
+
+    cfg = DataConfig(root=str(identity_data.root), crop_size=24, batch_size=2, num_threads=1, device="cpu")
+    batch = next(iter(reference_loader(identity_data, cfg, split="unlabeled", num_workers=0, strong_views=2,
+                                       normalize=True)))
+    assert set(batch) == {"weak", "strong", "strong2", "valid", "box", "box2"}
+    assert batch["strong2"].shape == batch["weak"].shape == (2, 3, 24, 24) and batch["weak"].dtype == torch.float32
+    assert batch["weak"].min() < 0  # standardised, as the peers' loaders hand it over
 
 
 def test_bench_data_says_when_a_round_recycles_samples(tmp_path, identity_data, capsys):
