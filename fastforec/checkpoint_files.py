@@ -154,19 +154,24 @@ NOT_TENSORS = ("holds Python objects other than tensors and plain values, so it 
                "or weight file; fastforec never unpickles such files")
 
 
+def safe_load(path: Path, *, damaged: str) -> Any:
+    """``torch.load(weights_only=True)`` of an existing file; a pickled object or a broken stream
+    is a :class:`CheckpointError` naming the file (``damaged`` ends the message of the latter)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
+        if refused_pickle(e):
+            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}){damaged}") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify one checkpoint file; :class:`CheckpointError` names the file and what
     to use instead when it is missing, damaged or foreign."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
-        if refused_pickle(e):
-            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}); "
-                              f"{earlier_checkpoint_hint(path)}") from None
+    state = safe_load(path, damaged=f"; {earlier_checkpoint_hint(path)}" if path.is_file() else "")
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a fastforec checkpoint (top level is {type(state).__name__})")
     stored = state.pop(CHECKSUM_KEY, None)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 import torch
 from rich.table import Table
 
-from fastforec.checkpoint_files import NOT_TENSORS, CheckpointError, first_line, refused_pickle
+from fastforec.checkpoint_files import CheckpointError, safe_load
 from fastforec.config import BACKBONES, Config
 from fastforec.models.backbones import BACKBONE_LAYOUTS, Layout, layout_of
 
@@ -143,14 +143,7 @@ def detect_source(raw: dict[str, Any]) -> PeerSource | None:
 
 
 def read_raw(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
-        if refused_pickle(e):
-            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
-        raise CheckpointError(f"'{path}' cannot be read ({first_line(e)})") from None
+    raw = safe_load(path, damaged="")
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{path}' is not a checkpoint (top level is {type(raw).__name__})")
     return raw
