@@ -8,7 +8,6 @@ study records them here, and a claim rests on seed means with intervals, not on 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -64,14 +63,16 @@ def cpu() -> dict[str, Any]:
 
 
 def provenance(*, data_root: Path | None = None) -> dict[str, Any]:
-    """Code, packages, Python, CPU and (given its shard directory) the data's manifest checksum:
-    the manifest lists every shard's sha256, so its own checksum names the exact shards."""
+    """Code, packages, Python, CPU and (given its shard directory) the identity of its shards
+    (``Manifest.identity``: a sha256 over every shard's sha256, independent of paths)."""
     record: dict[str, Any] = {"code": code_version(), "python": platform.python_version(),
                               "packages": package_versions(), "cpu": cpu()}
     if data_root is not None:
-        manifest = Path(data_root) / "manifest.json"
-        record["data"] = {"root": str(data_root),
-                          # a few kB: read whole (the chunked shard hasher lives with the DALI-side readers)
-                          "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
-                          if manifest.is_file() else None}
+        from fastforec.data.manifest import Manifest, ManifestError  # lazy: a run's record only
+
+        try:
+            identity = Manifest.load(data_root).identity
+        except ManifestError:
+            identity = None
+        record["data"] = {"root": str(data_root), "shards_sha256": identity}
     return record

@@ -55,8 +55,8 @@ class TrainState:
     scores: dict[str, Score] = dataclasses.field(default_factory=dict)  # per evaluated model
     nonfinite_total: int = 0
     nonfinite_consecutive: int = 0
-    # sha256 of the training data's manifest.json, which lists every shard's sha256: the data's
-    # identity, whatever its path ("" in checkpoints from before it was recorded)
+    # the training data's identity (Manifest.identity: a sha256 over every shard's sha256),
+    # whatever its path ("" in checkpoints from before it was recorded)
     data_identity: str = ""
     empty_label_batches: int = 0  # labeled micro-batches with no valid pixel (all 255)
 
@@ -75,7 +75,7 @@ class TrainState:
                              f"run's has {self.steps_per_epoch}: the training data (data.root) or its splits changed")
         saved_identity = state.get("data_identity", "")
         if saved_identity and self.data_identity and saved_identity != self.data_identity:
-            raise ValueError(f"the checkpoint was trained on other data (manifest sha256 {saved_identity[:12]}..., "
+            raise ValueError(f"the checkpoint was trained on other data (shards {saved_identity[:12]}..., "
                              f"data.root now holds {self.data_identity[:12]}...): a resume continues on the same "
                              f"shards; to train on new data, start a new run with model.pretrained=<this checkpoint>")
         own_identity = self.data_identity

@@ -25,9 +25,9 @@ from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, iter_with_progress
 from fastforec.formats import duration
-from fastforec.data.manifest import MANIFEST_NAME, Manifest
+from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
-from fastforec.data.shard_reader import ShardError, file_sha256, verify_shards
+from fastforec.data.shard_reader import ShardError, verify_shards
 from fastforec.ds_config import deepspeed_config
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
 from fastforec.errors import UserError
@@ -130,8 +130,7 @@ class Trainer:
                                               memory_format=self.memory_format,
                                               autocast=self.autocast, device=self.device,
                                               labeled_loss=losses.labeled_loss(cfg.loss))
-        self.state = TrainState(steps_per_epoch=self.steps_per_epoch,
-                                data_identity=file_sha256(self.manifest.root / MANIFEST_NAME))
+        self.state = TrainState(steps_per_epoch=self.steps_per_epoch, data_identity=self.manifest.identity)
         # Whether the weights after the last optimizer step are finite: a device tensor, read
         # together with the next loss check so that it costs no extra host sync.
         self._weights_finite = torch.tensor(True, device=self.device)

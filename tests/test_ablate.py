@@ -3,7 +3,6 @@ the table, and resumption (finished runs are not redone)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fastforec.data.manifest import Manifest
 from fastforec.ablate import (Run, baselines, method_label, mean_ci, paired_difference, parse_methods, plan_runs,
                               t_critical, train_command)
 from fastforec.cli import main
@@ -80,10 +80,10 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
         assert f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]" in table
         assert report["table"][m][str(BUDGET)]["student"]["n"] == 2
     # what each run that ran here depends on: code, packages, CPU, the shards' manifest checksum
-    manifest_sha = hashlib.sha256((out / "data" / f"shards_{BUDGET}" / "manifest.json").read_bytes()).hexdigest()
+    shards_sha = Manifest.load(out / "data" / f"shards_{BUDGET}").identity
     for m, run in runs.items():
         (attempt,) = json.loads((run / "provenance.json").read_text())
-        assert attempt["data"]["manifest_sha256"] == manifest_sha and attempt["resumed"] is False
+        assert attempt["data"]["shards_sha256"] == shards_sha and attempt["resumed"] is False
         assert attempt["packages"]["torch"] == torch.__version__.split("+")[0] and attempt["cpu"]["model"]
         assert len(attempt["code"]["commit"]) == 40
         row = next(r for r in report["table"][m][str(BUDGET)]["runs"] if r["seed"] == 0)

@@ -4,6 +4,7 @@ and a state that does not describe this run is refused with the reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,23 @@ def test_engine_counters_and_rng_round_trip():
     expected = torch.rand(5)
     rng.load_state_dict(state)
     assert torch.equal(torch.rand(5), expected)
+
+
+def test_the_data_identity_ignores_where_the_shards_were_converted_from(tmp_path) -> None:
+    """The same shards, converted from another directory (the manifest's `source` holds absolute
+    paths), keep their identity; another shard checksum changes it."""
+    import json
+    import shutil
+
+    from fastforec.data.manifest import Manifest
+    from tests.shard_sets import make_shards
+
+    shards = make_shards(tmp_path / "a", num_train=8, num_labeled=4, num_val=2, size=(32, 40))
+    moved = Path(shutil.copytree(shards, tmp_path / "b"))
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["source"]["root"] = "/somewhere/else"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert Manifest.load(moved).identity == Manifest.load(shards).identity
+    manifest["splits"]["val"]["shards"][0]["sha256"] = "0" * 64
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert Manifest.load(moved).identity != Manifest.load(shards).identity

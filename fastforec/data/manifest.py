@@ -31,6 +31,7 @@ must agree: a split's ``num_samples`` is the sum over its shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,12 @@ class ShardInfo:
     num_samples: int
     sha256: str
     size: int | None = None  # bytes of the tar file
+
+
+def shards_identity(splits: dict[str, list[tuple[str, int, str]]]) -> str:
+    """sha256 of the (file, samples, sha256) of every shard, by split, in a canonical order."""
+    canonical = json.dumps({name: sorted(map(list, shards)) for name, shards in sorted(splits.items())})
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,14 @@ class Manifest:
 
     def shard_paths(self, name: str) -> list[Path]:
         return [self.root / s.file for s in self.split(name).shards]
+
+    @property
+    def identity(self) -> str:
+        """The data's identity: a sha256 over every split's shards (name, sample count, sha256).
+        Unlike the manifest file's own checksum it ignores where the data was converted from
+        (``source`` holds absolute paths), so the same shards moved elsewhere keep it."""
+        return shards_identity({name: [(s.file, s.num_samples, s.sha256) for s in split.shards]
+                                for name, split in self.splits.items()})
 
     def index_paths(self, name: str) -> list[Path]:
         return [self.root / s.index for s in self.split(name).shards]
