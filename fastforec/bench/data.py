@@ -162,16 +162,26 @@ def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
 
 
 def _children_cpu_seconds() -> float:
-    """CPU time of this process's live children (the DataLoader workers), from /proc: rusage
-    only counts children once they have exited."""
-    me, tick, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
+    """CPU time of this process's live descendants (the DataLoader workers, which a fork server
+    starts: they are grandchildren), from /proc: rusage only counts children once they have exited."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
-        if int(fields[1]) == me:  # ppid; utime and stime follow at fixed positions
-            total += (int(fields[11]) + int(fields[12])) / tick
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])  # ppid; utime and stime follow at fixed positions
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    me, total = os.getpid(), 0.0
+    for pid in cpu:
+        p = parent.get(pid)
+        while p is not None and p != me and p > 1:
+            p = parent.get(p)
+        if p == me:
+            total += cpu[pid]
     return total
 
 
