@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     given = load_config(args.config) if args.config else None
     model, cfg, dataset, ckpt = segmentation_network(args.checkpoint, args.weights, config=given)
-    weights = args.weights or "student"
+    weights = args.weights or dataset.get("weights", "student")
     meta = metadata(cfg, dataset, weights, ckpt)
     if args.format == "safetensors":
         write_safetensors(model, meta, out)

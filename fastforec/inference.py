@@ -68,7 +68,8 @@ def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.
                               f"'{cfg.data.root}' has {manifest.num_classes}; point data.root at the dataset it "
                               f"was trained on")
     dataset = {"kind": manifest.dataset, "num_classes": manifest.num_classes,
-               "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette]}
+               "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette],
+               "weights": peer.weights}  # which of the file's networks (U2PL: its teacher by default)
     model = build_model(cfg.model, num_classes=peer.num_classes, reconstruction=None)
     table = load_into(model, peer)
     Console(stderr=True).print(table)
