@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fastforec.atomic import atomic_write_json
+from fastforec.checkpoint_spec import check_exists
 from fastforec.config import ConfigError, load_config, with_overrides
 from fastforec.data.manifest import Manifest
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if given is not None:
         given.model.pretrained = None  # every weight comes from the checkpoint
         given.check_paths()
+    check_exists(args.checkpoint)  # before the heavy imports: a typo is an instant error
     # lazy: torch, DALI and rich; keeps `fastforec --help` and config errors instant
     from fastforec.data import ValData, resolve_device
     from fastforec.distributed import init_distributed

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastforec.checkpoint_spec import check_exists
 from fastforec.config import ConfigError
 
 NAME = "export"
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != suffix:
         raise ConfigError(f"--out '{out}': a {args.format} export must end with '{suffix}' "
                           f"(fastforec predict recognises exports by it)")
+    check_exists(args.checkpoint)  # before the heavy imports: a typo is an instant error
     # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant
     from fastforec.config import load_config
     from fastforec.export_format import metadata, write_onnx, write_safetensors

@@ -17,8 +17,8 @@ from fastforec.config import Config
 from fastforec.data.manifest import Manifest
 from fastforec.export_format import read_export
 from fastforec.models import DeepLabV3Plus, build_model
-from fastforec.peer_checkpoints import (SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint,
-                                       split_spec)
+from fastforec.checkpoint_spec import split_spec
+from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
 
 Weights = Literal["student", "teacher"]
 SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`

@@ -27,19 +27,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from rich.table import Table
 
 from fastforec.checkpoint_files import CheckpointError, safe_load
+from fastforec.checkpoint_spec import PEER_SOURCES, PeerSource, split_spec
 from fastforec.config import BACKBONES, Config
 from fastforec.models.backbones import BACKBONE_LAYOUTS, Layout, layout_of
 
-PeerSource = Literal["unimatch", "u2pl"]
-PEER_SOURCES: tuple[str, ...] = ("unimatch", "u2pl")
 DDP_PREFIX = "module."
-SPEC_SEPARATOR = ":"  # --checkpoint unimatch:best.pth
 # Which entry of the saved dict holds which weights; the first is the default. U2PL reports its
 # EMA teacher's score, UniMatch trains no teacher.
 CONTAINERS: dict[str, dict[str, str]] = {
@@ -110,15 +108,6 @@ class PeerWeights:
     @property
     def decoder_channels(self) -> int:
         return int(self.state["seg_head.classifier.weight"].shape[1])
-
-
-def split_spec(spec: str | Path) -> tuple[PeerSource | None, Path]:
-    """``unimatch:best.pth`` -> ("unimatch", best.pth); any other text is a path."""
-    text = str(spec)
-    head, sep, rest = text.partition(SPEC_SEPARATOR)
-    if sep and head in PEER_SOURCES:
-        return head, Path(rest)  # type: ignore[return-value]
-    return None, Path(text)
 
 
 def _strip_ddp(state: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fastforec.atomic import atomic_write_bytes
+from fastforec.checkpoint_spec import check_exists
 
 NAME = "predict"
 HELP = "class-id masks, overlays and benchmark-format PNGs for images"
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_exists(args.checkpoint)  # before the heavy imports: a typo is an instant error
     # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant
     import torch
 

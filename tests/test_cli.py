@@ -48,7 +48,8 @@ def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
     codes = report["codes"]
     assert all(codes[" ".join(a)][0] == 0 for a in argvs if a[-1] == "--help")
     eval_code, eval_err = codes["eval --checkpoint run"]
-    assert eval_code == 2 and "the following arguments are required: --config" in eval_err
+    # no --config is needed (the checkpoint's settings are used): the missing checkpoint is the error
+    assert eval_code == 2 and "checkpoint 'run' does not exist" in eval_err
     export_code, export_err = codes[" ".join(argvs[-1])]
     assert export_code == 2 and "--out" in export_err and "must end with '.onnx'" in export_err
     assert "Traceback" not in export_err

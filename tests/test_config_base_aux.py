@@ -89,18 +89,7 @@ def test_bad_base_on_the_command_line_exits_2_without_traceback(tmp_path: Path) 
     assert "method.base" in proc.stderr and "'unimatch'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("unimatch*.json")), ids=lambda p: p.stem)
-def test_shipped_unimatch_configs(path: Path) -> None:
-    cfg = load_config(path)
-    m = cfg.method
-    assert m.base_name == "unimatch" and m.aux_name == ("forec" if "forec" in path.stem else "none")
-    assert cfg.train.name == path.stem and cfg.eval.model == "student"
-    # UniMatch's crop sizes: 321 on VOC, 801 on Cityscapes
-    assert cfg.data.crop_size == (801 if "cityscapes" in path.stem else 321)
-    # beside the FOrec config of the same partition, on the same data
-    partition = path.stem.replace("unimatch_forec_", "").replace("unimatch_", "")
-    forec = load_config(REPO / "configs" / f"{partition}.json")
-    assert cfg.data.root == forec.data.root
+# The shipped UniMatch recipes are checked against UniMatch's settings in tests/test_recipes.py.
 
 
 def test_aux_none_on_the_command_line_is_the_task_none_and_null_falls_back_to_the_name(tmp_path: Path) -> None:

@@ -213,10 +213,14 @@ def test_other_bad_files(tmp_path: Path) -> None:
     torch.save({"conv1.weight": [1, 2]}, tmp_path / "lists.pth")
     with pytest.raises(PretrainedError, match="is not a state dict of tensors"):
         backbone.load_pretrained(tmp_path / "lists.pth")
-    # a DataParallel-style prefix: nothing matches, and the message shows the expected names
-    torch.save({"module.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "prefixed.pth")
+    # an unknown prefix: nothing matches, and the message shows the expected names
+    torch.save({"net.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "prefixed.pth")
     with pytest.raises(PretrainedError, match="no parameter name matches the backbone.*'conv1.weight'"):
         backbone.load_pretrained(tmp_path / "prefixed.pth")
+    # DDP's "module." prefix is understood (peers save that way); an incomplete file is still refused
+    torch.save({"module.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "ddp.pth")
+    with pytest.raises(PretrainedError, match="does not match the backbone 'resnet18' \\(99 tensors missing"):
+        backbone.load_pretrained(tmp_path / "ddp.pth")
     # a whole pickled module is refused by weights_only loading
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
     with pytest.raises(PretrainedError, match="module.pth' holds Python objects other than tensors.*never unpickles"):
