@@ -221,7 +221,7 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
     # the rate over the conversion itself, as the bar showed it; the total adds planning, resume
     # checks, hashing and the manifest
     rate = len(state.tasks) / converting if converting > 0 else 0.0
-    console.print(f"{len(state.tasks)} image(s) converted in {converting:.1f} s ({sig(rate)} images/s), "
+    console.print(f"{len(state.tasks)} image(s) converted in {sig(converting)} s ({sig(rate)} images/s), "
                   f"{seconds:.1f} s in all; {state.reused} shard(s) reused; {len(rejected)} rejected; "
                   f"manifest: {out / MANIFEST}", soft_wrap=True)
     return ConversionResult(manifest=manifest, encoded=len(state.tasks), reused_shards=state.reused,
