@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -154,9 +154,9 @@ NOT_TENSORS = ("holds Python objects other than tensors and plain values, so it 
                "or weight file; fastforec never unpickles such files")
 
 
-def safe_load(path: Path, *, damaged: str) -> Any:
+def safe_load(path: Path, *, damaged: Callable[[], str] = lambda: "") -> Any:
     """``torch.load(weights_only=True)`` of an existing file; a pickled object or a broken stream
-    is a :class:`CheckpointError` naming the file (``damaged`` ends the message of the latter)."""
+    is a :class:`CheckpointError` naming the file (``damaged()`` ends the message of the latter)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
@@ -164,14 +164,14 @@ def safe_load(path: Path, *, damaged: str) -> Any:
     except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
         if refused_pickle(e):
             raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}){damaged}") from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}){damaged()}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify one checkpoint file; :class:`CheckpointError` names the file and what
     to use instead when it is missing, damaged or foreign."""
     path = Path(path)
-    state = safe_load(path, damaged=f"; {earlier_checkpoint_hint(path)}" if path.is_file() else "")
+    state = safe_load(path, damaged=lambda: f"; {earlier_checkpoint_hint(path)}")
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a fastforec checkpoint (top level is {type(state).__name__})")
     stored = state.pop(CHECKSUM_KEY, None)

@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -217,10 +217,3 @@ class _EvalProgress:
             while self.done >= self._next_line * self.images / EVAL_LINES:
                 self._next_line += 1
             self.owner.print(f"eval {self.name}: {self.done}/{self.images} images, {self.info()}")
-
-
-def iter_with_progress(batches: Any, bar: _EvalProgress) -> Iterator[Any]:
-    """Yield ``batches``, advancing ``bar`` by each batch's number of images."""
-    for batch in batches:
-        yield batch
-        bar.advance(int(batch["image"].shape[0]))

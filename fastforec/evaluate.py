@@ -91,7 +91,7 @@ def predict(model: nn.Module, image: torch.Tensor, *, mode: EvalMode, num_classe
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
              ignore_index: int, mode: EvalMode, window: int, stride: int, device: torch.device,
-             autocast: Callable[[], object], on_batch: Callable[[], None] | None = None,
+             autocast: Callable[[], object], on_batch: Callable[[int], None] | None = None,
              protocol: SlidingProtocol = "border_aligned") -> dict[str, object]:
     """mIoU over ``batches`` of this rank, reduced over all ranks (every rank must call it)."""
     was_training = model.training
@@ -103,7 +103,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, nu
                            window=window, stride=stride, protocol=protocol)
         cm.update(pred, batch["label"].to(device))
         if on_batch is not None:
-            on_batch()
+            on_batch(int(batch["image"].shape[0]))  # images of this batch (progress reports)
     cm.all_reduce()
     model.train(was_training)
     return cm.compute()

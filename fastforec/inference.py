@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
-import copy
-
 from rich.console import Console
 
 from fastforec.checkpoint import load_trained_weights
 from fastforec.checkpoint_files import CheckpointError, first_line, resolve_checkpoint
+from fastforec.checkpoint_spec import split_spec
 from fastforec.config import Config
 from fastforec.data.manifest import Manifest
 from fastforec.export_format import read_export
 from fastforec.models import DeepLabV3Plus, build_model
-from fastforec.checkpoint_spec import split_spec
 from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
 
 Weights = Literal["student", "teacher"]

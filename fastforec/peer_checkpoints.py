@@ -132,7 +132,7 @@ def detect_source(raw: dict[str, Any]) -> PeerSource | None:
 
 
 def read_raw(path: Path) -> dict[str, Any]:
-    raw = safe_load(path, damaged="")
+    raw = safe_load(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{path}' is not a checkpoint (top level is {type(raw).__name__})")
     return raw

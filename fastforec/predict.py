@@ -42,13 +42,11 @@ def run(args: argparse.Namespace) -> int:
     # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant
     import torch
 
-    from fastforec.config import load_config
+    from fastforec.config import load_config, with_overrides
+    from fastforec.eval_cli import settings_source
     from fastforec.evaluate import predict, resolve_eval_mode
     from fastforec.image_files import cityscapes_label_ids, colourise, list_inputs, load_image, overlay, png_bytes
     from fastforec.inference import load_trained_model
-
-    from fastforec.config import with_overrides
-    from fastforec.eval_cli import settings_source
 
     given = load_config(args.config, args.overrides) if args.config else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,15 +23,15 @@ from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
-from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, iter_with_progress
-from fastforec.formats import duration
+from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
 from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
-from fastforec.ds_config import deepspeed_config
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
+from fastforec.ds_config import deepspeed_config
 from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
+from fastforec.formats import duration
 from fastforec.metrics import nan_to_none
 from fastforec.models import DeepLabV3Plus, build_model
 from fastforec.optim import build_optimizer
@@ -43,6 +43,7 @@ from fastforec.train_state import EngineCounters, OptimizerState, RngState, Scor
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_WARN_EVERY = 100  # after the first, one warning per this many label-less micro-batches
+
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses, or weights that became non-finite."""
@@ -386,10 +387,10 @@ class Trainer:
         images = len(self.val_data) * self.cfg.eval.batch_size * self.dist.world_size
         for name in names:
             with self.console.evaluation(name=name, images=images) as bar:
-                result = evaluate(self.eval_model(name), iter_with_progress(self.val_data, bar),
-                                  num_classes=self.num_classes, protocol=self.cfg.eval.sliding_protocol,
-                                  ignore_index=self.manifest.ignore_index, mode=mode, window=crop,
-                                  stride=self.cfg.eval.stride(crop), device=self.device, autocast=self.autocast)
+                result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
+                                  protocol=self.cfg.eval.sliding_protocol, ignore_index=self.manifest.ignore_index,
+                                  mode=mode, window=crop, stride=self.cfg.eval.stride(crop), device=self.device,
+                                  autocast=self.autocast, on_batch=bar.advance)
             self.sec_per_eval = bar.seconds
             self.console.print(f"eval {name} (epoch {epoch}): mIoU {100 * result['miou']:.2f} "
                                f"({bar.images} images in {duration(bar.seconds)})")
