@@ -70,7 +70,7 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "rec": "+ reconstruction (rec)",
                  "forec": "+ FOrec", "fgbg": "+ fg/bg prediction"}
 BASE_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "fixmatch": "FixMatch",
-               "unimatch": "UniMatch"}
+               "unimatch": "UniMatch", "unimatch_v2": "UniMatch V2"}
 AUX_LABELS = {"rec": "reconstruction", "forec": "FOrec", "fgbg": "fg/bg prediction"}
 BASE_AUX_SEP = "+"  # --methods unimatch+forec: base x auxiliary task
 PLOT_INCHES = (8.0, 4.5)

@@ -30,7 +30,7 @@ from fastforec.errors import UserError
 # see); the tuples are read from it.
 BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s"]
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
-BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch"]  # where the unlabeled signal comes from
+BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]  # where the unlabeled signal comes from
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
 DecoderName = Literal["unimatch", "u2pl", "torchvision"]  # whose DeepLabV3+ decoder (models/deeplab.py)
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
@@ -169,10 +169,14 @@ class MethodConfig:
     base: BaseName | None = None
     aux: AuxName | None = None
     fp_dropout: float = 0.5  # UniMatch's feature perturbation: channel dropout on the weak view's c1 and c4
+    # UniMatch V2's complementary channel dropout on the two strong views: the share of image
+    # pairs left undropped (its dropout_prob 0.5); the others get complementary masks
+    comp_drop_keep: float = 0.5
 
     def validate(self, prefix: str = "method") -> None:
         _check_prob(self.conf_thresh, f"{prefix}.conf_thresh")
         _check(0.0 <= self.fp_dropout < 1.0, f"{prefix}.fp_dropout", f"must be in [0, 1), got {self.fp_dropout}")
+        _check_prob(self.comp_drop_keep, f"{prefix}.comp_drop_keep")
         _check(not (self.warmup_reset_teacher and not self.has_teacher), f"{prefix}.warmup_reset_teacher",
                f"is true, but base '{self.base_name}' trains no EMA teacher to reset; remove it or use "
                f"base mean_teacher")
@@ -208,13 +212,13 @@ class MethodConfig:
 
     @property
     def has_teacher(self) -> bool:
-        """Only the mean teacher keeps an EMA model; FixMatch/UniMatch label with the student itself."""
-        return self.base_name == "mean_teacher"
+        """The mean teacher and UniMatch V2 keep an EMA model; FixMatch/UniMatch label with the student itself."""
+        return self.base_name in ("mean_teacher", "unimatch_v2")
 
     @property
     def strong_views(self) -> int:
         """Strong views of each unlabeled image the data pipeline makes (UniMatch's dual streams: 2)."""
-        return 2 if self.base_name == "unimatch" else 1
+        return 2 if self.base_name in ("unimatch", "unimatch_v2") else 1
 
     @property
     def reconstruction(self) -> str | None:
@@ -249,10 +253,13 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with poly decay; the decoders get ``lr * head_lr_mult``."""
+    """SGD (the CNN recipes) or AdamW (UniMatch V2's) with poly decay per step; the decoders get
+    ``lr * head_lr_mult``. ``momentum`` is SGD's, ``betas`` AdamW's."""
 
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
@@ -260,6 +267,8 @@ class OptimConfig:
     def validate(self, prefix: str = "optim") -> None:
         _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", "must be in [0, 1)")
+        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), f"{prefix}.betas",
+               f"must be two numbers in [0, 1) (AdamW's beta1, beta2; UniMatch V2: [0.9, 0.999]), got {self.betas}")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(self.head_lr_mult > 0, f"{prefix}.head_lr_mult", "must be > 0")
         # torch converts the step size to the weights' float32 and refuses one beyond its range

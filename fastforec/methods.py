@@ -21,6 +21,19 @@ consistency") and its code (LiheYoung/UniMatch, ``fixmatch.py`` / ``unimatch.py`
   here keeps ``conf > conf_thresh`` (kernels.pseudo_label_ce), which differs only for a
   confidence exactly equal to the threshold, a set of measure zero for softmax outputs.
 
+UniMatch V2 (Yang et al., TPAMI 2025, "UniMatch V2"; LiheYoung/UniMatch-V2 ``unimatch_v2.py``):
+
+* the pseudo-labels come from an EMA teacher over parameters *and* buffers, in eval mode, on the
+  weak view (the student never sees the weak view);
+* the labeled images have their own forward pass; the two CutMix-ed strong views go through one
+  forward with complementary channel dropout on the encoder features (models/segmentor.py);
+* the CutMix partner of sample i is sample n-1-i (its ``flip(0)``);
+* loss ``(L_x + (L_s1 + L_s2) / 2) / 2``, each unlabeled term as in UniMatch.
+
+With an auxiliary task the weak view is a reconstruction input here too: it joins the labeled
+forward (its segmentation output is unused; with BatchNorm it joins the labeled statistics), and
+the FOrec masks come from the teacher's pseudo-labels.
+
 Two deliberate differences from UniMatch's code, both for one DALI batch per step and exact
 resume: the CutMix partner is the next sample of the same unlabeled batch (UniMatch draws a second
 unlabeled batch from another pass of its loader and labels it in eval mode under no_grad), and the
@@ -47,6 +60,7 @@ from fastforec.config import MethodConfig
 # lambda_u scales the unlabeled ones (1 = the paper).
 FIXMATCH_WEIGHTS = {"loss_s": 0.5, "loss_u": 0.5}
 UNIMATCH_WEIGHTS = {"loss_s": 0.5, "loss_u_s1": 0.125, "loss_u_s2": 0.125, "loss_u_fp": 0.25}
+UNIMATCH_V2_WEIGHTS = {"loss_s": 0.5, "loss_u_s1": 0.25, "loss_u_s2": 0.25}
 CUTMIX_SHIFT = 1  # CutMix partner of sample i: sample i - 1 of the batch (a fixed permutation keeps resume exact)
 # The unlabeled batch's strong views and their CutMix boxes, in stream order.
 STRONG_VIEWS = (("strong", "box"), ("strong2", "box2"))
@@ -72,7 +86,10 @@ class StepModels:
         return x.to(self.input_dtype, memory_format=self.memory_format)
 
 
-def cutmix_partner(n: int, device: torch.device) -> torch.Tensor:
+def cutmix_partner(n: int, device: torch.device, *, base: str = "mean_teacher") -> torch.Tensor:
+    """Whose content sample i's CutMix box takes: UniMatch V2's reversed batch, else sample i - 1."""
+    if base == "unimatch_v2":
+        return torch.arange(n - 1, -1, -1, device=device)
     return torch.roll(torch.arange(n, device=device), CUTMIX_SHIFT)
 
 
@@ -87,6 +104,8 @@ def compute_losses(ctx: StepModels, labeled: dict[str, torch.Tensor],
     u = {k: v.to(ctx.device, non_blocking=True) for k, v in unlabeled.items()}
     if ctx.method.base_name == "mean_teacher":
         return _mean_teacher(ctx, x_l, y_l, u)
+    if ctx.method.base_name == "unimatch_v2":
+        return _unimatch_v2(ctx, x_l, y_l, u)
     return _self_training(ctx, x_l, y_l, u)
 
 
@@ -142,6 +161,51 @@ def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     return out
 
 
+def _unimatch_v2(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
+                 u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    m = ctx.method
+    assert ctx.teacher is not None
+    weak, valid = u["weak"], u["valid"]
+    b, n = x_l.shape[0], weak.shape[0]
+    with ctx.autocast():
+        t_logits = ctx.teacher(weak.contiguous(memory_format=ctx.memory_format))["seg"]
+    pl, conf, pl_fg = losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels)
+    perm = cutmix_partner(n, ctx.device, base="unimatch_v2")
+    mixed = [losses.cutmix_batch(u[box], perm, u[image], pl, conf, pl_fg, valid) for image, box in STRONG_VIEWS]
+
+    aux = m.reconstruction is not None
+    pred_l = ctx.student(ctx.model_input(torch.cat([x_l, weak]) if aux else x_l))
+    pred_s = ctx.student(ctx.model_input(torch.cat([v[0] for v in mixed])), comp_drop_keep=m.comp_drop_keep)
+    out = {"loss_s": ctx.labeled_loss(pred_l["seg"][:b], y_l)}
+    for name, (_, pl_v, conf_v, _, valid_v), seg in zip(("loss_u_s1", "loss_u_s2"), mixed, pred_s["seg"].split(n)):
+        out[name] = losses.pseudo_label_ce(seg, pl_v, conf_v, valid_v, m.conf_thresh, backend=m.kernels)
+    total = sum(w * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k, w in UNIMATCH_V2_WEIGHTS.items())
+    if aux:
+        lab, weak_aux = _aux_parts(pred_l, [b, n])
+        views = [(weak_aux, weak, pl_fg, conf, valid)]
+        views += [(part, v[0], v[3], v[2], v[4]) for part, v in zip(_aux_parts(pred_s, [n, n]), mixed)]
+        out["loss_rec"] = _rec_loss(ctx, lab, x_l, y_l, views)
+        total = total + out["loss_rec"]
+    out["loss"] = total
+    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="teacher_conf"))
+    return out
+
+
+def _rec_loss(ctx: StepModels, labeled: dict[str, torch.Tensor], x_l: torch.Tensor, y_l: torch.Tensor,
+              unlabeled: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+              ) -> torch.Tensor:
+    """The auxiliary loss: labeled term + ``rec_weight_unlabeled`` x the mean over the unlabeled
+    inputs, each given as (aux outputs, image, pseudo-label foreground, confidence, valid)."""
+    m = ctx.method
+    fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+    rec_u = []
+    for part, image, fg_v, conf_v, valid_v in unlabeled:
+        fg_u, mask_u = losses.rec_targets_unlabeled(fg_v, conf_v, valid_v, method=m.aux_name, rec_thresh=m.rec_thresh)
+        rec_u.append(aux_loss(ctx, part, image, fg_u, mask_u))
+    return m.rec_weight_labeled * aux_loss(ctx, labeled, x_l, fg_l, mask_l) + m.rec_weight_unlabeled * torch.stack(
+        rec_u).mean()
+
+
 def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
                    u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """FixMatch (one strong view) and UniMatch (two, plus the feature-perturbation stream)."""
@@ -174,16 +238,9 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     total = sum(weights[k] * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k in weights)
     if m.reconstruction is not None:
         lab, weak_aux = _aux_parts(pred_lw, [b, n])
-        fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
         unl = [(weak_aux, weak, pl_fg, conf, valid)]
         unl += [(part, v[0], v[3], v[2], v[4]) for part, v in zip(_aux_parts(pred_s, [n] * len(views)), mixed)]
-        rec_u = []
-        for part, image, fg_v, conf_v, valid_v in unl:
-            fg_u, mask_u = losses.rec_targets_unlabeled(fg_v, conf_v, valid_v, method=m.aux_name,
-                                                        rec_thresh=m.rec_thresh)
-            rec_u.append(aux_loss(ctx, part, image, fg_u, mask_u))
-        out["loss_rec"] = (m.rec_weight_labeled * aux_loss(ctx, lab, x_l, fg_l, mask_l)
-                           + m.rec_weight_unlabeled * torch.stack(rec_u).mean())
+        out["loss_rec"] = _rec_loss(ctx, lab, x_l, y_l, unl)
         total = total + out["loss_rec"]
     out["loss"] = total
     out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="pl_conf"))

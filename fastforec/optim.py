@@ -1,7 +1,7 @@
-"""SGD with parameter groups (decoders at ``head_lr_mult``) and the poly learning-rate decay.
+"""SGD or AdamW with parameter groups (decoders at ``head_lr_mult``) and the poly learning-rate decay.
 
-On CUDA the step is torch's fused SGD: one kernel launch for the whole parameter list, what
-apex's ``FusedSGD`` gave the peers (docs/architecture.md, "apex").
+On CUDA the step is torch's fused implementation: one kernel launch for the whole parameter list,
+what apex's ``FusedSGD`` / ``FusedAdam`` gave the peers (docs/architecture.md, "apex").
 """
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
-from torch.optim import SGD
+from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from fastforec.config import OptimConfig
-from fastforec.models import DeepLabV3Plus
+from fastforec.models.segmentor import Segmentor
 
-# Devices whose parameters get torch's fused SGD. CUDA only: there it replaces one small kernel
+# Devices whose parameters get torch's fused optimizer step. CUDA only: there it replaces one small kernel
 # per tensor with one launch for all of them; on the CPU the default (foreach) implementation is
 # kept, the one every CPU test and benchmark of this project measured.
 FUSED_SGD_DEVICES = frozenset({"cuda"})
 
 
-def param_groups(model: DeepLabV3Plus, cfg: OptimConfig) -> list[dict]:
+def param_groups(model: Segmentor, cfg: OptimConfig) -> list[dict]:
     head = {id(p) for p in model.head_parameters()}
     backbone = [p for p in model.parameters() if id(p) not in head]
     heads = [p for p in model.parameters() if id(p) in head]
@@ -29,8 +29,8 @@ def param_groups(model: DeepLabV3Plus, cfg: OptimConfig) -> list[dict]:
             {"params": heads, "lr": cfg.lr * cfg.head_lr_mult, "name": "heads"}]
 
 
-def use_fused_sgd(device_types: Iterable[str]) -> bool:
-    """Fused SGD when every parameter lives on a device of ``FUSED_SGD_DEVICES`` (the fused
+def use_fused(device_types: Iterable[str]) -> bool:
+    """The fused step when every parameter lives on a device of ``FUSED_SGD_DEVICES`` (the fused
     kernel needs them all on one kind of device)."""
     types = set(device_types)
     return bool(types) and types <= FUSED_SGD_DEVICES
@@ -47,9 +47,15 @@ class PolyDecay:
         return max(0.0, 1.0 - min(step, self.max_steps) / self.max_steps) ** self.power
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, max_steps: int) -> tuple[SGD, LambdaLR]:
-    """Call it after the model is on its device: the device decides the fused step."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, max_steps: int) -> tuple[Optimizer, LambdaLR]:
+    """Call it after the model is on its device: the device decides the fused step.
+
+    AdamW as UniMatch V2 runs it: decoupled weight decay on every parameter (biases and norms
+    included), the same betas for both groups."""
     groups = param_groups(model, cfg)
-    fused = use_fused_sgd(p.device.type for g in groups for p in g["params"])
-    opt = SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
+    fused = use_fused(p.device.type for g in groups for p in g["params"]) or None
+    if cfg.name == "adamw":
+        opt: Optimizer = AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
+    else:
+        opt = SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     return opt, LambdaLR(opt, PolyDecay(max_steps, cfg.poly_power))

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fastforec.models import DeepLabV3Plus
+from fastforec.models.segmentor import Segmentor
 
 ParamGetter = Callable[[nn.Parameter], torch.Tensor]
 
@@ -22,7 +22,7 @@ def ema_alpha(step: int, ema_decay: float) -> float:
 
 
 class EmaTeacher(nn.Module):
-    def __init__(self, student: DeepLabV3Plus, *, ema_decay: float):
+    def __init__(self, student: Segmentor, *, ema_decay: float):
         super().__init__()
         self.ema_decay = ema_decay
         self.module = student.segmentation_copy()

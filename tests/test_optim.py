@@ -7,7 +7,7 @@ import torch
 
 from fastforec.config import OptimConfig
 from fastforec.models import deeplabv3plus
-from fastforec.optim import build_optimizer, use_fused_sgd
+from fastforec.optim import build_optimizer, use_fused
 
 CFG = OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-2, head_lr_mult=10.0)
 
@@ -21,7 +21,7 @@ def _model(device: str) -> torch.nn.Module:
     (["cuda", "cuda"], True), (["cpu"], False), (["cuda", "cpu"], False), (["meta"], False), ([], False),
 ])
 def test_fused_sgd_is_chosen_only_when_every_parameter_is_on_cuda(devices: list[str], fused: bool) -> None:
-    assert use_fused_sgd(devices) is fused
+    assert use_fused(devices) is fused
 
 
 def _step(model: torch.nn.Module, fused_expected: bool) -> list[torch.Tensor]:

@@ -40,7 +40,9 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     It mirrors ``fastforec.methods``: mean teacher: teacher forward on B weak views, student
     forward and backward on [B labeled ; B strong]; FixMatch/UniMatch: student forward and backward
     on [B labeled ; B weak] (with UniMatch's perturbed stream) and on the B (UniMatch: 2B) strong
-    views; B labeled for ``supervised``. The input image needs no gradient, as in the trainer.
+    views; UniMatch V2: teacher forward on B weak views, student on B labeled (+ B weak with an
+    auxiliary task) and on the 2B strong views; B labeled for ``supervised``. The input image
+    needs no gradient, as in the trainer.
     """
     m = cfg.method
     b, crop = cfg.data.batch_size, cfg.data.crop_size
@@ -56,7 +58,11 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
             teacher_flops = count_flops(lambda: teacher(x[:b]))
 
     def student_step() -> None:
-        if not semi or m.has_teacher:
+        if semi and m.base_name == "unimatch_v2":
+            labeled = x if m.reconstruction is not None else x[:b]
+            out = {**{f"a_{k}": v for k, v in student(labeled).items()},
+                   **student(strong, comp_drop_keep=m.comp_drop_keep)}
+        elif not semi or m.has_teacher:
             out = student(x)
         else:  # self-training: [labeled ; weak] (+ perturbed stream), then the strong views
             fp = m.fp_dropout if m.base_name == "unimatch" else 0.0

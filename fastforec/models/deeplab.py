@@ -23,7 +23,6 @@ segmentation decoder; only the channel number of the last layer differs").
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Literal
 
@@ -33,18 +32,13 @@ from torch import nn
 
 from fastforec.config import DECODERS, BackboneName, DecoderName
 from fastforec.models.backbones import ResNetBackbone
+from fastforec.models.segmentor import AUX_CHANNELS, Segmentor, resize
 
 ASPP_CHANNELS = 256
 UNIMATCH_REDUCE_CHANNELS = 48  # UniMatch's low-level reduce width
 TORCHVISION_ASPP_DROPOUT = 0.5  # torchvision's DeepLabHead dropout after the ASPP projection
 U2PL_DROPOUT = 0.1  # U2PL's Dropout2d after its ASPP conv and after each classifier conv
 DILATIONS = {16: (6, 12, 18), 8: (12, 24, 36)}
-# ImageNet statistics: inputs arrive as RGB in [0, 1] (the reconstruction target), the
-# backbone wants them standardised.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-AUX_CHANNELS = {"rgb": 3, "fgbg": 1}
-AUX_OUTPUT = {"rgb": "rec", "fgbg": "fgbg"}  # the key the auxiliary map has in the output dict
 # Both peers resize with align_corners=True; torchvision (and so the legacy decoder) with False.
 # The setting changes ~11 % of the predicted pixels of the same weights, so it follows the source.
 ALIGN_CORNERS = {"unimatch": True, "u2pl": True, "torchvision": False}
@@ -54,10 +48,6 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1, bias: boo
     pad = dilation * (kernel // 2)
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=bias),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int], align_corners: bool) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class ImagePooling(nn.Module):
@@ -119,62 +109,15 @@ class Decoder(nn.Module):
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
-        high = _resize(self.aspp(c4), c1.shape[-2:], self.align_corners)
+        high = resize(self.aspp(c4), c1.shape[-2:], self.align_corners)
         return self.fuse(torch.cat([self.reduce(c1), high], dim=1))
 
     def forward(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(c1, c4))
 
 
-class DeepLabV3Plus(nn.Module):
-    """``forward(x)`` with x RGB in [0, 1] returns a dict of maps at the input resolution:
-    ``seg`` (B, num_classes), and ``rec`` (B, 3) or ``fgbg`` (B, 1) when an auxiliary head exists;
-    ``latent`` (B, decoder_channels, H/4, W/4) as well with ``return_latent=True``."""
-
-    def __init__(self, *, backbone: ResNetBackbone, seg_head: Decoder, aux_head: Decoder | None,
-                 aux_kind: str | None):
-        super().__init__()
-        self.backbone = backbone
-        self.seg_head = seg_head
-        self.aux_head = aux_head
-        self.aux_kind = aux_kind
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor, return_latent: bool = False, fp_dropout: float = 0.0,
-                fp_from: int = 0) -> dict[str, torch.Tensor]:
-        """``fp_dropout`` > 0 adds ``seg_fp``: the segmentation of samples ``fp_from:`` decoded again
-        from their encoder features c1 and c4 under channel dropout (UniMatch's feature perturbation).
-        Clean and perturbed features go through the seg head in one batch, as UniMatch decodes them,
-        so its BatchNorm sees both; the auxiliary head sees the clean features only."""
-        size = x.shape[-2:]
-        up = self.seg_head.align_corners
-        c1, c4 = self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
-        if fp_dropout > 0:
-            n = x.shape[0]
-            drop = lambda t: F.dropout2d(t[fp_from:], p=fp_dropout, training=True)  # noqa: E731
-            seg = _resize(self.seg_head(torch.cat([c1, drop(c1)]), torch.cat([c4, drop(c4)])), size, up)
-            out = {"seg": seg[:n], "seg_fp": seg[n:]}
-        else:
-            out = {"seg": _resize(self.seg_head(c1, c4), size, up)}
-        if self.aux_head is not None:
-            latent = self.aux_head.features(c1, c4)
-            out[AUX_OUTPUT[self.aux_kind]] = _resize(self.aux_head.classifier(latent), size, self.aux_head.align_corners)
-            if return_latent:
-                out["latent"] = latent
-        elif return_latent:
-            raise ValueError("return_latent=True needs a model built with reconstruction='rgb' or 'fgbg'")
-        return out
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Decoder parameters (they get ``head_lr_mult``); the rest is the backbone."""
-        heads = [self.seg_head] + ([self.aux_head] if self.aux_head is not None else [])
-        return [p for h in heads for p in h.parameters()]
-
-    def segmentation_copy(self) -> "DeepLabV3Plus":
-        """A deep copy of encoder + segmentation decoder (the mean teacher's architecture)."""
-        return DeepLabV3Plus(backbone=copy.deepcopy(self.backbone), seg_head=copy.deepcopy(self.seg_head),
-                             aux_head=None, aux_kind=None)
+class DeepLabV3Plus(Segmentor):
+    """DeepLabV3+: ``backbone`` gives (c1, c4), each head is a ``Decoder`` (module doc)."""
 
 
 def deeplabv3plus(*, backbone: BackboneName, num_classes: int, output_stride: int = 16,
