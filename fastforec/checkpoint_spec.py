@@ -8,8 +8,8 @@ from typing import Literal
 
 from fastforec.errors import UserError
 
-PeerSource = Literal["unimatch", "u2pl"]
-PEER_SOURCES: tuple[str, ...] = ("unimatch", "u2pl")
+PeerSource = Literal["unimatch", "u2pl", "unimatch_v2"]
+PEER_SOURCES: tuple[str, ...] = ("unimatch", "u2pl", "unimatch_v2")
 SPEC_SEPARATOR = ":"  # --checkpoint unimatch:best.pth
 
 

@@ -28,16 +28,21 @@ from fastforec.errors import UserError
 
 # Every choice below is spelled once, as a Literal (what the config accepts and type checkers
 # see); the tuples are read from it.
-BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s"]
+BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s",
+                       "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
 BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]  # where the unlabeled signal comes from
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
-DecoderName = Literal["unimatch", "u2pl", "torchvision"]  # whose DeepLabV3+ decoder (models/deeplab.py)
+# whose DeepLabV3+ decoder (models/deeplab.py), or UniMatch V2's DPT head for DINOv2 (models/dpt.py)
+DecoderName = Literal["unimatch", "u2pl", "torchvision", "dpt"]
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 METHODS: tuple[str, ...] = typing.get_args(MethodName)
 BASES: tuple[str, ...] = typing.get_args(BaseName)
 AUX_TASKS: tuple[str, ...] = typing.get_args(AuxName)
 DECODERS: tuple[str, ...] = typing.get_args(DecoderName)
+VIT_PREFIX = "dinov2_"  # the DINOv2 ViTs (patch 14), which take the DPT head
+DPT_DECODER = "dpt"
+VIT_PATCH = 14
 # Checkpoints written before model.decoder existed were trained with this decoder.
 LEGACY_DECODER = "torchvision"
 # What each method.name means as base x auxiliary task: its meaning from before bases existed.
@@ -136,8 +141,25 @@ class ModelConfig:
     # Channel multiplier of the ResNet stages: 1.0 is the standard network (and the only width that
     # ImageNet weights fit); 0.5 quarters the backbone's FLOPs for CPU-sized benchmarks from scratch.
     backbone_width: float = 1.0
+    # DINOv2 only: recompute each ViT block in the backward pass instead of keeping its
+    # activations (about a third more compute; what fits ViT-L at crop 518, 4 + 4 images, in 80 GB)
+    activation_checkpointing: bool = False
+
+    @property
+    def is_vit(self) -> bool:
+        return self.backbone.startswith(VIT_PREFIX)
 
     def validate(self, prefix: str = "model") -> None:
+        if self.is_vit:
+            _check(self.decoder == DPT_DECODER, f"{prefix}.decoder",
+                   f"'{self.decoder}' is a DeepLabV3+ decoder for ResNets; the DINOv2 backbone {self.backbone} takes "
+                   f"UniMatch V2's DPT head: set {prefix}.decoder={DPT_DECODER}")
+        else:
+            _check(self.decoder != DPT_DECODER, f"{prefix}.decoder",
+                   f"'{DPT_DECODER}' is the head of DINOv2 backbones; {self.backbone} takes a DeepLabV3+ decoder "
+                   f"(unimatch, u2pl or torchvision), or set {prefix}.backbone=dinov2_vits14 / _vitb14 / _vitl14")
+            _check(not self.activation_checkpointing, f"{prefix}.activation_checkpointing",
+                   f"is offered for the DINOv2 backbones only, not {self.backbone}; set it to false")
         _check(self.decoder_channels >= 8, f"{prefix}.decoder_channels", "must be >= 8")
         _check(0 < self.backbone_width <= 4, f"{prefix}.backbone_width",
                f"must be in (0, 4] (1.0 = the standard ResNet), got {self.backbone_width}")
@@ -310,8 +332,12 @@ class EvalConfig:
     mode: Literal["auto", "whole", "sliding"] = "auto"  # auto: sliding window on Cityscapes, else whole
     stride_ratio: float = 2.0 / 3.0  # sliding window stride as a fraction of the window (= data.crop_size)
     # Where the windows go and how they merge (fastforec.evaluate.SlidingProtocol): "border_aligned"
-    # (full windows, logits averaged) or "unimatch" (UniMatch's: cut-short border windows, softmax summed)
-    sliding_protocol: Literal["border_aligned", "unimatch"] = "border_aligned"
+    # (full windows, logits averaged), "unimatch" (UniMatch's: cut-short border windows, softmax summed)
+    # or "unimatch_v2" (UniMatch V2's: full border-aligned windows, softmax summed)
+    sliding_protocol: Literal["border_aligned", "unimatch", "unimatch_v2"] = "border_aligned"
+    # Whole-image evaluation: resize each image to the nearest multiple of this (bilinear,
+    # align_corners=True) and the prediction back, as UniMatch V2 does for its ViTs (14); null: as is
+    size_multiple: int | None = None
     batch_size: int = 1
     every: int = 1  # in epochs; the end of training is always evaluated
     # Which model training scores: the student, the EMA teacher (U2PL reports the teacher), or
@@ -322,6 +348,8 @@ class EvalConfig:
         _check(0.0 < self.stride_ratio <= 1.0, f"{prefix}.stride_ratio", "must be in (0, 1]")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
         _check(self.every >= 1, f"{prefix}.every", "must be >= 1")
+        if self.size_multiple is not None:
+            _check(self.size_multiple >= 1, f"{prefix}.size_multiple", "must be >= 1 (or null)")
 
     def stride(self, window: int) -> int:
         # UniMatch's int(crop * 2 / 3): 801 * (2/3) is 533.99999... in floating point, 534 for it
@@ -364,6 +392,11 @@ class Config:
         self.eval.validate("eval")
         _check(self.eval.model != "teacher" or self.method.has_teacher, "eval.model",
                f"method '{self.method.label}' trains no teacher; use 'student' (or 'both')")
+        if self.model.is_vit:
+            _check(self.data.crop_size % VIT_PATCH == 0, "data.crop_size",
+                   f"is {self.data.crop_size}, but {self.model.backbone} cuts images into {VIT_PATCH}x{VIT_PATCH} "
+                   f"patches and would drop the remainder: use a multiple of {VIT_PATCH} (UniMatch V2: 518 on VOC, "
+                   f"798 on Cityscapes)")
         # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
         # sample per rank that partner is the image itself and CutMix silently does nothing.
         _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),

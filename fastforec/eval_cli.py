@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     crop = cfg.data.crop_size
     result = evaluate(model, val, num_classes=manifest.num_classes, ignore_index=manifest.ignore_index, mode=mode,
                       window=crop, stride=cfg.eval.stride(crop), device=dist.device,
-                      protocol=cfg.eval.sliding_protocol,
+                      protocol=cfg.eval.sliding_protocol, size_multiple=cfg.eval.size_multiple,
                       autocast=autocast_context(cfg.deepspeed, dist.device))
     if dist.is_main:
         protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""

@@ -22,9 +22,12 @@ FUSED_SGD_DEVICES = frozenset({"cuda"})
 
 
 def param_groups(model: Segmentor, cfg: OptimConfig) -> list[dict]:
+    # frozen parameters (DPT's never-used refinenet4 unit) stay out of the optimizer, so that no
+    # weight decay moves them
     head = {id(p) for p in model.head_parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head]
-    heads = [p for p in model.parameters() if id(p) in head]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    backbone = [p for p in trained if id(p) not in head]
+    heads = [p for p in trained if id(p) in head]
     return [{"params": backbone, "lr": cfg.lr, "name": "backbone"},
             {"params": heads, "lr": cfg.lr * cfg.head_lr_mult, "name": "heads"}]
 

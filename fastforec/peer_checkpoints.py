@@ -16,6 +16,10 @@ What the sources save (read from their code):
   (pooling: ``.1`` conv, ``.2`` BN) .. ``conv5``, ``decoder.head``, ``decoder.classifier.0``..``8``;
   its contrastive ``decoder.representation`` and deep-supervision ``auxor`` heads serve training
   only and are listed as unused, never silently dropped.
+- UniMatch V2 (LiheYoung/UniMatch-V2): ``{'model': ..., 'model_ema': ..., 'optimizer': ..., ...}``
+  with ``module.`` prefixes; its published numbers are the EMA model's (here: the teacher, the
+  default). Network: ``backbone.*`` (DINOv2, timm's names; ``mask_token`` unused), ``head.*``
+  (the DPT head, models/dpt.py, names kept).
 
 Every tensor of the network must come from the file with the shape the model has, and every
 tensor of the file must be used or listed with the reason it is not: otherwise the load is
@@ -34,8 +38,9 @@ from rich.table import Table
 
 from fastforec.checkpoint_files import CheckpointError, safe_load
 from fastforec.checkpoint_spec import PEER_SOURCES, PeerSource, split_spec
-from fastforec.config import BACKBONES, Config
+from fastforec.config import VIT_PATCH, Config, ConfigError
 from fastforec.models.backbones import BACKBONE_LAYOUTS, Layout, layout_of
+from fastforec.models.vit import VIT_SPECS
 
 DDP_PREFIX = "module."
 # Which entry of the saved dict holds which weights; the first is the default. U2PL reports its
@@ -43,12 +48,20 @@ DDP_PREFIX = "module."
 CONTAINERS: dict[str, dict[str, str]] = {
     "unimatch": {"student": "model"},
     "u2pl": {"teacher": "teacher_state", "student": "model_state"},
+    "unimatch_v2": {"teacher": "model_ema", "student": "model"},
 }
 # A key that tells the source apart from the other (after DDP prefixes are removed).
-SIGNATURES = {"unimatch": "head.b0.0.weight", "u2pl": "decoder.low_conv.0.weight"}
-# The decoder that builds each source's network (models/deeplab.py).
-DECODER_OF = {"unimatch": "unimatch", "u2pl": "u2pl"}
-SOURCE_NAMES = {"unimatch": "UniMatch (LiheYoung/UniMatch)", "u2pl": "U2PL (Haochen-Wang409/U2PL)"}
+SIGNATURES = {"unimatch": "head.b0.0.weight", "u2pl": "decoder.low_conv.0.weight",
+              "unimatch_v2": "head.scratch.output_conv.2.weight"}
+# The decoder that builds each source's network (models/deeplab.py, models/dpt.py).
+DECODER_OF = {"unimatch": "unimatch", "u2pl": "u2pl", "unimatch_v2": "dpt"}
+SOURCE_NAMES = {"unimatch": "UniMatch (LiheYoung/UniMatch)", "u2pl": "U2PL (Haochen-Wang409/U2PL)",
+                "unimatch_v2": "UniMatch V2 (LiheYoung/UniMatch-V2)"}
+# The segmentation classifier in fastforec names (its output channels are the classes).
+DEEPLAB_CLASSIFIER = "seg_head.classifier.weight"
+CLASSIFIER_KEY = {"unimatch": DEEPLAB_CLASSIFIER, "u2pl": DEEPLAB_CLASSIFIER,
+                  "unimatch_v2": "seg_head.scratch.output_conv.2.weight"}
+ENCODER_PREFIX = "backbone.body."
 
 Rename = Callable[[re.Match[str]], str]
 # (pattern on the source's key, fastforec key). Sequential indices map one to one except where a
@@ -70,12 +83,17 @@ RULES: dict[str, list[tuple[str, str | Rename]]] = {
         (r"decoder\.classifier\.([0-7])\.(.+)", r"seg_head.fuse.\1.\2"),
         (r"decoder\.classifier\.8\.(.+)", r"seg_head.classifier.\1"),
     ],
+    "unimatch_v2": [
+        (r"backbone\.(.+)", r"backbone.body.\1"),
+        (r"head\.(.+)", r"seg_head.\1"),
+    ],
 }
 # Tensors of the file the segmentation network has no use for, with the reason.
 UNUSED: dict[str, list[tuple[str, str]]] = {
     "unimatch": [],
     "u2pl": [(r"decoder\.representation\.", "U2PL's contrastive representation head (a training loss only)"),
              (r"auxor\.", "U2PL's deep-supervision head on layer3 (a training loss only)")],
+    "unimatch_v2": [(r"backbone\.mask_token$", "DINOv2's mask token (its self-supervised pretraining only)")],
 }
 
 
@@ -93,21 +111,32 @@ class PeerWeights:
     @property
     def backbone(self) -> str:
         """The backbone whose layout the file's encoder has (a config name)."""
-        prefix = "backbone.body."
-        layout = layout_of({k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)})
-        fits = [n for n in BACKBONES if layout is not None and Layout(*BACKBONE_LAYOUTS[n]) == layout]
+        encoder = {k[len(ENCODER_PREFIX):]: v for k, v in self.state.items() if k.startswith(ENCODER_PREFIX)}
+        if self.source == "unimatch_v2":
+            return self._vit(encoder)
+        layout = layout_of(encoder)
+        fits = [n for n in BACKBONE_LAYOUTS if layout is not None and Layout(*BACKBONE_LAYOUTS[n]) == layout]
         if not fits:
             what = layout.describe() if layout else "no complete ResNet"
             raise CheckpointError(f"'{self.path}': its encoder is {what}, which no model.backbone here builds")
         return fits[0]
 
+    def _vit(self, encoder: dict[str, torch.Tensor]) -> str:
+        dim = int(encoder["cls_token"].shape[-1]) if "cls_token" in encoder else None
+        depth = len({k.split(".")[1] for k in encoder if k.startswith("blocks.")})
+        fits = [n for n, s in VIT_SPECS.items() if (s.embed_dim, s.depth) == (dim, depth)]
+        if not fits:
+            raise CheckpointError(f"'{self.path}': its encoder is a ViT of width {dim} and {depth} blocks, which no "
+                                  f"model.backbone here builds ({', '.join(VIT_SPECS)})")
+        return fits[0]
+
     @property
     def num_classes(self) -> int:
-        return int(self.state["seg_head.classifier.weight"].shape[0])
+        return int(self.state[CLASSIFIER_KEY[self.source]].shape[0])
 
     @property
     def decoder_channels(self) -> int:
-        return int(self.state["seg_head.classifier.weight"].shape[1])
+        return int(self.state[CLASSIFIER_KEY[self.source]].shape[1])
 
 
 def _strip_ddp(state: dict[str, Any]) -> dict[str, Any]:
@@ -191,9 +220,9 @@ def read_peer_checkpoint(spec: str | Path, *, weights: str | None = None) -> Pee
                               f"write --checkpoint {found}:{path}")
     chosen, state = select_weights(raw, source, path, weights)
     mapped, unused, unmapped = to_fastforec(state, source)
-    if "seg_head.classifier.weight" not in mapped:
+    if CLASSIFIER_KEY[source] not in mapped:
         raise CheckpointError(f"'{path}': no segmentation classifier in the {chosen} weights; is it a "
-                              f"{SOURCE_NAMES[source]} DeepLabV3+ checkpoint?")
+                              f"{SOURCE_NAMES[source]} checkpoint?")
     return PeerWeights(source=source, path=path, weights=chosen, state=mapped, unused=unused, unmapped=unmapped)
 
 
@@ -217,9 +246,17 @@ def peer_config(cfg: Config, peer: PeerWeights) -> Config:
     file's layout, its decoder width (output stride and everything else stay the recipe's)."""
     cfg.model.decoder = DECODER_OF[peer.source]  # type: ignore[assignment]
     cfg.model.backbone = peer.backbone  # type: ignore[assignment]
-    cfg.model.decoder_channels = peer.decoder_channels
+    if not cfg.model.is_vit:  # DPT's widths follow the ViT size
+        cfg.model.decoder_channels = peer.decoder_channels
     cfg.model.backbone_width = 1.0
     cfg.model.pretrained = None  # every weight comes from the checkpoint
+    if peer.source == "unimatch_v2":  # its evaluate(..., multiplier=14) and sliding window, whatever the recipe
+        cfg.eval.size_multiple = VIT_PATCH
+        cfg.eval.sliding_protocol = "unimatch_v2"
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the config given with the {SOURCE_NAMES[peer.source]} checkpoint '{peer.path}')") from None
     return cfg
 
 

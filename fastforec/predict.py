@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     for path in list_inputs(Path(args.input)):
         image = load_image(path).to(device)
         pred = predict(model, image, mode=mode, num_classes=dataset["num_classes"], window=crop,
-                       stride=cfg.eval.stride(crop), protocol=cfg.eval.sliding_protocol)[0].cpu().numpy()
+                       stride=cfg.eval.stride(crop), protocol=cfg.eval.sliding_protocol,
+                       size_multiple=cfg.eval.size_multiple)[0].cpu().numpy()
         mask = colourise(pred, dataset["palette"])
         atomic_write_bytes(out / f"{path.stem}.png", png_bytes(mask))
         atomic_write_bytes(out / f"{path.stem}_overlay.png", png_bytes(overlay(image, mask)))

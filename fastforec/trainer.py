@@ -388,7 +388,7 @@ class Trainer:
         for name in names:
             with self.console.evaluation(name=name, images=images) as bar:
                 result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
-                                  protocol=self.cfg.eval.sliding_protocol, ignore_index=self.manifest.ignore_index,
+                                  protocol=self.cfg.eval.sliding_protocol, size_multiple=self.cfg.eval.size_multiple, ignore_index=self.manifest.ignore_index,
                                   mode=mode, window=crop, stride=self.cfg.eval.stride(crop), device=self.device,
                                   autocast=self.autocast, on_batch=bar.advance)
             self.sec_per_eval = bar.seconds

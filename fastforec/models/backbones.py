@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fastforec.checkpoint_files import NOT_TENSORS, first_line, refused_pickle
-from fastforec.config import BACKBONES, BackboneName
+from fastforec.config import BACKBONES, BackboneName  # noqa: F401 (re-exported)
 from fastforec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,8 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, *, name: BackboneName, output_stride: int, width: float = 1.0, maxpool_ceil: bool = False):
         super().__init__()
-        if name not in BACKBONES:
-            raise ValueError(f"backbone '{name}' is not supported; choose one of {', '.join(BACKBONES)}")
+        if name not in BACKBONE_LAYOUTS:
+            raise ValueError(f"backbone '{name}' is not a ResNet; choose one of {', '.join(BACKBONE_LAYOUTS)}")
         if width <= 0:
             raise ValueError(f"backbone width must be > 0, got {width}")
         self.name = name
@@ -255,7 +255,7 @@ class ResNetBackbone(nn.Module):
         if file_layout is not None and file_layout != own_layout:
             fits = [n for n, lay in BACKBONE_LAYOUTS.items() if Layout(*lay) == file_layout]
             advice = (f"set model.backbone={fits[0]}" if fits else
-                      f"no backbone here has that layout (choose among {', '.join(BACKBONES)})")
+                      f"no backbone here has that layout (choose among {', '.join(BACKBONE_LAYOUTS)})")
             raise PretrainedError(f"'{path}' holds {file_layout.describe()}; the backbone '{self.name}' is "
                                   f"{own_layout.describe()}: {advice}")
         for k, v in matched.items():
@@ -278,12 +278,17 @@ class ResNetBackbone(nn.Module):
         log.info("loaded %d tensors from %s (%s); missing %d, unexpected %d", len(matched), path, naming,
                  len(missing), len(unexpected))
         if show:
-            console = Console(stderr=True)
-            source = str(spec) if str(path) == str(spec) else f"{spec} -> {path}"
-            console.print(f"pretrained backbone weights: {source} ({naming})", soft_wrap=True, markup=False,
-                          highlight=False)
-            console.print(load_table(len(matched), missing, unexpected))
+            show_load(spec, path, naming, len(matched), missing, unexpected)
         return missing, unexpected
+
+
+def show_load(spec: str | Path, path: Path, naming: str, loaded: int, missing: list[str],
+              unexpected: list[str]) -> None:
+    """Print where pretrained weights came from and the loaded / missing / unexpected table."""
+    console = Console(stderr=True)
+    source = str(spec) if str(path) == str(spec) else f"{spec} -> {path}"
+    console.print(f"pretrained backbone weights: {source} ({naming})", soft_wrap=True, markup=False, highlight=False)
+    console.print(load_table(loaded, missing, unexpected))
 
 
 def load_table(loaded: int, missing: list[str], unexpected: list[str]) -> Table:

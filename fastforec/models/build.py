@@ -5,15 +5,22 @@ from __future__ import annotations
 from typing import Literal
 
 from fastforec.config import ModelConfig
-from fastforec.models.deeplab import DeepLabV3Plus, deeplabv3plus
+from fastforec.models.deeplab import deeplabv3plus
+from fastforec.models.dpt import dpt
+from fastforec.models.segmentor import Segmentor
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, reconstruction: Literal["rgb", "fgbg"] | None,
-                with_pretrained: bool = False, show_pretrained: bool = True) -> DeepLabV3Plus:
-    """The network ``cfg`` describes. ``with_pretrained`` loads ``cfg.pretrained`` into the
-    backbone (training only: evaluation and export take every weight from a checkpoint)."""
+                with_pretrained: bool = False, show_pretrained: bool = True) -> Segmentor:
+    """The network ``cfg`` describes: DPT on a DINOv2 ViT, or DeepLabV3+ on a ResNet.
+    ``with_pretrained`` loads ``cfg.pretrained`` into the backbone (training only: evaluation and
+    export take every weight from a checkpoint)."""
+    pretrained = cfg.pretrained if with_pretrained else None
+    if cfg.is_vit:
+        return dpt(backbone=cfg.backbone, num_classes=num_classes, reconstruction=reconstruction, pretrained=pretrained,
+                   backbone_width=cfg.backbone_width, activation_checkpointing=cfg.activation_checkpointing,
+                   show_pretrained=show_pretrained)
     return deeplabv3plus(backbone=cfg.backbone, num_classes=num_classes, output_stride=cfg.output_stride,
-                         decoder=cfg.decoder, reconstruction=reconstruction,
-                         pretrained=cfg.pretrained if with_pretrained else None,
+                         decoder=cfg.decoder, reconstruction=reconstruction, pretrained=pretrained,
                          decoder_channels=cfg.decoder_channels, backbone_width=cfg.backbone_width,
                          show_pretrained=show_pretrained)
