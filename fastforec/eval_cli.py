@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     dist = init_distributed(args.local_rank)
     model, own, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=given)
-    cfg = given or with_overrides(own, args.overrides)
+    # a peer's checkpoint comes with the given recipe plus its source's network and protocol
+    cfg = own if dataset.get("source") else given or with_overrides(own, args.overrides)
     if given is None:
         cfg.model.pretrained = None
         cfg.check_paths()

@@ -67,7 +67,8 @@ def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.
                               f"was trained on")
     dataset = {"kind": manifest.dataset, "num_classes": manifest.num_classes,
                "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette],
-               "weights": peer.weights}  # which of the file's networks (U2PL: its teacher by default)
+               "weights": peer.weights,  # which of the file's networks (U2PL: its teacher by default)
+               "source": peer.source}  # cfg is the given recipe with the source's network and protocol
     model = build_model(cfg.model, num_classes=peer.num_classes, reconstruction=None)
     table = load_into(model, peer)
     Console(stderr=True).print(table)

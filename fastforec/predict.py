@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     given = load_config(args.config, args.overrides) if args.config else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=device, config=given)
-    if given is not None:
+    if given is not None and not dataset.get("source"):  # a peer's cfg is already the recipe's
         cfg.eval = given.eval  # the recipe's protocol; the network stays the checkpoint's
         cfg.data.crop_size = given.data.crop_size
     else:

@@ -53,7 +53,8 @@ def _row(name: str, cfg: Config) -> list[str]:
     split = cfg.recipe.split or "-"
     labeled = str(labeled_count(split)) if cfg.recipe.split else "-"
     return [f"`{name}`", m.label, f"{cfg.recipe.dataset}", f"`{split}`", labeled,
-            f"{cfg.model.backbone} OS{cfg.model.output_stride} {cfg.model.decoder}", loss, f"{m.conf_thresh:g}",
+            (f"{cfg.model.backbone} {cfg.model.decoder}" if cfg.model.is_vit else
+             f"{cfg.model.backbone} OS{cfg.model.output_stride} {cfg.model.decoder}"), loss, f"{m.conf_thresh:g}",
             str(cfg.data.crop_size), f"{cfg.data.batch_size} x {ga}", f"{o.lr:g} (x{o.head_lr_mult:g})",
             f"{o.weight_decay:g}", str(cfg.train.epochs), ev, published]
 

@@ -24,6 +24,12 @@ FOREC = {"voc_classic_92": 71.0, "voc_classic_183": 74.7, "voc_classic_366": 77.
 UNIMATCH = {"unimatch_voc_classic_92": 75.2, "unimatch_voc_classic_183": 77.2, "unimatch_voc_classic_366": 78.8,
             "unimatch_voc_classic_732": 79.9, "unimatch_voc_classic_1464": 81.2, "unimatch_cityscapes_1_16": 76.6,
             "unimatch_cityscapes_1_8": 77.9, "unimatch_cityscapes_1_4": 79.2, "unimatch_cityscapes_1_2": 79.5}
+# UniMatch V2's README @ 12469da (DINOv2-Base; it reports no other size)
+UNIMATCH_V2 = {"unimatch_v2_vitb_voc_classic_92": 86.3, "unimatch_v2_vitb_voc_classic_183": 87.9,
+               "unimatch_v2_vitb_voc_classic_366": 88.9, "unimatch_v2_vitb_voc_classic_732": 90.0,
+               "unimatch_v2_vitb_voc_classic_1464": 90.8, "unimatch_v2_vitb_cityscapes_1_16": 83.6,
+               "unimatch_v2_vitb_cityscapes_1_8": 84.3, "unimatch_v2_vitb_cityscapes_1_4": 84.5,
+               "unimatch_v2_vitb_cityscapes_1_2": 85.1}
 CITYSCAPES_LABELED = {"1_30": 100, "1_16": 186, "1_8": 372, "1_4": 744, "1_2": 1488}
 VOC_BLENDER_LABELED = {"1_16": 662, "1_8": 1323, "1_4": 2646}
 
@@ -37,12 +43,13 @@ def test_docs_tables_are_generated_from_the_configs() -> None:
 
 def test_every_recipe_names_its_source_split_and_number() -> None:
     found = recipes.recipes()
-    assert set(FOREC) | set(UNIMATCH) <= set(found)
+    assert set(FOREC) | set(UNIMATCH) | set(UNIMATCH_V2) <= set(found)
     for name, cfg in found.items():
         assert cfg.train.name == name  # a run directory per recipe, named after its file
         assert cfg.recipe.dataset in recipes.PREPARE, name
         assert (REPO / cfg.recipe.split / "labeled.txt").is_file(), name
-        assert cfg.recipe.published_miou == {**FOREC, **UNIMATCH}.get(name.replace("unimatch_forec_", "-")), name
+        assert cfg.recipe.published_miou == {**FOREC, **UNIMATCH, **UNIMATCH_V2}.get(
+            name.replace("unimatch_forec_", "-").replace("unimatch_v2_forec_", "-")), name
         # the number of labeled images the name promises is what the split holds
         suffix = name.rsplit("_", 2)
         count = recipes.labeled_count(cfg.recipe.split)
@@ -56,7 +63,7 @@ def test_every_recipe_names_its_source_split_and_number() -> None:
 
 def test_unimatch_recipes_are_unimatchs_settings() -> None:
     for name, cfg in recipes.recipes().items():
-        if not name.startswith("unimatch_"):
+        if not name.startswith("unimatch_") or name.startswith("unimatch_v2_"):
             continue
         assert (cfg.method.base_name, cfg.model.decoder, cfg.model.output_stride) == ("unimatch", "unimatch", 16)
         assert (cfg.optim.weight_decay, cfg.optim.poly_power, cfg.method.fp_dropout) == (1e-4, 0.9, 0.5)
@@ -76,6 +83,38 @@ def test_unimatch_recipes_are_unimatchs_settings() -> None:
             # crop 321 on UniMatch's own lists, 513 on U2PL's blended ones
             assert cfg.data.crop_size == (513 if re.search(r"blender_\d+$", name) else 321), name
         assert cfg.method.aux_name == ("forec" if name.startswith("unimatch_forec_") else "none")
+
+
+V2_SIZES = {"vits": ("dinov2_vits14", "dinov2_small.pth"), "vitb": ("dinov2_vitb14", "dinov2_base.pth"),
+            "vitl": ("dinov2_vitl14", "dinov2_large.pth")}
+
+
+def test_unimatch_v2_recipes_are_unimatch_v2s_settings() -> None:
+    found = {n: c for n, c in recipes.recipes().items() if n.startswith("unimatch_v2_")}
+    # every size on every split, with and without FOrec: 3 x (5 VOC + 4 Cityscapes) x 2
+    assert len(found) == 54
+    for name, cfg in found.items():
+        m, o = cfg.method, cfg.optim
+        size = re.search(r"_(vit[sbl])_", name)[1]
+        assert (cfg.model.backbone, cfg.model.decoder, cfg.model.pretrained) == (
+            V2_SIZES[size][0], "dpt", f"pretrained/{V2_SIZES[size][1]}")
+        assert (m.base_name, m.conf_thresh, m.ema_decay, m.comp_drop_keep, m.lambda_u) == ("unimatch_v2", 0.95, 0.996,
+                                                                                          0.5, 1.0)
+        assert (o.name, o.lr, o.head_lr_mult, o.betas, o.weight_decay, o.poly_power) == (
+            "adamw", 5e-6, 40, [0.9, 0.999], 0.01, 0.9)
+        assert (cfg.eval.model, cfg.eval.size_multiple) == ("teacher", 14)  # the published numbers are the EMA's
+        assert cfg.recipe.source.startswith("LiheYoung/UniMatch-V2 @ 70fe066")
+        assert m.aux_name == ("forec" if "_forec_" in name else "none")
+        ga = cfg.deepspeed["gradient_accumulation_steps"]
+        if "cityscapes" in name:
+            assert (cfg.data.crop_size, cfg.data.batch_size * ga, cfg.train.epochs) == (798, 2 * 4, 180)
+            assert (cfg.loss.labeled, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept) == ("ohem", 0.7, 200000)
+            assert (cfg.eval.mode, cfg.eval.sliding_protocol) == ("sliding", "unimatch_v2")
+            assert cfg.recipe.split.startswith("splits/unimatch/cityscapes/")
+        else:
+            assert (cfg.data.crop_size, cfg.data.batch_size * ga, cfg.train.epochs) == (518, 4 * 4, 60)
+            assert (cfg.loss.labeled, cfg.eval.mode) == ("ce", "whole")
+            assert cfg.recipe.split.startswith("splits/u2pl/pascal/")
 
 
 def test_forec_recipes_are_the_papers_settings() -> None:

@@ -241,14 +241,6 @@ def miou(preds: list[np.ndarray], labels: list[np.ndarray], num_classes: int) ->
 # fixtures
 
 
-@pytest.fixture(scope="module")
-def city_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.shard_sets import make_shards
-
-    return make_shards(tmp_path_factory.mktemp("city"), layout="cityscapes", num_train=4, num_labeled=2, num_val=2,
-                       size=(64, 128), seed=1)
-
-
 def _save(path: Path, source: str, state: dict, *, ddp: bool = True, container: bool = True) -> Path:
     named = {("module." if ddp else "") + k: v for k, v in state.items()}
     if not container:
