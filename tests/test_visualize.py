@@ -15,8 +15,8 @@ from PIL import Image
 
 from fastforec.checkpoint_files import save_checkpoint
 from fastforec.cli import main
-from fastforec.config import Config, ModelConfig, MethodConfig
-from fastforec.models import deeplabv3plus
+from fastforec.config import Config, DataConfig, ModelConfig, MethodConfig
+from fastforec.models import build_model, deeplabv3plus
 from fastforec.visualize.curves import read_metrics, series
 from fastforec.visualize.figure import DPI
 from fastforec.visualize.latent import PANEL_INCHES
@@ -111,6 +111,31 @@ def test_latent_channels_recombine_into_the_reconstruction(checkpoints: dict, im
                 direct = model(image)
             torch.testing.assert_close(rec, direct["rec"], atol=1e-5, rtol=1e-5)
             assert np.array_equal(arrays[f"c{g}_i{i}_seg"], direct["seg"][0].argmax(0).numpy())
+
+
+def test_latent_images_of_a_dpt_checkpoint(images: list[Path], tmp_path: Path) -> None:
+    """UniMatch V2's DPT: the auxiliary head is a DPT head with 3 outputs, its latent image the map
+    entering the last 1x1 conv (at 8/14 of the input)."""
+    torch.manual_seed(5)
+    cfg = Config(data=DataConfig(crop_size=518),
+                 model=ModelConfig(backbone="dinov2_vits14", decoder="dpt", backbone_width=0.25),
+                 method=MethodConfig(name="forec", base="unimatch_v2"))
+    model = build_model(cfg.model, num_classes=NUM_CLASSES, reconstruction="rgb").eval()
+    save_checkpoint({"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
+                     "teacher": None, "dataset": {"num_classes": NUM_CLASSES, "palette": PALETTE,
+                                                  "class_names": [f"c{i}" for i in range(6)]}}, tmp_path / "v2.pt")
+    out = tmp_path / "fig.png"
+    assert main(["visualize", "latent", "--checkpoint", str(tmp_path / "v2.pt"), "--input", str(images[0]),
+                 "--out", str(out), "--channels", str(CHANNELS)]) == 0
+    arrays = np.load(out.with_suffix(".npz"))
+    latent = torch.from_numpy(arrays["c0_i0_latent"])[None]
+    image = _load(images[0])
+    assert latent.shape[-2:] == (8 * (image.shape[-2] // 14), 8 * (image.shape[-1] // 14))
+    weight, bias = torch.from_numpy(arrays["c0_weight"]), torch.from_numpy(arrays["c0_bias"])
+    recombined = F.interpolate(F.conv2d(latent, weight[:, :, None, None], bias), size=image.shape[-2:],
+                               mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        torch.testing.assert_close(recombined, model(image)["rec"], atol=1e-5, rtol=1e-5)
 
 
 def test_variance_selection_ranks_by_activation_variance(checkpoints: dict, images: list[Path],
