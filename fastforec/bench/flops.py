@@ -4,6 +4,7 @@ count as zero), so MFU means *model* FLOP utilisation."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -48,7 +49,9 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     b, crop = cfg.data.batch_size, cfg.data.crop_size
     semi = m.uses_unlabeled
     with torch.device("meta"):
-        student = build_model(cfg.model, num_classes=num_classes, reconstruction=m.reconstruction)
+        # the model's FLOPs, not activation checkpointing's recomputation (MFU's convention)
+        model_cfg = dataclasses.replace(cfg.model, activation_checkpointing=False)
+        student = build_model(model_cfg, num_classes=num_classes, reconstruction=m.reconstruction)
         teacher = student.segmentation_copy().eval() if m.has_teacher else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
         strong = torch.empty(m.strong_views * b, 3, crop, crop)

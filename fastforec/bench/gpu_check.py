@@ -23,10 +23,13 @@ Sections, each a table and a key of the JSON file:
   channels_last, cuDNN autotuning and torch.compile off and on; then the same step through
   DeepSpeed ZeRO-2 with the ``torch_autocast`` block and with the ``bf16`` block. Each row also
   counts the host synchronisations of one step (PyTorch's CUDA sync debug mode).
+- ``vit_step``: a UniMatch V2 step on DINOv2 ViT-B and ViT-L at crop 518, 4 labeled + 4
+  unlabeled (its VOC setting), bf16 autocast, SDPA attention, ZeRO-1, with and without activation
+  checkpointing: samples/s, MFU, peak memory (does ViT-L fit an 80 GB GPU?).
 - ``dali``: the DALI training pipeline on the GPU when DALI is importable.
 
 ``--dry-run`` runs every section on the CPU with small shapes (Triton through its interpreter,
-ResNet-18 at crop 64); what cannot run there says so. The test suite runs it.
+ResNet-18 at crop 32, a quarter-width ViT-S at crop 28); what cannot run there says so. The test suite runs it.
 """
 
 from __future__ import annotations
@@ -439,7 +442,9 @@ def count_host_syncs(fn: Callable[[], Any], device: Any) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
+def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, dist: Any,
+                 peak_flops: float) -> dict[str, Any]:
+    """samples/s, MFU, peak memory and host syncs of ``cfg``'s training step on in-memory batches."""
     import torch
 
     from fastforec.bench.flops import model_step_flops
@@ -448,30 +453,35 @@ def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> d
     from fastforec.trainer import Trainer
 
     device = dist.device
-    cfg = _step_config(sizes, v)
-    batches = [synthetic_batch(sizes.batch, sizes.crop, NUM_CLASSES, device=device, seed=s) for s in range(2)]
+    views = cfg.method.strong_views
+    batches = [synthetic_batch(batch, crop, NUM_CLASSES, device=device, seed=s, strong_views=views) for s in range(2)]
     data = InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData(batches))
-    flops_per_sample = model_step_flops(cfg, num_classes=NUM_CLASSES)["total"] / sizes.batch
+    flops_per_sample = model_step_flops(cfg, num_classes=NUM_CLASSES)["total"] / batch
     with tempfile.TemporaryDirectory(prefix="fastforec-gpu-check-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist, data=data)
         feed = lambda: data.train.next_batch()  # noqa: E731
         start = time.perf_counter()
-        run_steps(trainer, feed, sizes.warmup)
+        run_steps(trainer, feed, warmup)
         warmup_s = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        window = run_steps(trainer, feed, sizes.steps)
+        window = run_steps(trainer, feed, steps)
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         syncs = count_host_syncs(lambda: trainer.train_step(*feed()), device)
         del trainer
     _free(device)
     rate = window.samples_per_s
-    return {"variant": v.name, "precision": v.precision, "zero_stage": v.zero_stage,
-            "channels_last": v.channels_last, "cudnn_benchmark": v.cudnn_benchmark, "compile": v.compile,
-            "samples_per_s": rate, "step_ms": 1e3 * sizes.batch / rate, "warmup_s": warmup_s,
+    return {"samples_per_s": rate, "step_ms": 1e3 * batch / rate, "warmup_s": warmup_s,
             "skipped_steps": window.skipped, "flops_per_sample": flops_per_sample,
             "mfu": rate * flops_per_sample / peak_flops, "peak_memory_bytes": peak_mem,
             "host_syncs_per_step": syncs}
+
+
+def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
+    row = measure_step(_step_config(sizes, v), batch=sizes.batch, crop=sizes.crop, warmup=sizes.warmup,
+                       steps=sizes.steps, dist=dist, peak_flops=peak_flops)
+    return {"variant": v.name, "precision": v.precision, "zero_stage": v.zero_stage,
+            "channels_last": v.channels_last, "cudnn_benchmark": v.cudnn_benchmark, "compile": v.compile, **row}
 
 
 def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
@@ -484,6 +494,66 @@ def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     if dist.device.type == "cuda":
         out["targets"] = {"samples_per_s": TARGET_SAMPLES_PER_S, "mfu": TARGET_MFU,
                           "met": best["samples_per_s"] >= TARGET_SAMPLES_PER_S and best["mfu"] >= TARGET_MFU}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# UniMatch V2 on DINOv2
+
+
+@dataclass(frozen=True)
+class VitSizes:
+    backbones: tuple[str, ...]
+    width: float  # model.backbone_width: 1.0 is DINOv2's
+    crop: int
+    batch: int  # labeled = unlabeled images per step
+    warmup: int
+    steps: int
+
+
+# UniMatch V2's VOC setting: crop 518, 4 + 4 images per GPU
+VIT_FULL = VitSizes(backbones=("dinov2_vitb14", "dinov2_vitl14"), width=1.0, crop=518, batch=4, warmup=2, steps=5)
+VIT_DRY = VitSizes(backbones=("dinov2_vits14",), width=0.25, crop=28, batch=2, warmup=1, steps=1)
+TARGET_VIT_MEMORY_BYTES = 80 * 10 ** 9  # ViT-L at crop 518, 4 + 4 images per GPU, must fit an 80 GB GPU
+
+
+def _vit_config(sizes: VitSizes, backbone: str, checkpointing: bool) -> Any:
+    from fastforec.config import config_from_dict
+
+    return config_from_dict({
+        "data": {"root": "memory", "crop_size": sizes.crop, "batch_size": sizes.batch},
+        "model": {"backbone": backbone, "decoder": "dpt", "backbone_width": sizes.width, "sync_bn": False,
+                  "activation_checkpointing": checkpointing},
+        "method": {"name": "mean_teacher", "base": "unimatch_v2", "aux": "none", "conf_thresh": 0.0,
+                   "ema_decay": 0.996},
+        "optim": {"name": "adamw", "lr": 5e-6, "head_lr_mult": 40.0, "weight_decay": 0.01},
+        "train": {"name": "gpu_check_vit", "max_steps": MAX_STEPS},
+        "deepspeed": {"zero_optimization": {"stage": 1}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}}})
+
+
+def vit_step_section(sizes: VitSizes, dist: Any, peak_flops: float) -> dict[str, Any]:
+    """UniMatch V2 steps on DINOv2 (bf16 autocast, SDPA attention, ZeRO-1, AdamW), with and
+    without activation checkpointing; a row that runs out of memory says so instead of failing."""
+    import torch
+
+    rows = []
+    for backbone in sizes.backbones:
+        for checkpointing in (False, True):
+            row = {"backbone": backbone, "activation_checkpointing": checkpointing}
+            try:
+                row.update(measure_step(_vit_config(sizes, backbone, checkpointing), batch=sizes.batch,
+                                        crop=sizes.crop, warmup=sizes.warmup, steps=sizes.steps, dist=dist,
+                                        peak_flops=peak_flops))
+            except torch.OutOfMemoryError as e:
+                _free(dist.device)
+                row.update({"out_of_memory": str(e).splitlines()[0], "skipped_steps": 0})
+            rows.append(row)
+    out = {"model": f"UniMatch V2 DPT, width {sizes.width:g}", "crop": sizes.crop, "batch_labeled": sizes.batch,
+           "batch_unlabeled": sizes.batch, "rows": rows}
+    large = [r for r in rows if r["backbone"] == "dinov2_vitl14" and r.get("peak_memory_bytes") is not None]
+    if large:
+        out["vitl_fits_80gb"] = {("checkpointing" if r["activation_checkpointing"] else "plain"):
+                                 r["peak_memory_bytes"] <= TARGET_VIT_MEMORY_BYTES for r in large}
     return out
 
 
@@ -561,6 +631,19 @@ def _print_tables(result: dict[str, Any]) -> None:
         table.add_row(r["variant"], f"{r['samples_per_s']:.2f}", f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%",
                       mem, syncs, f"{r['warmup_s']:.1f}")
     print_rich(table)
+    v = result["vit_step"]
+    table = Table(title=f"training step: {v['model']}, crop {v['crop']}, {v['batch_labeled']} labeled + "
+                        f"{v['batch_unlabeled']} unlabeled, bf16 autocast, ZeRO-1")
+    for col in ("backbone", "checkpointing", "samples/s", "ms/step", "MFU", "peak GiB"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for r in v["rows"]:
+        if "out_of_memory" in r:
+            table.add_row(r["backbone"], str(r["activation_checkpointing"]), "out of memory", "-", "-", "-")
+            continue
+        mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2 ** 30:.1f}"
+        table.add_row(r["backbone"], str(r["activation_checkpointing"]), f"{r['samples_per_s']:.2f}",
+                      f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%", mem)
+    print_rich(table)
     for note in k["notes"] + s["notes"]:
         print_rich(f"note: {note}")
     d = result["dali"]
@@ -618,11 +701,13 @@ def run(args: argparse.Namespace) -> int:
     result["kernels"] = timed("kernels", lambda: kernel_section(device, sizes, result["ceilings"]["copy_gbps"]))
     peak = result["ceilings"]["bf16_matmul_tflops"] * TERA
     result["step"] = timed("step", lambda: step_section(sizes, dist, peak))
+    result["vit_step"] = timed("vit_step", lambda: vit_step_section(VIT_DRY if dry_run else VIT_FULL, dist, peak))
     result["dali"] = timed("dali", lambda: dali_section(device, dry_run))
     result["section_seconds"] = timings
     result["elapsed_s"] = time.perf_counter() - start
     result["within_budget"] = result["elapsed_s"] <= BUDGET_S
-    result["ok"] = result["kernels"]["all_ok"] and all(r["skipped_steps"] == 0 for r in result["step"]["rows"])
+    result["ok"] = result["kernels"]["all_ok"] and all(r["skipped_steps"] == 0 for r in
+                                                       result["step"]["rows"] + result["vit_step"]["rows"])
     _print_tables(result)
     if args.json_out:
         from fastforec.atomic import atomic_write_json

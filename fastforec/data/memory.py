@@ -34,8 +34,10 @@ def memory_manifest(num_classes: int, *, dataset: str = "memory") -> Manifest:
                     ignore_index=IGNORE_INDEX, foreground_classes=tuple(range(1, num_classes)), splits={})
 
 
-def synthetic_batch(batch: int, crop: int, num_classes: int, *, device: torch.device, seed: int) -> Batch:
-    """Random images and labels in the trainer's batch format (for timing, not learning)."""
+def synthetic_batch(batch: int, crop: int, num_classes: int, *, device: torch.device, seed: int,
+                    strong_views: int = 1) -> Batch:
+    """Random images and labels in the trainer's batch format (for timing, not learning);
+    ``strong_views=2`` adds the second strong view and its box (UniMatch, UniMatch V2)."""
     gen = torch.Generator().manual_seed(seed)
     border = max(1, int(crop * BORDER_FRACTION))
     label = torch.randint(0, num_classes, (batch, crop, crop), generator=gen)
@@ -48,6 +50,8 @@ def synthetic_batch(batch: int, crop: int, num_classes: int, *, device: torch.de
     box[::2, :side, :side] = True
     labeled = {"image": torch.rand(batch, 3, crop, crop, generator=gen), "label": label}
     unlabeled = {"weak": weak, "strong": (weak * 0.8 + 0.1), "valid": valid, "box": box}
+    if strong_views == 2:
+        unlabeled.update(strong2=weak * 0.6 + 0.2, box2=box.flip(0))
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     return move(labeled), move(unlabeled)
 

@@ -58,9 +58,18 @@ def test_dry_run_covers_every_section(tmp_path: Path) -> None:
     assert any(n.startswith("compile: skipped") for n in step["notes"])
     assert any(n.startswith("cudnn_benchmark: skipped") for n in step["notes"])
 
+    # UniMatch V2 on a (quarter-width) DINOv2, with and without activation checkpointing
+    vit = r["vit_step"]
+    assert [(x["backbone"], x["activation_checkpointing"]) for x in vit["rows"]] == [
+        ("dinov2_vits14", False), ("dinov2_vits14", True)]
+    for x in vit["rows"]:
+        assert x["samples_per_s"] > 0 and x["flops_per_sample"] > 0 and x["skipped_steps"] == 0
+    # recomputing the blocks adds forward FLOPs the counter does not see: the counted FLOPs are the same
+    assert vit["rows"][0]["flops_per_sample"] == vit["rows"][1]["flops_per_sample"]
+
     dali = r["dali"]
     assert ("skipped" in dali) or (dali["samples_per_s"] > 0 and dali["device"] == "cpu")
-    assert set(r["section_seconds"]) == {"ceilings", "kernels", "step", "dali"}
+    assert set(r["section_seconds"]) == {"ceilings", "kernels", "step", "vit_step", "dali"}
     assert "Triton kernels vs fp64" in proc.stdout and "ZeRO-2, bf16 block" in proc.stdout
 
 
