@@ -190,3 +190,13 @@ def test_timm_blocks_use_scaled_dot_product_attention() -> None:
     model = dpt(backbone="dinov2_vits14", num_classes=3, reconstruction=None, backbone_width=0.25)
     assert all(block.attn.fused_attn for block in model.backbone.body.blocks)
     assert timm.layers.use_fused_attn()
+
+
+def test_parameter_counts_are_the_ones_unimatch_v2_logs() -> None:
+    """Its training log for DINOv2-Base on Pascal prints 'Total params: 97.5M', 'Encoder params:
+    86.6M', 'Decoder params: 10.9M' (count_params in millions, one decimal; its encoder also
+    holds the 768 values of the unused mask token)."""
+    with torch.device("meta"):
+        model = dpt(backbone="dinov2_vitb14", num_classes=21, reconstruction=None)
+    millions = lambda m: round(sum(p.numel() for p in m.parameters()) / 1e6, 1)  # noqa: E731
+    assert (millions(model), millions(model.backbone), millions(model.seg_head)) == (97.5, 86.6, 10.9)
