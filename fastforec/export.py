@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "safetensors":
         write_safetensors(model, meta, out)
     else:
-        write_onnx(model, meta, out)
+        write_onnx(model, meta, out, vit_size=cfg.data.crop_size)
     params = sum(p.numel() for p in model.parameters())
     print(f"{ckpt} ({weights}, {params / 1e6:.1f} M parameters, {dataset['num_classes']} classes) -> {out} "
           f"({args.format}, {out.stat().st_size / 2 ** 20:.1f} MiB)")

@@ -26,8 +26,8 @@ from torch import nn
 
 from fastforec.atomic import atomic_path
 from fastforec.checkpoint_files import CheckpointError
-from fastforec.config import Config, config_from_dict
-from fastforec.models import DeepLabV3Plus, build_model
+from fastforec.config import VIT_PATCH, Config, config_from_dict
+from fastforec.models import DPT, Segmentor, build_model
 
 EXPORT_FORMAT = "fastforec-segmentation-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -42,7 +42,7 @@ IO_DOC = ("input 'image': RGB float32 in [0, 1], (batch, 3, height, width); outp
 class SegmentationLogits(nn.Module):
     """``x -> logits``: the dict-free forward that ONNX wants."""
 
-    def __init__(self, model: DeepLabV3Plus):
+    def __init__(self, model: Segmentor):
         super().__init__()
         self.model = model
 
@@ -55,22 +55,31 @@ def metadata(cfg: Config, dataset: dict[str, Any], weights: str, source: Path) -
             "config": json.dumps(cfg.to_dict()), "dataset": json.dumps(dataset)}
 
 
-def write_safetensors(model: DeepLabV3Plus, meta: dict[str, str], out: Path) -> None:
+def write_safetensors(model: Segmentor, meta: dict[str, str], out: Path) -> None:
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def write_onnx(model: DeepLabV3Plus, meta: dict[str, str], out: Path) -> None:
+def write_onnx(model: Segmentor, meta: dict[str, str], out: Path, *, vit_size: int | None = None) -> None:
+    """The network as an ONNX graph with a dynamic batch; the image size is dynamic too, except
+    for a ViT (DPT), whose graph takes ``vit_size`` x ``vit_size`` images: its position
+    embeddings are resampled per patch grid, which the exporter fixes at the traced size."""
     # lazy: onnx takes seconds to import and only this writer needs it, while every model load
     # (eval, predict, visualize) imports this module for read_export
     import onnx
 
     dim = torch.export.Dim
+    if isinstance(model, DPT):
+        if vit_size is None or vit_size % VIT_PATCH:
+            raise ValueError(f"a DPT export needs an image size that is a multiple of {VIT_PATCH}, got {vit_size}")
+        shape, dynamic = (2, 3, vit_size, vit_size), {"x": {0: dim("batch")}}
+    else:
+        shape, dynamic = TRACE_SHAPE, {"x": {0: dim("batch"), 2: dim("height"), 3: dim("width")}}
     program = torch.onnx.export(
-        SegmentationLogits(model).eval(), (torch.rand(*TRACE_SHAPE),), dynamo=True, opset_version=ONNX_OPSET,
+        SegmentationLogits(model).eval(), (torch.rand(*shape),), dynamo=True, opset_version=ONNX_OPSET,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False,
-        dynamic_shapes={"x": {0: dim("batch"), 2: dim("height"), 3: dim("width")}})
+        dynamic_shapes=dynamic)
     proto = program.model_proto
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -79,7 +88,7 @@ def write_onnx(model: DeepLabV3Plus, meta: dict[str, str], out: Path) -> None:
 
 
 def read_export(path: str | Path, *, weights: str | None = None,
-                device: torch.device | str = "cpu") -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+                device: torch.device | str = "cpu") -> tuple[Segmentor, Config, dict[str, Any]]:
     """(network in eval mode, run config, dataset info) from a ``fastforec export`` safetensors file.
     ``weights``, when given, must be the ones the file holds."""
     path = Path(path)

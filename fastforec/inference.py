@@ -15,7 +15,7 @@ from fastforec.checkpoint_spec import split_spec
 from fastforec.config import Config
 from fastforec.data.manifest import Manifest
 from fastforec.export_format import read_export
-from fastforec.models import DeepLabV3Plus, build_model
+from fastforec.models import Segmentor, build_model
 from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
 
 Weights = Literal["student", "teacher"]
@@ -23,7 +23,7 @@ SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
 
 
 def load_trained_model(path: str | Path, *, weights: Weights | None = "student", device: torch.device | str = "cpu",
-                       config: Config | None = None) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+                       config: Config | None = None) -> tuple[Segmentor, Config, dict[str, Any]]:
     """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint, a run
     dir, a ``fastforec export`` safetensors file, or a peer's trained checkpoint
     (``unimatch:best.pth``, ``u2pl:ckpt.pth``, or such a file alone; it needs ``config``).
@@ -51,7 +51,7 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
 
 
 def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.device | str,
-                    config: Config | None) -> tuple[DeepLabV3Plus, Config, dict[str, Any]]:
+                    config: Config | None) -> tuple[Segmentor, Config, dict[str, Any]]:
     """A peer's checkpoint in the network its source builds (peer_checkpoints), with the recipe
     ``config`` for everything the file does not say (output stride, evaluation, the dataset)."""
     peer = read_peer_checkpoint(spec, weights=weights)
@@ -76,7 +76,7 @@ def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.
 
 
 def segmentation_network(path: str | Path, weights: Weights | None, *, config: Config | None = None
-                         ) -> tuple[DeepLabV3Plus, Config, dict[str, Any], Path]:
+                         ) -> tuple[Segmentor, Config, dict[str, Any], Path]:
     """(encoder + segmentation decoder in eval mode on the CPU, config, dataset info, checkpoint file)."""
     if is_peer_checkpoint(path):
         model, cfg, dataset = load_peer_model(path, weights=weights, device="cpu", config=config)

@@ -33,7 +33,7 @@ from fastforec.errors import UserError
 from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.formats import duration
 from fastforec.metrics import nan_to_none
-from fastforec.models import DeepLabV3Plus, build_model
+from fastforec.models import Segmentor, build_model
 from fastforec.optim import build_optimizer
 from fastforec.precision import (ZeroMasterWeights, autocast_context, keep_norm_statistics_fp32,
                                  precision_mode)
@@ -157,7 +157,7 @@ class Trainer:
     # the step
 
     @property
-    def student(self) -> DeepLabV3Plus:
+    def student(self) -> Segmentor:
         return self.engine.module
 
     def compute_losses(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None,

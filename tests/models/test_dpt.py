@@ -200,3 +200,23 @@ def test_parameter_counts_are_the_ones_unimatch_v2_logs() -> None:
         model = dpt(backbone="dinov2_vitb14", num_classes=21, reconstruction=None)
     millions = lambda m: round(sum(p.numel() for p in m.parameters()) / 1e6, 1)  # noqa: E731
     assert (millions(model), millions(model.backbone), millions(model.seg_head)) == (97.5, 86.6, 10.9)
+
+
+def test_onnx_export_of_a_dpt_takes_the_crop_size(tmp_path: Path) -> None:
+    """Dynamic batch; the image size is the crop's (the position embeddings are resampled per
+    patch grid, which the exporter fixes at the traced size)."""
+    import onnxruntime as ort
+
+    from fastforec.export_format import write_onnx
+
+    torch.manual_seed(6)
+    model = dpt(backbone="dinov2_vits14", num_classes=5, reconstruction=None, backbone_width=0.25).eval()
+    write_onnx(model, {"k": "v"}, tmp_path / "m.onnx", vit_size=56)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 56, 56)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            assert abs(got - model(x)["seg"].numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="multiple of 14"):
+        write_onnx(model, {}, tmp_path / "x.onnx", vit_size=64)
