@@ -433,9 +433,11 @@ class Config:
                                                    f"'{self.data.root}' has {num_classes} classes (0..{num_classes - 1})")
         if self.model.pretrained is not None:
             from fastforec.models.backbones import PretrainedError, resolve_pretrained
+            from fastforec.models.vit import VIT_SPECS
 
+            arch = VIT_SPECS[self.model.backbone].timm_name if self.model.is_vit else self.model.backbone
             try:  # "timm[:name]" resolves to timm's cached file, without any download
-                weights = resolve_pretrained(self.model.pretrained, self.model.backbone)
+                weights = resolve_pretrained(self.model.pretrained, arch)
             except PretrainedError as e:
                 raise ConfigError(str(e)) from None
             _check(weights.is_file(), "model.pretrained",
