@@ -71,7 +71,7 @@ class StepModels:
     """What the loss assembly needs from the trainer."""
 
     student: Callable[..., dict[str, torch.Tensor]]  # the DeepSpeed engine (forward = the student's)
-    teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None  # EMA teacher, mean teacher only
+    teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None  # EMA teacher: mean teacher, UniMatch V2
     method: MethodConfig
     fg_classes: Sequence[int]
     input_dtype: torch.dtype

@@ -39,8 +39,8 @@ def test_names_keep_their_meaning(name: str, base: str, aux: str, label: str) ->
 def test_every_pair_is_a_method(base: str, aux: str) -> None:
     m = _method(base=base, aux=aux)
     assert (m.base_name, m.aux_name) == (base, aux)
-    assert m.has_teacher == (base == "mean_teacher")
-    assert m.strong_views == (2 if base == "unimatch" else 1)
+    assert m.has_teacher == (base in ("mean_teacher", "unimatch_v2"))  # the EMA teacher's bases
+    assert m.strong_views == (2 if base in ("unimatch", "unimatch_v2") else 1)
     assert m.label in NAME_PARTS or m.label == (base if aux == "none" else f"{base}+{aux}")
 
 

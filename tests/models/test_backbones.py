@@ -134,7 +134,7 @@ def test_narrow_backbone_refuses_standard_weights(weights: dict[str, Path]) -> N
 
 
 def test_unknown_backbone_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="backbone 'resnet34' is not supported; choose one of resnet18, resnet50"):
+    with pytest.raises(ValueError, match="backbone 'resnet34' is not a ResNet; choose one of resnet18, resnet50"):
         ResNetBackbone(name="resnet34", output_stride=16)  # type: ignore[arg-type]
 
 
