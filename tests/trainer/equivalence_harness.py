@@ -35,6 +35,30 @@ def make_batch(step: int, part: int, *, batch: int, crop: int, num_classes: int)
     return labeled, unlabeled
 
 
+def two_view_batch(*, batch: int, crop: int, num_classes: int) -> tuple[dict, dict]:
+    """``make_batch`` with a second strong view and a box of its own on the other samples
+    (UniMatch, UniMatch V2)."""
+    labeled, unlabeled = make_batch(0, 0, batch=batch, crop=crop, num_classes=num_classes)
+    unlabeled["strong2"] = (0.5 * unlabeled["weak"] + 0.4).clamp(0, 1)
+    box2 = torch.zeros_like(unlabeled["box"])
+    box2[1::2, 10:30, 2:20] = True
+    unlabeled["box2"] = box2
+    return labeled, unlabeled
+
+
+def kept_ce(logits: torch.Tensor, label: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor,
+            thresh: float) -> float:
+    """UniMatch's unlabeled term: CE over pixels with conf >= thresh, / valid pixels. (The fused
+    kernel keeps conf > thresh: equal unless a confidence is exactly the threshold, which the
+    tests' thresholds, between two distinct confidences, never are.)"""
+    keep = (conf > thresh) & valid
+    return float((torch.nn.functional.cross_entropy(logits, label, reduction="none") * keep).sum() / valid.sum())
+
+
+def masked_mse(rec: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(((rec - target) ** 2 * mask[:, None]).sum() / (3 * mask.sum()))
+
+
 def digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer_support import threshold_between, tiny_config, write_config
-from equivalence_harness import make_batch
+from equivalence_harness import kept_ce, masked_mse, two_view_batch
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
 from fastforec.trainer import Trainer
@@ -34,12 +34,7 @@ def _trainer(shards: Path, tmp_path: Path, world, base: str, aux: str) -> Traine
 
 
 def _batch(tr: Trainer) -> tuple[dict, dict]:
-    labeled, unlabeled = make_batch(0, 0, batch=B, crop=48, num_classes=tr.num_classes)
-    unlabeled["strong2"] = (0.5 * unlabeled["weak"] + 0.4).clamp(0, 1)
-    box2 = torch.zeros_like(unlabeled["box"])
-    box2[1::2, 10:30, 2:20] = True  # a box of its own, on the other sample
-    unlabeled["box2"] = box2
-    return labeled, unlabeled
+    return two_view_batch(batch=B, crop=48, num_classes=tr.num_classes)
 
 
 def _reference_forward(tr: Trainer, labeled: dict, unlabeled: dict, *, fp: float) -> dict:
@@ -64,16 +59,6 @@ def _reference_forward(tr: Trainer, labeled: dict, unlabeled: dict, *, fp: float
             out["aux"] = F.interpolate(model.aux_head(c1, c4), size=x.shape[-2:], mode="bilinear", align_corners=True)
     return out
 
-
-def _ce(logits, label, conf, valid, thresh):
-    # UniMatch keeps conf >= thresh, the fused kernel conf > thresh: equal unless a confidence is
-    # exactly the threshold, which the thresholds below (between two distinct confidences) never are
-    keep = (conf > thresh) & valid
-    return float((F.cross_entropy(logits, label, reduction="none") * keep).sum() / valid.sum())
-
-
-def _mse(rec, target, mask):
-    return float(((rec - target) ** 2 * mask[:, None]).sum() / (3 * mask.sum()))
 
 
 @pytest.mark.parametrize("base,aux", [("unimatch", "none"), ("unimatch", "forec"), ("fixmatch", "none"),
@@ -109,13 +94,13 @@ def test_self_training_loss_terms(shards: Path, tmp_path: Path, world, base: str
     want = {"loss_s": float(F.cross_entropy(ref["seg"][:B], labeled["label"], ignore_index=255))}
     if unimatch:
         for k, (v, seg) in enumerate(zip(mixed, seg_s), start=1):
-            want[f"loss_u_s{k}"] = _ce(seg, v[1], v[2], v[3], m.conf_thresh)
-        want["loss_u_fp"] = _ce(ref["seg_fp"], pl, conf, valid, m.conf_thresh)
+            want[f"loss_u_s{k}"] = kept_ce(seg, v[1], v[2], v[3], m.conf_thresh)
+        want["loss_u_fp"] = kept_ce(ref["seg_fp"], pl, conf, valid, m.conf_thresh)
         # UniMatch: loss = (loss_x + 0.25 loss_u_s1 + 0.25 loss_u_s2 + 0.5 loss_u_w_fp) / 2
         total = (want["loss_s"] + 0.25 * want["loss_u_s1"] + 0.25 * want["loss_u_s2"] + 0.5 * want["loss_u_fp"]) / 2
     else:
         v = mixed[0]
-        want["loss_u"] = _ce(seg_s[0], v[1], v[2], v[3], m.conf_thresh)
+        want["loss_u"] = kept_ce(seg_s[0], v[1], v[2], v[3], m.conf_thresh)
         total = (want["loss_s"] + want["loss_u"]) / 2  # FixMatch: (loss_x + loss_u_s) / 2
     if aux != "none":
         x, y = labeled["image"], labeled["label"]
@@ -125,11 +110,11 @@ def test_self_training_loss_terms(shards: Path, tmp_path: Path, world, base: str
         inputs = [(rec_w, unlabeled["weak"], pl, conf, valid)]
         inputs += [(rec, v[0], v[1], v[2], v[3]) for rec, v in zip(pred_s["rec"].split(B), mixed)]
         if aux == "rec":
-            lab = _mse(rec_l, x, known)
-            unl = [_mse(rec, img, val) for rec, img, _, _, val in inputs]
+            lab = masked_mse(rec_l, x, known)
+            unl = [masked_mse(rec, img, val) for rec, img, _, _, val in inputs]
         else:  # forec: foreground of the (mixed) weak pseudo-label, confident pixels only
-            lab = _mse(rec_l, x * torch.isin(y, fg_ids)[:, None], known)
-            unl = [_mse(rec, img * (torch.isin(p, fg_ids) & val)[:, None], val & (c > m.rec_conf_thresh))
+            lab = masked_mse(rec_l, x * torch.isin(y, fg_ids)[:, None], known)
+            unl = [masked_mse(rec, img * (torch.isin(p, fg_ids) & val)[:, None], val & (c > m.rec_conf_thresh))
                    for rec, img, p, c, val in inputs]
         want["loss_rec"] = m.rec_weight_labeled * lab + m.rec_weight_unlabeled * sum(unl) / len(unl)
         total += want["loss_rec"]

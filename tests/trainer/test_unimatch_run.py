@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from test_distributed import torchrun
-from trainer_support import read_jsonl, run_train, tiny_config, write_config
+from trainer_support import assert_same_end, resume_midway, run_train, tiny_config, train_records, write_config
 
 STEPS = 4
 MIDWAY = 2
 UNIMATCH_FOREC = ["--set", "method.base=unimatch", "--set", "method.aux=forec"]
 LOSS_KEYS = ("loss", "loss_s", "loss_u_s1", "loss_u_s2", "loss_u_fp", "loss_rec")
-
-
-def _train_records(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -40,29 +35,17 @@ def test_unimatch_forec_trains_evaluates_and_resumes_exactly(shards: Path, tmp_p
     assert 0.0 <= results["miou_last"] <= 1.0
     saved = json.loads((full / "config.json").read_text())["method"]
     assert (saved["base"], saved["aux"]) == ("unimatch", "forec")
-    records = _train_records(full)
+    records = train_records(full)
     assert sorted(records) == list(range(1, STEPS + 1))
     for r in records.values():
         assert all(math.isfinite(r[k]) for k in LOSS_KEYS), r
         assert r["loss_u_s1"] > 0 and r["loss_u_fp"] > 0 and r["loss_rec"] > 0
 
-    # a second run that starts from the first one's mid-way checkpoint (all rank files)
+    # a second run that starts from the first one's mid-way checkpoint
     part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    for f in (full / "checkpoints").glob(f"step_{MIDWAY:08d}*.pt"):
-        shutil.copy(f, part / "checkpoints" / f.name)
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *UNIMATCH_FOREC], cwd=tmp_path,
-                     launcher=launcher)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a = torch.load(full / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
-    b = torch.load(part / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
-    assert a["teacher"] is None and b["teacher"] is None
-    for name, t in a["student"].items():
-        assert torch.equal(t, b["student"][name]), f"student.{name} differs after resume"
-    resumed = _train_records(part)
-    assert sorted(resumed) == list(range(MIDWAY + 1, STEPS + 1))
-    for step, r in resumed.items():
-        assert [r[k] for k in LOSS_KEYS] == [records[step][k] for k in LOSS_KEYS], step
+    resume_midway(cfg, full, part, midway=MIDWAY, args=UNIMATCH_FOREC, cwd=tmp_path, launcher=launcher)
+    assert torch.load(part / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)["teacher"] is None
+    assert_same_end(full, part, steps=STEPS, midway=MIDWAY, networks=("student",), loss_keys=LOSS_KEYS)
 
 
 def test_resume_with_another_base_is_refused(shards: Path, tmp_path: Path) -> None:

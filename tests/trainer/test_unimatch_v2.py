@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,18 +17,18 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import unimatch_v2_reference as ref  # noqa: E402
 
-from equivalence_harness import make_batch  # noqa: E402
+from equivalence_harness import kept_ce, masked_mse, two_view_batch  # noqa: E402
 from test_distributed import torchrun  # noqa: E402
-from trainer_support import clean_env, read_jsonl, run_train, threshold_between, tiny_config, write_config  # noqa: E402
+from test_peer_checkpoints import _cli, miou  # noqa: E402 (numpy mIoU, independent of fastforec.metrics)
+from trainer_support import (assert_same_end, resume_midway, run_train, threshold_between, tiny_config,  # noqa: E402
+                             train_records, write_config)  # noqa: E402
 from fastforec.config import load_config  # noqa: E402
 from fastforec.data import ValData  # noqa: E402
 from fastforec.data.manifest import Manifest  # noqa: E402
 from fastforec.distributed import init_distributed  # noqa: E402
-from fastforec.metrics import ConfusionMatrix  # noqa: E402
 from fastforec.models.segmentor import complementary_masks  # noqa: E402
 from fastforec.trainer import Trainer  # noqa: E402
 
-FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 LAYERS, HEADS = [2, 5, 8, 11], 6  # ViT-S
 TINY_VIT = {"backbone": "dinov2_vits14", "decoder": "dpt", "backbone_width": 0.25}
 
@@ -47,24 +44,13 @@ def _v2_checkpoint(path: Path, nclass: int) -> tuple[dict, dict]:
     return student, ema
 
 
-def _miou(preds: list[np.ndarray], labels: list[np.ndarray], n: int) -> float:
-    cm = ConfusionMatrix(n, 255, device=torch.device("cpu"))
-    for p, y in zip(preds, labels):
-        cm.update(torch.from_numpy(p)[None], torch.from_numpy(y)[None])
-    return float(cm.compute()["miou"])
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
-
-
 def _recipe(tmp_path: Path, root: Path, **sections) -> Path:
     # a V1 recipe's settings on purpose: the V2 checkpoint brings its own network and protocol
     return write_config(tmp_path / "recipe.json", tiny_config(root, data={"crop_size": 56}, **sections))
 
 
 @pytest.mark.parametrize("weights", ["teacher", "student"])
-def test_eval_of_a_unimatch_v2_checkpoint_is_the_reference_miou(shards: Path, tmp_path: Path, weights: str) -> None:
+def test_eval_of_a_unimatch_v2_checkpoint_is_the_referencemiou(shards: Path, tmp_path: Path, weights: str) -> None:
     student, ema = _v2_checkpoint(tmp_path / "best.pth", 21)
     recipe = _recipe(tmp_path, shards, eval={"mode": "whole"})
     out = tmp_path / "eval.json"
@@ -80,7 +66,7 @@ def test_eval_of_a_unimatch_v2_checkpoint_is_the_reference_miou(shards: Path, tm
         with torch.no_grad():
             preds.append(ref.evaluate_original(state, batch["image"], layers=LAYERS, heads=HEADS)[0].numpy())
         labels.append(batch["label"][0].numpy())
-    assert json.loads(out.read_text())["miou"] == pytest.approx(_miou(preds, labels, 21), abs=1e-9)
+    assert json.loads(out.read_text())["miou"] == pytest.approx(miou(preds, labels, 21), abs=1e-9)
 
 
 def _v2_sliding(state: dict, image: torch.Tensor, grid: int, nclass: int) -> torch.Tensor:
@@ -119,7 +105,7 @@ def test_eval_on_cityscapes_uses_unimatch_v2s_sliding_window(city_shards: Path, 
         with torch.no_grad():
             preds.append(_v2_sliding(ema, batch["image"], crop, 19).argmax(1)[0].numpy())
         labels.append(batch["label"][0].numpy())
-    assert got["miou"] == pytest.approx(_miou(preds, labels, 19), abs=1e-9)
+    assert got["miou"] == pytest.approx(miou(preds, labels, 19), abs=1e-9)
 
 
 def test_a_crop_that_is_not_a_multiple_of_14_is_refused(shards: Path, tmp_path: Path) -> None:
@@ -156,23 +142,8 @@ def _trainer(shards: Path, tmp_path: Path, world, aux: str, model: dict | None =
 
 
 def _batch(tr: Trainer) -> tuple[dict, dict]:
-    labeled, unlabeled = make_batch(0, 0, batch=B, crop=42, num_classes=tr.num_classes)
-    unlabeled["strong2"] = (0.5 * unlabeled["weak"] + 0.4).clamp(0, 1)
-    box2 = torch.zeros_like(unlabeled["box"])
-    box2[1::2, 10:30, 2:20] = True
-    unlabeled["box2"] = box2
-    return labeled, unlabeled
+    return two_view_batch(batch=B, crop=42, num_classes=tr.num_classes)
 
-
-def _ce(logits, label, conf, valid, thresh):
-    # UniMatch V2 keeps conf >= thresh, the fused kernel conf > thresh: the thresholds below lie
-    # between two distinct confidences, so both keep the same pixels
-    keep = (conf > thresh) & valid
-    return float((F.cross_entropy(logits, label, reduction="none") * keep).sum() / valid.sum())
-
-
-def _mse(rec, target, mask):
-    return float(((rec - target) ** 2 * mask[:, None]).sum() / (3 * mask.sum()))
 
 
 @pytest.mark.parametrize("aux", ["none", "forec"])
@@ -209,7 +180,7 @@ def test_unimatch_v2_loss_terms(shards: Path, tmp_path: Path, world, aux: str, m
     got = {k: float(v.detach()) for k, v in tr.compute_losses(labeled, unlabeled, epoch=0).items()}
     want = {"loss_s": float(F.cross_entropy(pred_l["seg"][:B], labeled["label"], ignore_index=255))}
     for k, (v, seg) in enumerate(zip(mixed, seg_s), start=1):
-        want[f"loss_u_s{k}"] = _ce(seg, v[1], v[2], v[3], m.conf_thresh)
+        want[f"loss_u_s{k}"] = kept_ce(seg, v[1], v[2], v[3], m.conf_thresh)
     # UniMatch V2: loss = (loss_x + (loss_u_s1 + loss_u_s2) / 2) / 2
     total = (want["loss_s"] + (want["loss_u_s1"] + want["loss_u_s2"]) / 2) / 2
     if aux != "none":
@@ -218,8 +189,8 @@ def test_unimatch_v2_loss_terms(shards: Path, tmp_path: Path, world, aux: str, m
         rec_s = F.interpolate(rec_s, strong.shape[-2:], mode="bilinear", align_corners=True).split(B)
         inputs = [(pred_l["rec"][B:], unlabeled["weak"], pl, conf, valid)]
         inputs += [(rec, v[0], v[1], v[2], v[3]) for rec, v in zip(rec_s, mixed)]
-        lab = _mse(pred_l["rec"][:B], x * torch.isin(y, fg_ids)[:, None], y != 255)
-        unl = [_mse(rec, img * (torch.isin(p, fg_ids) & val)[:, None], val & (c > m.rec_conf_thresh))
+        lab = masked_mse(pred_l["rec"][:B], x * torch.isin(y, fg_ids)[:, None], y != 255)
+        unl = [masked_mse(rec, img * (torch.isin(p, fg_ids) & val)[:, None], val & (c > m.rec_conf_thresh))
                for rec, img, p, c, val in inputs]
         want["loss_rec"] = m.rec_weight_labeled * lab + m.rec_weight_unlabeled * sum(unl) / len(unl)
         total += want["loss_rec"]
@@ -259,10 +230,6 @@ V2_FOREC = ["--set", "method.base=unimatch_v2", "--set", "method.aux=forec"]
 LOSS_KEYS = ("loss", "loss_s", "loss_u_s1", "loss_u_s2", "loss_rec")
 
 
-def _train_records(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
-
-
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_unimatch_v2_forec_on_a_vit_resumes_exactly(shards: Path, tmp_path: Path, ranks: int) -> None:
     cfg = write_config(tmp_path / "cfg.json", tiny_config(
@@ -277,25 +244,12 @@ def test_unimatch_v2_forec_on_a_vit_resumes_exactly(shards: Path, tmp_path: Path
     results = json.loads((full / "results.json").read_text())
     assert results["method"] == "unimatch_v2+forec" and results["step"] == STEPS
     assert set(results["models"]) == {"student", "teacher"}
-    records = _train_records(full)
+    records = train_records(full)
     assert sorted(records) == list(range(1, STEPS + 1))
     for r in records.values():
         assert all(math.isfinite(r[k]) for k in LOSS_KEYS), r
         assert r["loss_u_s1"] > 0 and r["loss_u_s2"] > 0 and r["loss_rec"] > 0
 
     part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    for f in (full / "checkpoints").glob(f"step_{MIDWAY:08d}*.pt"):
-        shutil.copy(f, part / "checkpoints" / f.name)
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *V2_FOREC], cwd=tmp_path,
-                     launcher=launcher)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a = torch.load(full / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
-    b = torch.load(part / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
-    for part_name in ("student", "teacher"):
-        for name, t in a[part_name].items():
-            assert torch.equal(t, b[part_name][name]), f"{part_name}.{name} differs after resume"
-    resumed = _train_records(part)
-    assert sorted(resumed) == list(range(MIDWAY + 1, STEPS + 1))
-    for step, r in resumed.items():
-        assert [r[k] for k in LOSS_KEYS] == [records[step][k] for k in LOSS_KEYS], step
+    resume_midway(cfg, full, part, midway=MIDWAY, args=V2_FOREC, cwd=tmp_path, launcher=launcher)
+    assert_same_end(full, part, steps=STEPS, midway=MIDWAY, networks=("student", "teacher"), loss_keys=LOSS_KEYS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,32 @@ def threshold_between(conf: torch.Tensor, q: float) -> float:
     values = conf.flatten().unique()  # sorted
     i = min(int(q * (values.numel() - 1)), values.numel() - 2)
     return float((values[i] + values[i + 1]) / 2)
+
+
+def train_records(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """metrics.jsonl's training records by step."""
+    return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def resume_midway(cfg: Path, full: Path, part: Path, *, midway: int, args: list[str], cwd: Path,
+                  launcher: list[str] | None) -> None:
+    """Run ``cfg`` again in ``part``, resumed from ``full``'s checkpoint at ``midway`` (all rank files)."""
+    (part / "checkpoints").mkdir(parents=True)
+    for f in (full / "checkpoints").glob(f"step_{midway:08d}*.pt"):
+        shutil.copy(f, part / "checkpoints" / f.name)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *args], cwd=cwd, launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def assert_same_end(full: Path, part: Path, *, steps: int, midway: int, networks: tuple[str, ...],
+                    loss_keys: tuple[str, ...]) -> None:
+    """The resumed run ends with the uninterrupted run's weights, bit for bit, and logs its losses."""
+    a = torch.load(full / "checkpoints" / f"step_{steps:08d}.pt", weights_only=True)
+    b = torch.load(part / "checkpoints" / f"step_{steps:08d}.pt", weights_only=True)
+    for net in networks:
+        for name, t in a[net].items():
+            assert torch.equal(t, b[net][name]), f"{net}.{name} differs after resume"
+    records, resumed = train_records(full), train_records(part)
+    assert sorted(resumed) == list(range(midway + 1, steps + 1))
+    for step, r in resumed.items():
+        assert [r[k] for k in loss_keys] == [records[step][k] for k in loss_keys], step
