@@ -121,8 +121,9 @@ def dpt(*, backbone: str, num_classes: int, reconstruction: Literal["rgb", "fgbg
     encoder = DinoV2Backbone(name=backbone, width=backbone_width, activation_checkpointing=activation_checkpointing)
     if pretrained is not None:
         encoder.load_pretrained(pretrained, show=show_pretrained)
-    features = spec.dpt_features if backbone_width == 1.0 else scaled(spec.dpt_features, backbone_width)
-    channels = tuple(c if backbone_width == 1.0 else scaled(c, backbone_width) for c in spec.dpt_channels)
+    # at width 1.0 these are UniMatch V2's widths (every one is above scaled()'s floor)
+    features = scaled(spec.dpt_features, backbone_width)
+    channels = tuple(scaled(c, backbone_width) for c in spec.dpt_channels)
 
     def head(classes: int) -> DPTHead:
         return DPTHead(in_channels=encoder.embed_dim, features=features, out_channels=channels, classes=classes)

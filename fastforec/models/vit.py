@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fastforec.config import VIT_PATCH
 from fastforec.models.backbones import PretrainedError, read_state_dict, resolve_pretrained, show_load
 
 log = logging.getLogger(__name__)
 
-PATCH = 14
+PATCH = VIT_PATCH  # the config checks crops against the same patch size
 IMG_SIZE = 518  # the size DINOv2's position embeddings were trained at: 37 x 37 patches
 POS_OFFSET = 0.1  # DINOv2's interpolate_offset
 LAYER_SCALE_INIT = 1.0  # UniMatch V2 builds DINOv2 with init_values=1.0 (timm's default is 1e-5)
@@ -75,10 +76,6 @@ VIT_SPECS: dict[str, VitSpec] = {
     "dinov2_vitl14": VitSpec("vit_large_patch14_dinov2", "ViT-L/14", 1024, 24, 16, (4, 11, 17, 23), 256,
                              (256, 512, 1024, 1024), "dinov2_vitl14_pretrain.pth", "dinov2_large.pth"),
 }
-
-
-def is_vit(backbone: str) -> bool:
-    return backbone in VIT_SPECS
 
 
 def scaled(value: int, width: float) -> int:
