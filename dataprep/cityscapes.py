@@ -103,8 +103,13 @@ def cityscapes_plan(*, root: Path, split_dir: Path, image_format: str, skip_bad:
               "labels": f"{LABEL_ROOT}/*{LABEL_SUFFIX} -> train ids", "image_format": image_format,
               "val_list": str(val_list.resolve()) if val_list.is_file() else f"{IMAGE_ROOT}/val (all)",
               "list_formats": {split: lst.format for split, lst in lists.items()}}
+    val_encode = None
     if image_format == "jpg":
         source["jpeg_quality"] = jpeg_quality
+        # Only the training splits are re-encoded: mIoU stays measured on Cityscapes' own PNG
+        # pixels, comparable with published numbers (and val is decoded once per evaluation).
+        source["val_image_format"] = "png"
+        val_encode = cityscapes_encode_options(image_format="png")
     return finalize_plan(meta=cityscapes_meta(source),
                          encode=cityscapes_encode_options(image_format=image_format, jpeg_quality=jpeg_quality),
-                         splits=splits, problems=problems, skip_bad=skip_bad)
+                         splits=splits, problems=problems, skip_bad=skip_bad, val_encode=val_encode)

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="directory holding leftImg8bit/ and gtFine/")
     p.add_argument("--split-dir", type=Path, required=True, help="labeled.txt + unlabeled.txt (U2PL format)")
     p.add_argument("--image-format", choices=IMAGE_FORMATS, default="png",
-                   help="png keeps the original bytes; jpg re-encodes (smaller, faster to decode)")
+                   help="png keeps the original bytes; jpg re-encodes labeled/unlabeled (smaller, faster to "
+                        "decode) and keeps val's PNGs, so mIoU is measured on the original pixels")
     p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
     _conversion_args(p)
 

@@ -93,6 +93,12 @@ class ConversionPlan:
     encode: EncodeOptions
     splits: dict[str, list[SampleSource]]
     rejected: list[Rejection]  # found by the cheap checks (only kept with --skip-bad)
+    # How the val split is encoded when it differs (Cityscapes --image-format jpg keeps val's
+    # original PNGs: mIoU is then measured on the benchmark's own pixels)
+    val_encode: EncodeOptions | None = None
+
+    def encode_for(self, split: str) -> EncodeOptions:
+        return self.val_encode if split == VAL and self.val_encode is not None else self.encode
 
 
 def _path_exists(path: Path) -> bool:
@@ -155,7 +161,7 @@ def _drop_overlaps(splits: dict[str, list[SampleSource]], problems: list[Rejecti
 
 
 def finalize_plan(*, meta: DatasetMeta, encode: EncodeOptions, splits: dict[str, list[SampleSource]],
-                  problems: list[Rejection], skip_bad: bool) -> ConversionPlan:
+                  problems: list[Rejection], skip_bad: bool, val_encode: EncodeOptions | None = None) -> ConversionPlan:
     """Run the cheap checks, sort each split by key (so the shards do not depend on list order)
     and either fail with every problem found or keep them as rejections (``skip_bad``)."""
     problems = list(problems)
@@ -166,4 +172,4 @@ def finalize_plan(*, meta: DatasetMeta, encode: EncodeOptions, splits: dict[str,
         raise problems_error(problems, hint="fix the input, or pass --skip-bad to leave these samples out "
                                             "(they are then listed in rejected.json)")
     ordered = {name: sorted(checked.get(name, []), key=lambda s: s.key) for name in SPLITS}
-    return ConversionPlan(meta=meta, encode=encode, splits=ordered, rejected=problems)
+    return ConversionPlan(meta=meta, encode=encode, splits=ordered, rejected=problems, val_encode=val_encode)

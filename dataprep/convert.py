@@ -88,9 +88,9 @@ def _output_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _options_digest(plan: ConversionPlan, caps: ShardCaps) -> str:
+def _options_digest(plan: ConversionPlan, caps: ShardCaps, split: str) -> str:
     meta = plan.meta
-    blob = json.dumps([SHARD_LAYOUT_VERSION, plan.encode.digest(), caps.max_samples, caps.max_bytes,
+    blob = json.dumps([SHARD_LAYOUT_VERSION, plan.encode_for(split).digest(), caps.max_samples, caps.max_bytes,
                        meta.num_classes]).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -157,16 +157,16 @@ class _Resume:
 
 
 def _resume(plan: ConversionPlan, out: Path, caps: ShardCaps) -> _Resume:
-    digest = _options_digest(plan, caps)
     state = _Resume(prefixes={}, writers={}, tasks=[])
     for split, samples in plan.splits.items():
+        digest = _options_digest(plan, caps, split)
         signatures = [s.stat_signature() for s in samples]
         prefix = completed_prefix(out=out, split=split, signatures=signatures, options=digest)
         start = prefix[-1].end if prefix else 0
         state.prefixes[split] = prefix
         state.writers[split] = SplitShardWriter(out=out, split=split, signatures=signatures, options=digest,
                                                 caps=caps, first_shard=len(prefix), start=start)
-        state.tasks += [SampleTask(split=split, source=s, options=plan.encode) for s in samples[start:]]
+        state.tasks += [SampleTask(split=split, source=s, options=plan.encode_for(split)) for s in samples[start:]]
     return state
 
 

@@ -8,10 +8,15 @@
      with nested, class-balanced labeled budgets (``all`` labels every training image), and
      ``dataprep voc`` converts each budget's partition to shards;
    - preset ``scenes``: ``dataprep synth`` writes the raw tree; per budget B, ``dataprep splits``
-     draws B labeled ids from its classic train list and ``dataprep voc`` converts it.
+     draws B labeled ids from its classic train list and ``dataprep voc`` converts it;
+   - preset ``cityscapes``: ``dataprep synth --layout cityscapes`` writes PNG street scenes; per
+     budget B, ``dataprep splits`` draws B labeled ids and ``dataprep cityscapes`` converts them
+     once per ``--image-formats`` entry (``png`` keeps the PNGs, ``jpg`` re-encodes the training
+     splits at ``--jpeg-quality``; val stays PNG in both, so every format is evaluated on the
+     same pixels and the format's cost is a paired difference).
    One partition per budget, shared by all methods and seeds: seeds vary the training (init,
    order, augmentation), not the split.
-2. Runs: ``fastforec/train.py`` as a subprocess per (method, budget, seed), ``--jobs`` at a time,
+2. Runs: ``fastforec/train.py`` as a subprocess per (method, budget, format, seed), ``--jobs`` at a time,
    with ``--set method.name=M --set train.seed=S --set data.root=<shards of B>``: every method
    of a budget gets the same seeds, so differences between methods are paired by seed. A run
    whose ``results.json`` exists is skipped; one with checkpoints but no results is resumed. A
@@ -53,7 +58,11 @@ DEFAULT_SIZE = (96, 128)  # H x W of the synthetic images
 DEFAULT_DATA_SEED = 0
 DEFAULT_SPLIT_SEED = 0
 STUDY_FORMAT = 2
-PRESETS = ("scenes", "sslbench")
+PRESETS = ("scenes", "sslbench", "cityscapes")
+# Shard image formats of the cityscapes preset (dataprep cityscapes --image-format); the VOC
+# presets keep the synthetic JPEGs as they are.
+IMAGE_FORMATS = ("png", "jpg")
+DEFAULT_JPEG_QUALITY = 95
 ALL = "all"  # the budget that labels every training image (sslbench)
 # Paired differences are reported against these, and against every plain base that was run (a
 # study of unimatch and unimatch+forec compares the two).
@@ -97,6 +106,32 @@ class DataSpec:
     data_seed: int
     split_seed: int
     format: int = STUDY_FORMAT
+    image_formats: str = ""  # cityscapes preset: comma-separated IMAGE_FORMATS, the first is the reference
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+
+    @property
+    def formats(self) -> list[str]:
+        """The data variants of every budget: image formats, or [""] (the VOC presets' one variant)."""
+        return self.image_formats.split(",") if self.image_formats else [""]
+
+    @property
+    def layout(self) -> str:
+        return "cityscapes" if self.preset == "cityscapes" else "voc"
+
+
+def variant(budget: str, image_format: str) -> str:
+    """The key of one training set: its budget, and its image format when the study has several."""
+    return f"{budget}_{image_format}" if image_format else budget
+
+
+def variant_label(budget: str, image_format: str, jpeg_quality: int) -> str:
+    fmt = {"": "", "png": ", PNG", "jpg": f", JPEG q{jpeg_quality}"}[image_format]
+    return f"{budget} labeled{fmt}"
+
+
+def report_columns(budgets: Sequence[str], spec: DataSpec) -> list[tuple[str, str]]:
+    """(variant key, label) of every training set, budget-major."""
+    return [(variant(b, f), variant_label(b, f, spec.jpeg_quality)) for b in budgets for f in spec.formats]
 
 
 @dataclass(frozen=True)
@@ -104,10 +139,15 @@ class Run:
     method: str
     budget: str  # a number of labeled images, or "all"
     seed: int
+    image_format: str = ""  # one of IMAGE_FORMATS in a cityscapes study
+
+    @property
+    def data(self) -> str:
+        return variant(self.budget, self.image_format)
 
     @property
     def name(self) -> str:
-        return f"{self.method}_b{self.budget}_s{self.seed}"
+        return f"{self.method}_b{self.data}_s{self.seed}"
 
 
 def method_parts(method: str) -> tuple[str, str] | None:
@@ -153,7 +193,7 @@ def parse_budgets(text: str, *, num_train: int, preset: str) -> list[str]:
         raise AblationError(f"--budgets: '{ALL}' exists for --preset sslbench only")
     # scenes: labeled ids come from the classic list, every second synthetic training id;
     # sslbench: every training id has a label, and "all" is the budget that uses them all.
-    pool = num_train // 2 if preset == "scenes" else num_train - 1
+    pool = num_train // 2 if preset == "scenes" else num_train - 1  # cityscapes: any training id
     bad = [b for b in values if not 1 <= b <= pool]
     if bad or not tokens:
         raise AblationError(f"--budgets: {bad or '(none)'} not in 1..{pool} (" +
@@ -164,19 +204,34 @@ def parse_budgets(text: str, *, num_train: int, preset: str) -> list[str]:
     return [str(v) for v in values] + ([ALL] if ALL in tokens else [])
 
 
-def plan_runs(methods: Sequence[str], budgets: Sequence[str], seeds: int) -> list[Run]:
-    """Seed-major order: every (method, budget) gets its first seed before any gets a second,
-    so a study stopped early has a complete table with fewer seeds."""
-    return [Run(m, b, s) for s in range(seeds) for b in budgets for m in methods]
+def parse_formats(text: str | None, *, preset: str) -> str:
+    """--image-formats as DataSpec.image_formats: cityscapes only (default png)."""
+    if preset != "cityscapes":
+        if text:
+            raise AblationError("--image-formats exists for --preset cityscapes only (the VOC presets keep "
+                                "their synthetic JPEGs)")
+        return ""
+    formats = [f.strip() for f in (text or IMAGE_FORMATS[0]).split(",") if f.strip()]
+    bad = [f for f in formats if f not in IMAGE_FORMATS]
+    if bad or not formats or len(set(formats)) != len(formats):
+        raise AblationError(f"--image-formats: '{text}' must name distinct formats from {', '.join(IMAGE_FORMATS)}, "
+                            f"e.g. png,jpg (the first is the one the others are compared with)")
+    return ",".join(formats)
+
+
+def plan_runs(methods: Sequence[str], budgets: Sequence[str], seeds: int, formats: Sequence[str] = ("",)) -> list[Run]:
+    """Seed-major order: every (method, budget, format) gets its first seed before any gets a
+    second, so a study stopped early has a complete table with fewer seeds."""
+    return [Run(m, b, s, f) for s in range(seeds) for b in budgets for f in formats for m in methods]
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 
 
-def data_dirs(out: Path, budget: str) -> tuple[Path, Path]:
-    """(split lists, shards) of a budget."""
-    return out / "data" / f"splits_{budget}", out / "data" / f"shards_{budget}"
+def data_dirs(out: Path, budget: str, image_format: str = "") -> tuple[Path, Path]:
+    """(split lists, shards) of a budget (and image format): the formats share the split lists."""
+    return out / "data" / f"splits_{budget}", out / "data" / f"shards_{variant(budget, image_format)}"
 
 
 def check_study(out: Path, spec: DataSpec) -> None:
@@ -185,15 +240,16 @@ def check_study(out: Path, spec: DataSpec) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
+    defaults = asdict(DataSpec(preset="", num_train=0, num_val=0, height=0, width=0, data_seed=0, split_seed=0))
     for key, value in asdict(spec).items():
-        if old.get(key) != value:
+        if old.get(key, defaults[key]) != value:  # keys added since: a study from before has their defaults
             raise AblationError(f"'{path}' was made with {key}={old.get(key)!r}, this run asks for {value!r}; use "
                                 f"another --out, or the same data options to continue that study")
 
 
 def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[str], console: Any) -> dict[str, Path]:
-    """The shard directory of every budget, running whatever dataprep command is missing
-    (resumable: dataprep itself skips finished shards)."""
+    """The shard directory of every budget (and format: keys are ``variant()``), running whatever
+    dataprep command is missing (resumable: dataprep itself skips finished shards)."""
     raw_cmd, budget_cmds = data_commands(out, spec, budgets)
     marker = out / "data" / "study.json"
     if not marker.is_file():
@@ -201,11 +257,13 @@ def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[str], console: Any
         atomic_write_json(marker, asdict(spec))  # written last: the raw tree is complete
     shards = {}
     for budget in budgets:
-        shard_dir = data_dirs(out, budget)[1]
-        if not (shard_dir / "manifest.json").is_file():
-            for cmd in budget_cmds[budget]:
-                _dataprep(cmd, console)
-        shards[budget] = shard_dir
+        split_cmd, *convert_cmds = budget_cmds[budget]  # one conversion per format
+        for fmt, convert in zip(spec.formats, convert_cmds):
+            shard_dir = data_dirs(out, budget, fmt)[1]
+            if not (shard_dir / "manifest.json").is_file():
+                _dataprep(split_cmd, console)  # deterministic: the same lists for every format
+                _dataprep(convert, console)
+            shards[variant(budget, fmt)] = shard_dir
     return shards
 
 
@@ -220,7 +278,7 @@ def _dataprep(argv: list[str], console: Any) -> None:
 def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[list[str], dict[str, list[list[str]]]]:
     """The dataprep argument lists: the raw tree's, and each budget's (split lists + shards)."""
     raw = out / "data" / "raw"
-    raw_cmd = ["synth", "--layout", "voc", "--out", str(raw), "--size", f"{spec.height}x{spec.width}",
+    raw_cmd = ["synth", "--layout", spec.layout, "--out", str(raw), "--size", f"{spec.height}x{spec.width}",
                "--num-train", str(spec.num_train), "--num-val", str(spec.num_val), "--seed", str(spec.data_seed),
                "--quiet"]
     # sslbench: nested class-balanced budgets; scenes: a seeded random draw from the classic list
@@ -229,12 +287,16 @@ def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[li
         raw_cmd += ["--preset", "sslbench"]
     per_budget = {}
     for b in budgets:
-        split_dir, shard_dir = data_dirs(out, b)
+        split_dir = data_dirs(out, b)[0]
         labeled = str(spec.num_train) if b == ALL else b
-        per_budget[b] = [["splits", "--root", str(raw), "--layout", "voc", "--labeled", labeled, *how,
-                          "--out", str(split_dir)],
-                         ["voc", "--root", str(raw), "--split-dir", str(split_dir), "--out", str(shard_dir),
-                          "--quiet"]]
+        per_budget[b] = [["splits", "--root", str(raw), "--layout", spec.layout, "--labeled", labeled, *how,
+                          "--out", str(split_dir)]]
+        for fmt in spec.formats:
+            convert = [spec.layout, "--root", str(raw), "--split-dir", str(split_dir),
+                       "--out", str(data_dirs(out, b, fmt)[1]), "--quiet"]
+            if fmt:
+                convert += ["--image-format", fmt] + (["--jpeg-quality", str(spec.jpeg_quality)] if fmt == "jpg" else [])
+            per_budget[b].append(convert)
     return raw_cmd, per_budget
 
 
@@ -354,7 +416,7 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any
 
 
 def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Finished results per (method, budget), in seed order: the last evaluation of the student
+    """Finished results per (method, variant), in seed order: the last evaluation of the student
     and (when it was evaluated) of the teacher."""
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
@@ -363,7 +425,7 @@ def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[s
             r = json.loads(path.read_text())
             models = r.get("models", {"student": r})
             teacher = models.get("teacher", {}).get("miou_last")
-            found.setdefault((run.method, run.budget), []).append(
+            found.setdefault((run.method, run.data), []).append(
                 {"seed": run.seed, "miou_last": models.get("student", r)["miou_last"], "teacher_miou_last": teacher,
                  "miou_best": r["miou_best"], "step": r.get("step"), "provenance": _attempts(path.parent)})
     return found
@@ -390,13 +452,14 @@ def baselines(methods: Sequence[str]) -> list[str]:
 
 
 def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequence[str],
-            budgets: Sequence[str]) -> dict[str, Any]:
-    """Per method and budget (mIoU in %): student and teacher statistics, and the paired
-    differences of the student against each baseline that was run."""
+            budgets: Sequence[str], formats: Sequence[str] = ("",)) -> dict[str, Any]:
+    """Per method and variant (budget, or budget_format; mIoU in %): student and teacher
+    statistics, the paired differences of the student against each baseline that was run, and
+    (several formats) against the same method trained from the first format's shards."""
     table: dict[str, dict[str, Any]] = {}
     for m in methods:
         table[m] = {}
-        for b in budgets:
+        for b in (variant(budget, fmt) for budget in budgets for fmt in formats):
             runs = found.get((m, b), [])
             student, teacher = _by_seed(runs, "miou_last"), _by_seed(runs, "teacher_miou_last")
             entry: dict[str, Any] = {"student": mean_ci(list(student.values())) if student else None,
@@ -406,6 +469,12 @@ def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequenc
                 if base != m:
                     entry["vs"][base] = paired_difference(student, _by_seed(found.get((base, b), []), "miou_last"))
             table[m][b] = entry
+        for budget in budgets:
+            reference = _by_seed(found.get((m, variant(budget, formats[0])), []), "miou_last")
+            for fmt in formats[1:]:
+                key = variant(budget, fmt)
+                table[m][key]["vs_format"] = {formats[0]: paired_difference(
+                    _by_seed(found.get((m, key), []), "miou_last"), reference)}
     return table
 
 
@@ -420,32 +489,44 @@ def fmt_stat(stat: dict[str, Any] | None, *, signed: bool = False) -> str:
 
 def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[str], seeds: int, spec: DataSpec,
              config: Path, commands: Sequence[str], failed: Sequence[Outcome]) -> str:
+    formats = spec.formats
+    columns = report_columns(budgets, spec)
     lines = ["# Ablation (paper Table 4 layout)", "",
              f"mIoU (%) of the last evaluation on the validation split: mean [95 % confidence interval] over "
              f"seeds (planned: {seeds}; the same seeds for every method of a budget, so differences are "
-             f"paired). Config `{config}`; synthetic VOC-layout data, preset `{spec.preset}`: {spec.num_train} "
-             f"training images ({spec.height}x{spec.width}), {spec.num_val} validation images.", "",
-             "| method | " + " | ".join(f"{b} labeled: student | teacher" for b in budgets) + " |",
-             "|---|" + "---:|---:|" * len(budgets)]
+             f"paired). Config `{config}`; synthetic {spec.layout}-layout data, preset `{spec.preset}`: "
+             f"{spec.num_train} training images ({spec.height}x{spec.width}), {spec.num_val} validation images"
+             + (" (PNG for every format)." if spec.image_formats else "."), "",
+             "| method | " + " | ".join(f"{label}: student | teacher" for _, label in columns) + " |",
+             "|---|" + "---:|---:|" * len(columns)]
     for m in methods:
-        cells = [f"{fmt_stat(table[m][b]['student'])} | {fmt_stat(table[m][b]['teacher'])}" for b in budgets]
+        cells = [f"{fmt_stat(table[m][c]['student'])} | {fmt_stat(table[m][c]['teacher'])}" for c, _ in columns]
         lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+    if len(formats) > 1:
+        others = [(b, f) for b in budgets for f in formats[1:]]
+        lines += ["", f"Paired difference of the student's mIoU (points) against the same method and seed "
+                  f"trained from {formats[0].upper()} shards, mean [95 % CI]:", "",
+                  "| method | " + " | ".join(variant_label(b, f, spec.jpeg_quality) for b, f in others) + " |",
+                  "|---|" + "---:|" * len(others)]
+        for m in methods:
+            cells = [fmt_stat(table[m][variant(b, f)]["vs_format"][formats[0]], signed=True) for b, f in others]
+            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
     bases = baselines(methods)
     if bases:
         lines += ["", "Paired difference of the student's mIoU (points), mean [95 % CI]; an interval that "
                   "excludes 0 is a difference the seeds can tell:", "",
-                  "| method | " + " | ".join(f"{b}: vs {base}" for b in budgets for base in bases) + " |",
-                  "|---|" + "---:|" * (len(budgets) * len(bases))]
+                  "| method | " + " | ".join(f"{label}: vs {base}" for _, label in columns for base in bases) + " |",
+                  "|---|" + "---:|" * (len(columns) * len(bases))]
         for m in methods:
-            cells = [fmt_stat(table[m][b]["vs"].get(base), signed=True) if base != m else "·"
-                     for b in budgets for base in bases]
+            cells = [fmt_stat(table[m][c]["vs"].get(base), signed=True) if base != m else "·"
+                     for c, _ in columns for base in bases]
             lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
-              "| method | budget | runs |", "|---|---:|---|"]
+              "| method | training set | runs |", "|---|---:|---|"]
     for m in methods:
-        for b in budgets:
-            runs = table[m][b]["runs"]
-            lines.append(f"| {m} | {b} | " + (", ".join(
+        for c, _ in columns:
+            runs = table[m][c]["runs"]
+            lines.append(f"| {m} | {c} | " + (", ".join(
                 f"{100 * r['miou_last']:.2f}" + (f" ({100 * r['teacher_miou_last']:.2f})"
                                                   if _finite(r.get("teacher_miou_last")) else "") + f" [{r['seed']}]"
                 for r in runs) or "-") + " |")
@@ -455,8 +536,9 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
     return "\n".join(lines)
 
 
-def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[str]) -> bytes:
-    """Grouped bars (student mean, 95 % CI error bars) per budget, one bar per method, seeds as dots."""
+def figure(table: dict[str, Any], *, methods: Sequence[str], columns: Sequence[tuple[str, str]], layout: str) -> bytes:
+    """Grouped bars (student mean, 95 % CI error bars) per (key, label) column, one bar per method,
+    seeds as dots."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -465,7 +547,7 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[s
     ax = fig.subplots()
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
-        for j, b in enumerate(budgets):
+        for j, (b, _) in enumerate(columns):
             stat = table[m][b]["student"]
             x = j + (i - (len(methods) - 1) / 2) * width
             if stat is not None:
@@ -474,9 +556,9 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[s
                        yerr=err, capsize=3)
                 ys = list(_by_seed(table[m][b]["runs"], "miou_last").values())
                 ax.plot([x] * len(ys), ys, "k.", markersize=3)
-    ax.set_xticks(range(len(budgets)), [f"{b} labeled" for b in budgets])
+    ax.set_xticks(range(len(columns)), [label for _, label in columns])
     ax.set_ylabel("last mIoU % (mean, 95 % CI)")
-    ax.set_title("ablation on synthetic VOC-layout data", fontsize=10)
+    ax.set_title(f"ablation on synthetic {layout}-layout data", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -486,9 +568,10 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence[s
 
 def write_report(out: Path, *, methods: Sequence[str], budgets: Sequence[str], seeds: int, spec: DataSpec,
                  config: Path, failed: Sequence[Outcome]) -> dict[str, Any]:
-    runs = plan_runs(methods, budgets, seeds)
-    table = summary(collect(out, runs), methods, budgets)
+    runs = plan_runs(methods, budgets, seeds, spec.formats)
+    table = summary(collect(out, runs), methods, budgets, spec.formats)
     raw_cmd, per_budget = data_commands(out, spec, budgets)
+    columns = report_columns(budgets, spec)
     commands = [" ".join(["dataprep", *c]) for c in [raw_cmd] + [c for b in budgets for c in per_budget[b]]]
     atomic_write_bytes(out / "ablation.md", markdown(table, methods=methods, budgets=budgets, seeds=seeds, spec=spec,
                                                      config=config, commands=commands, failed=failed).encode())
@@ -496,7 +579,7 @@ def write_report(out: Path, *, methods: Sequence[str], budgets: Sequence[str], s
                                               "config": str(config), "data": asdict(spec), "metric": "miou_last",
                                               "units": "mIoU %", "confidence": CONFIDENCE,
                                               "table": table, "failed": [o.run.name for o in failed]})
-    atomic_write_bytes(out / "ablation.png", figure(table, methods=methods, budgets=budgets))
+    atomic_write_bytes(out / "ablation.png", figure(table, methods=methods, columns=columns, layout=spec.layout))
     return table
 
 
@@ -525,7 +608,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study directory (data/, runs/, ablation.md/.json/.png)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable)")
-    p.add_argument("--preset", choices=PRESETS, default="scenes", help="synthetic dataset (dataprep synth --preset)")
+    p.add_argument("--preset", choices=PRESETS, default="scenes",
+                   help="synthetic dataset: VOC layout (dataprep synth --preset scenes|sslbench) or cityscapes")
+    p.add_argument("--image-formats", default=None,
+                   help=f"cityscapes: shard image formats to compare, from {', '.join(IMAGE_FORMATS)} (default png; "
+                        f"e.g. png,jpg: every run once per format, paired against the first)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help="cityscapes jpg shards' quality")
     p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="synthetic training images")
     p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="synthetic validation images")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="synthetic image size HxW")
@@ -551,8 +639,12 @@ def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
     budgets = parse_budgets(args.budgets, num_train=args.num_train, preset=args.preset)
     # The config and every --set must load before an hour of work starts (data.root is set per budget).
     load_config(args.config, args.overrides)
+    if not 1 <= args.jpeg_quality <= 100:
+        raise AblationError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
     spec = DataSpec(preset=args.preset, num_train=args.num_train, num_val=args.num_val, height=args.size[0],
-                    width=args.size[1], data_seed=args.data_seed, split_seed=args.split_seed)
+                    width=args.size[1], data_seed=args.data_seed, split_seed=args.split_seed,
+                    image_formats=parse_formats(args.image_formats, preset=args.preset),
+                    jpeg_quality=args.jpeg_quality)
     return methods, budgets, spec
 
 
@@ -570,7 +662,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed: list[Outcome] = []
     if not args.report_only:
-        failed = run_all(plan_runs(methods, budgets, args.seeds), out=out, config=config, shards=shards,
+        failed = run_all(plan_runs(methods, budgets, args.seeds, spec.formats), out=out, config=config, shards=shards,
                          overrides=args.overrides, torch_threads=args.torch_threads, jobs=args.jobs, console=console)
     write_report(out, methods=methods, budgets=budgets, seeds=args.seeds, spec=spec, config=config, failed=failed)
     print((out / "ablation.md").read_text())
@@ -587,7 +679,7 @@ def run_all(runs: Sequence[Run], *, out: Path, config: Path, shards: dict[str, P
     failed = []
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(execute, run, out=out, config=config, shards=shards[run.budget], overrides=overrides,
+        futures = {pool.submit(execute, run, out=out, config=config, shards=shards[run.data], overrides=overrides,
                                torch_threads=torch_threads): run for run in runs}
         for i, future in enumerate(as_completed(futures), start=1):
             run, outcome = futures[future], future.result()

@@ -3,6 +3,7 @@
 
 * :func:`make_shards` - dataprep's own path in-process: a synthetic raw tree, a partition and
   its conversion; for tests of whatever reads real dataprep output.
+* :func:`shard_samples` - what a split's shards hold, read with the standard library's tarfile.
 * Images whose pixels say what an augmentation did, for the data tests, which write them with
   :func:`fastforec.bench.datasets.write_dataset` (not dataprep, so that the data side is judged
   independently of the converter):
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,14 @@ def identity_colour(i: int) -> tuple[int, int, int]:
 
 def identity_image(i: int, *, height: int, width: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(identity_colour(i), dtype=np.uint8), (height, width, 3)).copy()
+
+
+def shard_samples(manifest, split: str) -> dict[str, dict[str, bytes]]:
+    """key -> {ext: bytes} of a split (``manifest`` a fastforec Manifest), read with tarfile."""
+    out: dict[str, dict[str, bytes]] = {}
+    for path in manifest.shard_paths(split):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                out.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return out

@@ -16,6 +16,7 @@ from fastforec.ablate import (Run, baselines, method_label, mean_ci, paired_diff
                               t_critical, train_command)
 from fastforec.cli import main
 from fastforec.config import load_config
+from tests.shard_sets import shard_samples
 
 METHODS = ("supervised", "forec")
 BUDGET = 3
@@ -188,3 +189,47 @@ def test_a_failed_dataprep_command_stops_the_study_with_dataprep_s_message(confi
     err = capsys.readouterr().err
     assert "`dataprep synth --layout voc --out" in err and "regular file" in err and "Traceback" not in err
     assert not (out / "data" / "study.json").exists() and not (out / "runs").exists()
+
+
+def test_cityscapes_study_pairs_png_and_jpeg_shards_on_the_same_val_pixels(config: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "study"
+    fake = {"png": 0.25, "jpg": 0.5}  # seed 1 "finished earlier": a 25-point difference
+    for fmt, miou in fake.items():
+        run = out / "runs" / Run("supervised", str(BUDGET), 1, fmt).name
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"miou_last": miou, "miou_best": miou, "step": 2}))
+    argv = ["ablate", "--config", str(config), "--methods", "supervised", "--budgets", str(BUDGET), "--seeds", "2",
+            "--out", str(out), "--num-train", "12", "--num-val", "3", "--size", "32x64", "--torch-threads", "1",
+            "--preset", "cityscapes", "--image-formats", "png,jpg", "--jpeg-quality", "90"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 2
+    shards = {fmt: Manifest.load(out / "data" / f"shards_{BUDGET}_{fmt}") for fmt in fake}
+    assert shards["jpg"].source["jpeg_quality"] == 90 and shards["png"].source["image_format"] == "png"
+    for fmt, m in shards.items():
+        run = out / "runs" / f"supervised_b{BUDGET}_{fmt}_s0"
+        assert Path(json.loads((run / "config.json").read_text())["data"]["root"]) == m.root
+        assert (run / "results.json").is_file()
+    # the same split lists; every format is evaluated on the same PNG val bytes
+    assert shard_samples(shards["png"], "val") == shard_samples(shards["jpg"], "val")
+    assert all("jpg" in s for s in shard_samples(shards["jpg"], "labeled").values())
+    report = json.loads((out / "ablation.json").read_text())
+    diff = report["table"]["supervised"][f"{BUDGET}_jpg"]["vs_format"]["png"]
+    seed0 = {fmt: 100 * json.loads((out / "runs" / f"supervised_b{BUDGET}_{fmt}_s0" / "results.json")
+                                   .read_text())["miou_last"] for fmt in fake}
+    assert diff["seeds"] == [0, 1]
+    assert diff["mean"] == pytest.approx(statistics.fmean([seed0["jpg"] - seed0["png"], 25.0]))
+    table = (out / "ablation.md").read_text()
+    assert f"{BUDGET} labeled, JPEG q90" in table and "trained from PNG shards" in table
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--image-formats", "png,jpg"), "--image-formats exists for --preset cityscapes only"),
+    (("--preset", "cityscapes", "--image-formats", "png,gif"), "must name distinct formats from png, jpg"),
+    (("--preset", "cityscapes", "--jpeg-quality", "0"), "--jpeg-quality must be in 1..100"),
+])
+def test_bad_format_arguments_exit_2(extra: tuple[str, ...], message: str, config: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    assert main(_argv(config, tmp_path / "study", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,7 @@ from tests.dataprep.conftest import CITY_LABELED, CITY_TRAIN, CITY_VAL, SIZE, VO
 from dataprep.scan import read_samples
 from fastforec.data.manifest import Manifest
 from test_dataprep_tables import OFFICIAL_TRAIN_IDS
-
-
-def shard_samples(manifest: Manifest, split: str) -> dict[str, dict[str, bytes]]:
-    """key -> {ext: bytes}, read with the standard library's tarfile."""
-    out: dict[str, dict[str, bytes]] = {}
-    for path in manifest.shard_paths(split):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                out.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return out
+from tests.shard_sets import shard_samples
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +81,30 @@ def test_cityscapes_labels_are_train_ids(city_raw_session: Path, city_split_sess
 
 def test_cityscapes_jpg_option(city_raw_session: Path, city_split_session: Path, tmp_path: Path,
                                cli: CliRunner) -> None:
+    """--image-format jpg re-encodes the training splits faithfully; val keeps the original PNG
+    bytes, so mIoU is measured on the benchmark's own pixels."""
     out = tmp_path / "out"
     assert cli("cityscapes", "--root", city_raw_session, "--split-dir", city_split_session, "--out", out,
                "--image-format", "jpg", "--workers", 1, "--quiet").code == 0
     m = Manifest.load(out)
+    assert m.source["image_format"] == "jpg" and m.source["val_image_format"] == "png"
     originals = {p.name.split("_leftImg8bit")[0]: np.asarray(Image.open(p)).astype(int)
-                 for p in (city_raw_session / "leftImg8bit/val").glob("*/*.png")}
-    for key, sample in shard_samples(m, "val").items():
+                 for p in (city_raw_session / "leftImg8bit/train").glob("*/*.png")}
+    labeled = shard_samples(m, "labeled")
+    assert labeled
+    for key, sample in labeled.items():
+        assert "png" not in sample
         decoded = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
         assert decoded.shape == originals[key].shape
-        errors = {k: np.abs(decoded - o).mean() for k, o in originals.items()}
+        errors = {k: np.abs(decoded - o).mean() for k, o in originals.items() if o.shape == decoded.shape}
         # a faithful re-encode of this image: far closer to it than to any other image
         assert errors[key] < 0.25 * min(e for k, e in errors.items() if k != key)
+    val = shard_samples(m, "val")
+    assert len(val) == CITY_VAL
+    for key, sample in val.items():
+        assert "jpg" not in sample
+        path = next((city_raw_session / "leftImg8bit/val").glob(f"*/{key}_leftImg8bit.png"))
+        assert sample["png"] == path.read_bytes()
 
 
 def test_parallel_conversion_is_byte_identical(voc_shards: Path, voc_raw_session: Path, voc_split_session: Path,

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.dataprep.conftest import CliRunner, lines, read_png
 from tests.shard_sets import make_shards
 from fastforec.data.manifest import Manifest
-from test_dataprep_convert import shard_samples
+from tests.shard_sets import shard_samples
 
 NUM_CLASSES = 4
 
