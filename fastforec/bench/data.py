@@ -12,6 +12,10 @@ Besides wall-clock throughput, the CPU time (all threads of this process plus th
 worker processes) spent per sample is reported: on a shared machine it is much less sensitive
 to other load than wall time, and ``cpu_ratio`` (baseline CPU per sample / DALI CPU per sample)
 is what the throughput ratio is on an otherwise idle machine when both saturate the cores.
+``<contender>_cores_busy`` (samples/s x CPU s per sample) says how many of the cores it was given
+a contender kept busy; for DALI the CPU is split by thread (``dali_thread_cores``: DALI's worker
+pool, its executor threads, and Python/torch, which feed the pipeline and hand batches over), which
+shows where the graph waits when the pool is not saturated.
 
 JSON keys: dali_samples_per_s, baseline_samples_per_s, ratio (= dali / baseline),
 decode_only_samples_per_s, plus the settings and the per-round numbers.
@@ -185,6 +189,27 @@ def _children_cpu_seconds() -> float:
     return total
 
 
+# DALI names its threads: "[DALI][TP<n>]Exec" (the worker pool that runs the operators per
+# sample) and "[DALI] Executor" (scheduling); every other thread of this process is Python or torch.
+THREAD_GROUPS = (("DALI worker pool", "[DALI][TP"), ("DALI executor", "[DALI]"))
+PYTHON_THREADS = "Python + torch"
+
+
+def _thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by THREAD_GROUPS (from /proc/self/task)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {name: 0.0 for name, _ in THREAD_GROUPS} | {PYTHON_THREADS: 0.0}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        group = next((name for name, prefix in THREAD_GROUPS if comm.startswith(prefix)), PYTHON_THREADS)
+        out[group] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _cpu_seconds() -> float:
     return time.process_time() + _children_cpu_seconds()
 
@@ -206,20 +231,27 @@ def _settle() -> None:
 class Window:
     samples_per_s: float
     cpu_ms_per_sample: float
+    thread_cores: dict[str, float]  # cores kept busy per thread group of this process
+
+    @property
+    def cores_busy(self) -> float:
+        return self.samples_per_s * self.cpu_ms_per_sample / 1e3
 
 
 def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     _settle()
     for _ in range(DRAIN):
         next_batch()
-    cpu, start = _cpu_seconds(), time.perf_counter()
+    threads, cpu, start = _thread_cpu_seconds(), _cpu_seconds(), time.perf_counter()
     for _ in range(s.batches):
         next_batch()
     if s.device == "gpu":  # GPU batches are handed over on the stream: wait for the last one
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     samples = s.batches * s.batch_size
-    return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples)
+    after = _thread_cpu_seconds()
+    return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples,
+                  thread_cores={k: (after[k] - threads[k]) / wall for k in after})
 
 
 def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[Window]]:
@@ -239,11 +271,15 @@ def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: An
 def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> dict[str, Any]:
     rate = {k: statistics.median(w.samples_per_s for w in v) for k, v in windows.items()}
     cpu = {k: statistics.median(w.cpu_ms_per_sample for w in v) for k, v in windows.items()}
+    busy = {k: statistics.median(w.cores_busy for w in v) for k, v in windows.items()}
     return {
         "dali_samples_per_s": rate["dali"], "baseline_samples_per_s": rate["baseline"],
         "ratio": rate["dali"] / rate["baseline"], "decode_only_samples_per_s": rate["decode_only"],
         "dali_cpu_ms_per_sample": cpu["dali"], "baseline_cpu_ms_per_sample": cpu["baseline"],
         "decode_only_cpu_ms_per_sample": cpu["decode_only"], "cpu_ratio": cpu["baseline"] / cpu["dali"],
+        **{f"{k}_cores_busy": v for k, v in busy.items()},
+        "dali_thread_cores": {g: statistics.median(w.thread_cores[g] for w in windows["dali"])
+                              for g in windows["dali"][0].thread_cores},
         "crop": s.crop, "threads": s.threads, "batch_size": s.batch_size, "batches_per_round": s.batches,
         "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples,
         "per_round": {k: [round(w.samples_per_s, 1) for w in v] for k, v in windows.items()},
@@ -263,11 +299,16 @@ def _print(result: dict[str, Any], console: Any) -> None:
     table.add_column("vs baseline", justify="right")
     table.add_column("CPU ms/sample", justify="right")
     table.add_column("CPU vs baseline", justify="right")
+    table.add_column("cores busy", justify="right")
     base, base_cpu = result["baseline_samples_per_s"], result["baseline_cpu_ms_per_sample"]
     for label, key in (("DALI", "dali"), ("PIL DataLoader", "baseline"), ("DALI decode only", "decode_only")):
         rate, cpu = result[f"{key}_samples_per_s"], result[f"{key}_cpu_ms_per_sample"]
-        table.add_row(label, f"{rate:.1f}", f"{rate / base:.2f}x", f"{cpu:.2f}", f"{base_cpu / cpu:.2f}x")
+        table.add_row(label, f"{rate:.1f}", f"{rate / base:.2f}x", f"{cpu:.2f}", f"{base_cpu / cpu:.2f}x",
+                      f"{result[f'{key}_cores_busy']:.2f}")
     console.print(table)
+    split = ", ".join(f"{name} {cores:.2f}" for name, cores in result["dali_thread_cores"].items())
+    console.print(f"DALI's cores busy by thread: {split} (of {result['threads']} DALI threads on "
+                  f"{result['cpu_count']} CPUs)", soft_wrap=True, markup=False, highlight=False)
     for key, text in result["produces"].items():
         console.print(f"{key}: {text}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"load average during the run: {', '.join(f'{x:.2f}' for x in result['load_average'])} "

@@ -28,10 +28,16 @@ def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
                 "dali_cpu_ms_per_sample", "baseline_cpu_ms_per_sample", "cpu_ratio"):
         assert result[key] > 0, key
     assert abs(result["ratio"] - result["dali_samples_per_s"] / result["baseline_samples_per_s"]) < 1e-9
+    for key in ("dali", "baseline", "decode_only"):
+        assert 0 < result[f"{key}_cores_busy"] < 4 * result["cpu_count"], key
+    # the DALI process's CPU by thread (clock ticks of 10 ms: a tiny window may read 0 for a group)
+    assert set(result["dali_thread_cores"]) == {"DALI worker pool", "DALI executor", "Python + torch"}
+    assert sum(result["dali_thread_cores"].values()) <= result["dali_cores_busy"] * 1.5 + 0.1
     assert result["crop"] == 32 and result["threads"] == 2 and result["batch_size"] == 4
     assert all(len(v) == result["rounds"] for v in result["per_round"].values())
     captured = capsys.readouterr()
-    assert "PIL DataLoader" in captured.out
+    out = " ".join(captured.out.split())  # rich wraps the table's cells at the test console's width
+    assert "DataLoader" in out and "DALI's cores busy by thread: DALI worker pool" in out
     assert "recycled" not in captured.err  # 2 batches x 4 of 26 samples
 
 
