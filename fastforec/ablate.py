@@ -512,7 +512,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
             cells = [fmt_stat(table[m][variant(b, f)]["vs_format"][formats[0]], signed=True) for b, f in others]
             lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
     bases = baselines(methods)
-    if bases:
+    if any(base != m for base in bases for m in methods):  # a study of one baseline compares nothing
         lines += ["", "Paired difference of the student's mIoU (points), mean [95 % CI]; an interval that "
                   "excludes 0 is a difference the seeds can tell:", "",
                   "| method | " + " | ".join(f"{label}: vs {base}" for _, label in columns for base in bases) + " |",

@@ -221,6 +221,7 @@ def test_cityscapes_study_pairs_png_and_jpeg_shards_on_the_same_val_pixels(confi
     assert diff["mean"] == pytest.approx(statistics.fmean([seed0["jpg"] - seed0["png"], 25.0]))
     table = (out / "ablation.md").read_text()
     assert f"{BUDGET} labeled, JPEG q90" in table and "trained from PNG shards" in table
+    assert "vs supervised" not in table  # one method: no table of method differences
 
 
 @pytest.mark.parametrize("extra, message", [
