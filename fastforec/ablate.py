@@ -2,6 +2,10 @@
 
     fastforec ablate --config configs/sslbench.json --preset sslbench \\
         --methods supervised,mean_teacher,rec,forec,fgbg --budgets 24,96 --seeds 4 --jobs 2 --out runs/sslbench
+    # what JPEG q95 training shards cost against PNG ones (Cityscapes layout), paired by seed:
+    fastforec ablate --config configs/sslbench.json --preset cityscapes --image-formats png,jpg \\
+        --jpeg-quality 95 --methods mean_teacher --budgets 24 --seeds 12 --jobs 2 --torch-threads 1 \\
+        --num-train 200 --num-val 40 --size 96x192 --out runs/format_study
 
 1. Data (once per output directory), by running the ``dataprep`` command line:
    - preset ``sslbench``: ``dataprep synth --preset sslbench --budgets ...`` writes the raw tree
