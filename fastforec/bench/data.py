@@ -1,7 +1,9 @@
-"""`fastforec bench --what data`: DALI unlabeled pipeline vs the PIL/torchvision DataLoader
-baseline vs DALI decode-only, side by side in one process on the same shards and thread count.
+"""`fastforec bench --what data`: the DALI training pipeline vs an equal-work PIL/torchvision
+DataLoader baseline vs DALI decode-only, side by side in one process on the same shards and
+thread count.
 
-The unlabeled recipe is timed because it is the heavier one (two views, photometric branch).
+A sample is what one training step takes per labeled + unlabeled pair, made the way the config's
+method makes it (UniMatch: weak + two strong views); :func:`produces` says it per contender.
 Contenders are measured in interleaved rounds (A B C A B C ...) so that load from other
 processes on a shared machine hits all of them alike; each contender reports the median of its
 rounds. Before a timed window the process first waits for the other contenders' background
