@@ -11,6 +11,8 @@ from fastforec.errors import UserError
 PeerSource = Literal["unimatch", "u2pl", "unimatch_v2"]
 PEER_SOURCES: tuple[str, ...] = ("unimatch", "u2pl", "unimatch_v2")
 SPEC_SEPARATOR = ":"  # --checkpoint unimatch:best.pth
+# how the command lines name a peer's checkpoint in their help: "unimatch:FILE, u2pl:FILE, ..."
+PEER_SPEC_FORMS = ", ".join(f"{source}{SPEC_SEPARATOR}FILE" for source in PEER_SOURCES)
 
 
 def split_spec(spec: str | Path) -> tuple[PeerSource | None, Path]:

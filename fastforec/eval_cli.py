@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fastforec.atomic import atomic_write_json
-from fastforec.checkpoint_spec import check_exists
+from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
 from fastforec.config import ConfigError, load_config, with_overrides
 from fastforec.data.manifest import Manifest
 
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "own; needed for a peer's checkpoint)")
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run directory (its latest), or a peer's trained checkpoint: "
-                        "unimatch:FILE, u2pl:FILE (or the file alone, recognised by its keys)")
+                        f"{PEER_SPEC_FORMS} (or the file alone, recognised by its keys)")
     p.add_argument("--mode", choices=["whole", "sliding"], default=None,
                    help="whole image (VOC default) or sliding window (Cityscapes default)")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastforec.checkpoint_spec import check_exists
+from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
 from fastforec.config import ConfigError
 
 NAME = "export"
@@ -18,8 +18,8 @@ FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}  # --format: the suff
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="a checkpoint file, a run directory (its latest), or a peer's checkpoint (unimatch:FILE, "
-                        "u2pl:FILE; needs --config)")
+                   help="a checkpoint file, a run directory (its latest), or a peer's checkpoint "
+                        f"({PEER_SPEC_FORMS}; needs --config)")
     p.add_argument("--config", default=None, help="the recipe of a peer's checkpoint (its network and dataset)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")

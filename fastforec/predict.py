@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from fastforec.atomic import atomic_write_bytes
-from fastforec.checkpoint_spec import check_exists
+from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
 
 NAME = "predict"
 HELP = "class-id masks, overlays and benchmark-format PNGs for images"
@@ -26,7 +26,7 @@ CITYSCAPES = "cityscapes"  # the manifest's dataset kind whose predictions also 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run directory (its latest), a `fastforec export` .safetensors file, "
-                        "or a peer's checkpoint (unimatch:FILE, u2pl:FILE; needs --config)")
+                        f"or a peer's checkpoint ({PEER_SPEC_FORMS}; needs --config)")
     p.add_argument("--config", default=None,
                    help="a recipe: needed for a peer's checkpoint (its network and dataset), else it overrides the "
                         "checkpoint's evaluation settings")

@@ -3,6 +3,7 @@ light: help and argument errors do not import torch, DeepSpeed, DALI or matplotl
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -54,3 +55,13 @@ def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
     assert export_code == 2 and "--out" in export_err and "must end with '.onnx'" in export_err
     assert "Traceback" not in export_err
     assert report["loaded"] == []
+
+
+def test_checkpoint_help_names_every_peer_source() -> None:
+    from fastforec.checkpoint_spec import PEER_SOURCES
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("eval", "predict", "export"):
+        help_text = " ".join(subparsers.choices[name].format_help().split())
+        assert all(f"{source}:FILE" in help_text for source in PEER_SOURCES), name
