@@ -200,7 +200,7 @@ def test_cityscapes_study_pairs_png_and_jpeg_shards_on_the_same_val_pixels(confi
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps({"miou_last": miou, "miou_best": miou, "step": 2}))
     argv = ["ablate", "--config", str(config), "--methods", "supervised", "--budgets", str(BUDGET), "--seeds", "2",
-            "--out", str(out), "--num-train", "12", "--num-val", "3", "--size", "32x64", "--torch-threads", "1",
+            "--out", str(out), "--num-train", "12", "--num-val", "3", "--size", "32x64", "--torch-threads", "1", "--jobs", "2",
             "--preset", "cityscapes", "--image-formats", "png,jpg", "--jpeg-quality", "90"]
     assert main(argv) == 0
     assert capsys.readouterr().err.count("finished earlier, skipped") == 2
