@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -244,7 +244,7 @@ def check_study(out: Path, spec: DataSpec) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    defaults = asdict(DataSpec(preset="", num_train=0, num_val=0, height=0, width=0, data_seed=0, split_seed=0))
+    defaults = {f.name: f.default for f in fields(DataSpec)}  # MISSING where a key has no default
     for key, value in asdict(spec).items():
         if old.get(key, defaults[key]) != value:  # keys added since: a study from before has their defaults
             raise AblationError(f"'{path}' was made with {key}={old.get(key)!r}, this run asks for {value!r}; use "
@@ -262,12 +262,13 @@ def prepare_data(out: Path, spec: DataSpec, budgets: Sequence[str], console: Any
     shards = {}
     for budget in budgets:
         split_cmd, *convert_cmds = budget_cmds[budget]  # one conversion per format
-        for fmt, convert in zip(spec.formats, convert_cmds):
-            shard_dir = data_dirs(out, budget, fmt)[1]
-            if not (shard_dir / "manifest.json").is_file():
-                _dataprep(split_cmd, console)  # deterministic: the same lists for every format
+        dirs = [data_dirs(out, budget, fmt)[1] for fmt in spec.formats]
+        missing = [cmd for cmd, d in zip(convert_cmds, dirs) if not (d / "manifest.json").is_file()]
+        if missing:
+            _dataprep(split_cmd, console)  # deterministic: every format gets the same lists
+            for convert in missing:
                 _dataprep(convert, console)
-            shards[variant(budget, fmt)] = shard_dir
+        shards.update({variant(budget, fmt): d for fmt, d in zip(spec.formats, dirs)})
     return shards
 
 

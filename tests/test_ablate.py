@@ -234,3 +234,22 @@ def test_bad_format_arguments_exit_2(extra: tuple[str, ...], message: str, confi
     assert main(_argv(config, tmp_path / "study", *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+def test_a_study_from_before_the_format_keys_continues_and_other_data_is_refused(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from fastforec.ablate import AblationError, DataSpec, check_study
+
+    spec = DataSpec(preset="scenes", num_train=16, num_val=3, height=40, width=48, data_seed=0, split_seed=0)
+    marker = tmp_path / "data" / "study.json"
+    marker.parent.mkdir()
+    old = {k: v for k, v in asdict(spec).items() if k not in ("image_formats", "jpeg_quality")}
+    marker.write_text(json.dumps(old))
+    check_study(tmp_path, spec)  # written before the keys existed: it had their defaults
+    marker.write_text(json.dumps(old | {"jpeg_quality": 80}))
+    with pytest.raises(AblationError, match="jpeg_quality=80, this run asks for 95"):
+        check_study(tmp_path, spec)
+    marker.write_text(json.dumps({k: v for k, v in old.items() if k != "num_train"}))
+    with pytest.raises(AblationError, match="num_train=None, this run asks for 16"):
+        check_study(tmp_path, spec)

@@ -62,6 +62,7 @@ DRAIN = 4  # batches a contender may have prefetched while another one was timed
 SETTLE_POLL_S = 0.05  # the DataLoader workers count as idle once they use < 10 % CPU per poll
 SETTLE_IDLE_CPU_S = 0.005
 SETTLE_MAX_S = 3.0
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
 
 
 @dataclass(frozen=True)
@@ -167,20 +168,26 @@ def _decode_only(manifest: Any, data: Any, device: str) -> Callable[[], Any]:
     return lambda: pipe.run()
 
 
+def _stat(path: Path) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds so far) from a /proc .../stat file, None if the process or thread
+    ended meanwhile. The fields after the command name: ppid first, utime and stime at fixed positions."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
 def _children_cpu_seconds() -> float:
     """CPU time of this process's live descendants (the DataLoader workers, which a fork server
     starts: they are grandchildren), from /proc: rusage only counts children once they have exited."""
-    tick = os.sysconf("SC_CLK_TCK")
     parent: dict[int, int] = {}
     cpu: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])  # ppid; utime and stime follow at fixed positions
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        stat = _stat(path)
+        if stat is not None:
+            pid = int(path.parent.name)
+            parent[pid], cpu[pid] = stat
     me, total = os.getpid(), 0.0
     for pid in cpu:
         p = parent.get(pid)
@@ -199,16 +206,16 @@ PYTHON_THREADS = "Python + torch"
 
 def _thread_cpu_seconds() -> dict[str, float]:
     """CPU seconds of this process's threads so far, by THREAD_GROUPS (from /proc/self/task)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {name: 0.0 for name, _ in THREAD_GROUPS} | {PYTHON_THREADS: 0.0}
     for task in Path("/proc/self/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        group = next((name for name, prefix in THREAD_GROUPS if comm.startswith(prefix)), PYTHON_THREADS)
-        out[group] += (int(fields[11]) + int(fields[12])) / tick
+        stat = _stat(task / "stat")
+        if stat is not None:
+            group = next((name for name, prefix in THREAD_GROUPS if comm.startswith(prefix)), PYTHON_THREADS)
+            out[group] += stat[1]
     return out
 
 
