@@ -16,7 +16,8 @@ to other load than wall time, and ``cpu_ratio`` (baseline CPU per sample / DALI 
 is what the throughput ratio is on an otherwise idle machine when both saturate the cores.
 ``<contender>_cores_busy`` (samples/s x CPU s per sample) says how many of the cores it was given
 a contender kept busy; for DALI the CPU is split by thread (``dali_thread_cores``: DALI's worker
-pool, its executor threads, and Python/torch, which feed the pipeline and hand batches over), which
+pool, its executor threads, and Python/torch, which feed the pipeline and hand batches over; each
+thread's nanosecond run time over the median round, never more than the process's total), which
 shows where the graph waits when the pool is not saturated.
 
 JSON keys: dali_samples_per_s, baseline_samples_per_s, ratio (= dali / baseline),
@@ -204,19 +205,43 @@ THREAD_GROUPS = (("DALI worker pool", "[DALI][TP"), ("DALI executor", "[DALI]"))
 PYTHON_THREADS = "Python + torch"
 
 
-def _thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds of this process's threads so far, by THREAD_GROUPS (from /proc/self/task)."""
-    out = {name: 0.0 for name, _ in THREAD_GROUPS} | {PYTHON_THREADS: 0.0}
+def _thread_seconds(task: Path) -> float | None:
+    """CPU seconds of one thread: the scheduler's nanosecond run time (schedstat's first field),
+    else /proc's clock ticks (10 ms units: too coarse for a window of a few batches)."""
+    try:
+        return int((task / "schedstat").read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        stat = _stat(task / "stat")
+        return None if stat is None else stat[1]
+
+
+def _thread_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each live thread of this process: {tid: (thread group, seconds)},
+    the group one of THREAD_GROUPS or PYTHON_THREADS (from /proc/self/task)."""
+    out: dict[int, tuple[str, float]] = {}
     for task in Path("/proc/self/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
         except OSError:  # the thread ended meanwhile
             continue
-        stat = _stat(task / "stat")
-        if stat is not None:
+        seconds = _thread_seconds(task)
+        if seconds is not None:
             group = next((name for name, prefix in THREAD_GROUPS if comm.startswith(prefix)), PYTHON_THREADS)
-            out[group] += stat[1]
+            out[int(task.name)] = (group, seconds)
     return out
+
+
+def _thread_cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each thread group spent between two snapshots. A thread that ended in between
+    is left out; one that started (or a reused tid whose count went down) counts from zero."""
+    out = {name: 0.0 for name, _ in THREAD_GROUPS} | {PYTHON_THREADS: 0.0}
+    for tid, (group, seconds) in after.items():
+        start = before.get(tid, (group, 0.0))[1]
+        out[group] += seconds - start if seconds >= start else seconds
+    return out
+
+
+THREAD_CLOCK = "schedstat" if Path("/proc/self/task", str(os.getpid()), "schedstat").exists() else "ticks"
 
 
 def _cpu_seconds() -> float:
@@ -251,16 +276,25 @@ def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     _settle()
     for _ in range(DRAIN):
         next_batch()
-    threads, cpu, start = _thread_cpu_seconds(), _cpu_seconds(), time.perf_counter()
+    # The readings nest: the process's CPU (all threads, ns) is read outside the per-thread
+    # snapshot at both ends, and the wall clock inside it, so the threads' sum over the window can
+    # never exceed the process's figure (each count only grows). The slow /proc scan of the
+    # DataLoader workers stays outside both: DALI keeps prefetching while it runs.
+    children = _children_cpu_seconds()
+    cpu = time.process_time()
+    threads = _thread_cpu_seconds()
+    start = time.perf_counter()
     for _ in range(s.batches):
         next_batch()
     if s.device == "gpu":  # GPU batches are handed over on the stream: wait for the last one
         torch.cuda.synchronize()
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    wall = time.perf_counter() - start
+    by_group = _thread_cpu_by_group(threads, _thread_cpu_seconds())
+    cpu = time.process_time() - cpu
+    cpu += _children_cpu_seconds() - children
     samples = s.batches * s.batch_size
-    after = _thread_cpu_seconds()
     return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples,
-                  thread_cores={k: (after[k] - threads[k]) / wall for k in after})
+                  thread_cores={k: v / wall for k, v in by_group.items()})
 
 
 def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[Window]]:
@@ -277,18 +311,23 @@ def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: An
     return windows
 
 
+def _median_window(windows: list[Window]) -> Window:
+    """The round whose cores busy is the (lower) median: a real round, not a mix of several."""
+    return sorted(windows, key=lambda w: w.cores_busy)[(len(windows) - 1) // 2]
+
+
 def _report(windows: dict[str, list[Window]], s: Settings, num_samples: int) -> dict[str, Any]:
     rate = {k: statistics.median(w.samples_per_s for w in v) for k, v in windows.items()}
     cpu = {k: statistics.median(w.cpu_ms_per_sample for w in v) for k, v in windows.items()}
-    busy = {k: statistics.median(w.cores_busy for w in v) for k, v in windows.items()}
+    busy = {k: _median_window(v).cores_busy for k, v in windows.items()}
     return {
         "dali_samples_per_s": rate["dali"], "baseline_samples_per_s": rate["baseline"],
         "ratio": rate["dali"] / rate["baseline"], "decode_only_samples_per_s": rate["decode_only"],
         "dali_cpu_ms_per_sample": cpu["dali"], "baseline_cpu_ms_per_sample": cpu["baseline"],
         "decode_only_cpu_ms_per_sample": cpu["decode_only"], "cpu_ratio": cpu["baseline"] / cpu["dali"],
         **{f"{k}_cores_busy": v for k, v in busy.items()},
-        "dali_thread_cores": {g: statistics.median(w.thread_cores[g] for w in windows["dali"])
-                              for g in windows["dali"][0].thread_cores},
+        # the split of one round (the median one), so that it adds up to that round's cores busy
+        "dali_thread_cores": _median_window(windows["dali"]).thread_cores, "dali_thread_clock": THREAD_CLOCK,
         "crop": s.crop, "threads": s.threads, "batch_size": s.batch_size, "batches_per_round": s.batches,
         "rounds": ROUNDS, "data": str(s.root), "num_samples": num_samples,
         "per_round": {k: [round(w.samples_per_s, 1) for w in v] for k, v in windows.items()},

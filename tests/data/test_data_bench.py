@@ -30,9 +30,15 @@ def test_bench_data_writes_the_contract_keys(tmp_path, identity_data, capsys):
     assert abs(result["ratio"] - result["dali_samples_per_s"] / result["baseline_samples_per_s"]) < 1e-9
     for key in ("dali", "baseline", "decode_only"):
         assert 0 < result[f"{key}_cores_busy"] < 4 * result["cpu_count"], key
-    # the DALI process's CPU by thread (clock ticks of 10 ms: a tiny window may read 0 for a group)
+    # the DALI process's CPU by thread, from the same round as dali_cores_busy and read inside the
+    # process's own window: the threads' sum cannot exceed the process's (no timing bound: it holds
+    # on any machine and load, since both are readings of the same growing counters)
     assert set(result["dali_thread_cores"]) == {"DALI worker pool", "DALI executor", "Python + torch"}
-    assert sum(result["dali_thread_cores"].values()) <= result["dali_cores_busy"] * 1.5 + 0.1
+    assert all(v >= 0 for v in result["dali_thread_cores"].values())
+    if result["dali_thread_clock"] == "schedstat":
+        assert sum(result["dali_thread_cores"].values()) <= result["dali_cores_busy"] * (1 + 1e-9)
+    else:  # 10 ms ticks per thread: each group may round up by one tick
+        assert result["dali_thread_clock"] == "ticks"
     assert result["crop"] == 32 and result["threads"] == 2 and result["batch_size"] == 4
     assert all(len(v) == result["rounds"] for v in result["per_round"].values())
     captured = capsys.readouterr()
