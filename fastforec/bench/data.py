@@ -14,7 +14,7 @@ Besides wall-clock throughput, the CPU time (all threads of this process plus th
 worker processes) spent per sample is reported: on a shared machine it is much less sensitive
 to other load than wall time, and ``cpu_ratio`` (baseline CPU per sample / DALI CPU per sample)
 is what the throughput ratio is on an otherwise idle machine when both saturate the cores.
-``<contender>_cores_busy`` (samples/s x CPU s per sample) says how many of the cores it was given
+``<contender>_cores_busy`` (CPU seconds per wall second of the window) says how many of the cores it was given
 a contender kept busy; for DALI the CPU is split by thread (``dali_thread_cores``: DALI's worker
 pool, its executor threads, and Python/torch, which feed the pipeline and hand batches over; each
 thread's nanosecond run time over the median round, never more than the process's total), which
@@ -265,11 +265,8 @@ def _settle() -> None:
 class Window:
     samples_per_s: float
     cpu_ms_per_sample: float
-    thread_cores: dict[str, float]  # cores kept busy per thread group of this process
-
-    @property
-    def cores_busy(self) -> float:
-        return self.samples_per_s * self.cpu_ms_per_sample / 1e3
+    cores_busy: float  # CPU seconds / wall seconds over the CPU readings' own span
+    thread_cores: dict[str, float]  # cores kept busy per thread group of this process, over the same span
 
 
 def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
@@ -277,10 +274,13 @@ def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     for _ in range(DRAIN):
         next_batch()
     # The readings nest: the process's CPU (all threads, ns) is read outside the per-thread
-    # snapshot at both ends, and the wall clock inside it, so the threads' sum over the window can
-    # never exceed the process's figure (each count only grows). The slow /proc scan of the
-    # DataLoader workers stays outside both: DALI keeps prefetching while it runs.
+    # snapshot at both ends, so the threads' sum can never exceed the process's figure (each count
+    # only grows), and both are divided by the wall time of that outer span (which includes the
+    # snapshots' own cost: a few ms, nothing against a window of 30 batches). Throughput uses the
+    # inner span, the batches alone. The slow /proc scan of the DataLoader workers stays outside
+    # both: DALI keeps prefetching while it runs.
     children = _children_cpu_seconds()
+    outer = time.perf_counter()
     cpu = time.process_time()
     threads = _thread_cpu_seconds()
     start = time.perf_counter()
@@ -291,10 +291,11 @@ def _time(next_batch: Callable[[], Any], s: Settings) -> Window:
     wall = time.perf_counter() - start
     by_group = _thread_cpu_by_group(threads, _thread_cpu_seconds())
     cpu = time.process_time() - cpu
+    outer = time.perf_counter() - outer
     cpu += _children_cpu_seconds() - children
     samples = s.batches * s.batch_size
-    return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples,
-                  thread_cores={k: v / wall for k, v in by_group.items()})
+    return Window(samples_per_s=samples / wall, cpu_ms_per_sample=1e3 * cpu / samples, cores_busy=cpu / outer,
+                  thread_cores={k: v / outer for k, v in by_group.items()})
 
 
 def _measure(contenders: dict[str, Callable[[], Any]], s: Settings, progress: Any) -> dict[str, list[Window]]:
