@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from fastforec.errors import UserError
+from fastforec.json_keys import DuplicateKey, loads_unique
 
 # Every choice below is spelled once, as a Literal (what the config accepts and type checkers
 # see); the tuples are read from it.
@@ -675,7 +676,10 @@ EXTENDS_KEY = "extends"
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}; JSON would keep the last one silently (a whole section, for a "
+                          f"section given twice): keep one of them") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError:
