@@ -13,7 +13,10 @@ the file bytes, so it is computed from the state being saved (no second pass ove
 from __future__ import annotations
 
 import hashlib
+import pickle
+import pickletools
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +31,24 @@ _STEP_RE = re.compile(r"step_(\d+)(?:\.rank\d+)?\.pt$")
 # The message torch.load(weights_only=True) raises when a file holds other Python objects; it
 # goes on to suggest weights_only=False, which is exactly what must never be done with it.
 _REFUSED_PICKLE = "Weights only load failed"
-_UNSUPPORTED_GLOBAL = "Unsupported global"
+# Its reason when the pickle names a Python class or function, in every torch's spelling (2.6:
+# "Unsupported global: GLOBAL x.y was not an allowed global"; 2.14: "Trying to load unsupported
+# GLOBAL posix.system whose module posix is blocked"), so compared in lower case.
+_UNSUPPORTED_GLOBAL = "unsupported global"
+_GLOBAL_NAME = re.compile(r"GLOBAL\s+([\w.]+)", re.IGNORECASE)
+# A file written by pickle.dump rather than torch.save stops torch's loader before any global is
+# seen: "Unsupported operand 149" (protocol 4 and 5: the FRAME opcode) or "Invalid magic number"
+# (protocol 2: torch's legacy format starts with a pickled magic number). Its opcodes are then
+# listed with pickletools, which executes nothing, to tell pickled objects from tensors.
+_NOT_TORCH_PICKLE = ("unsupported operand", "invalid magic number")
+_PICKLE_PROTO = b"\x80"  # the first byte of every pickle of protocol 2 or later
+_IMPORTING_OPCODES = ("GLOBAL", "INST")  # "module name" in the argument; STACK_GLOBAL takes two strings
+_STACK_GLOBAL = "STACK_GLOBAL"
+# what a pickle of tensors imports (torch's rebuild functions and storages, OrderedDict state dicts)
+TENSOR_MODULES = ("torch", "collections")
+# torch warns before refusing such a file ("Detected pickle protocol 4 in the checkpoint ..."):
+# noise on top of the one line that says what the file is
+_PROTOCOL_WARNING = "Detected pickle protocol"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -133,10 +153,57 @@ def without_hint(message: str) -> str:
     return message
 
 
-def refused_pickle(error: Exception) -> bool:
-    """True when ``torch.load(weights_only=True)`` refused a file because it names a Python class
-    or function (a pickled object, possibly code), as opposed to a stream that is just broken."""
-    return _REFUSED_PICKLE in str(error) and _UNSUPPORTED_GLOBAL in str(error)
+def torch_load(path: str | Path, **kwargs: Any) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, without torch's pickle-protocol
+    warning (the error that follows it is reported by :func:`refusal`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PROTOCOL_WARNING, category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+
+
+def refusal(error: Exception, path: str | Path) -> str | None:
+    """What the file is, when ``torch.load(weights_only=True)`` refused it for holding Python
+    objects (a pickled class or function, possibly code) or for being a ``pickle.dump`` file; None
+    for a stream that is just broken (truncated, or not a pickle at all)."""
+    text = str(error)
+    if _REFUSED_PICKLE in text and _UNSUPPORTED_GLOBAL in text.lower():
+        name = _GLOBAL_NAME.search(text)
+        return f"{NOT_TENSORS} (its pickle imports {name.group(1) if name else 'a Python object'})"
+    if any(reason in text.lower() for reason in _NOT_TORCH_PICKLE) and _starts_as_pickle(Path(path)):
+        name = foreign_import(Path(path))
+        return f"{NOT_TENSORS} (its pickle imports {name})" if name else PLAIN_PICKLE
+    return None
+
+
+def _starts_as_pickle(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == _PICKLE_PROTO
+    except OSError:
+        return False
+
+
+def foreign_import(path: Path) -> str | None:
+    """The first Python global (``module.name``) a pickle file imports from outside
+    :data:`TENSOR_MODULES`; None when there is none or the stream breaks off first. Read opcode by
+    opcode with pickletools: nothing is unpickled."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name in _IMPORTING_OPCODES:
+                    name = str(arg).replace(" ", ".")
+                elif opcode.name == _STACK_GLOBAL:
+                    name = ".".join(strings[-2:])
+                else:
+                    if isinstance(arg, str):
+                        strings.append(arg)
+                    continue
+                if name.split(".")[0] not in TENSOR_MODULES:
+                    return name
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError):
+        return None  # a broken stream: not evidence of anything
+    return None
 
 
 def first_line(error: Exception) -> str:
@@ -152,6 +219,8 @@ def first_line(error: Exception) -> str:
 
 NOT_TENSORS = ("holds Python objects other than tensors and plain values, so it is not a fastforec checkpoint "
                "or weight file; fastforec never unpickles such files")
+PLAIN_PICKLE = ("is a plain Python pickle (written by pickle.dump, not torch.save or safetensors), which fastforec "
+                "never unpickles; save the weights with torch.save(state_dict, FILE) or as safetensors")
 
 
 def safe_load(path: Path, *, damaged: Callable[[], str] = lambda: "") -> Any:
@@ -160,10 +229,10 @@ def safe_load(path: Path, *, damaged: Callable[[], str] = lambda: "") -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
     except Exception as e:  # zip/pickle/EOF errors all mean the same thing to the user
-        if refused_pickle(e):
-            raise CheckpointError(f"'{path}' {NOT_TENSORS}") from None
+        if (what := refusal(e, path)) is not None:
+            raise CheckpointError(f"'{path}' {what}") from None
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first_line(e)}){damaged()}") from None
 
 

@@ -16,6 +16,13 @@ from fastforec import ablate, bench, eval_cli, export, predict, recipes, train, 
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
 
 COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, recipes)
+# The smallest value of `bench`'s numeric options, checked before any benchmark starts: its
+# benchmarks read a 0 as "not given" (--crop 0 ran at the config's crop) and did not check the
+# sign (--batches -1 timed nothing and printed negative rates). (option, minimum, what it counts);
+# --batches 0 means "count FLOPs only" where a benchmark has that mode (step, e2e).
+BENCH_MINIMUMS = (("crop", 1, "a crop side in pixels"), ("threads", 1, "data-loading threads"),
+                  ("batches", 1, "timed batches per round"))
+FLOPS_ONLY_BENCHMARKS = ("step", "e2e")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for option, directory in outputs:
             check_output_dir(directory, option)
+        if args.command == bench.NAME:
+            _check_bench_numbers(args)
         return command.run(args)
     except UserError as e:
         # bad input, damaged or foreign files, unwritable outputs: the message says what to change
@@ -43,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             if e.filename is not None and Path(e.filename).resolve().is_relative_to(Path(directory).resolve()):
                 return report_user_error(output_error(e, directory, option))
         raise
+
+
+def _check_bench_numbers(args: argparse.Namespace) -> None:
+    for name, minimum, meaning in BENCH_MINIMUMS:
+        value = getattr(args, name)
+        if name == "batches" and args.what in FLOPS_ONLY_BENCHMARKS:
+            minimum, meaning = 0, f"{meaning}, or 0 to count FLOPs only"
+        if value is not None and value < minimum:
+            raise UserError(f"--{name} must be >= {minimum} ({meaning}), got {value}")
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:

@@ -27,9 +27,11 @@ from torch import nn
 from fastforec.atomic import atomic_path
 from fastforec.checkpoint_files import CheckpointError
 from fastforec.config import VIT_PATCH, Config, config_from_dict
+from fastforec.errors import UserError
 from fastforec.models import DPT, Segmentor, build_model
 
 EXPORT_FORMAT = "fastforec-segmentation-v1"
+ONNX_SUFFIX = ".onnx"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 # ONNX tracing example: batch 2 and unequal height/width, so that the tracer cannot mistake the
 # dynamic dimensions for constants or for each other (the values themselves do not matter).
@@ -85,6 +87,31 @@ def write_onnx(model: Segmentor, meta: dict[str, str], out: Path, *, vit_size: i
         proto.metadata_props.add(key=key, value=value)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
+
+
+def onnx_description(path: str | Path) -> str:
+    """What an ``.onnx`` file is, for the message that refuses it where PyTorch weights are read:
+    fastforec runs its networks in PyTorch, and an ONNX graph is for onnxruntime or TensorRT."""
+    import onnx  # lazy, as in write_onnx
+
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:  # protobuf raises DecodeError, onnx its own types: the file is not ONNX
+        return f"named .onnx but not a readable ONNX model ({type(e).__name__})"
+    if meta.get("format") != EXPORT_FORMAT:
+        return "an ONNX model (not one written by `fastforec export`)"
+    return (f"an ONNX export (`fastforec export --format onnx`) of the {meta.get('weights', 'student')} weights of "
+            f"'{meta.get('source', '?')}'")
+
+
+def refuse_onnx(path: str | Path, option: str, *, error: type[UserError] = CheckpointError) -> None:
+    """Raise ``error`` saying what an ``.onnx`` ``path`` given as ``option`` is and what to give
+    instead; nothing for other files."""
+    if Path(path).suffix.lower() != ONNX_SUFFIX or not Path(path).is_file():
+        return
+    raise error(f"{option} '{path}' is {onnx_description(path)}: an ONNX graph runs in onnxruntime or "
+                          f"TensorRT, fastforec reads PyTorch weights; give the checkpoint or run directory it was "
+                          f"exported from, or a `fastforec export --format safetensors` file")
 
 
 def read_export(path: str | Path, *, weights: str | None = None,

@@ -14,7 +14,7 @@ from fastforec.checkpoint_files import CheckpointError, first_line, resolve_chec
 from fastforec.checkpoint_spec import split_spec
 from fastforec.config import Config
 from fastforec.data.manifest import Manifest
-from fastforec.export_format import read_export
+from fastforec.export_format import read_export, refuse_onnx
 from fastforec.models import Segmentor, build_model
 from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
 
@@ -31,6 +31,7 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     The teacher has no reconstruction decoder; ``weights="student"`` keeps it. An export holds one
     set of weights (the segmentation network only): ``weights=None`` takes it, a named one must match.
     """
+    refuse_onnx(path, "--checkpoint")  # before torch.load calls it "corrupt"
     if is_peer_checkpoint(path):
         return load_peer_model(path, weights=weights, device=device, config=config)
     if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():

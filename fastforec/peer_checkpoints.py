@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 from rich.table import Table
 
-from fastforec.checkpoint_files import CheckpointError, safe_load
+from fastforec.checkpoint_files import CheckpointError, safe_load, torch_load
 from fastforec.checkpoint_spec import PEER_SOURCES, PeerSource, split_spec
 from fastforec.config import VIT_PATCH, Config, ConfigError
 from fastforec.models.backbones import BACKBONE_LAYOUTS, Layout, layout_of
@@ -235,7 +235,7 @@ def is_peer_checkpoint(spec: str | Path) -> bool:
     if not path.is_file() or path.suffix == ".safetensors":
         return False
     try:  # memory-mapped: only the key structure is read, not a gigabyte of weights
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        raw = torch_load(path, mmap=True)
     except Exception:  # noqa: BLE001 - the fastforec reader says what is wrong with it
         return False
     return isinstance(raw, dict) and "format" not in raw and detect_source(raw) is not None

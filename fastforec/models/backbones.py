@@ -30,7 +30,7 @@ from rich.table import Table
 from safetensors.torch import load_file
 from torch import nn
 
-from fastforec.checkpoint_files import NOT_TENSORS, first_line, refused_pickle
+from fastforec.checkpoint_files import first_line, refusal, torch_load
 from fastforec.config import BACKBONES, BackboneName  # noqa: F401 (re-exported)
 from fastforec.errors import UserError
 
@@ -184,14 +184,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weight file (``torch.save`` state dict, optionally under ``state_dict``, or safetensors)."""
     if not path.is_file():
         raise PretrainedError(f"pretrained weights '{path}' do not exist")
+    # lazy: export_format builds models, which import this module
+    from fastforec.export_format import refuse_onnx
+
+    refuse_onnx(path, "model.pretrained", error=PretrainedError)  # torch.load would call it "corrupt"
     try:
         if path.suffix == SAFETENSORS_SUFFIX:
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load(path)
     except Exception as e:  # torch/safetensors raise several types for truncated/corrupt archives
-        if refused_pickle(e):
-            raise PretrainedError(f"pretrained weights '{path}' {NOT_TENSORS}") from None
+        if (what := refusal(e, path)) is not None:
+            raise PretrainedError(f"pretrained weights '{path}' {what}") from None
         raise PretrainedError(f"pretrained weights '{path}' cannot be read ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -203,9 +207,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(DDP_PREFIX) for k in state):
         state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
     if isinstance(state, dict) and isinstance(state.get("student"), dict) and "format" in state:
-        # A fastforec training checkpoint: its student's encoder (pretraining on other data).
-        state = {k[len(FASTFOREC_ENCODER_PREFIX):]: v for k, v in state["student"].items()
-                 if k.startswith(FASTFOREC_ENCODER_PREFIX)}
+        state = state["student"]  # a fastforec training checkpoint: its student (pretraining on other data)
+    if isinstance(state, dict) and any(isinstance(k, str) and k.startswith(FASTFOREC_ENCODER_PREFIX) for k in state):
+        # a fastforec network (that student, or a `fastforec export` safetensors file): its encoder
+        state = {k[len(FASTFOREC_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(FASTFOREC_ENCODER_PREFIX)}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedError(f"'{path}' is not a state dict of tensors (a torchvision ResNet checkpoint is expected)")
     return state
