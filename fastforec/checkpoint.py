@@ -96,8 +96,11 @@ class Checkpointer:
         shared = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "world_size": self.dist.world_size,
                   "dataset": self.dataset, **_state_dicts(self.shared)}
         # Every rank holds the same replicated weights, so all take the same branch.
-        bad = [f"{part}.{name}" for part in WEIGHT_PARTS if shared.get(part) is not None
-               for name, t in shared[part].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        named = [(f"{part}.{name}", t) for part in WEIGHT_PARTS if shared.get(part) is not None
+                 for name, t in shared[part].items() if t.is_floating_point()]
+        # one flag per tensor on the device, read together: one host sync, not one per tensor
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
         if not all_ranks_true(not bad, self.dist.device):
             raise NonFiniteWeights(bad)
         own = rank_file(path, self.dist.rank)

@@ -33,9 +33,16 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 def foreground_map(label: Tensor, fg_classes: Sequence[int] | Tensor) -> Tensor:
     """Bool map: the label is one of ``fg_classes`` (ignore pixels are not foreground)."""
-    classes = torch.as_tensor(list(fg_classes) if not isinstance(fg_classes, Tensor) else fg_classes,
-                              device=label.device, dtype=label.dtype)
+    if isinstance(fg_classes, Tensor):
+        classes = fg_classes.to(device=label.device, dtype=label.dtype)
+    else:  # made once per (classes, device, dtype): a copy to the GPU at every step would block it
+        classes = _class_tensor(tuple(fg_classes), label.device, label.dtype)
     return torch.isin(label, classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_tensor(classes: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(classes, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,12 @@ fp32 master copies in the ZeRO optimizer; buffers keep their dtype. Two conseque
   16-bit parameter DeepSpeed owns. This is the layout autocast produces (fp32 BN parameters,
   16-bit activations), which every backend supports. State-dict keys are unchanged.
 - The EMA teacher must read the fp32 master weights. ZeRO 1/2 keep them as one flat fp32
-  partition per parameter group and rank; :class:`ZeroMasterWeights` all-gathers those
+  partition per parameter group and rank; :class:`MasterWeights` all-gathers those
   partitions once per group (one collective each) instead of one collective per parameter
-  (``deepspeed.utils.safe_get_full_fp32_param``: 341 all-reduces per step for ResNet-101).
+  (``deepspeed.utils.safe_get_full_fp32_param``: 341 all-reduces per step for ResNet-101). At ZeRO
+  stage 0 DeepSpeed wraps the optimizer in its own BF16/FP16 optimizer instead; those keep the
+  master weights whole, and :class:`MasterWeights` reads them too. A frozen parameter has no
+  master copy (no optimizer holds it): the EMA then reads the module's own weight.
 
 fp16 needs CUDA (DeepSpeed's CPU accelerator refuses it here): :func:`check_precision` says so
 before any work starts.
@@ -157,45 +160,72 @@ def keep_norm_statistics_fp32(module: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# ZeRO 1/2 fp32 master weights, read in bulk
+# fp32 master weights of DeepSpeed's 16-bit optimizers, read in bulk
+
+# Where each DeepSpeed 16-bit optimizer keeps what: (16-bit parameter lists per group, their flat
+# buffers, the fp32 flat copy per group: this rank's partition, or the whole group when unpartitioned).
+_FLAT_LAYOUTS = (
+    # ZeRO 1/2 (DeepSpeedZeroOptimizer): one fp32 partition per group and rank
+    ("bit16_groups", "bit16_groups_flat", "single_partition_of_fp32_groups"),
+    # BF16_Optimizer (bf16 with stage 0/1 and fp32 gradient accumulation): partitioned the same way
+    ("bf16_groups", "bf16_groups_flat", "fp32_groups_flat_partition"),
+    # FP16_Optimizer (fused, stage 0): one whole fp32 flat copy per group
+    ("fp16_groups", "fp16_groups_flat", "fp32_groups_flat"),
+)
 
 
-class ZeroMasterWeights:
-    """The fp32 master copy of every parameter of a module trained by DeepSpeed ZeRO 1/2.
+class MasterWeights:
+    """The fp32 master copy of every trained parameter of a module under one of DeepSpeed's 16-bit
+    optimizers (the bf16/fp16 blocks at any ZeRO stage up to 2).
 
-    ZeRO 1/2 flatten each parameter group into one 16-bit buffer (the module's parameters are
-    views into it) and give every rank an equal slice of it as an fp32 partition
-    (``single_partition_of_fp32_groups``), which the optimizer updates. :meth:`gather`
-    all-gathers those partitions, one collective per group (none in a world of one), and
-    returns fp32 views shaped like the parameters, keyed by parameter.
+    Flat layouts keep each parameter group as one 16-bit buffer (the module's parameters are
+    views into it) and an fp32 copy of it, split into equal slices across ranks when partitioned.
+    :meth:`gather` all-gathers the slices, one collective per group (none in a world of one),
+    and returns fp32 views shaped like the parameters. FP16_UnfusedOptimizer (stage 0) keeps one
+    fp32 tensor per parameter: those are returned as they are. Frozen parameters are in no
+    optimizer group and so have no master copy: they are absent from :meth:`gather`'s result.
     """
 
     def __init__(self, optimizer: Any):
-        needed = ("bit16_groups", "bit16_groups_flat", "single_partition_of_fp32_groups", "real_dp_process_group")
-        missing = [a for a in needed if not hasattr(optimizer, a)]
-        if missing:
-            raise TypeError(f"{type(optimizer).__name__} is not a ZeRO 1/2 optimizer (no {', '.join(missing)})")
         self.optimizer = optimizer
+        self.per_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         self.layout: list[list[tuple[nn.Parameter, int]]] = []  # per group: (parameter, offset in the flat buffer)
-        for params, flat in zip(optimizer.bit16_groups, optimizer.bit16_groups_flat):
+        self.fp32_attr = ""
+        found = next((names for names in _FLAT_LAYOUTS if all(hasattr(optimizer, a) for a in names)), None)
+        if found is None:
+            if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):  # FP16_UnfusedOptimizer
+                self.per_param = [(p, m) for ps, ms in zip(optimizer.fp16_groups, optimizer.fp32_groups)
+                                  for p, m in zip(ps, ms)]
+                return
+            raise TypeError(f"{type(optimizer).__name__} keeps no fp32 master weights that fastforec can read "
+                            "(expected one of DeepSpeed's ZeRO 1/2, BF16 or FP16 optimizers)")
+        params_attr, flat_attr, self.fp32_attr = found
+        for params, flat in zip(getattr(optimizer, params_attr), getattr(optimizer, flat_attr)):
             group = []
             for p in params:
                 # The parameter is a view into the flat buffer: its offset is where its data starts.
                 offset = (p.data_ptr() - flat.data_ptr()) // flat.element_size()
                 if not 0 <= offset <= flat.numel() - p.numel():
-                    raise RuntimeError("a ZeRO parameter is not a view of its group's flat buffer; "
+                    raise RuntimeError("a 16-bit parameter is not a view of its group's flat buffer; "
                                        "the fp32 master weights cannot be located")
                 group.append((p, offset))
             self.layout.append(group)
 
+    @property
+    def num_groups(self) -> int:
+        return len(self.layout)
+
     def gather(self) -> dict[nn.Parameter, torch.Tensor]:
-        """Every parameter's fp32 master value (a collective: every rank must call it)."""
+        """Every trained parameter's fp32 master value (a collective: every rank must call it)."""
+        if self.per_param is not None:
+            return {p: m.detach() for p, m in self.per_param}
         out: dict[nn.Parameter, torch.Tensor] = {}
         opt = self.optimizer
+        groups = getattr(opt, "real_dp_process_group", None)
         for i, group in enumerate(self.layout):
-            part = opt.single_partition_of_fp32_groups[i].detach()
-            pg = opt.real_dp_process_group[i]
-            world = dist.get_world_size(pg) if dist.is_initialized() else 1
+            part = getattr(opt, self.fp32_attr)[i].detach()
+            pg = groups[i] if groups is not None else None
+            world = dist.get_world_size(pg) if groups is not None and dist.is_initialized() else 1
             if world == 1:
                 full = part
             else:
@@ -204,6 +234,17 @@ class ZeroMasterWeights:
             for p, offset in group:
                 out[p] = full[offset:offset + p.numel()].view(p.shape)
         return out
+
+
+def fp32_master_tensors(optimizer: Any) -> list[torch.Tensor] | None:
+    """The fp32 tensors a DeepSpeed 16-bit optimizer updates (this rank's partitions, flat copies,
+    or one per parameter), which a checkpoint must keep; None for a plain torch optimizer."""
+    for _, _, fp32_attr in _FLAT_LAYOUTS:
+        if hasattr(optimizer, fp32_attr):
+            return list(getattr(optimizer, fp32_attr))
+    if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):
+        return [m for group in optimizer.fp32_groups for m in group]
+    return None
 
 
 def loss_scaler_state(optimizer: Any) -> dict[str, float]:

@@ -60,13 +60,16 @@ class EmaTeacher(nn.Module):
             src.append((fp32_param(sp) if fp32_param is not None else sp.detach()).to(p.dtype))
         # lerp_(end, weight): t + weight * (s - t) = alpha * t + (1 - alpha) * s
         torch._foreach_lerp_(t_params, src, 1.0 - alpha)
-        float_bufs, float_src = [], []
+        float_bufs, float_src, int_bufs, int_src = [], [], [], []
         for name, b in self.module.named_buffers():
             sb = s_buffers[name]
             if b.is_floating_point():
                 float_bufs.append(b)
                 float_src.append(sb.detach().to(b.dtype))
             else:
-                b.copy_(sb)
+                int_bufs.append(b)
+                int_src.append(sb.detach())
         if float_bufs:
             torch._foreach_lerp_(float_bufs, float_src, 1.0 - alpha)
+        if int_bufs:  # one fused copy, not one kernel per BN layer's num_batches_tracked
+            torch._foreach_copy_(int_bufs, int_src)

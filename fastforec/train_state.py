@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from fastforec.config import ConfigError
-from fastforec.precision import load_loss_scaler_state, loss_scaler_state
+from fastforec.precision import fp32_master_tensors, load_loss_scaler_state, loss_scaler_state
 
 
 class Stateful(Protocol):
@@ -86,27 +86,30 @@ class TrainState:
         self.data_identity = own_identity or saved_identity
 
 
-ZERO, TORCH = "zero", "torch"
+ZERO, MASTER16, TORCH = "zero", "master16", "torch"
 
 
 def optimizer_kind(opt: Any) -> str:
-    """"zero" (ZeRO 1/2 partitions) or "torch" (stage 0 in fp32 / torch_autocast); else an error."""
+    """"zero" (ZeRO 1/2 partitions), "master16" (DeepSpeed's BF16/FP16 optimizer at stage 0: fp32
+    master copies beside 16-bit weights) or "torch" (fp32 / torch_autocast at stage 0)."""
     if hasattr(opt, "single_partition_of_fp32_groups"):
         return ZERO
+    if fp32_master_tensors(opt) is not None and hasattr(opt, "optimizer"):
+        return MASTER16
     if isinstance(opt, torch.optim.Optimizer):
         return TORCH
     raise ConfigError(f"deepspeed: checkpointing the DeepSpeed optimizer wrapper {type(opt).__name__} is not "
-                      f"supported; for mixed precision use zero_optimization.stage 1 or 2, or the torch_autocast "
-                      f"block")
+                      f"supported; for mixed precision use the bf16 block or the torch_autocast block")
 
 
 class OptimizerState:
     """The optimizer as plain tensors, loadable with ``weights_only=True``; per rank (ZeRO
     partitions it).
 
-    ZeRO 1/2 wrap our SGD around flat fp32 partitions: we keep that inner state and the fp32
-    partition itself (the master weights when the module is bf16/fp16), not DeepSpeed's full
-    state_dict, which pickles Python objects.
+    DeepSpeed's 16-bit optimizers (ZeRO 1/2, or its BF16/FP16 optimizer at stage 0) wrap our
+    optimizer around fp32 tensors: we keep that inner state and the fp32 tensors themselves (the
+    master weights when the module is bf16/fp16), not DeepSpeed's full state_dict, which pickles
+    Python objects.
     """
 
     def __init__(self, optimizer: Any):
@@ -115,9 +118,9 @@ class OptimizerState:
 
     def state_dict(self) -> dict[str, Any]:
         opt = self.optimizer
-        if self.kind == ZERO:
-            return {"kind": ZERO, "base": opt.optimizer.state_dict(),
-                    "fp32": [t.detach() for t in opt.single_partition_of_fp32_groups],  # saving copies them
+        if self.kind in (ZERO, MASTER16):
+            return {"kind": self.kind, "base": opt.optimizer.state_dict(),
+                    "fp32": [t.detach() for t in fp32_master_tensors(opt) or []],  # saving copies them
                     "loss_scaler": loss_scaler_state(opt)}
         return {"kind": TORCH, "base": opt.state_dict()}
 
@@ -126,9 +129,9 @@ class OptimizerState:
         if state["kind"] != self.kind:
             raise ValueError(f"the checkpoint's optimizer state is '{state['kind']}', this run's is '{self.kind}' "
                              f"(deepspeed.zero_optimization.stage or the precision block changed)")
-        if self.kind == ZERO:
+        if self.kind in (ZERO, MASTER16):
             opt.optimizer.load_state_dict(state["base"])
-            for dst, src in zip(opt.single_partition_of_fp32_groups, state["fp32"], strict=True):
+            for dst, src in zip(fp32_master_tensors(opt) or [], state["fp32"], strict=True):
                 dst.data.copy_(src)
             load_loss_scaler_state(opt, state.get("loss_scaler", {}))
         else:

@@ -7,6 +7,8 @@ names the argument and what it expected.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Sequence
 
 import torch
@@ -65,7 +67,8 @@ def fg_lookup_table(fg_classes: Sequence[int] | torch.Tensor | None, num_classes
     """Bool table ``lut[c]`` = class c is foreground, for c in [0, num_classes).
 
     A table lookup replaces ``isin`` (one gather instead of a search per pixel); classes beyond
-    the logits' channel count can never be predicted, so they are dropped.
+    the logits' channel count can never be predicted, so they are dropped. The table is made once
+    per (classes, device): a host-to-device copy at every call would block the step.
     """
     if fg_classes is None:
         return None
@@ -73,6 +76,11 @@ def fg_lookup_table(fg_classes: Sequence[int] | torch.Tensor | None, num_classes
     for c in ids:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             _fail("fg_classes", "a sequence of class ids >= 0", repr(ids))
+    return _lookup_table(tuple(ids), num_classes, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_table(ids: tuple[int, ...], num_classes: int, device: torch.device) -> torch.Tensor:
     lut = torch.zeros(num_classes, dtype=torch.bool)
     lut[[c for c in ids if c < num_classes]] = True
     return lut.to(device)

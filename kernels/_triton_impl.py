@@ -113,13 +113,19 @@ def _pseudo_label_kernel(logits_ptr, label_ptr, conf_ptr, fg_ptr, lut_ptr,
                           stride_b, stride_c, stride_h, stride_w, FLAT)
     cls_tile = cls[:, None] + tl.full((BLOCK_C, BLOCK_P), 0, tl.int32)
     top, label = tl.reduce((x, cls_tile), 0, _ARGMAX_COMBINE)
+    # NaN compares false both ways, so the argmax of a pixel with a NaN logit can end on any
+    # class, padding included (past the class table). torch.argmax counts NaN as the maximum:
+    # the first NaN class wins, and conf below is NaN too (the step is then skipped as non-finite).
+    first_nan = tl.min(tl.where(x != x, cls_tile, BLOCK_C), 0)
+    label = tl.where(first_nan < BLOCK_C, first_nan, label)
     # max softmax = exp(top - top) / sum exp(x - top): no probability tile is needed.
     denom = tl.reduce(tl.exp(x - top[None, :]), 0, _ADD_COMBINE)
     out = batch * num_pixels + pixel
     tl.store(label_ptr + out, label.to(tl.int64), mask=pixel_ok)
     tl.store(conf_ptr + out, 1.0 / denom, mask=pixel_ok)
     if HAS_FG:
-        fg = tl.load(lut_ptr + label, mask=pixel_ok, other=0)
+        # the class test keeps the table read in bounds whatever the label
+        fg = tl.load(lut_ptr + label, mask=pixel_ok & (label < num_classes), other=0)
         tl.store(fg_ptr + out, fg, mask=pixel_ok)
 
 

@@ -46,6 +46,24 @@ def test_ties_go_to_the_lowest_class(backend: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_logits_label_in_range_like_torch_argmax(backend: str) -> None:
+    # 5 classes in a block of 8: an all-NaN pixel once took a padding class and read the
+    # foreground table past its end. torch.argmax counts NaN as the maximum (first NaN wins).
+    shape = Shape(2, 5, 3, 4, False)
+    x = logits(shape, torch.float32, seed=5)
+    x[0, :, 0, 0] = float("nan")  # every class
+    x[0, 3, 1, 1] = float("nan")  # one class
+    x[1, 2:, 2, 3] = float("nan")  # the last three
+    label, conf, fg = kernels.pseudo_label(x, [3, 4], backend=backend)
+    assert torch.equal(label, torch.argmax(x, dim=1))
+    assert (label[0, 0, 0], label[0, 1, 1], label[1, 2, 3]) == (0, 3, 2)
+    assert torch.equal(fg, (label == 3) | (label == 4))
+    nan = torch.isnan(x).any(dim=1)
+    assert torch.isnan(conf[nan]).all() and torch.isfinite(conf[~nan]).all()
+    torch.testing.assert_close(conf[~nan], pseudo_label_reference(x)[1][~nan])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_foreground_classes(backend: str) -> None:
     shape = Shape(3, 5, 4, 6, False)
     x = logits(shape, torch.float32, seed=3)

@@ -74,9 +74,13 @@ def master_read_check(trainer: Trainer) -> dict[str, Any]:
         bulk = trainer.master_weights.gather()
     with CollectiveCounter() as per_param_count:
         single = [safe_get_full_fp32_param(p) for p in params]
+    # DeepSpeed's helper reads ZeRO partitions only (None at stage 0); at every stage the 16-bit
+    # weights are the master weights rounded, which DeepSpeed copies after each optimizer step
     return {"bulk": bulk_count.count, "per_param": per_param_count.count, "params": len(params),
-            "groups": len(trainer.optimizer.single_partition_of_fp32_groups),
-            "equal": all(torch.equal(bulk[p], s) for p, s in zip(params, single)),
+            "groups": trainer.master_weights.num_groups, "optimizer": type(trainer.optimizer).__name__,
+            "equal": all(s is None or torch.equal(bulk[p], s) for p, s in zip(params, single)),
+            "helper_reads": sum(s is not None for s in single),
+            "rounds_to_module": all(torch.equal(bulk[p].to(p.dtype), p.detach()) for p in params),
             "dtype": sorted({str(t.dtype) for t in bulk.values()})}
 
 
