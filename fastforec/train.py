@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config entry, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--run-dir", help="run directory (default runs/<train.name>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest intact checkpoint of the run directory, or from the given path")
+                   help="continue from the newest intact checkpoint of the run directory, or from the given path; "
+                        "--resume auto continues when the run directory has a checkpoint and starts afresh when "
+                        "not (one command for a job a scheduler may requeue)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -55,6 +58,8 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     deepspeed_config(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name
     check_output_dir(run_dir, "--run-dir")
+    if args.resume == "auto":
+        args.resume = "latest" if list_checkpoints(run_dir / "checkpoints") else None
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue it, "
                           f"or choose another --run-dir / train.name")
@@ -66,10 +71,19 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
 def run(args: argparse.Namespace) -> int:
     """Train; a UserError anywhere (config, data, checkpoint, divergence, unwritable run
     directory) is printed as one line and exits with 2."""
+    from fastforec.preemption import StopSignals, Stopped
+
     run_dir = None
     try:
-        cfg, run_dir = prepare(args)
-        return _train(args, cfg, run_dir)
+        # SIGTERM / SIGINT / SIGUSR1: see fastforec/preemption.py (at once during start-up, after
+        # the current step once training runs)
+        with StopSignals() as stop:
+            cfg, run_dir = prepare(args)
+            return _train(args, cfg, run_dir, stop)
+    except Stopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(e.describe(), file=sys.stderr, flush=True)
+        return e.exit_code
     except UserError as e:
         return report_user_error(e)
     except OSError as e:
@@ -82,7 +96,7 @@ def _is_under(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+def _train(args: argparse.Namespace, cfg: Config, run_dir: Path, stop: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fastforec.distributed import all_ranks_true, init_distributed
     from fastforec.run_lock import RunDirectoryBusy, RunLock
@@ -99,16 +113,16 @@ def _train(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     if not all_ranks_true(busy is None, dist.device):
         raise busy or RunDirectoryBusy(f"run directory '{run_dir}' is in use by another run (see rank 0's message)")
     try:
-        return _fit(args, cfg, run_dir, dist)
+        return _fit(args, cfg, run_dir, dist, stop)
     finally:
         lock.release()
 
 
-def _fit(args: argparse.Namespace, cfg: Config, run_dir: Path, dist: Any) -> int:
+def _fit(args: argparse.Namespace, cfg: Config, run_dir: Path, dist: Any, stop: Any) -> int:
     from fastforec.report import print_iou_table
     from fastforec.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume)
+    trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume, stop=stop)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.to_dict())

@@ -21,7 +21,7 @@ from torch import nn
 from fastforec import losses, methods
 from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
-from fastforec.checkpoint_files import latest_checkpoint, remove_partial_writes
+from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
 from fastforec.data.manifest import Manifest
@@ -35,7 +35,8 @@ from fastforec.formats import duration
 from fastforec.metrics import nan_to_none
 from fastforec.models import Segmentor, build_model
 from fastforec.optim import build_optimizer
-from fastforec.precision import (ZeroMasterWeights, autocast_context, keep_norm_statistics_fp32,
+from fastforec.preemption import StopSignals, Stopped
+from fastforec.precision import (MasterWeights, autocast_context, keep_norm_statistics_fp32,
                                  precision_mode)
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
@@ -51,12 +52,16 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, *, run_dir: Path, dist: DistInfo, data: InMemoryData | None = None,
-                 resume: str | None = None):
+                 resume: str | None = None, stop: StopSignals | None = None):
         """``data``: batches already on the device (benchmarks); by default the DALI pipelines
         over the shards of ``cfg.data.root`` (DALI is imported only then). ``resume``: "latest",
         a checkpoint path, or None for a fresh run; the checkpoint is chosen and checked before
-        anything is built, so a refused resume writes nothing."""
+        anything is built, so a refused resume writes nothing. ``stop``: the process's signal
+        handlers (fastforec.preemption); :meth:`fit` then stops at a step boundary on a signal."""
         self.cfg = cfg
+        self.stop = stop
+        self._stop_agreed = False  # every rank knows a stop was requested (on some rank)
+        self._saved_step: int | None = None  # the step of the newest checkpoint written by this process
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
         self.dist = dist
@@ -92,8 +97,8 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-        if self.teacher is not None:
-            self.teacher.to(memory_format=self.memory_format)
+        # The teacher's weights keep the student's (default) layout too: the EMA's fused lerp over
+        # student/teacher pairs falls back to one kernel per parameter when the layouts differ.
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
         if dist.is_main:
             self._notice_settings_without_effect()
@@ -125,7 +130,7 @@ class Trainer:
         self.autocast = autocast_context(self.ds_config, self.device)
         self.input_dtype = next(self.engine.module.parameters()).dtype
         # The EMA reads fp32 weights: the module's own unless DeepSpeed cast them (bf16/fp16 blocks).
-        self.master_weights = ZeroMasterWeights(self.optimizer) if self.input_dtype != torch.float32 else None
+        self.master_weights = MasterWeights(self.optimizer) if self.input_dtype != torch.float32 else None
         self.step_models = methods.StepModels(student=self.engine, teacher=self.teacher, method=method,
                                               fg_classes=self.fg_classes, input_dtype=self.input_dtype,
                                               memory_format=self.memory_format,
@@ -184,8 +189,11 @@ class Trainer:
         # an all-ignore label map gives every supervised loss 0 (never NaN): training goes on, but
         # the user hears of it (labels that are all 255 are a data problem, not a training one)
         labeled_pixels = (labeled["label"] != losses.IGNORE_INDEX).any().to(self.device)
-        loss_ok, weights_ok, has_labels = all_ranks_each([torch.isfinite(loss), self._weights_finite, labeled_pixels],
-                                                         self.device)
+        # a stop signal rides on the same all-reduce: whichever rank got it, all stop after this step
+        no_stop = self.stop is None or not self.stop.requested
+        loss_ok, weights_ok, has_labels, go_on = all_ranks_each(
+            [torch.isfinite(loss), self._weights_finite, labeled_pixels, no_stop], self.device)
+        self._stop_agreed = self._stop_agreed or not go_on
         if not has_labels:
             self._on_empty_labels()
         if not weights_ok:
@@ -229,7 +237,9 @@ class Trainer:
         # the float buffers keeps student and teacher identical on every rank.
         if self.dist.world_size == 1 or self.uses_sync_bn:
             return
-        bufs = [b for b in self.student.buffers() if b.is_floating_point()]
+        # BatchNorm statistics only: a model without BatchNorm (DPT on a ViT) makes no collective
+        bufs = [b for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for b in m.buffers(recurse=False) if b.is_floating_point()]
         if bufs:
             flat = torch.cat([b.reshape(-1) for b in bufs])
             torch.distributed.all_reduce(flat)
@@ -241,7 +251,10 @@ class Trainer:
         # copies are gathered in bulk (one collective per parameter group, on every rank).
         if self.master_weights is None:
             return None
-        return self.master_weights.gather().__getitem__
+        master = self.master_weights.gather()
+        # a frozen parameter (DPT's unused refinenet4.resConfUnit1) has no master copy: it never
+        # changes, so the module's own (16-bit) weight is its value
+        return lambda p: master[p] if p in master else p.detach()
 
     def _notice_settings_without_effect(self) -> None:
         """One notice per setting that cannot do here what it says (the run goes on)."""
@@ -290,6 +303,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg.train
+        if self.stop is not None:
+            self.stop.defer()  # from here on a signal stops the loop at the next step boundary
         last_log = time.perf_counter()
         wait = 0.0
         batches_at_log, steps_at_log = self.state.batches, self.state.step
@@ -332,6 +347,8 @@ class Trainer:
                     self.run_evaluation(epoch)
                 if at_boundary and self.state.step % cfg.checkpoint_every == 0 and not finished:
                     self.save_checkpoint()
+                if at_boundary and self._stop_agreed and not finished:
+                    self._stop_now()
         epoch = (self.state.batches - 1) // self.steps_per_epoch
         self.run_evaluation(epoch)
         self.save_checkpoint()
@@ -432,9 +449,21 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         try:
-            return self.checkpointer.save(self.state.step)
+            path = self.checkpointer.save(self.state.step)
         except NonFiniteWeights as e:
             raise self._diverged(e.names) from None
+        self._saved_step = self.state.step
+        return path
+
+    def _stop_now(self) -> None:
+        """A stop signal, at a step boundary: save this step (unless its periodic checkpoint was
+        just written) at the same point of the loop as a periodic checkpoint, so that --resume
+        continues exactly as the uninterrupted run would, then end the process's run."""
+        path = (self.ckpt_dir / checkpoint_name(self.state.step) if self._saved_step == self.state.step
+                else self.save_checkpoint())
+        if self.dist.is_main:
+            self.console.print(f"stop requested: checkpoint of step {self.state.step} written to '{path}'")
+        raise Stopped(self.stop.signum if self.stop is not None else None, step=self.state.step, checkpoint=path)
 
     def _restore(self, resumable: Resumable) -> None:
         self.checkpointer.restore(resumable)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from trainer_support import TRAIN_SCRIPT, clean_env, read_jsonl, run_train, tiny_config, write_config
-
-STEPS = 6
-KILL_AT = 3  # the checkpoint the killed run leaves
+from trainer_support import RESUME_CHECKPOINT_EVERY as KILL_AT  # the checkpoint the killed run leaves
+from trainer_support import RESUME_STEPS as STEPS
+from trainer_support import TRAIN_SCRIPT, clean_env, read_jsonl, run_train
 LOGGED_PAST = 4  # the kill comes after the metrics of this step are written: lines the resume must drop
 LOSS_KEYS = ("loss", "loss_s", "loss_u", "loss_rec")
 
@@ -37,11 +36,8 @@ def _train_losses(run_dir: Path) -> dict[int, list[float]]:
     return {r["step"]: [r[k] for k in LOSS_KEYS] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={"max_steps": STEPS, "checkpoint_every": KILL_AT}))
-    full = tmp_path / "full"
-    proc = run_train(["--config", str(cfg), "--run-dir", str(full)], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_killed_and_resumed_run_equals_uninterrupted_run(uninterrupted_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, full = uninterrupted_run
 
     part = tmp_path / "part"
     child = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(part)],

@@ -17,6 +17,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "fastforec" / "train.py"
+# the uninterrupted run of the resume tests (conftest.uninterrupted_run)
+RESUME_STEPS, RESUME_CHECKPOINT_EVERY = 6, 3
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
