@@ -315,6 +315,9 @@ class TrainConfig:
     channels_last: bool = False  # NHWC inputs and teacher (tensor-core convolutions prefer it; see trainer)
     cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
     compile: bool = False  # torch.compile the student (the first steps pay the compilation)
+    # Deterministic GPU kernels where PyTorch has them (fastforec.determinism; README says what
+    # remains): slower, and cudnn_benchmark is then off. The CPU is deterministic either way.
+    deterministic: bool = False
 
     def validate(self, prefix: str = "train") -> None:
         _check(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a non-empty name without '/'")

@@ -25,6 +25,7 @@ from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remov
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
 from fastforec.data.manifest import Manifest
+from fastforec.determinism import configure_determinism
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
@@ -95,8 +96,7 @@ class Trainer:
                               with_pretrained=True, show_pretrained=dist.is_main)
         self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        configure_determinism(deterministic=cfg.train.deterministic, cudnn_benchmark=cfg.train.cudnn_benchmark)
         # The teacher's weights keep the student's (default) layout too: the EMA's fused lerp over
         # student/teacher pairs falls back to one kernel per parameter when the layouts differ.
         self.uses_sync_bn = cfg.model.sync_bn and self.device.type == "cuda" and dist.world_size > 1
@@ -105,7 +105,11 @@ class Trainer:
         if self.uses_sync_bn:
             # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        self.ds_config = deepspeed_config(cfg, self.device)
+        self.ds_config = deepspeed_config(cfg, self.device, world_size=dist.world_size)
+        requested_stage = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
+        if dist.is_main and self.ds_config.get("zero_optimization", {}).get("stage", 0) != requested_stage:
+            log.info("deepspeed.zero_optimization.stage=%d: one rank has nothing to partition, so this run uses "
+                     "stage 0 (no ZeRO bookkeeping); ZeRO applies from two ranks up", requested_stage)
         if precision_mode(self.ds_config) in ("bf16", "fp16"):
             # DeepSpeed casts parameters, not buffers: BN must take 16-bit weights next to fp32 statistics.
             keep_norm_statistics_fp32(student)

@@ -46,3 +46,12 @@ def test_known_sections_pass_and_the_trainer_fills_in_its_keys() -> None:
 def test_every_shipped_config_has_a_valid_deepspeed_block() -> None:
     for name in shipped_configs():
         deepspeed_config(load_config(name), CPU)
+
+
+def test_one_rank_runs_zero_stage_0_and_two_ranks_the_configs_stage() -> None:
+    for stage in (0, 1, 2):
+        cfg = config_from_dict({"deepspeed": {"zero_optimization": {"stage": stage}}, "data": {"batch_size": 2}})
+        assert deepspeed_config(cfg, CPU, world_size=1)["zero_optimization"]["stage"] == 0
+        assert deepspeed_config(cfg, CPU, world_size=2)["zero_optimization"]["stage"] == stage
+        assert deepspeed_config(cfg, CPU)["zero_optimization"]["stage"] == stage  # world unknown: as written
+        assert cfg.deepspeed["zero_optimization"]["stage"] == stage  # the config itself is left as written

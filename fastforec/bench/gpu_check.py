@@ -442,6 +442,26 @@ def count_host_syncs(fn: Callable[[], Any], device: Any) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def count_launches(fn: Callable[[], Any], device: Any) -> dict[str, int | None]:
+    """What ``fn`` asks of the device: ``kernels`` (CUDA kernels, copies and memsets it launched;
+    None on the CPU) and ``ops`` (top-level ATen operators dispatched from Python, each at least one
+    launch on a GPU: the CPU dry run reports the same count, which checks the reporting)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    events = prof.events()
+    ops = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+    kernels = None
+    if device.type == "cuda":
+        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"kernels": kernels, "ops": ops}
+
+
 def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, dist: Any,
                  peak_flops: float) -> dict[str, Any]:
     """samples/s, MFU, peak memory and host syncs of ``cfg``'s training step on in-memory batches."""
@@ -468,13 +488,15 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
         window = run_steps(trainer, feed, steps)
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         syncs = count_host_syncs(lambda: trainer.train_step(*feed()), device)
+        launches = count_launches(lambda: trainer.train_step(*feed()), device)
         del trainer
     _free(device)
     rate = window.samples_per_s
     return {"samples_per_s": rate, "step_ms": 1e3 * batch / rate, "warmup_s": warmup_s,
             "skipped_steps": window.skipped, "flops_per_sample": flops_per_sample,
             "mfu": rate * flops_per_sample / peak_flops, "peak_memory_bytes": peak_mem,
-            "host_syncs_per_step": syncs}
+            "host_syncs_per_step": syncs, "kernel_launches_per_step": launches["kernels"],
+            "aten_ops_per_step": launches["ops"]}
 
 
 def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
@@ -599,6 +621,10 @@ def dali_section(device: Any, dry_run: bool) -> dict[str, Any]:
 # report
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
 def _print_tables(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -623,26 +649,29 @@ def _print_tables(result: dict[str, Any]) -> None:
     s = result["step"]
     table = Table(title=f"training step: {s['model']}, crop {s['crop']}, {s['batch_labeled']} labeled + "
                         f"{s['batch_unlabeled']} unlabeled")
-    for col in ("variant", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step", "warm-up s"):
+    for col in ("variant", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step", "launches/step",
+                "ATen ops/step", "warm-up s"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["rows"]:
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2 ** 30:.1f}"
-        syncs = "-" if r["host_syncs_per_step"] is None else str(r["host_syncs_per_step"])
         table.add_row(r["variant"], f"{r['samples_per_s']:.2f}", f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%",
-                      mem, syncs, f"{r['warmup_s']:.1f}")
+                      mem, _count(r["host_syncs_per_step"]), _count(r["kernel_launches_per_step"]),
+                      _count(r["aten_ops_per_step"]), f"{r['warmup_s']:.1f}")
     print_rich(table)
     v = result["vit_step"]
     table = Table(title=f"training step: {v['model']}, crop {v['crop']}, {v['batch_labeled']} labeled + "
                         f"{v['batch_unlabeled']} unlabeled, bf16 autocast, ZeRO-1")
-    for col in ("backbone", "checkpointing", "samples/s", "ms/step", "MFU", "peak GiB"):
+    for col in ("backbone", "checkpointing", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step",
+                "launches/step", "ATen ops/step"):
         table.add_column(col, justify="left" if col == "backbone" else "right")
     for r in v["rows"]:
         if "out_of_memory" in r:
-            table.add_row(r["backbone"], str(r["activation_checkpointing"]), "out of memory", "-", "-", "-")
+            table.add_row(r["backbone"], str(r["activation_checkpointing"]), "out of memory", *["-"] * 6)
             continue
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2 ** 30:.1f}"
         table.add_row(r["backbone"], str(r["activation_checkpointing"]), f"{r['samples_per_s']:.2f}",
-                      f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%", mem)
+                      f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%", mem, _count(r["host_syncs_per_step"]),
+                      _count(r["kernel_launches_per_step"]), _count(r["aten_ops_per_step"]))
     print_rich(table)
     for note in k["notes"] + s["notes"]:
         print_rich(f"note: {note}")
