@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 from PIL import Image
 
 from fastforec.data.manifest import Manifest
@@ -18,6 +21,7 @@ from fastforec.cli import main
 from fastforec.config import load_config
 from tests.shard_sets import shard_samples
 
+REPO = Path(__file__).resolve().parent.parent
 METHODS = ("supervised", "forec")
 BUDGET = 3
 FAKE_MIOU = {"supervised": 0.25, "forec": 0.5}  # seed 1, "finished earlier"
@@ -51,8 +55,20 @@ def _fake_finished(out: Path, method: str) -> None:
                                                   "step": 2}))
 
 
-def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def _git_commit() -> str | None:
+    """This checkout's commit as git reports it; None outside a git checkout (or without git)."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (figures.append(fig), savefig(fig, *a, **kw))[1])
     out = tmp_path / "study"
     for m in METHODS:
         _fake_finished(out, m)
@@ -75,26 +91,41 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
 
     table = (out / "ablation.md").read_text()
     report = json.loads((out / "ablation.json").read_text())
-    for m, run in runs.items():
+    # the figure: one bar per method at its mean with the 95 % interval as error bar, seeds as dots
+    (fig,) = figures
+    (ax,) = fig.axes
+    bars = sorted(ax.patches, key=lambda r: r.get_x())
+    assert len(bars) == len(METHODS) and [t.get_text() for t in ax.get_xticklabels()] == [f"{BUDGET} labeled"]
+    caps = sorted(y for line in ax.lines if line.get_marker() == "_" for y in line.get_ydata())
+    dots = {round(float(x), 6): sorted(line.get_ydata()) for line in ax.lines if line.get_marker() == "."
+            for x in set(line.get_xdata())}
+    want_caps = []
+    for i, (m, run) in enumerate(runs.items()):
         values = [100 * json.loads((run / "results.json").read_text())["miou_last"], 100 * FAKE_MIOU[m]]
         mean, half = statistics.fmean(values), 12.706 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1 df)
         assert f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]" in table
         assert report["table"][m][str(BUDGET)]["student"]["n"] == 2
+        centre = bars[i].get_x() + bars[i].get_width() / 2
+        assert centre == pytest.approx((i - 0.5) * 0.4) and bars[i].get_height() == pytest.approx(mean, abs=1e-9)
+        assert to_hex(bars[i].get_facecolor()) == to_hex(f"C{i}")
+        assert dots[round(centre, 6)] == pytest.approx(sorted(values), abs=1e-9)
+        want_caps += [mean - half, mean + half]
+    assert caps == pytest.approx(sorted(want_caps), abs=1e-6)
     # what each run that ran here depends on: code, packages, CPU, the shards' manifest checksum
     shards_sha = Manifest.load(out / "data" / f"shards_{BUDGET}").identity
     for m, run in runs.items():
         (attempt,) = json.loads((run / "provenance.json").read_text())
         assert attempt["data"]["shards_sha256"] == shards_sha and attempt["resumed"] is False
         assert attempt["packages"]["torch"] == torch.__version__.split("+")[0] and attempt["cpu"]["model"]
-        assert len(attempt["code"]["commit"]) == 40
+        assert attempt["code"]["commit"] == _git_commit()  # None outside a git checkout
         row = next(r for r in report["table"][m][str(BUDGET)]["runs"] if r["seed"] == 0)
         assert row["provenance"] == [attempt]
     # FOrec against supervised, paired by seed: seed 1 differs by 25 points, seed 0 by whatever ran
     diff = report["table"]["forec"][str(BUDGET)]["vs"]["supervised"]
     assert diff["seeds"] == [0, 1] and diff["n"] == 2
     assert "| Supervised only |" in table and "| + FOrec |" in table
-    with Image.open(out / "ablation.png") as fig:
-        assert fig.format == "PNG"
+    with Image.open(out / "ablation.png") as png:
+        assert png.format == "PNG" and png.size == (880, 495)  # 8 x 4.5 inches at 110 dpi
 
     logs = {m: (run / "train.log").read_text() for m, run in runs.items()}
     assert main(_argv(config, out)) == 0  # re-run: every run is finished, nothing is trained again

@@ -8,6 +8,7 @@ import torch
 
 from fastforec.config import ConfigError, config_from_dict, load_config, shipped_configs
 from fastforec.ds_config import deepspeed_config
+from tests.config_files import resolved, shipped
 
 CPU = torch.device("cpu")
 
@@ -44,8 +45,17 @@ def test_known_sections_pass_and_the_trainer_fills_in_its_keys() -> None:
 
 
 def test_every_shipped_config_has_a_valid_deepspeed_block() -> None:
-    for name in shipped_configs():
-        deepspeed_config(load_config(name), CPU)
+    # what each file (with what it extends, read here without fastforec.config) writes, plus the
+    # keys the trainer owns: the micro-batch is data.batch_size, the rest DeepSpeed's defaults
+    # unless written; the derived global batch is never passed on
+    assert [p.stem for p in shipped()] == shipped_configs()
+    for path in shipped():
+        written = resolved(path)
+        block = written.get("deepspeed", {})
+        want = {"train_micro_batch_size_per_gpu": written["data"]["batch_size"], "gradient_accumulation_steps": 1,
+                "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9,
+                **{k: v for k, v in block.items() if k != "train_batch_size"}}
+        assert deepspeed_config(load_config(path.stem), CPU) == want, path.name
 
 
 def test_one_rank_runs_zero_stage_0_and_two_ranks_the_configs_stage() -> None:

@@ -17,8 +17,9 @@ from fastforec.checkpoint_files import save_checkpoint
 from fastforec.cli import main
 from fastforec.config import Config, DataConfig, ModelConfig, MethodConfig
 from fastforec.models import build_model, deeplabv3plus
+from fastforec.visualize import curves
 from fastforec.visualize.curves import read_metrics, series
-from fastforec.visualize.figure import DPI
+from fastforec.visualize.figure import DPI, save_figure
 from fastforec.visualize.latent import PANEL_INCHES
 
 NUM_CLASSES = 6
@@ -196,14 +197,41 @@ def _records(method: str) -> list[dict]:
     return recs
 
 
-def test_curves_writes_a_figure_from_metrics(tmp_path: Path) -> None:
+def _curves(fig) -> dict[tuple[str, str], tuple[list[float], list[float], str]]:
+    """{(panel title, line label): (x, y, colour)} of every line drawn."""
+    return {(ax.get_title(), line.get_label()): (list(line.get_xdata()), list(line.get_ydata()), line.get_color())
+            for ax in fig.axes for line in ax.lines}
+
+
+def test_curves_writes_a_figure_from_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_metrics(tmp_path / "forec", _records("forec"))
     _write_metrics(tmp_path / "sup", _records("supervised"))
+    drawn = []
+    monkeypatch.setattr(curves, "save_figure", lambda fig, out: (drawn.append(fig), save_figure(fig, out)))
     out = tmp_path / "curves.png"
     assert main(["visualize", "curves", "--run", str(tmp_path / "forec"), str(tmp_path / "sup"),
                  "--out", str(out)]) == 0
-    with Image.open(out) as fig:
-        assert fig.format == "PNG" and fig.size[0] > 500
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size == (1100, 750)  # 11 x 7.5 inches at 100 dpi
+    # the figure saved holds the records' values, step by step, one colour per run
+    (fig,) = drawn
+    lines = _curves(fig)
+    steps = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    loss, lr, pseudo, miou = (ax.get_title() for ax in fig.axes)
+    want = {}
+    for run, colour in (("forec", "C0"), ("sup", "C1")):
+        want[loss, f"{run} loss"] = (steps, [3.0 / s for s in steps], colour)
+        want[loss, f"{run} loss_s"] = (steps, [2.0 / s for s in steps], colour)
+        want[loss, f"{run} loss_rec"] = (steps, [0.5 / s for s in steps], colour)
+        want[lr, run] = (steps, [0.01 * (1 - s / 7) for s in steps], colour)
+        want[pseudo, f"{run} pl_coverage"] = (steps, [s / 10 for s in steps], colour)
+        want[pseudo, f"{run} teacher_conf"] = (steps, [0.5] * 6, colour)
+        want[miou, run] = ([3.0, 6.0], [30.0, 60.0], colour)  # mIoU in %
+    want[loss, "forec loss_u"] = (steps, [0.0, 0.0, 0.5 / 3, 0.5 / 4, 0.5 / 5, 0.5 / 6], "C0")  # none for sup
+    assert lines.keys() == want.keys()
+    for key, (x, y, colour) in want.items():
+        assert lines[key][0] == x and lines[key][1] == pytest.approx(y, rel=1e-12) and lines[key][2] == colour, key
+    assert fig.axes[0].get_yscale() == "symlog"  # loss_u's exact zeros have no logarithm
     records = read_metrics(tmp_path / "sup")
     assert series(records, kind="eval", key="miou") == ([3.0, 6.0], [pytest.approx(0.3), pytest.approx(0.6)])
     assert series(records, kind="train", key="loss_u") == ([], [])  # supervised: no unlabeled loss

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_cases import Shape, logits
+from kernel_cases import Shape, logits, needs_triton
 
 import fastforec_kernels as kernels
 from fastforec import losses
@@ -18,6 +18,7 @@ from fastforec import losses
 REPO = Path(__file__).resolve().parents[2]
 
 
+@needs_triton  # auto picks torch wherever triton is not installed
 def test_auto_picks_triton_under_the_interpreter_and_torch_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     t = torch.zeros(1)
     assert kernels.resolve_backend("auto", t) == "triton"  # conftest sets TRITON_INTERPRET=1
@@ -35,6 +36,7 @@ def test_unknown_backend_names_the_config_key() -> None:
         kernels.pseudo_label(torch.zeros(1, 2, 3, 3), backend="cuda")
 
 
+@needs_triton  # without it the message is that triton is missing
 def test_forced_triton_on_cpu_without_interpreter_says_what_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1.*set method.kernels to 'torch' or 'auto'"):
@@ -42,7 +44,7 @@ def test_forced_triton_on_cpu_without_interpreter_says_what_to_change(monkeypatc
                            torch.ones(1, 2, 2, dtype=torch.bool), backend="triton")
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("triton", marks=needs_triton), "torch"])
 def test_losses_module_dispatches_to_the_kernels(backend: str) -> None:
     shape = Shape(3, 21, 6, 7, False)
     teacher, student = logits(shape, torch.float32, 1), logits(shape, torch.float32, 2)
@@ -66,6 +68,7 @@ def _run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_kernels_work_when_triton_was_imported_before_the_interpreter_was_requested() -> None:
     # deepspeed imports triton early; triton's own tl.max/tl.sum/tl.zeros are then compiled-mode
     # functions the interpreter refuses to call. The kernels must not depend on them.
+    pytest.importorskip("triton")
     code = """
         import os
         import triton  # before TRITON_INTERPRET: triton.language's helpers are defined compiled

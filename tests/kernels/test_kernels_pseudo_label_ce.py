@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
+from kernel_cases import (loss_and_grad, needs_triton, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
                           pixel_rand)
 
 import fastforec_kernels as kernels
@@ -104,6 +104,7 @@ def test_torch_backend_chunk_boundaries(monkeypatch: pytest.MonkeyPatch, dtype: 
         torch.testing.assert_close(grad, ref_grad, **grad_tol(dtype))
 
 
+@needs_triton
 def test_out_of_range_labels_are_rejected() -> None:
     student, label, conf, valid = inputs(Shape(1, 5, 3, 3, False), torch.float32, seed=6)
     label[0, 1, 1] = 255
