@@ -23,6 +23,7 @@ from fastforec.precision import check_precision
 
 ZERO_STAGES = (0, 1, 2)  # ZeRO-3 partitions the parameters; the EMA teacher and checkpoints need them whole
 SECTION = "deepspeed"
+NO_GRADIENT_CLIPPING = 0.0  # DeepSpeed's value for "off"
 
 
 def deepspeed_config(cfg: Config, device: torch.device, *, world_size: int | None = None) -> dict[str, Any]:
@@ -45,6 +46,10 @@ def deepspeed_config(cfg: Config, device: torch.device, *, world_size: int | Non
                           "deepspeed block, it is filled in from data.batch_size")
     ds.setdefault("gradient_accumulation_steps", 1)
     ds.pop("train_batch_size", None)  # derived: micro x accumulation x world size
+    # DeepSpeed (0.19) clips the global gradient norm at 1.0 unless told otherwise; the methods we
+    # reproduce (UniMatch, UniMatch V2, U2PL, the FOrec paper) do not clip at all. Found by the
+    # plain-loop baseline of `bench --what step --baseline`: same gradients, 13x smaller update.
+    ds.setdefault("gradient_clipping", NO_GRADIENT_CLIPPING)
     # Our SGD is not on DeepSpeed's tested list for ZeRO; it is a plain elementwise optimizer.
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10 ** 9)  # we log ourselves

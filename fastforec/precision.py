@@ -102,7 +102,7 @@ def _float_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor | N
     return w, b
 
 
-def _average_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
+def bn_average_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
     """Count the batch and return the running-statistics update factor, as ``_BatchNorm`` does:
     ``momentum``, or a cumulative average when momentum is None."""
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -125,7 +125,7 @@ class Fp32StatsBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        return _batch_norm(self, x, _average_factor(self))
+        return _batch_norm(self, x, bn_average_factor(self))
 
 
 class Fp32StatsSyncBatchNorm(nn.SyncBatchNorm):
@@ -133,7 +133,7 @@ class Fp32StatsSyncBatchNorm(nn.SyncBatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        factor = _average_factor(self)
+        factor = bn_average_factor(self)
         group = self.process_group or dist.group.WORLD
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
             return _batch_norm(self, x, factor)

@@ -42,6 +42,9 @@ def test_known_sections_pass_and_the_trainer_fills_in_its_keys() -> None:
                  "gradient_accumulation_steps": 2, "timers": {"throughput": {"enabled": True}},
                  "tensorboard": {"enabled": False}, "flops_profiler": {"enabled": False}})
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["zero_allow_untested_optimizer"] is True
+    # DeepSpeed would clip the gradient norm at 1.0; the methods reproduced here do not clip
+    assert ds["gradient_clipping"] == 0.0
+    assert _check({"gradient_clipping": 5.0})["gradient_clipping"] == 5.0  # a written value stays
 
 
 def test_every_shipped_config_has_a_valid_deepspeed_block() -> None:
@@ -53,7 +56,7 @@ def test_every_shipped_config_has_a_valid_deepspeed_block() -> None:
         written = resolved(path)
         block = written.get("deepspeed", {})
         want = {"train_micro_batch_size_per_gpu": written["data"]["batch_size"], "gradient_accumulation_steps": 1,
-                "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9,
+                "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9, "gradient_clipping": 0.0,
                 **{k: v for k, v in block.items() if k != "train_batch_size"}}
         assert deepspeed_config(load_config(path.stem), CPU) == want, path.name
 

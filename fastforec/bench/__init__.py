@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", choices=["scenes", "textured"], default=None,
                    help="data: what an empty or new --data directory is filled with: dataprep's synthetic "
                         "VOC scenes (default) or photo-like textured JPEGs")
+    p.add_argument("--baseline", action="store_true",
+                   help="step: also time the same method as the research repos' loops run it (fp32, torch.optim, "
+                        "no DeepSpeed, no fused losses, Python EMA), interleaved, and report ratio_vs_baseline")
     p.add_argument("--dry-run", action="store_true", help="gpu-check: the same sections on the CPU, small shapes")
     p.add_argument("--wheels", help="gpu-check: wheels to unpack when deepspeed & co. are missing "
                                     "(default build/offline_wheels, see tools/build_offline_wheels.sh)")

@@ -373,6 +373,7 @@ class Variant:
     channels_last: bool
     cudnn_benchmark: bool
     compile: bool
+    sync_bn_path: bool = False  # every BatchNorm through torch's SyncBatchNorm function (see force_sync_bn_path)
 
 
 def step_variants(sizes: Sizes, device: Any) -> tuple[list[Variant], list[str]]:
@@ -394,7 +395,35 @@ def step_variants(sizes: Sizes, device: Any) -> tuple[list[Variant], list[str]]:
     for precision in ("torch_autocast", "bf16"):
         out.append(Variant(f"ZeRO-2, {precision} block", precision, 2, best_eager.channels_last,
                            best_eager.cudnn_benchmark, False))
+    if cuda:
+        out.append(Variant("SyncBatchNorm's multi-rank path", "torch_autocast", 0, best_eager.channels_last,
+                           best_eager.cudnn_benchmark, False, sync_bn_path=True))
+    else:
+        notes.append("SyncBatchNorm's path: skipped on the CPU (its kernels are CUDA only)")
     return out, notes
+
+
+def force_sync_bn_path(module: Any) -> None:
+    """Make every BatchNorm2d of ``module`` train through torch's SyncBatchNorm function even in a
+    world of one, where ``nn.SyncBatchNorm`` itself takes the plain path: the host syncs that the
+    recipes' ``model.sync_bn`` costs from two ranks up can then be counted on one GPU. A class
+    swap (same parameters and buffers), as fastforec.precision does for its fp32-statistics BN."""
+    import torch.distributed as torch_dist
+    from torch import nn
+    from torch.nn.modules._functions import SyncBatchNorm as SyncBatchNormFunction
+
+    from fastforec.precision import bn_average_factor
+
+    class SyncPathBatchNorm(nn.BatchNorm2d):
+        def forward(self, x: Any) -> Any:
+            if not self.training:
+                return super().forward(x)
+            return SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                               self.eps, bn_average_factor(self), torch_dist.group.WORLD, 1)
+
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = SyncPathBatchNorm
 
 
 def _step_config(sizes: Sizes, v: Variant) -> Any:
@@ -463,7 +492,7 @@ def count_launches(fn: Callable[[], Any], device: Any) -> dict[str, int | None]:
 
 
 def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, dist: Any,
-                 peak_flops: float) -> dict[str, Any]:
+                 peak_flops: float, sync_bn_path: bool = False) -> dict[str, Any]:
     """samples/s, MFU, peak memory and host syncs of ``cfg``'s training step on in-memory batches."""
     import torch
 
@@ -479,6 +508,8 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
     flops_per_sample = model_step_flops(cfg, num_classes=NUM_CLASSES)["total"] / batch
     with tempfile.TemporaryDirectory(prefix="fastforec-gpu-check-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist, data=data)
+        if sync_bn_path:
+            force_sync_bn_path(trainer.student)
         feed = lambda: data.train.next_batch()  # noqa: E731
         start = time.perf_counter()
         run_steps(trainer, feed, warmup)
@@ -501,7 +532,7 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
 
 def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     row = measure_step(_step_config(sizes, v), batch=sizes.batch, crop=sizes.crop, warmup=sizes.warmup,
-                       steps=sizes.steps, dist=dist, peak_flops=peak_flops)
+                       steps=sizes.steps, dist=dist, peak_flops=peak_flops, sync_bn_path=v.sync_bn_path)
     return {"variant": v.name, "precision": v.precision, "zero_stage": v.zero_stage,
             "channels_last": v.channels_last, "cudnn_benchmark": v.cudnn_benchmark, "compile": v.compile, **row}
 

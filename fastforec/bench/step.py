@@ -18,8 +18,16 @@ device's peak (a large matmul in the step's compute dtype, or ``--peak-tflops``)
 data or timing (any crop and backbone, in a second), and with ``--peak-tflops`` projects
 samples/s per device at a few MFU values: the paper-scale estimate in docs/benchmarks.md.
 
+``--baseline`` (one process) adds the plain-PyTorch loop of fastforec.bench.baseline: the same
+network, method and batches as the research repositories run them (fp32, ``torch.optim``, no
+DeepSpeed, no fused losses, a Python EMA). Trainer and baseline alternate, one timed window each
+per round, so that the machine's load hits both alike; ``ratio_vs_baseline`` is the ratio of their
+median samples/s.
+
 JSON keys: samples_per_s_per_device, samples_per_s_total, flops_per_sample,
-achieved_flops_per_s_per_device, peak_flops_per_s_per_device, mfu, per_rank, plus settings.
+achieved_flops_per_s_per_device, peak_flops_per_s_per_device, mfu, per_rank, plus settings; with
+--baseline also baseline_samples_per_s, ratio_vs_baseline, precision, baseline_precision,
+baseline_per_round_samples_per_s.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from typing import Any
 from rich.table import Table
 
 from fastforec.atomic import atomic_write_json
+from fastforec.bench.baseline import PRECISION as BASELINE_PRECISION
+from fastforec.bench.baseline import PlainLoop
 from fastforec.bench.flops import DEFAULT_NUM_CLASSES, GIGA, TERA, model_step_flops, step_flops
 from fastforec.bench.harness import bench_trainer, cycle, memory_batches
 from fastforec.bench.peak import PeakMeter, compute_dtype
@@ -42,14 +52,21 @@ from fastforec.bench.timing import median_rate, run_steps
 from fastforec.config import Config, ConfigError
 from fastforec.data.manifest import Manifest, ManifestError
 from fastforec.distributed import init_distributed
+from fastforec.precision import precision_mode
 
 PROJECTED_MFU = (0.3, 0.4, 0.5)  # MFU values the FLOPs-only mode projects throughput at
 
 
-def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, Any]:
+def measure_step(trainer: Any, settings: BenchSettings, dist: Any, *, baseline: bool = False) -> dict[str, Any]:
     """Time ``settings.rounds`` windows of ``settings.batches`` in-memory steps on this rank and
-    gather every rank's numbers."""
-    feed = cycle(memory_batches(trainer.train_data, trainer.device))
+    gather every rank's numbers; ``baseline``: interleave the plain loop's windows, same batches."""
+    batches = memory_batches(trainer.train_data, trainer.device)
+    feed = cycle(batches)
+    plain, plain_feed, plain_windows = None, cycle(batches), []
+    if baseline:
+        plain = PlainLoop(trainer.cfg, num_classes=trainer.num_classes, fg_classes=trainer.fg_classes,
+                          device=trainer.device, max_steps=trainer.total_steps)
+        run_steps(plain, plain_feed, settings.warmup)
     run_steps(trainer, feed, settings.warmup)
     flops = step_flops(trainer, feed())
     peak = PeakMeter(settings, trainer.device, compute_dtype(trainer))
@@ -57,6 +74,8 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
     for _ in range(settings.rounds):
         windows.append(run_steps(trainer, feed, settings.batches))
         peak.sample()
+        if plain is not None:
+            plain_windows.append(run_steps(plain, plain_feed, settings.batches))
     batch = trainer.cfg.data.batch_size
     rate = median_rate(windows)
     rows = per_rank_rows(gather_metrics({"samples_per_s": rate, "flops_per_sample": flops / batch,
@@ -65,7 +84,18 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any) -> dict[str, 
     return {"benchmark": "step", **run_identity(trainer.cfg, dist, trainer), **throughput_summary(rows),
             "step_seconds": batch / rate, "peak_source": peak.source, "batches_per_round": settings.batches,
             "rounds": settings.rounds, "warmup_steps": settings.warmup,
-            "per_round_samples_per_s": [w.samples_per_s for w in windows]}
+            "per_round_samples_per_s": [w.samples_per_s for w in windows],
+            "precision": precision_mode(trainer.ds_config), **_baseline_keys(rate, plain_windows)}
+
+
+def _baseline_keys(rate: float, plain_windows: list[Any]) -> dict[str, Any]:
+    if not plain_windows:
+        return {}
+    plain = median_rate(plain_windows)
+    return {"baseline_samples_per_s": plain, "ratio_vs_baseline": rate / plain, "baseline_precision": BASELINE_PRECISION,
+            "baseline_per_round_samples_per_s": [w.samples_per_s for w in plain_windows],
+            "baseline": "plain PyTorch loop (fastforec.bench.baseline): fp32, torch.optim, no DeepSpeed, "
+                        "no fused losses, Python EMA"}
 
 
 def step_table(result: dict[str, Any]) -> Any:
@@ -85,6 +115,14 @@ def step_table(result: dict[str, Any]) -> Any:
                   f"{result['achieved_flops_per_s_per_device'] * result['world_size'] / TERA:.3f}",
                   f"{result['peak_flops_per_s_per_device'] * result['world_size'] / TERA:.3f}",
                   f"{100 * result['mfu']:.1f}%")
+    if "baseline_samples_per_s" in result:
+        plain = result["baseline_samples_per_s"]
+        table.add_section()
+        table.add_row(f"plain loop ({result['baseline_precision']})", f"{plain:.2f}", f"{1e3 * batch / plain:.0f}",
+                      "", f"{plain * result['flops_per_sample'] / TERA:.3f}", "",
+                      f"{100 * plain * result['flops_per_sample'] / result['peak_flops_per_s_per_device']:.1f}%")
+        table.add_row(f"[bold]fastforec ({result['precision']}) / plain", f"[bold]{result['ratio_vs_baseline']:.2f}x",
+                      "", "", "", "", "")
     return table
 
 
@@ -156,8 +194,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dist = init_distributed(args.local_rank)
+    if args.baseline and dist.world_size > 1:
+        print("error: bench --what step --baseline compares one process with one process; run it without a "
+              "launcher (the plain loop has no DDP)", file=sys.stderr)
+        return 2
     with bench_trainer(cfg, dist) as trainer:
-        result = measure_step(trainer, settings, dist)
+        result = measure_step(trainer, settings, dist, baseline=args.baseline)
     if not dist.is_main:
         return 0
     return _finish(result, step_table(result), args)

@@ -63,6 +63,7 @@ def test_dry_run_covers_every_section(tmp_path: Path) -> None:
         assert x["aten_ops_per_step"] > 100
     assert any(n.startswith("compile: skipped") for n in step["notes"])
     assert any(n.startswith("cudnn_benchmark: skipped") for n in step["notes"])
+    assert any(n.startswith("SyncBatchNorm's path: skipped on the CPU") for n in step["notes"])
 
     # UniMatch V2 on a (quarter-width) DINOv2, with and without activation checkpointing
     vit = r["vit_step"]

@@ -1,0 +1,100 @@
+"""`bench --what step --baseline`: the plain loop does the trainer's work, no more and no less.
+
+Same network and initial weights, the same forward passes with the same images per pass (student
+and teacher), the same loss terms at step 0 on the same inputs, and after one step the same
+weights up to the optimizer implementation's rounding; then the bench itself reports the keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastforec.bench.baseline import PlainLoop
+from fastforec.config import config_from_dict
+from fastforec.data.memory import InMemoryData, MemoryTrainData, memory_manifest, synthetic_batch
+from fastforec.distributed import init_distributed
+from fastforec.trainer import Trainer
+
+NUM_CLASSES, CROP, BATCH = 5, 32, 2
+TINY_VIT = {"backbone": "dinov2_vits14", "decoder": "dpt", "backbone_width": 0.25}
+CASES = {  # base x aux, model
+    "mean_teacher+forec": ({"name": "mean_teacher", "base": "mean_teacher", "aux": "forec"}, {}),
+    "unimatch+forec": ({"name": "mean_teacher", "base": "unimatch", "aux": "forec"}, {}),
+    "unimatch_v2": ({"name": "mean_teacher", "base": "unimatch_v2", "aux": "none", "ema_decay": 0.996}, TINY_VIT),
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return init_distributed()
+
+
+def _sizes(module: torch.nn.Module, into: list[int]):
+    return module.register_forward_pre_hook(lambda _m, args: into.append(int(args[0].shape[0])))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_plain_loop_does_the_trainers_work(case: str, world, tmp_path: Path) -> None:
+    method, model = CASES[case]
+    crop = 28 if model else CROP  # a ViT wants a multiple of its patch (14)
+    cfg = config_from_dict({
+        "data": {"root": "memory", "crop_size": crop, "batch_size": BATCH},
+        "model": {"backbone": "resnet18", "output_stride": 16, "decoder_channels": 16, "sync_bn": False,
+                  "pretrained": None, **model},
+        "method": {**method, "conf_thresh": 0.0},  # every unlabeled pixel counts: all loss terms active
+        "optim": {"name": "adamw", "lr": 1e-4} if model else {"lr": 0.01},
+        "train": {"name": "baseline", "max_steps": 10}, "deepspeed": {}})
+    views = cfg.method.strong_views
+    batch = synthetic_batch(BATCH, crop, NUM_CLASSES, device=world.device, seed=0, strong_views=views)
+    data = InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData([batch]))
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", dist=world, data=data)
+    plain = PlainLoop(cfg, num_classes=NUM_CLASSES, fg_classes=trainer.fg_classes, device=world.device,
+                      max_steps=trainer.total_steps)
+    ours = trainer.student.state_dict()
+    for name, t in plain.model.state_dict().items():
+        assert torch.equal(t, ours[name]), name
+
+    passes: dict[str, list[int]] = {k: [] for k in ("student", "teacher", "plain_student", "plain_teacher")}
+    handles = [_sizes(trainer.student, passes["student"]), _sizes(plain.model, passes["plain_student"])]
+    if trainer.teacher is not None:
+        handles += [_sizes(trainer.teacher.module, passes["teacher"]), _sizes(plain.teacher, passes["plain_teacher"])]
+    # the same random draws on both sides (UniMatch's feature dropout; its stream shares the decoder's
+    # BatchNorm batch with the labeled images, so even loss_s depends on them)
+    torch.manual_seed(1)
+    terms = trainer.train_step(*batch)
+    torch.manual_seed(1)
+    plain_terms = plain.train_step(*batch)
+    for h in handles:
+        h.remove()
+
+    assert passes["student"] == passes["plain_student"] and passes["teacher"] == passes["plain_teacher"]
+    expected = {"mean_teacher+forec": [2 * BATCH], "unimatch+forec": [2 * BATCH, 2 * BATCH],
+                "unimatch_v2": [BATCH, 2 * BATCH]}[case]
+    assert passes["student"] == expected
+    assert passes["teacher"] == ([] if case.startswith("unimatch+") else [BATCH])
+    assert terms is not None and set(terms) == set(plain_terms)
+    for key, value in terms.items():
+        torch.testing.assert_close(plain_terms[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert terms["loss"] > 0 and all(terms[k] > 0 for k in terms if k.startswith("loss_u"))
+    # one optimizer step later: the same weights, to the optimizer implementation's rounding
+    after = trainer.student.state_dict()
+    for name, t in plain.model.state_dict().items():
+        torch.testing.assert_close(t, after[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bench_step_baseline_reports_both_sides(tmp_path: Path) -> None:
+    from tests.shard_sets import make_shards
+
+    from fastforec.cli import main
+
+    shards = make_shards(tmp_path / "shards", layout="voc", num_train=8, num_labeled=4, num_val=2, size=(48, 64), seed=0)
+    out = tmp_path / "step.json"
+    assert main(["bench", "--what", "step", "--config", "configs/synth_demo.json", "--data", str(shards),
+                 "--crop", "32", "--batches", "1", "--baseline", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["baseline_samples_per_s"] > 0 and r["precision"] == "fp32" and r["baseline_precision"] == "fp32"
+    assert abs(r["ratio_vs_baseline"] - r["samples_per_s_per_device"] / r["baseline_samples_per_s"]) < 1e-9
+    assert len(r["baseline_per_round_samples_per_s"]) == r["rounds"]
