@@ -20,7 +20,9 @@ bit, wherever such a warning appears.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -38,3 +40,15 @@ def configure_determinism(*, deterministic: bool, cudnn_benchmark: bool) -> None
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+@contextlib.contextmanager
+def cudnn_autotuner_off() -> Iterator[None]:
+    """cuDNN's autotuner off for a while: whole-image evaluation feeds images of many sizes, and
+    the autotuner would time every algorithm again for each new shape (training crops are fixed)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -8,6 +8,7 @@ a plain module beside it, identical on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remov
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
 from fastforec.data.manifest import Manifest
-from fastforec.determinism import configure_determinism
+from fastforec.determinism import configure_determinism, cudnn_autotuner_off
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
@@ -407,7 +408,8 @@ class Trainer:
         results = {}
         images = len(self.val_data) * self.cfg.eval.batch_size * self.dist.world_size
         for name in names:
-            with self.console.evaluation(name=name, images=images) as bar:
+            tuner = cudnn_autotuner_off() if mode == "whole" else contextlib.nullcontext()
+            with self.console.evaluation(name=name, images=images) as bar, tuner:
                 result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
                                   protocol=self.cfg.eval.sliding_protocol, size_multiple=self.cfg.eval.size_multiple, ignore_index=self.manifest.ignore_index,
                                   mode=mode, window=crop, stride=self.cfg.eval.stride(crop), device=self.device,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastforec.config import ConfigError, config_from_dict
-from fastforec.determinism import CUBLAS_WORKSPACE, configure_determinism
+from fastforec.determinism import CUBLAS_WORKSPACE, configure_determinism, cudnn_autotuner_off
 
 
 @pytest.fixture
@@ -42,3 +42,13 @@ def test_the_config_key_is_a_bool() -> None:
     assert config_from_dict({}).train.deterministic is False
     with pytest.raises(ConfigError, match="train.deterministic"):
         config_from_dict({"train": {"deterministic": "yes"}})
+
+
+def test_the_autotuner_is_off_inside_and_restored_after(restore_switches) -> None:
+    torch.backends.cudnn.benchmark = True
+    with cudnn_autotuner_off():
+        assert not torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark
+    with pytest.raises(RuntimeError), cudnn_autotuner_off():
+        raise RuntimeError("an evaluation that fails")
+    assert torch.backends.cudnn.benchmark
