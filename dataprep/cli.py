@@ -45,6 +45,8 @@ def _conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave bad samples out and list them in OUT/rejected.json instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that dataprep did not make (its files may be replaced)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +129,7 @@ def _run_options(args: argparse.Namespace):
 
     return RunOptions(out=args.out, workers=args.workers,
                       caps=make_caps(shard_samples=args.shard_samples, shard_mb=args.shard_mb),
-                      skip_bad=args.skip_bad, quiet=args.quiet)
+                      skip_bad=args.skip_bad, quiet=args.quiet, force=args.force)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

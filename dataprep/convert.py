@@ -31,10 +31,14 @@ from .shard_writer import (STATE_DIR, ShardCaps, ShardRecord, SplitShardWriter, 
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.json"
-LOCK = ".dataprep/lock"
+# dataprep's own folder inside --out (lock and shard records), made before any other file: it
+# marks an output directory as one dataprep wrote, which a re-run may update.
+MARK = ".dataprep"
+LOCK = f"{MARK}/lock"
+FOREIGN_SHOWN = 3  # foreign entries named in the refusal
 # Bump when the shard bytes for the same inputs change (encoding, tar layout): old shards are
 # then redone instead of being trusted.
-SHARD_LAYOUT_VERSION = 1
+SHARD_LAYOUT_VERSION = 2  # 2: EXIF-rotated images are stored as displayed (re-encoded as PNG)
 DEFAULT_SHARD_SAMPLES = 5000
 DEFAULT_SHARD_MB = 256.0
 _BYTES_PER_MB = 1 << 20
@@ -51,6 +55,7 @@ class RunOptions:
     caps: ShardCaps
     skip_bad: bool = False
     quiet: bool = False
+    force: bool = False  # write into a non-empty --out that dataprep did not make
 
 
 @dataclass(frozen=True)
@@ -196,10 +201,26 @@ def _encode_and_write(state: _Resume, *, workers: int, skip_bad: bool, console: 
             writer.abort()  # a no-op after close(); on error, removes the half-written shard
 
 
+def refuse_foreign_output(out: Path, *, force: bool) -> None:
+    """A non-empty --out without dataprep's mark holds someone else's files: the conversion would
+    replace a manifest.json, and delete what looks like a stale shard (``labeled-000000.tar``).
+    Refused unless ``force``; hidden entries (``.DS_Store``) do not count, and none are touched."""
+    if force or not out.is_dir() or (out / MARK).is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (f" and {len(foreign) - FOREIGN_SHOWN} more"
+                                                      if len(foreign) > FOREIGN_SHOWN else "")
+        raise DataprepError(f"--out '{out}' is not empty and was not written by dataprep (it holds {shown}); "
+                            f"dataprep would replace or delete such files: choose a new or empty --out, or "
+                            f"pass --force to write into it anyway")
+
+
 def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResult:
     out = options.out
     if out.exists() and not out.is_dir():
         raise DataprepError(f"--out '{out}' exists and is not a directory")
+    refuse_foreign_output(out, force=options.force)
     out.mkdir(parents=True, exist_ok=True)
     console = make_console(quiet=options.quiet)
     t0 = time.perf_counter()

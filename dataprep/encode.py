@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastforec.data.images import ImageModeError, decode_problem, png_bit_depth, to_rgb8
+from fastforec.data.images import ImageModeError, decode_problem, displayed, png_bit_depth, to_rgb8
 
 from .errors import Rejection
 from .conversion_plan import EncodeOptions, SampleSource
@@ -80,13 +80,20 @@ def _rgb8(img: Image.Image, path: Path) -> Image.Image:
         raise _BadSample(path, str(e)) from None
 
 
-def _image_bytes(data: bytes, img: Image.Image, path: Path, options: EncodeOptions) -> tuple[str, bytes]:
+def _image_bytes(data: bytes, img: Image.Image, shown: Image.Image, path: Path, options: EncodeOptions
+                 ) -> tuple[str, bytes]:
+    """(extension, bytes) for the shard; ``shown`` is ``img`` as displayed (``displayed(img)``)."""
     # a 16-bit PNG opens in an 8-bit mode for RGB, but its bytes are not what an 8-bit decoder reads
     keepable = img.format in KEEP_FORMATS and img.mode in KEEP_MODES and png_bit_depth(data) in (None, 8)
     if options.image_policy == "jpg":
         buf = io.BytesIO()
-        _rgb8(img, path).save(buf, format="JPEG", quality=options.jpeg_quality)
+        _rgb8(shown, path).save(buf, format="JPEG", quality=options.jpeg_quality)
         return "jpg", buf.getvalue()
+    if shown is not img:
+        # EXIF-rotated: the training and evaluation decoders read the stored pixel grid (DALI with
+        # adjust_orientation=False, so that labels stay aligned), so the shard gets the picture as
+        # displayed, re-encoded losslessly, with no orientation tag left to apply twice
+        return "png", _encode_png(_rgb8(shown, path), compress_level=LABEL_PNG_COMPRESS_LEVEL)
     if keepable:
         return KEEP_FORMATS[img.format], data
     if options.image_policy == "keep_or_png":
@@ -95,7 +102,7 @@ def _image_bytes(data: bytes, img: Image.Image, path: Path, options: EncodeOptio
 
 
 def _label_bytes(path: Path, image_size: tuple[int, int], options: EncodeOptions) -> bytes:
-    img = _decode(_read(path, "label"), path, "label")
+    img = displayed(_decode(_read(path, "label"), path, "label"))  # masks are drawn on the displayed picture
     if img.mode not in LABEL_MODES:
         raise _BadSample(path, f"label has mode {img.mode}; expected a single-channel PNG of class ids "
                                f"(palette-indexed 'P' or grayscale 'L')")
@@ -119,8 +126,9 @@ def encode_sample(task: SampleTask) -> EncodedSample | Rejection:
     try:
         data = _read(src.image, "image")
         img = _decode(data, src.image, "image")
-        ext, image = _image_bytes(data, img, src.image, task.options)
-        label = None if src.label is None else _label_bytes(src.label, img.size, task.options)
+        shown = displayed(img)  # what the shard holds, and what the label must fit
+        ext, image = _image_bytes(data, img, shown, src.image, task.options)
+        label = None if src.label is None else _label_bytes(src.label, shown.size, task.options)
     except _BadSample as bad:
         return Rejection(task.split, src.key, str(bad.file), bad.problem)
     return EncodedSample(split=task.split, key=src.key, image_ext=ext, image=image, label=label)

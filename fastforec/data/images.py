@@ -13,13 +13,15 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 SIXTEEN_BIT_MAX = 65535
 EIGHT_BIT_MAX = 255
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_BIT_DEPTH_OFFSET = 24  # the IHDR chunk's bit-depth byte
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 = stored as displayed, 2..8 = mirrored and/or rotated
+NORMAL_ORIENTATION = 1
 
 
 class ImageModeError(ValueError):
@@ -46,6 +48,18 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     except ValueError:
         raise ImageModeError(f"images of mode {img.mode} cannot be converted to RGB here; convert it to 8-bit "
                              f"RGB first") from None
+
+
+def displayed(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it: the EXIF orientation (a phone photo's rotation or mirror,
+    stored as a tag instead of in the pixels) applied. Users draw masks on, and expect
+    predictions for, this picture, so every image entering fastforec or dataprep goes through here;
+    an image without the tag (or with orientation 1) comes back as it is."""
+    return ImageOps.exif_transpose(img) if exif_orientation(img) != NORMAL_ORIENTATION else img
+
+
+def exif_orientation(img: Image.Image) -> int:
+    return int(img.getexif().get(EXIF_ORIENTATION, NORMAL_ORIENTATION) or NORMAL_ORIENTATION)
 
 
 def png_bit_depth(data: bytes | bytearray | memoryview) -> int | None:

@@ -64,18 +64,18 @@ def test_dataprep_re_encodes_a_16_bit_png_or_refuses_it_by_name(tmp_path: Path) 
     lut = bytes(range(256))
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        ext, out = _image_bytes(data, img, path, EncodeOptions("keep_or_png", 95, lut, lut))  # dataprep folder
+        ext, out = _image_bytes(data, img, img, path, EncodeOptions("keep_or_png", 95, lut, lut))  # dataprep folder
         assert ext == "png" and png_bit_depth(out) == 8
         with Image.open(io.BytesIO(out)) as back:
             assert np.array_equal(np.asarray(back)[..., 0], np.round(GREY16 * (255 / 65535)).astype(np.uint8))
         with pytest.raises(_BadSample, match="image is PNG in mode I;16"):  # dataprep voc keeps bytes: refuses
-            _image_bytes(data, img, path, EncodeOptions("keep", 95, lut, lut))
+            _image_bytes(data, img, img, path, EncodeOptions("keep", 95, lut, lut))
     # a 16-bit RGB PNG opens as 8-bit RGB in PIL, but its bytes are not 8-bit: re-encoded, not kept
     rgb16 = tmp_path / "rgb16.png"
     _write_rgb16_png(rgb16)
     with Image.open(rgb16) as img:
         img.load()
-        ext, out = _image_bytes(rgb16.read_bytes(), img, rgb16, EncodeOptions("keep_or_png", 95, lut, lut))
+        ext, out = _image_bytes(rgb16.read_bytes(), img, img, rgb16, EncodeOptions("keep_or_png", 95, lut, lut))
     assert ext == "png" and png_bit_depth(out) == 8
 
 
