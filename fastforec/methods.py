@@ -35,7 +35,8 @@ forward (its segmentation output is unused; with BatchNorm it joins the labeled 
 the FOrec masks come from the teacher's pseudo-labels.
 
 Two deliberate differences from UniMatch's code, both for one DALI batch per step and exact
-resume: the CutMix partner is the next sample of the same unlabeled batch (UniMatch draws a second
+resume: the CutMix partner of sample i is sample i - 1 of the same unlabeled batch (sample 0's is
+the last; UniMatch draws a second
 unlabeled batch from another pass of its loader and labels it in eval mode under no_grad), and the
 feature dropout perturbs the unlabeled samples only (UniMatch drops the labeled features too and
 discards their output).
@@ -49,7 +50,7 @@ means the same whatever the number of views; the auxiliary loss is added outside
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -64,6 +65,22 @@ UNIMATCH_V2_WEIGHTS = {"loss_s": 0.5, "loss_u_s1": 0.25, "loss_u_s2": 0.25}
 CUTMIX_SHIFT = 1  # CutMix partner of sample i: sample i - 1 of the batch (a fixed permutation keeps resume exact)
 # The unlabeled batch's strong views and their CutMix boxes, in stream order.
 STRONG_VIEWS = (("strong", "box"), ("strong2", "box2"))
+
+
+class View(NamedTuple):
+    """One unlabeled input the student sees and what its losses need, aligned pixel for pixel: the
+    weak view with its pseudo-labels, or a strong view CutMix-ed together with them."""
+
+    image: torch.Tensor
+    label: torch.Tensor  # pseudo-label
+    conf: torch.Tensor  # its confidence
+    fg: torch.Tensor  # the pseudo-label is a foreground class
+    valid: torch.Tensor  # not padding
+
+
+def mixed_view(weak: View, image: torch.Tensor, box: torch.Tensor, perm: torch.Tensor) -> View:
+    """``image`` (a strong view of ``weak``) and ``weak``'s pseudo-labels, CutMix-ed with ``box``."""
+    return View(*losses.cutmix_batch(box, perm, image, weak.label, weak.conf, weak.fg, weak.valid))
 
 
 @dataclass
@@ -141,23 +158,19 @@ def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     assert ctx.teacher is not None
     with ctx.autocast():
         t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
-    pl, conf, pl_fg = losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels)
-    perm = cutmix_partner(u["strong"].shape[0], ctx.device)
-    strong, pl, conf, pl_fg, valid = losses.cutmix_batch(u["box"], perm, u["strong"], pl, conf, pl_fg, u["valid"])
+    weak = View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels), u["valid"])
+    perm = cutmix_partner(weak.image.shape[0], ctx.device)
+    strong = mixed_view(weak, u["strong"], u["box"], perm)
 
-    b = x_l.shape[0]
-    pred = ctx.student(ctx.model_input(torch.cat([x_l, strong])))
-    seg_l, seg_u = pred["seg"].split([b, strong.shape[0]])
-    out = {"loss_s": ctx.labeled_loss(seg_l, y_l),
-           "loss_u": m.lambda_u * losses.pseudo_label_ce(seg_u, pl, conf, valid, m.conf_thresh, backend=m.kernels)}
+    b, n = x_l.shape[0], strong.image.shape[0]
+    pred = ctx.student(ctx.model_input(torch.cat([x_l, strong.image])))
+    seg_l, seg_u = pred["seg"].split([b, n])
+    out = {"loss_s": ctx.labeled_loss(seg_l, y_l), "loss_u": m.lambda_u * _unlabeled_ce(ctx, seg_u, strong)}
     if m.reconstruction is not None:
-        lab, unl = _aux_parts(pred, [b, strong.shape[0]])
-        fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
-        fg_u, mask_u = losses.rec_targets_unlabeled(pl_fg, conf, valid, method=m.aux_name, rec_thresh=m.rec_thresh)
-        out["loss_rec"] = (m.rec_weight_labeled * aux_loss(ctx, lab, x_l, fg_l, mask_l)
-                           + m.rec_weight_unlabeled * aux_loss(ctx, unl, strong, fg_u, mask_u))
+        lab, unl = _aux_parts(pred, [b, n])
+        out["loss_rec"] = _rec_loss(ctx, lab, x_l, y_l, [(unl, strong)])
     out["loss"] = sum(out.values())
-    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="teacher_conf"))
+    out.update(_pl_stats(strong.conf, strong.valid, m.conf_thresh, conf_key="teacher_conf"))
     return out
 
 
@@ -165,43 +178,48 @@ def _unimatch_v2(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
                  u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     m = ctx.method
     assert ctx.teacher is not None
-    weak, valid = u["weak"], u["valid"]
-    b, n = x_l.shape[0], weak.shape[0]
     with ctx.autocast():
-        t_logits = ctx.teacher(weak.contiguous(memory_format=ctx.memory_format))["seg"]
-    pl, conf, pl_fg = losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels)
+        t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
+    weak = View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels), u["valid"])
+    b, n = x_l.shape[0], weak.image.shape[0]
     perm = cutmix_partner(n, ctx.device, base="unimatch_v2")
-    mixed = [losses.cutmix_batch(u[box], perm, u[image], pl, conf, pl_fg, valid) for image, box in STRONG_VIEWS]
+    mixed = [mixed_view(weak, u[image], u[box], perm) for image, box in STRONG_VIEWS]
 
     aux = m.reconstruction is not None
-    pred_l = ctx.student(ctx.model_input(torch.cat([x_l, weak]) if aux else x_l))
-    pred_s = ctx.student(ctx.model_input(torch.cat([v[0] for v in mixed])), comp_drop_keep=m.comp_drop_keep)
+    pred_l = ctx.student(ctx.model_input(torch.cat([x_l, weak.image]) if aux else x_l))
+    pred_s = ctx.student(ctx.model_input(torch.cat([v.image for v in mixed])), comp_drop_keep=m.comp_drop_keep)
     out = {"loss_s": ctx.labeled_loss(pred_l["seg"][:b], y_l)}
-    for name, (_, pl_v, conf_v, _, valid_v), seg in zip(("loss_u_s1", "loss_u_s2"), mixed, pred_s["seg"].split(n)):
-        out[name] = losses.pseudo_label_ce(seg, pl_v, conf_v, valid_v, m.conf_thresh, backend=m.kernels)
+    for name, view, seg in zip(("loss_u_s1", "loss_u_s2"), mixed, pred_s["seg"].split(n)):
+        out[name] = _unlabeled_ce(ctx, seg, view)
     total = sum(w * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k, w in UNIMATCH_V2_WEIGHTS.items())
     if aux:
         lab, weak_aux = _aux_parts(pred_l, [b, n])
-        views = [(weak_aux, weak, pl_fg, conf, valid)]
-        views += [(part, v[0], v[3], v[2], v[4]) for part, v in zip(_aux_parts(pred_s, [n, n]), mixed)]
+        views = [(weak_aux, weak), *zip(_aux_parts(pred_s, [n, n]), mixed)]
         out["loss_rec"] = _rec_loss(ctx, lab, x_l, y_l, views)
         total = total + out["loss_rec"]
     out["loss"] = total
-    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="teacher_conf"))
+    out.update(_pl_stats(weak.conf, weak.valid, m.conf_thresh, conf_key="teacher_conf"))
     return out
 
 
+def _unlabeled_ce(ctx: StepModels, seg: torch.Tensor, view: View) -> torch.Tensor:
+    """CE of the student's logits on ``view`` against its confident pseudo-labels."""
+    return losses.pseudo_label_ce(seg, view.label, view.conf, view.valid, ctx.method.conf_thresh,
+                                  backend=ctx.method.kernels)
+
+
 def _rec_loss(ctx: StepModels, labeled: dict[str, torch.Tensor], x_l: torch.Tensor, y_l: torch.Tensor,
-              unlabeled: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-              ) -> torch.Tensor:
+              unlabeled: list[tuple[dict[str, torch.Tensor], View]]) -> torch.Tensor:
     """The auxiliary loss: labeled term + ``rec_weight_unlabeled`` x the mean over the unlabeled
-    inputs, each given as (aux outputs, image, pseudo-label foreground, confidence, valid)."""
+    inputs, each given as (its aux outputs, its view). The mean of one input is that input's loss
+    exactly (the mean teacher's case)."""
     m = ctx.method
     fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
     rec_u = []
-    for part, image, fg_v, conf_v, valid_v in unlabeled:
-        fg_u, mask_u = losses.rec_targets_unlabeled(fg_v, conf_v, valid_v, method=m.aux_name, rec_thresh=m.rec_thresh)
-        rec_u.append(aux_loss(ctx, part, image, fg_u, mask_u))
+    for part, view in unlabeled:
+        fg_u, mask_u = losses.rec_targets_unlabeled(view.fg, view.conf, view.valid, method=m.aux_name,
+                                                    rec_thresh=m.rec_thresh)
+        rec_u.append(aux_loss(ctx, part, view.image, fg_u, mask_u))
     return m.rec_weight_labeled * aux_loss(ctx, labeled, x_l, fg_l, mask_l) + m.rec_weight_unlabeled * torch.stack(
         rec_u).mean()
 
@@ -212,38 +230,33 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     m = ctx.method
     unimatch = m.base_name == "unimatch"
     views = STRONG_VIEWS[: m.strong_views]
-    weak, valid = u["weak"], u["valid"]
-    b, n = x_l.shape[0], weak.shape[0]
+    b, n = x_l.shape[0], u["weak"].shape[0]
     # Labeled and weak images in one forward pass (one BatchNorm batch, as UniMatch does); the
     # perturbed stream comes out of the same pass.
-    pred_lw = ctx.student(ctx.model_input(torch.cat([x_l, weak])), fp_dropout=m.fp_dropout if unimatch else 0.0,
-                          fp_from=b)
+    pred_lw = ctx.student(ctx.model_input(torch.cat([x_l, u["weak"]])),
+                          fp_dropout=m.fp_dropout if unimatch else 0.0, fp_from=b)
     seg_l, seg_w = pred_lw["seg"].split([b, n])
     with torch.no_grad():
-        pl, conf, pl_fg = losses.pseudo_label(seg_w.detach(), ctx.fg_classes, backend=m.kernels)
+        weak = View(u["weak"], *losses.pseudo_label(seg_w.detach(), ctx.fg_classes, backend=m.kernels), u["valid"])
     perm = cutmix_partner(n, ctx.device)
-    # per view: (strong image, pseudo-label, confidence, foreground, valid), all mixed with its box
-    mixed = [losses.cutmix_batch(u[box], perm, u[image], pl, conf, pl_fg, valid) for image, box in views]
-    pred_s = ctx.student(ctx.model_input(torch.cat([v[0] for v in mixed])))
-    seg_s = pred_s["seg"].split(n)
+    mixed = [mixed_view(weak, u[image], u[box], perm) for image, box in views]
+    pred_s = ctx.student(ctx.model_input(torch.cat([v.image for v in mixed])))
 
     out = {"loss_s": ctx.labeled_loss(seg_l, y_l)}
     names = ["loss_u_s1", "loss_u_s2"] if unimatch else ["loss_u"]
-    for name, (_, pl_v, conf_v, _, valid_v), seg in zip(names, mixed, seg_s):
-        out[name] = losses.pseudo_label_ce(seg, pl_v, conf_v, valid_v, m.conf_thresh, backend=m.kernels)
+    for name, view, seg in zip(names, mixed, pred_s["seg"].split(n)):
+        out[name] = _unlabeled_ce(ctx, seg, view)
     if unimatch:
-        out["loss_u_fp"] = losses.pseudo_label_ce(pred_lw["seg_fp"], pl, conf, valid, m.conf_thresh,
-                                                  backend=m.kernels)
+        out["loss_u_fp"] = _unlabeled_ce(ctx, pred_lw["seg_fp"], weak)
     weights = UNIMATCH_WEIGHTS if unimatch else FIXMATCH_WEIGHTS
     total = sum(weights[k] * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k in weights)
     if m.reconstruction is not None:
         lab, weak_aux = _aux_parts(pred_lw, [b, n])
-        unl = [(weak_aux, weak, pl_fg, conf, valid)]
-        unl += [(part, v[0], v[3], v[2], v[4]) for part, v in zip(_aux_parts(pred_s, [n] * len(views)), mixed)]
+        unl = [(weak_aux, weak), *zip(_aux_parts(pred_s, [n] * len(views)), mixed)]
         out["loss_rec"] = _rec_loss(ctx, lab, x_l, y_l, unl)
         total = total + out["loss_rec"]
     out["loss"] = total
-    out.update(_pl_stats(conf, valid, m.conf_thresh, conf_key="pl_conf"))
+    out.update(_pl_stats(weak.conf, weak.valid, m.conf_thresh, conf_key="pl_conf"))
     return out
 
 
