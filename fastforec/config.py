@@ -30,20 +30,44 @@ from fastforec.json_keys import DuplicateKey, loads_unique
 # Every choice below is spelled once, as a Literal (what the config accepts and type checkers
 # see); the tuples are read from it.
 BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s",
-                       "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
+                       "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
+                       "dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16"]
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
 BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]  # where the unlabeled signal comes from
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
-# whose DeepLabV3+ decoder (models/deeplab.py), or UniMatch V2's DPT head for DINOv2 (models/dpt.py)
+# whose DeepLabV3+ decoder (models/deeplab.py), or UniMatch V2's DPT head for the DINO ViTs (models/dpt.py)
 DecoderName = Literal["unimatch", "u2pl", "torchvision", "dpt"]
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 METHODS: tuple[str, ...] = typing.get_args(MethodName)
 BASES: tuple[str, ...] = typing.get_args(BaseName)
 AUX_TASKS: tuple[str, ...] = typing.get_args(AuxName)
 DECODERS: tuple[str, ...] = typing.get_args(DecoderName)
-VIT_PREFIX = "dinov2_"  # the DINOv2 ViTs (patch 14), which take the DPT head
 DPT_DECODER = "dpt"
-VIT_PATCH = 14
+
+
+@dataclass(frozen=True)
+class VitFamily:
+    """A family of DINO ViTs (they take the DPT head): what the config checks against."""
+
+    name: str
+    patch: int  # crops and whole-image evaluation sizes are multiples of it
+    crops: str  # UniMatch V2's crops at this patch size, for the messages
+
+
+# By backbone name prefix. DINOv3's crops are the multiples of 16 nearest to UniMatch V2's 518 / 798.
+VIT_FAMILIES = {"dinov2_": VitFamily("DINOv2", 14, "518 on VOC, 798 on Cityscapes"),
+                "dinov3_": VitFamily("DINOv3", 16, "512 on VOC, 800 on Cityscapes")}
+DINOV2 = VIT_FAMILIES["dinov2_"]  # UniMatch V2's own checkpoints are DINOv2
+
+
+def vit_family(backbone: str) -> VitFamily | None:
+    """The DINO family of ``backbone``, or None for a ResNet."""
+    return next((f for prefix, f in VIT_FAMILIES.items() if backbone.startswith(prefix)), None)
+
+
+def _vit_names() -> str:
+    return " / ".join(b for b in typing.get_args(BackboneName) if vit_family(b) is not None)
+
 # Checkpoints written before model.decoder existed were trained with this decoder.
 LEGACY_DECODER = "torchvision"
 # What each method.name means as base x auxiliary task: its meaning from before bases existed.
@@ -142,25 +166,31 @@ class ModelConfig:
     # Channel multiplier of the ResNet stages: 1.0 is the standard network (and the only width that
     # ImageNet weights fit); 0.5 quarters the backbone's FLOPs for CPU-sized benchmarks from scratch.
     backbone_width: float = 1.0
-    # DINOv2 only: recompute each ViT block in the backward pass instead of keeping its
+    # DINO ViTs only: recompute each ViT block in the backward pass instead of keeping its
     # activations (about a third more compute; what fits ViT-L at crop 518, 4 + 4 images, in 80 GB)
     activation_checkpointing: bool = False
 
     @property
+    def vit_family(self) -> VitFamily | None:
+        return vit_family(self.backbone)
+
+    @property
     def is_vit(self) -> bool:
-        return self.backbone.startswith(VIT_PREFIX)
+        return self.vit_family is not None
 
     def validate(self, prefix: str = "model") -> None:
-        if self.is_vit:
+        family = self.vit_family
+        if family is not None:
             _check(self.decoder == DPT_DECODER, f"{prefix}.decoder",
-                   f"'{self.decoder}' is a DeepLabV3+ decoder for ResNets; the DINOv2 backbone {self.backbone} takes "
-                   f"UniMatch V2's DPT head: set {prefix}.decoder={DPT_DECODER}")
+                   f"'{self.decoder}' is a DeepLabV3+ decoder for ResNets; the {family.name} backbone {self.backbone} "
+                   f"takes UniMatch V2's DPT head: set {prefix}.decoder={DPT_DECODER}")
         else:
             _check(self.decoder != DPT_DECODER, f"{prefix}.decoder",
-                   f"'{DPT_DECODER}' is the head of DINOv2 backbones; {self.backbone} takes a DeepLabV3+ decoder "
-                   f"(unimatch, u2pl or torchvision), or set {prefix}.backbone=dinov2_vits14 / _vitb14 / _vitl14")
+                   f"'{DPT_DECODER}' is the head of the DINOv2 and DINOv3 backbones; {self.backbone} takes a "
+                   f"DeepLabV3+ decoder (unimatch, u2pl or torchvision), or set {prefix}.backbone to one of "
+                   f"{_vit_names()}")
             _check(not self.activation_checkpointing, f"{prefix}.activation_checkpointing",
-                   f"is offered for the DINOv2 backbones only, not {self.backbone}; set it to false")
+                   f"is offered for the DINOv2 and DINOv3 backbones only, not {self.backbone}; set it to false")
         _check(self.decoder_channels >= 8, f"{prefix}.decoder_channels", "must be >= 8")
         _check(0 < self.backbone_width <= 4, f"{prefix}.backbone_width",
                f"must be in (0, 4] (1.0 = the standard ResNet), got {self.backbone_width}")
@@ -396,11 +426,17 @@ class Config:
         self.eval.validate("eval")
         _check(self.eval.model != "teacher" or self.method.has_teacher, "eval.model",
                f"method '{self.method.label}' trains no teacher; use 'student' (or 'both')")
-        if self.model.is_vit:
-            _check(self.data.crop_size % VIT_PATCH == 0, "data.crop_size",
-                   f"is {self.data.crop_size}, but {self.model.backbone} cuts images into {VIT_PATCH}x{VIT_PATCH} "
-                   f"patches and would drop the remainder: use a multiple of {VIT_PATCH} (UniMatch V2: 518 on VOC, "
-                   f"798 on Cityscapes)")
+        family = self.model.vit_family
+        if family is not None:
+            patch = family.patch
+            _check(self.data.crop_size % patch == 0, "data.crop_size",
+                   f"is {self.data.crop_size}, but {self.model.backbone} cuts images into {patch}x{patch} "
+                   f"patches and would drop the remainder: use a multiple of {patch} (UniMatch V2 on {family.name}: "
+                   f"{family.crops})")
+            multiple = self.eval.size_multiple
+            _check(multiple is None or multiple % patch == 0, "eval.size_multiple",
+                   f"is {multiple}, but {self.model.backbone} cuts images into {patch}x{patch} patches: use "
+                   f"{patch} (or null)")
         # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
         # sample per rank that partner is the image itself and CutMix silently does nothing.
         _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),

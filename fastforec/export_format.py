@@ -8,7 +8,8 @@ device. Both formats take an RGB image in [0, 1], (B, 3, H, W) float32, and give
 - safetensors: the weights, and as metadata (strings) the resolved run config and the class
   table, so ``fastforec predict --checkpoint model.safetensors`` rebuilds the network from the
   file alone. ``read_export`` is the one reader.
-- ONNX: batch, height and width are dynamic; the same metadata sits in ``metadata_props``.
+- ONNX: batch, height and width are dynamic (on DINOv2, height and width are the crop's); the
+  same metadata sits in ``metadata_props``.
 
 Files are written under a temporary name and renamed when complete.
 """
@@ -26,7 +27,7 @@ from torch import nn
 
 from fastforec.atomic import atomic_path
 from fastforec.checkpoint_files import CheckpointError
-from fastforec.config import VIT_PATCH, Config, config_from_dict
+from fastforec.config import Config, config_from_dict
 from fastforec.errors import UserError
 from fastforec.models import DPT, Segmentor, build_model
 
@@ -65,16 +66,19 @@ def write_safetensors(model: Segmentor, meta: dict[str, str], out: Path) -> None
 
 def write_onnx(model: Segmentor, meta: dict[str, str], out: Path, *, vit_size: int | None = None) -> None:
     """The network as an ONNX graph with a dynamic batch; the image size is dynamic too, except
-    for a ViT (DPT), whose graph takes ``vit_size`` x ``vit_size`` images: its position
-    embeddings are resampled per patch grid, which the exporter fixes at the traced size."""
+    for a DPT on DINOv2, whose graph takes ``vit_size`` x ``vit_size`` images: its position
+    embeddings are resampled per patch grid, which the exporter fixes at the traced size
+    (DINOv3's RoPE is computed from the grid in the graph: any size)."""
     # lazy: onnx takes seconds to import and only this writer needs it, while every model load
     # (eval, predict, visualize) imports this module for read_export
     import onnx
 
     dim = torch.export.Dim
-    if isinstance(model, DPT):
-        if vit_size is None or vit_size % VIT_PATCH:
-            raise ValueError(f"a DPT export needs an image size that is a multiple of {VIT_PATCH}, got {vit_size}")
+    if isinstance(model, DPT) and model.backbone.fixed_onnx_size:
+        patch = model.backbone.patch
+        if vit_size is None or vit_size % patch:
+            raise ValueError(f"a DPT export on {model.backbone.family.name} needs an image size that is a multiple "
+                             f"of {patch}, got {vit_size}")
         shape, dynamic = (2, 3, vit_size, vit_size), {"x": {0: dim("batch")}}
     else:
         shape, dynamic = TRACE_SHAPE, {"x": {0: dim("batch"), 2: dim("height"), 3: dim("width")}}

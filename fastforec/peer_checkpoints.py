@@ -38,7 +38,7 @@ from rich.table import Table
 
 from fastforec.checkpoint_files import CheckpointError, safe_load, torch_load
 from fastforec.checkpoint_spec import PEER_SOURCES, PeerSource, split_spec
-from fastforec.config import VIT_PATCH, Config, ConfigError
+from fastforec.config import DINOV2, Config, ConfigError
 from fastforec.models.backbones import BACKBONE_LAYOUTS, Layout, layout_of
 from fastforec.models.vit import VIT_SPECS
 
@@ -124,10 +124,12 @@ class PeerWeights:
     def _vit(self, encoder: dict[str, torch.Tensor]) -> str:
         dim = int(encoder["cls_token"].shape[-1]) if "cls_token" in encoder else None
         depth = len({k.split(".")[1] for k in encoder if k.startswith("blocks.")})
-        fits = [n for n, s in VIT_SPECS.items() if (s.embed_dim, s.depth) == (dim, depth)]
+        # UniMatch V2 trains DINOv2 only (DINOv3's ViT-S/B/L have the same widths and depths)
+        dinov2 = {n: s for n, s in VIT_SPECS.items() if s.family == DINOV2}
+        fits = [n for n, s in dinov2.items() if (s.embed_dim, s.depth) == (dim, depth)]
         if not fits:
             raise CheckpointError(f"'{self.path}': its encoder is a ViT of width {dim} and {depth} blocks, which no "
-                                  f"model.backbone here builds ({', '.join(VIT_SPECS)})")
+                                  f"DINOv2 model.backbone here builds ({', '.join(dinov2)})")
         return fits[0]
 
     @property
@@ -251,7 +253,7 @@ def peer_config(cfg: Config, peer: PeerWeights) -> Config:
     cfg.model.backbone_width = 1.0
     cfg.model.pretrained = None  # every weight comes from the checkpoint
     if peer.source == "unimatch_v2":  # its evaluate(..., multiplier=14) and sliding window, whatever the recipe
-        cfg.eval.size_multiple = VIT_PATCH
+        cfg.eval.size_multiple = DINOV2.patch
         cfg.eval.sliding_protocol = "unimatch_v2"
     try:
         cfg.validate()

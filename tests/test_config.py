@@ -157,15 +157,25 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: di
     ({"optim": {"lr": float("inf")}}, "optim.lr: must be a finite number, got inf"),  # JSON Infinity
     ({"method": {"lambda_u": float("nan")}}, "method.lambda_u: must be a finite number, got nan"),
     ({"optim": {"lr": 1e38}}, "optim.lr: lr x head_lr_mult = 1e+39 is beyond the float32 range"),
-    # the model families: DINOv2 takes the DPT head, ResNets a DeepLabV3+ decoder
+    # the model families: DINOv2 and DINOv3 take the DPT head, ResNets a DeepLabV3+ decoder
     ({"model": {"backbone": "dinov2_vitb14"}}, "model.decoder: 'unimatch' is a DeepLabV3+ decoder for ResNets; "
                                                 "the DINOv2 backbone dinov2_vitb14 takes UniMatch V2's DPT head: set "
                                                 "model.decoder=dpt"),
-    ({"model": {"decoder": "dpt"}}, "model.decoder: 'dpt' is the head of DINOv2 backbones; resnet101 takes"),
+    ({"model": {"backbone": "dinov3_vitb16"}}, "the DINOv3 backbone dinov3_vitb16 takes UniMatch V2's DPT head"),
+    ({"model": {"decoder": "dpt"}}, "model.decoder: 'dpt' is the head of the DINOv2 and DINOv3 backbones; resnet101 "
+                                    "takes a DeepLabV3+ decoder (unimatch, u2pl or torchvision), or set model.backbone "
+                                    "to one of dinov2_vits14 / dinov2_vitb14 / dinov2_vitl14 / dinov3_vits16 / "
+                                    "dinov3_vitb16 / dinov3_vitl16"),
     ({"model": {"activation_checkpointing": True}}, "model.activation_checkpointing: is offered for the DINOv2 "
-                                                    "backbones only, not resnet101"),
+                                                    "and DINOv3 backbones only, not resnet101"),
     ({"model": {"backbone": "dinov2_vits14", "decoder": "dpt"}, "data": {"crop_size": 512}},
      "data.crop_size: is 512, but dinov2_vits14 cuts images into 14x14 patches"),
+    ({"model": {"backbone": "dinov3_vits16", "decoder": "dpt"}, "data": {"crop_size": 518}},
+     "data.crop_size: is 518, but dinov3_vits16 cuts images into 16x16 patches and would drop the remainder: use a "
+     "multiple of 16 (UniMatch V2 on DINOv3: 512 on VOC, 800 on Cityscapes)"),
+    ({"model": {"backbone": "dinov3_vits16", "decoder": "dpt"}, "data": {"crop_size": 512},
+      "eval": {"size_multiple": 14}},
+     "eval.size_multiple: is 14, but dinov3_vits16 cuts images into 16x16 patches: use 16 (or null)"),
     ({"optim": {"betas": [0.9, 1.0]}}, "optim.betas: must be two numbers in [0, 1)"),
     ({"method": {"comp_drop_keep": 1.5}}, "method.comp_drop_keep: must be a probability in [0, 1]"),
     ({"eval": {"size_multiple": 0}}, "eval.size_multiple: must be >= 1 (or null)"),

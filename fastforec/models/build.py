@@ -12,7 +12,7 @@ from fastforec.models.segmentor import Segmentor
 
 def build_model(cfg: ModelConfig, *, num_classes: int, reconstruction: Literal["rgb", "fgbg"] | None,
                 with_pretrained: bool = False, show_pretrained: bool = True) -> Segmentor:
-    """The network ``cfg`` describes: DPT on a DINOv2 ViT, or DeepLabV3+ on a ResNet.
+    """The network ``cfg`` describes: DPT on a DINOv2 / DINOv3 ViT, or DeepLabV3+ on a ResNet.
     ``with_pretrained`` loads ``cfg.pretrained`` into the backbone (training only: evaluation and
     export take every weight from a checkpoint)."""
     pretrained = cfg.pretrained if with_pretrained else None

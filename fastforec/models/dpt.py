@@ -1,6 +1,7 @@
 """DPT on DINOv2, as UniMatch V2 defines it (LiheYoung/UniMatch-V2 ``model/semseg/dpt.py`` and
 ``model/util/blocks.py``), with its parameter names and shapes so that its trained checkpoints
-load exactly (``peer_checkpoints``: ``head.*`` -> ``seg_head.*``).
+load exactly (``peer_checkpoints``: ``head.*`` -> ``seg_head.*``). On DINOv3 the same head with
+the same widths per size decodes 16-pixel patches instead of 14 (models/vit.py).
 
 The head, for the four token maps of the backbone at 1/14 of the input (C channels each):
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastforec.models.segmentor import AUX_CHANNELS, Segmentor
-from fastforec.models.vit import VIT_SPECS, DinoV2Backbone, scaled
+from fastforec.models.vit import VIT_SPECS, scaled, vit_backbone
 
 ALIGN_CORNERS = True  # every DPT resize, and the final one to the input size
 
@@ -105,20 +106,21 @@ class DPTHead(nn.Module):
 
 
 class DPT(Segmentor):
-    """DPT on a DINOv2 backbone (``Segmentor``'s interface)."""
+    """DPT on a DINOv2 or DINOv3 backbone (``Segmentor``'s interface)."""
 
 
 def dpt(*, backbone: str, num_classes: int, reconstruction: Literal["rgb", "fgbg"] | None = "rgb",
         pretrained: str | Path | None = None, backbone_width: float = 1.0, activation_checkpointing: bool = False,
         show_pretrained: bool = True) -> DPT:
-    """Build UniMatch V2's DPT on ``backbone`` (``dinov2_vit{s,b,l}14``), optionally with the
-    auxiliary head. ``backbone_width`` scales the ViT and the head's widths (1.0 for DINOv2 weights)."""
+    """Build UniMatch V2's DPT on ``backbone`` (``dinov2_vit{s,b,l}14``, ``dinov3_vit{s,b,l}16``),
+    optionally with the auxiliary head. ``backbone_width`` scales the ViT and the head's widths
+    (1.0 for released weights)."""
     if backbone not in VIT_SPECS:
-        raise ValueError(f"DPT takes a DINOv2 backbone ({', '.join(VIT_SPECS)}), got {backbone!r}")
+        raise ValueError(f"DPT takes a DINO ViT backbone ({', '.join(VIT_SPECS)}), got {backbone!r}")
     if reconstruction is not None and reconstruction not in AUX_CHANNELS:
         raise ValueError(f"reconstruction must be 'rgb', 'fgbg' or None, got {reconstruction!r}")
     spec = VIT_SPECS[backbone]
-    encoder = DinoV2Backbone(name=backbone, width=backbone_width, activation_checkpointing=activation_checkpointing)
+    encoder = vit_backbone(name=backbone, width=backbone_width, activation_checkpointing=activation_checkpointing)
     if pretrained is not None:
         encoder.load_pretrained(pretrained, show=show_pretrained)
     # at width 1.0 these are UniMatch V2's widths (every one is above scaled()'s floor)

@@ -150,7 +150,7 @@ def test_a_file_for_another_stem_names_the_backbone_to_use(fmt: str, backbone: s
 def test_layout_table_matches_timms_models(backbones: dict[str, ResNetBackbone]) -> None:
     from fastforec.models.vit import VIT_SPECS
 
-    assert set(BACKBONES) == set(BACKBONE_LAYOUTS) | set(VIT_SPECS)  # every config name is a ResNet or a DINOv2
+    assert set(BACKBONES) == set(BACKBONE_LAYOUTS) | set(VIT_SPECS)  # every config name is a ResNet or a DINO ViT
     for name in BACKBONE_LAYOUTS:
         body = backbones[name].body if name in backbones else ResNetBackbone(name=name, output_stride=16).body
         assert layout_of(body.state_dict()) == Layout(*BACKBONE_LAYOUTS[name]), name
