@@ -91,7 +91,7 @@ V2_SIZES = {"vits": ("dinov2_vits14", "dinov2_small.pth"), "vitb": ("dinov2_vitb
 
 
 def test_unimatch_v2_recipes_are_unimatch_v2s_settings() -> None:
-    found = {n: c for n, c in recipes.recipes().items() if n.startswith("unimatch_v2_")}
+    found = {n: c for n, c in recipes.recipes().items() if n.startswith("unimatch_v2_") and "_dinov3_" not in n}
     # every size on every split, with and without FOrec: 3 x (5 VOC + 4 Cityscapes) x 2
     assert len(found) == 54
     for name, cfg in found.items():
@@ -116,6 +116,34 @@ def test_unimatch_v2_recipes_are_unimatch_v2s_settings() -> None:
             assert (cfg.data.crop_size, cfg.data.batch_size * ga, cfg.train.epochs) == (518, 4 * 4, 60)
             assert (cfg.loss.labeled, cfg.eval.mode) == ("ce", "whole")
             assert cfg.recipe.split.startswith("splits/u2pl/pascal/")
+
+
+DINOV3_FILES = {"vits": ("dinov3_vits16", "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
+                "vitb": ("dinov3_vitb16", "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"),
+                "vitl": ("dinov3_vitl16", "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth")}
+
+
+def test_unimatch_v2_dinov3_recipes_are_unimatch_v2s_but_the_backbone_and_crop() -> None:
+    """Every DINOv3 recipe is its DINOv2 twin (same size, split, FOrec or not) but for the
+    backbone, Meta's weight file, the multiples of 16 (crop, whole-image size), the source and
+    its notes; none claims a published number."""
+    found = {n: c for n, c in recipes.recipes().items() if "_dinov3_" in n}
+    assert len(found) == 54  # 3 sizes x (5 VOC + 4 Cityscapes) x with and without FOrec
+    for name, cfg in found.items():
+        size = re.search(r"_dinov3_(vit[sbl])_", name)[1]
+        twin = load_config(name.replace("_dinov3_", "_"))
+        assert (cfg.model.backbone, cfg.model.pretrained) == (DINOV3_FILES[size][0],
+                                                              f"pretrained/{DINOV3_FILES[size][1]}")
+        assert cfg.data.crop_size == (800 if "cityscapes" in name else 512)  # nearest multiples of 16 to 798 / 518
+        assert cfg.eval.size_multiple == 16
+        assert cfg.recipe.source.startswith("UniMatch V2 recipe on DINOv3 (no published number)")
+        assert cfg.recipe.published_miou is None
+        assert {"dinov3_backbone", "dinov3_rope"} <= set(cfg.recipe.notes)
+        differ = {"model.backbone", "model.pretrained", "data.crop_size", "eval.size_multiple", "train.name"}
+        got, want = leaves(cfg.to_dict()), leaves(twin.to_dict())
+        assert {k: v for k, v in got.items() if k not in differ and not k.startswith("recipe.")} == \
+            {k: v for k, v in want.items() if k not in differ and not k.startswith("recipe.")}, name
+        assert cfg.recipe.split == twin.recipe.split and cfg.recipe.dataset == twin.recipe.dataset
 
 
 def test_forec_recipes_are_the_papers_settings() -> None:
