@@ -23,6 +23,7 @@ SlidingProtocol = Literal["border_aligned", "unimatch", "unimatch_v2"]
 # Datasets whose images are larger than the training crop and are scored by sliding window
 # (Cityscapes, as its peers do); every other dataset is scored on whole images.
 SLIDING_DATASETS = ("cityscapes",)
+PIXEL_MAX = 255.0  # a uint8 image's white, for sliding windows over 8-bit images
 
 
 def resolve_eval_mode(mode: str, dataset: str) -> EvalMode:
@@ -78,6 +79,60 @@ def sliding_window_unimatch(model: nn.Module, image: torch.Tensor, *, num_classe
     return total
 
 
+@torch.no_grad()
+def sliding_window_classes(model: nn.Module, image: torch.Tensor, *, num_classes: int, window: int, stride: int,
+                           protocol: SlidingProtocol = "border_aligned", dtype: torch.dtype = torch.long
+                           ) -> torch.Tensor:
+    """Class map (B, H, W) of the sliding window ``protocol``: exactly the argmax of
+    :func:`sliding_window_logits` (border_aligned, unimatch_v2) or :func:`sliding_window_unimatch`
+    (the same windows, the same sums in the same order), in memory that grows with the image's
+    width, not its area. Windows run row by row; rows that no later window reaches are decided
+    at once and their scores dropped, so the scores are held for ``window`` rows, not all of them
+    (a 6000 x 6000 photo in 21 classes: 0.5 GB instead of 3 GB, plus the model's activations for
+    one window instead of the whole image). ``image`` may be uint8 (0..255): each window is then
+    scaled to [0, 1] on its own, and the whole image costs one byte per value instead of four."""
+    b, _, h, w = image.shape
+    if protocol == "unimatch":  # windows at multiples of the stride, cut short at the border
+        padded, ys, xs = image, list(range(0, h, stride)), list(range(0, w, stride))
+    else:  # full windows, the last moved back to the border; zero padding below the window size
+        ph, pw = max(0, window - h), max(0, window - w)
+        padded = F.pad(image, (0, pw, 0, ph)) if ph or pw else image
+        ys, xs = _window_starts(padded.shape[-2], window, stride), _window_starts(padded.shape[-1], window, stride)
+    height, width = padded.shape[-2:]
+    softmax, average = protocol != "border_aligned", protocol != "unimatch"
+    classes = torch.empty(b, height, width, dtype=dtype, device=image.device)
+    scores = torch.zeros(b, num_classes, window, width, device=image.device)  # rows [y, y + window)
+    count = torch.zeros(1, 1, window, width, device=image.device)
+    for i, y in enumerate(ys):
+        if i:
+            for t in (scores, count):
+                _drop_rows(t, y - ys[i - 1])
+        for x in xs:
+            out = model(_as_unit_range(padded[:, :, y:y + window, x:x + window]))["seg"].float()
+            rows, cols = out.shape[-2:]
+            scores[:, :, :rows, x:x + cols] += out.softmax(dim=1) if softmax else out
+            count[:, :, :rows, x:x + cols] += 1
+        done = (ys[i + 1] if i + 1 < len(ys) else height) - y  # rows no later window reaches
+        decided = scores[:, :, :done]
+        if average:
+            decided.div_(count[:, :, :done])  # in place: these rows are dropped next
+        classes[:, y:y + done] = decided.argmax(dim=1).to(dtype)
+    return classes[:, :h, :w]
+
+
+def _as_unit_range(window: torch.Tensor) -> torch.Tensor:
+    return window.float() / PIXEL_MAX if window.dtype == torch.uint8 else window
+
+
+def _drop_rows(t: torch.Tensor, n: int) -> None:
+    """Move ``t``'s rows (dim 2) up by ``n`` in place, zeros coming in at the bottom: no second
+    accumulator-sized tensor, only a copy of the rows kept."""
+    kept = t.shape[2] - n
+    if kept > 0:
+        t[:, :, :kept] = t[:, :, n:].clone()
+    t[:, :, max(kept, 0):] = 0
+
+
 def nearest_multiple(size: int, multiple: int) -> int:
     """UniMatch V2's ``int(size / multiple + 0.5) * multiple`` (at least one multiple)."""
     return max(multiple, int(size / multiple + 0.5) * multiple)
@@ -100,17 +155,13 @@ def whole_image_logits(model: nn.Module, image: torch.Tensor, *, size_multiple: 
 
 @torch.no_grad()
 def predict(model: nn.Module, image: torch.Tensor, *, mode: EvalMode, num_classes: int, window: int,
-            stride: int, protocol: SlidingProtocol = "border_aligned", size_multiple: int | None = None
-            ) -> torch.Tensor:
+            stride: int, protocol: SlidingProtocol = "border_aligned", size_multiple: int | None = None,
+            dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Class map (B, H, W) for images in [0, 1]."""
-    if mode == "sliding" and protocol == "unimatch":
-        logits = sliding_window_unimatch(model, image, num_classes=num_classes, window=window, stride=stride)
-    elif mode == "sliding":
-        logits = sliding_window_logits(model, image, num_classes=num_classes, window=window, stride=stride,
-                                       softmax=protocol == "unimatch_v2")
-    else:
-        logits = whole_image_logits(model, image, size_multiple=size_multiple)
-    return logits.argmax(dim=1)
+    if mode == "sliding":
+        return sliding_window_classes(model, image, num_classes=num_classes, window=window, stride=stride,
+                                      protocol=protocol, dtype=dtype)
+    return whole_image_logits(model, image, size_multiple=size_multiple).argmax(dim=1).to(dtype)
 
 
 @torch.no_grad()

@@ -7,6 +7,16 @@ For an input ``x.jpg`` it writes into ``--out``:
 - ``x_overlay.png``: the coloured mask over the image;
 - on Cityscapes also ``x_labelIds.png``: the official label ids (7, 8, 11, ...), what
   cityscapesScripts' ``evalPixelLevelSemanticLabeling`` and the test server read.
+
+A folder given as ``--input`` is read with its subfolders, mirrored under ``--out``; inputs of
+one folder sharing a stem keep their extension in the name (``x_jpg.png``); an output that would
+replace an input is refused before anything is written (fastforec/predict_outputs.py). Images
+are read as displayed (EXIF orientation applied), so masks match the picture the user sees.
+
+Memory: an image above ``--whole-max-pixels`` is predicted in sliding windows of
+:data:`LARGE_IMAGE_WINDOW` pixels rather than whole, and sliding windows keep scores for one
+row of windows at a time (``evaluate.sliding_window_classes``): a 6000 x 6000 photo no longer
+needs one forward pass over 36 million pixels (docs/failure_modes.md has the measured peaks).
 """
 
 from __future__ import annotations
@@ -14,13 +24,28 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastforec.atomic import atomic_write_bytes
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
 
+if TYPE_CHECKING:  # annotations only: torch and the model code are imported inside run
+    import torch
+
+    from fastforec.config import Config
+    from fastforec.models import Segmentor
+    from fastforec.predict_outputs import Outputs
+
 NAME = "predict"
 HELP = "class-id masks, overlays and benchmark-format PNGs for images"
 CITYSCAPES = "cityscapes"  # the manifest's dataset kind whose predictions also get label-id PNGs
+# Above this many pixels a "whole image" prediction runs in sliding windows instead: one forward
+# pass over a 6000 x 6000 photo held 8.2 GiB on a CPU (and runs out of memory on a GPU), while
+# whole-image inference up to 2048 x 2048 (Cityscapes' 2048 x 1024 twice over) stays as trained.
+WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
+# The window of that fallback: large, so that each window sees much of the scene as a whole-image
+# pass would (never smaller than the training crop), and small enough for bounded memory.
+LARGE_IMAGE_WINDOW = 1024
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,
                    help="default: the student of a checkpoint, the weights an export holds")
+    p.add_argument("--whole-max-pixels", type=_pixels, default=WHOLE_IMAGE_MAX_PIXELS, metavar="N",
+                   help=f"an image of more pixels than this is predicted in sliding windows of {LARGE_IMAGE_WINDOW} px "
+                        f"instead of whole, in bounded memory (default {WHOLE_IMAGE_MAX_PIXELS}: 2048 x 2048)")
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a pixel count >= 0, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,11 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
     from fastforec.config import load_config, with_overrides
     from fastforec.eval_cli import settings_source
-    from fastforec.evaluate import predict, resolve_eval_mode
-    from fastforec.image_files import cityscapes_label_ids, colourise, list_inputs, load_image, overlay, png_bytes
+    from fastforec.evaluate import resolve_eval_mode
+    from fastforec.image_files import list_inputs
     from fastforec.inference import load_trained_model
+    from fastforec.predict_outputs import plan_outputs
 
     given = load_config(args.config, args.overrides) if args.config else None
+    input_root, out = Path(args.input), Path(args.out)
+    inputs = list_inputs(input_root, exclude=out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=device, config=given)
     if given is not None and not dataset.get("source"):  # a peer's cfg is already the recipe's
@@ -57,19 +98,56 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = with_overrides(cfg, args.overrides)
     print(settings_source(args.config, args.overrides), file=sys.stderr)
+    # every output named and checked before the first is written
+    planned = plan_outputs(inputs, input_root=input_root, out=out, label_ids=dataset.get("kind") == CITYSCAPES)
     # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
     mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
-    crop = cfg.data.crop_size
-    out = Path(args.out)
-    for path in list_inputs(Path(args.input)):
-        image = load_image(path).to(device)
-        pred = predict(model, image, mode=mode, num_classes=dataset["num_classes"], window=crop,
-                       stride=cfg.eval.stride(crop), protocol=cfg.eval.sliding_protocol,
-                       size_multiple=cfg.eval.size_multiple)[0].cpu().numpy()
-        mask = colourise(pred, dataset["palette"])
-        atomic_write_bytes(out / f"{path.stem}.png", png_bytes(mask))
-        atomic_write_bytes(out / f"{path.stem}_overlay.png", png_bytes(overlay(image, mask)))
-        if dataset.get("kind") == CITYSCAPES:
-            atomic_write_bytes(out / f"{path.stem}_labelIds.png", png_bytes(cityscapes_label_ids(pred)))
-        print(f"{path} -> {out / (path.stem + '.png')}")
+    for outputs in planned:
+        _predict_one(model, cfg, dataset, outputs, mode=mode, whole_max_pixels=args.whole_max_pixels, device=device)
     return 0
+
+
+def _predict_one(model: Segmentor, cfg: Config, dataset: dict[str, Any], outputs: Outputs, *, mode: str,
+                 whole_max_pixels: int, device: torch.device) -> None:
+    from fastforec.evaluate import predict
+    from fastforec.image_files import (cityscapes_label_ids, colourise, overlay, png_bytes, read_rgb, to_pixels,
+                                       to_tensor)
+
+    rgb = read_rgb(outputs.source)
+    mode, window, protocol = _inference_plan(outputs.source, rgb.shape[:2], mode=mode, cfg=cfg,
+                                             whole_max_pixels=whole_max_pixels)
+    # sliding windows take the 8-bit image and scale each window: a quarter of the memory
+    image = to_pixels(rgb) if mode == "sliding" else to_tensor(rgb)
+    pred = predict(model, image.to(device), mode=mode, num_classes=dataset["num_classes"], window=window,
+                   stride=cfg.eval.stride(window), protocol=protocol, size_multiple=cfg.eval.size_multiple,
+                   dtype=_class_dtype(dataset["num_classes"]))[0].cpu().numpy()
+    mask = colourise(pred, dataset["palette"])
+    atomic_write_bytes(outputs.mask, png_bytes(mask))
+    atomic_write_bytes(outputs.overlay, png_bytes(overlay(rgb, mask)))
+    if outputs.label_ids is not None:
+        atomic_write_bytes(outputs.label_ids, png_bytes(cityscapes_label_ids(pred)))
+    print(f"{outputs.source} -> {outputs.mask}")
+
+
+def _inference_plan(path: Path, size: tuple[int, int], *, mode: str, cfg: Config, whole_max_pixels: int
+                    ) -> tuple[str, int, str]:
+    """(mode, window, sliding protocol) for one image: the checkpoint's, except that a whole-image
+    prediction of more than ``whole_max_pixels`` pixels runs in windows (said on stderr)."""
+    crop = cfg.data.crop_size
+    h, w = size
+    if mode != "whole" or h * w <= whole_max_pixels:
+        return mode, crop, cfg.eval.sliding_protocol
+    window = max(crop, LARGE_IMAGE_WINDOW)
+    if cfg.eval.size_multiple:  # a ViT's whole-image input is resized to a multiple of its patch
+        window -= window % cfg.eval.size_multiple
+    print(f"note: '{path}' is {w} x {h} ({h * w / 1e6:.1f} Mpx), more than --whole-max-pixels "
+          f"{whole_max_pixels}: predicted in sliding windows of {window} px (bounded memory), not whole",
+          file=sys.stderr)
+    return "sliding", window, "border_aligned"
+
+
+def _class_dtype(num_classes: int) -> torch.dtype:
+    import torch
+
+    # the class map of a large image in one byte per pixel rather than eight
+    return torch.uint8 if num_classes <= 256 else torch.long

@@ -210,7 +210,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = state["student"]  # a fastforec training checkpoint: its student (pretraining on other data)
     if isinstance(state, dict) and any(isinstance(k, str) and k.startswith(FASTFOREC_ENCODER_PREFIX) for k in state):
         # a fastforec network (that student, or a `fastforec export` safetensors file): its encoder
-        state = {k[len(FASTFOREC_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(FASTFOREC_ENCODER_PREFIX)}
+        prefix = FASTFOREC_ENCODER_PREFIX
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedError(f"'{path}' is not a state dict of tensors (a torchvision ResNet checkpoint is expected)")
     return state
