@@ -33,7 +33,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules._functions import SyncBatchNorm as SyncBatchNormFunction
 
 from fastforec.config import ConfigError
 
@@ -128,25 +127,11 @@ class Fp32StatsBatchNorm2d(nn.BatchNorm2d):
         return _batch_norm(self, x, bn_average_factor(self))
 
 
-class Fp32StatsSyncBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm likewise (CUDA, several ranks); a world of one falls back to BatchNorm."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        factor = bn_average_factor(self)
-        group = self.process_group or dist.group.WORLD
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
-            return _batch_norm(self, x, factor)
-        w, b = _float_affine(self)
-        return SyncBatchNormFunction.apply(x, w, b, self.running_mean, self.running_var, self.eps, factor, group,
-                                           dist.get_world_size(group))
-
-
-_FP32_STATS = {nn.BatchNorm2d: Fp32StatsBatchNorm2d, nn.SyncBatchNorm: Fp32StatsSyncBatchNorm}
+_FP32_STATS = {nn.BatchNorm2d: Fp32StatsBatchNorm2d}
 
 
 def keep_norm_statistics_fp32(module: nn.Module) -> nn.Module:
-    """Switch every BatchNorm2d / SyncBatchNorm of ``module`` (in place) to its fp32-statistics
+    """Switch every BatchNorm2d of ``module`` (in place) to its fp32-statistics
     subclass. Same parameters, buffers and state-dict keys: only ``forward`` changes. Call it
     before DeepSpeed casts the parameters (the buffers must still be fp32 then)."""
     for m in module.modules():

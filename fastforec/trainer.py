@@ -36,6 +36,7 @@ from fastforec.evaluate import evaluate, resolve_eval_mode
 from fastforec.formats import duration
 from fastforec.metrics import nan_to_none
 from fastforec.models import Segmentor, build_model
+from fastforec.models.sync_bn import convert_sync_batchnorm
 from fastforec.optim import build_optimizer
 from fastforec.preemption import StopSignals, Stopped
 from fastforec.precision import (MasterWeights, autocast_context, keep_norm_statistics_fp32,
@@ -104,8 +105,8 @@ class Trainer:
         if dist.is_main:
             self._notice_settings_without_effect()
         if self.uses_sync_bn:
-            # SyncBatchNorm refuses CPU tensors, so it exists only on CUDA.
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            # fastforec's SyncBatchNorm2d: torch's makes a host sync per layer and forward
+            student = convert_sync_batchnorm(student)
         self.ds_config = deepspeed_config(cfg, self.device, world_size=dist.world_size)
         requested_stage = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
         if dist.is_main and self.ds_config.get("zero_optimization", {}).get("stage", 0) != requested_stage:

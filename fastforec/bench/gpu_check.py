@@ -399,31 +399,20 @@ def step_variants(sizes: Sizes, device: Any) -> tuple[list[Variant], list[str]]:
         out.append(Variant("SyncBatchNorm's multi-rank path", "torch_autocast", 0, best_eager.channels_last,
                            best_eager.cudnn_benchmark, False, sync_bn_path=True))
     else:
-        notes.append("SyncBatchNorm's path: skipped on the CPU (its kernels are CUDA only)")
+        notes.append("SyncBatchNorm's path: skipped on the CPU (the recipes synchronise BatchNorm on CUDA only)")
     return out, notes
 
 
 def force_sync_bn_path(module: Any) -> None:
-    """Make every BatchNorm2d of ``module`` train through torch's SyncBatchNorm function even in a
-    world of one, where ``nn.SyncBatchNorm`` itself takes the plain path: the host syncs that the
-    recipes' ``model.sync_bn`` costs from two ranks up can then be counted on one GPU. A class
-    swap (same parameters and buffers), as fastforec.precision does for its fp32-statistics BN."""
-    import torch.distributed as torch_dist
-    from torch import nn
-    from torch.nn.modules._functions import SyncBatchNorm as SyncBatchNormFunction
+    """Make every BatchNorm2d of ``module`` the trainer's SyncBatchNorm2d and take its synchronised
+    path even in a world of one (where it would normalise locally), so that the host syncs and
+    launches the recipes' ``model.sync_bn`` costs from two ranks up can be counted on one GPU."""
+    from fastforec.models.sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
 
-    from fastforec.precision import bn_average_factor
-
-    class SyncPathBatchNorm(nn.BatchNorm2d):
-        def forward(self, x: Any) -> Any:
-            if not self.training:
-                return super().forward(x)
-            return SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                               self.eps, bn_average_factor(self), torch_dist.group.WORLD, 1)
-
+    convert_sync_batchnorm(module)
     for m in module.modules():
-        if type(m) is nn.BatchNorm2d:
-            m.__class__ = SyncPathBatchNorm
+        if isinstance(m, SyncBatchNorm2d):
+            m.min_world_size = 1
 
 
 def _step_config(sizes: Sizes, v: Variant) -> Any:
