@@ -29,8 +29,9 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	$(BIN)/dataprep synth --layout voc --out $(DEMO_RAW) $(DEMO_SYNTH_ARGS)
-	$(BIN)/dataprep splits --root $(DEMO_RAW) --layout voc --labeled $(DEMO_LABELED) --seed 0 --out $(DEMO_SPLITS)
+	# --force: these are the demo's own folders (a tree synthesised before dataprep marked its outputs has no mark)
+	$(BIN)/dataprep synth --layout voc --out $(DEMO_RAW) $(DEMO_SYNTH_ARGS) --force
+	$(BIN)/dataprep splits --root $(DEMO_RAW) --layout voc --labeled $(DEMO_LABELED) --seed 0 --out $(DEMO_SPLITS) --force
 	$(BIN)/dataprep voc --root $(DEMO_RAW) --split-dir $(DEMO_SPLITS) --out $(DEMO_DATA)
 	rm -rf $(DEMO_RUN)
 	time $(BIN)/python fastforec/train.py --config configs/synth_demo.json --run-dir $(DEMO_RUN)

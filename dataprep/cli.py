@@ -45,6 +45,10 @@ def _conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave bad samples out and list them in OUT/rejected.json instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _force_arg(p)
+
+
+def _force_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty --out that dataprep did not make (its files may be replaced)")
 
@@ -63,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic dataset in the official VOC/Cityscapes layout")
     p.add_argument("--layout", choices=LAYOUTS, required=True)
     p.add_argument("--out", type=Path, required=True, help="raw dataset root to create")
+    _force_arg(p)
     p.add_argument("--num-train", type=int, default=DEFAULT_SYNTH_TRAIN)
     p.add_argument("--num-val", type=int, default=DEFAULT_SYNTH_VAL)
     p.add_argument("--size", type=_size, default=None, help="HxW (default: 375x500 voc, 512x1024 cityscapes)")
@@ -115,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sslbench trees: the first --labeled ids of its class-balanced order (budgets are nested; "
                         "--labeled = all training images leaves nothing unlabeled)")
     p.add_argument("--out", type=Path, required=True, help="directory for labeled.txt and unlabeled.txt")
+    _force_arg(p)
 
     for name, helptext in (("verify", "re-hash and decode every shard; exit 1 naming each problem"),
                            ("inspect", "counts, image sizes and class pixel frequencies")):
@@ -133,8 +139,10 @@ def _run_options(args: argparse.Namespace):
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from .convert import claim_output
     from .synth import DEFAULT_SIZE, default_ids, synthesize
 
+    claim_output(args.out, force=args.force)
     train_ids, val_ids = default_ids(args.layout, args.num_train, args.num_val)
     root = synthesize(args.layout, args.out, train_ids=train_ids, val_ids=val_ids,
                       size=args.size or DEFAULT_SIZE[args.layout], seed=args.seed, workers=args.workers,
@@ -178,6 +186,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
 
 def _cmd_splits(args: argparse.Namespace) -> int:
+    from .convert import claim_output
     from .splits import balanced_partition, random_partition, write_partition
 
     if args.balanced:
@@ -187,6 +196,7 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     else:
         partition = random_partition(root=args.root, layout=args.layout, labeled=args.labeled, seed=args.seed,
                                      blender=args.blender)
+    claim_output(args.out, force=args.force)
     out = write_partition(partition, args.out)
     print(f"{out}: {len(partition.labeled)} labeled, {len(partition.unlabeled)} unlabeled")
     return EXIT_OK

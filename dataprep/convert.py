@@ -216,6 +216,14 @@ def refuse_foreign_output(out: Path, *, force: bool) -> None:
                             f"pass --force to write into it anyway")
 
 
+def claim_output(out: Path, *, force: bool) -> None:
+    """For commands that write plain files into --out (synth, splits): refuse someone else's
+    non-empty directory (as a conversion does), then mark it as dataprep's, so that a re-run of the
+    same command over its own output goes ahead."""
+    refuse_foreign_output(out, force=force)
+    (out / MARK).mkdir(parents=True, exist_ok=True)
+
+
 def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResult:
     out = options.out
     if out.exists() and not out.is_dir():

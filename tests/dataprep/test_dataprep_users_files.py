@@ -134,3 +134,20 @@ def test_benchmark_conversions_store_exif_rotated_images_as_displayed(layout: st
     assert result.code == 0, result.err
     image, _ = _val_images(out)[key]
     assert image.shape == shown.shape and np.array_equal(image, want)
+
+
+@pytest.mark.parametrize("command", ["synth", "splits"])
+def test_synth_and_splits_refuse_someone_elses_folder_and_rerun_over_their_own(command: str, voc_raw: Path,
+                                                                                 tmp_path: Path, cli: CliRunner) -> None:
+    args = (["synth", "--layout", "voc", "--num-train", 4, "--num-val", 2, "--size", "48x48", "--quiet"]
+            if command == "synth" else ["splits", "--root", voc_raw, "--layout", "voc", "--labeled", 2, "--seed", 0])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "labeled.txt").write_text("my own list\n")
+    result = cli(*args, "--out", mine)
+    assert result.code == 2 and f"--out '{mine}' is not empty and was not written by dataprep" in result.err
+    assert [p.name for p in mine.iterdir()] == ["labeled.txt"] and (mine / "labeled.txt").read_text() == "my own list\n"
+    assert cli(*args, "--out", mine, "--force").code == 0  # the user said so
+    own = tmp_path / "own"
+    assert cli(*args, "--out", own).code == 0
+    assert cli(*args, "--out", own).code == 0, "a re-run over its own output must go ahead"
