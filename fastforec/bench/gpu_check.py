@@ -24,12 +24,14 @@ Sections, each a table and a key of the JSON file:
   DeepSpeed ZeRO-2 with the ``torch_autocast`` block and with the ``bf16`` block. Each row also
   counts the host synchronisations of one step (PyTorch's CUDA sync debug mode).
 - ``vit_step``: a UniMatch V2 step on DINOv2 ViT-B and ViT-L at crop 518, 4 labeled + 4
-  unlabeled (its VOC setting), bf16 autocast, SDPA attention, ZeRO-1, with and without activation
+  unlabeled (its VOC setting), and on DINOv3 ViT-B/16 at crop 512 (the multiple of its patch 16
+  nearest to 518), bf16 autocast, SDPA attention, ZeRO-1, with and without activation
   checkpointing: samples/s, MFU, peak memory (does ViT-L fit an 80 GB GPU?).
 - ``dali``: the DALI training pipeline on the GPU when DALI is importable.
 
 ``--dry-run`` runs every section on the CPU with small shapes (Triton through its interpreter,
-ResNet-18 at crop 32, a quarter-width ViT-S at crop 28); what cannot run there says so. The test suite runs it.
+ResNet-18 at crop 32, quarter-width DINOv2 and DINOv3 ViT-S at crop 28 and 32); what cannot run
+there says so. The test suite runs it.
 """
 
 from __future__ import annotations
@@ -546,24 +548,33 @@ def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
 @dataclass(frozen=True)
 class VitSizes:
     backbones: tuple[str, ...]
-    width: float  # model.backbone_width: 1.0 is DINOv2's
-    crop: int
+    width: float  # model.backbone_width: 1.0 is the released networks'
+    crop: int  # DINOv2's; a DINOv3 backbone runs at the nearest multiple of its patch (vit_crop)
     batch: int  # labeled = unlabeled images per step
     warmup: int
     steps: int
 
 
-# UniMatch V2's VOC setting: crop 518, 4 + 4 images per GPU
-VIT_FULL = VitSizes(backbones=("dinov2_vitb14", "dinov2_vitl14"), width=1.0, crop=518, batch=4, warmup=2, steps=5)
-VIT_DRY = VitSizes(backbones=("dinov2_vits14",), width=0.25, crop=28, batch=2, warmup=1, steps=1)
+# UniMatch V2's VOC setting: crop 518 (DINOv3: 512), 4 + 4 images per GPU
+VIT_FULL = VitSizes(backbones=("dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16"), width=1.0, crop=518, batch=4,
+                    warmup=2, steps=5)
+VIT_DRY = VitSizes(backbones=("dinov2_vits14", "dinov3_vits16"), width=0.25, crop=28, batch=2, warmup=1, steps=1)
 TARGET_VIT_MEMORY_BYTES = 80 * 10 ** 9  # ViT-L at crop 518, 4 + 4 images per GPU, must fit an 80 GB GPU
+
+
+def vit_crop(sizes: VitSizes, backbone: str) -> int:
+    """``sizes.crop`` at the nearest multiple of ``backbone``'s patch (DINOv3: 518 -> 512, 28 -> 32)."""
+    from fastforec.config import vit_family
+
+    patch = vit_family(backbone).patch
+    return max(1, round(sizes.crop / patch)) * patch
 
 
 def _vit_config(sizes: VitSizes, backbone: str, checkpointing: bool) -> Any:
     from fastforec.config import config_from_dict
 
     return config_from_dict({
-        "data": {"root": "memory", "crop_size": sizes.crop, "batch_size": sizes.batch},
+        "data": {"root": "memory", "crop_size": vit_crop(sizes, backbone), "batch_size": sizes.batch},
         "model": {"backbone": backbone, "decoder": "dpt", "backbone_width": sizes.width, "sync_bn": False,
                   "activation_checkpointing": checkpointing},
         "method": {"name": "mean_teacher", "base": "unimatch_v2", "aux": "none", "conf_thresh": 0.0,
@@ -574,17 +585,18 @@ def _vit_config(sizes: VitSizes, backbone: str, checkpointing: bool) -> Any:
 
 
 def vit_step_section(sizes: VitSizes, dist: Any, peak_flops: float) -> dict[str, Any]:
-    """UniMatch V2 steps on DINOv2 (bf16 autocast, SDPA attention, ZeRO-1, AdamW), with and
-    without activation checkpointing; a row that runs out of memory says so instead of failing."""
+    """UniMatch V2 steps on DINOv2 and DINOv3 (bf16 autocast, SDPA attention, ZeRO-1, AdamW), with
+    and without activation checkpointing; a row that runs out of memory says so instead of failing."""
     import torch
 
     rows = []
     for backbone in sizes.backbones:
         for checkpointing in (False, True):
-            row = {"backbone": backbone, "activation_checkpointing": checkpointing}
+            crop = vit_crop(sizes, backbone)
+            row = {"backbone": backbone, "activation_checkpointing": checkpointing, "crop": crop}
             try:
                 row.update(measure_step(_vit_config(sizes, backbone, checkpointing), batch=sizes.batch,
-                                        crop=sizes.crop, warmup=sizes.warmup, steps=sizes.steps, dist=dist,
+                                        crop=crop, warmup=sizes.warmup, steps=sizes.steps, dist=dist,
                                         peak_flops=peak_flops))
             except torch.OutOfMemoryError as e:
                 _free(dist.device)
@@ -679,7 +691,8 @@ def _print_tables(result: dict[str, Any]) -> None:
                       _count(r["aten_ops_per_step"]), f"{r['warmup_s']:.1f}")
     print_rich(table)
     v = result["vit_step"]
-    table = Table(title=f"training step: {v['model']}, crop {v['crop']}, {v['batch_labeled']} labeled + "
+    crops = " / ".join(dict.fromkeys(str(r["crop"]) for r in v["rows"]))  # DINOv2's, then DINOv3's
+    table = Table(title=f"training step: {v['model']}, crop {crops}, {v['batch_labeled']} labeled + "
                         f"{v['batch_unlabeled']} unlabeled, bf16 autocast, ZeRO-1")
     for col in ("backbone", "checkpointing", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step",
                 "launches/step", "ATen ops/step"):

@@ -65,15 +65,19 @@ def test_dry_run_covers_every_section(tmp_path: Path) -> None:
     assert any(n.startswith("cudnn_benchmark: skipped") for n in step["notes"])
     assert any(n.startswith("SyncBatchNorm's path: skipped on the CPU") for n in step["notes"])
 
-    # UniMatch V2 on a (quarter-width) DINOv2, with and without activation checkpointing
+    # UniMatch V2 on a (quarter-width) DINOv2 and DINOv3, with and without activation checkpointing,
+    # DINOv3 at the multiple of its 16-pixel patch nearest to DINOv2's crop
     vit = r["vit_step"]
-    assert [(x["backbone"], x["activation_checkpointing"]) for x in vit["rows"]] == [
-        ("dinov2_vits14", False), ("dinov2_vits14", True)]
+    assert [(x["backbone"], x["activation_checkpointing"], x["crop"]) for x in vit["rows"]] == [
+        ("dinov2_vits14", False, 28), ("dinov2_vits14", True, 28), ("dinov3_vits16", False, 32),
+        ("dinov3_vits16", True, 32)]
     for x in vit["rows"]:
         assert x["samples_per_s"] > 0 and x["flops_per_sample"] > 0 and x["skipped_steps"] == 0
         assert x["aten_ops_per_step"] > 100 and x["kernel_launches_per_step"] is None
     # recomputing the blocks adds forward FLOPs the counter does not see: the counted FLOPs are the same
     assert vit["rows"][0]["flops_per_sample"] == vit["rows"][1]["flops_per_sample"]
+    assert vit["rows"][2]["flops_per_sample"] == vit["rows"][3]["flops_per_sample"]
+    assert "crop 28 / 32" in " ".join(proc.stdout.split())
 
     dali = r["dali"]  # DALI is a dependency of this project: its section must run, not skip
     assert "skipped" not in dali and dali["samples_per_s"] > 0 and dali["device"] == "cpu"
