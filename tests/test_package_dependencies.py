@@ -72,9 +72,10 @@ def test_the_package_list_names_every_package_folder() -> None:
 def test_the_kernels_install_under_their_own_name(tmp_path: Path) -> None:
     """The wheel holds fastforec_kernels/ (and no top-level kernels/), and it imports from there."""
     import shutil
-    import subprocess
     import sys
     import zipfile
+
+    from tests import child_process
 
     src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
     src.mkdir()
@@ -82,8 +83,8 @@ def test_the_kernels_install_under_their_own_name(tmp_path: Path) -> None:
         shutil.copy2(REPO / name, src / name)
     for d in ("fastforec", "dataprep", KERNELS_FOLDER):
         shutil.copytree(REPO / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(src)], check=True, capture_output=True)
+    child_process.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                       str(tmp_path), str(src)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("fastforec-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {"fastforec", "dataprep", KERNELS_IMPORT} <= tops and KERNELS_FOLDER not in tops
@@ -91,6 +92,6 @@ def test_the_kernels_install_under_their_own_name(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     probe = ("import fastforec_kernels, torch; x = torch.randn(1, 3, 2, 2); "
              "print(fastforec_kernels.__file__); print(tuple(fastforec_kernels.pseudo_label(x, [1])[0].shape))")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
-                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
+    out = child_process.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
+                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert Path(out[0]).is_relative_to(site) and out[1:] == ["(1,", "2,", "2)"]

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from fastforec.bench.flops import count_flops
 from fastforec.bench.settings import bench_config
 from fastforec.config import load_config
 from fastforec.models import deeplabv3plus
+from tests import child_process
+from tests.child_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 2
@@ -194,11 +195,11 @@ def test_two_ranks_report_per_rank_and_total(config: Path, tmp_path: Path) -> No
     """torchrun with 2 CPU ranks (gloo): one row per rank, total = sum."""
     out = tmp_path / "step2.json"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")  # CPU ranks on any machine
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "fastforec.cli", "bench", "--what", "step", "--config", str(config), "--batches", "1",
            "--peak-tflops", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = child_process.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["world_size"] == 2 and [row["rank"] for row in r["per_rank"]] == [0, 1]

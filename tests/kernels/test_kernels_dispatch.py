@@ -14,6 +14,7 @@ from kernel_cases import Shape, logits, needs_triton
 
 import fastforec_kernels as kernels
 from fastforec import losses
+from tests import child_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,8 +62,8 @@ def test_losses_module_dispatches_to_the_kernels(backend: str) -> None:
 
 
 def _run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
+    return child_process.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
+                             text=True)
 
 
 def test_kernels_work_when_triton_was_imported_before_the_interpreter_was_requested() -> None:

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from trainer_support import TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
+from tests import child_process
+from tests.child_process import free_port
+from trainer_support import CPU_ONLY, TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
 
 HARNESS = Path(__file__).with_name("equivalence_harness.py")
 
 
-def _free_port() -> str:
-    # A fixed free port: torchrun's --master_port 0 leaves the workers waiting for a rendezvous.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def torchrun() -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
 
 
 def deepspeed_launcher() -> list[str]:
     # the `deepspeed` launcher passes --local_rank=N to the script, torchrun does not
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port()]
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", free_port()]
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=400)
+    proc = child_process.run(cmd, cwd=cwd, env=clean_env(**CPU_ONLY), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 

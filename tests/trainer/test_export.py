@@ -18,6 +18,7 @@ from PIL import Image
 from fastforec.checkpoint_files import load_checkpoint, resolve_checkpoint
 from fastforec.inference import load_trained_model
 from trainer_support import clean_env, run_train, tiny_config, write_config
+from tests import child_process
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 MAX_ABS_DIFF = 1e-4  # fp32 onnxruntime vs PyTorch
@@ -33,7 +34,7 @@ def run_dir(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    return child_process.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("weights", ["student", "teacher"])

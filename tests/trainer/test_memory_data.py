@@ -3,12 +3,12 @@ webdataset: what an offline GPU node without them runs (gpu-check)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 from trainer_support import clean_env
+from tests import child_process
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys, tempfile
@@ -49,8 +49,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_trainer_runs_from_memory_without_dali(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=clean_env(), capture_output=True,
-                          text=True, timeout=400)
+    proc = child_process.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=clean_env(), capture_output=True,
+                             text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

@@ -3,13 +3,14 @@ here independently from the same forward pass."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer_support import threshold_between, tiny_config, write_config
+from trainer_support import read_jsonl, threshold_between, tiny_config, write_config
 from equivalence_harness import make_batch
 from fastforec.checkpoint_files import load_checkpoint
 from fastforec.config import load_config
@@ -94,20 +95,37 @@ def test_auxiliary_targets(shards: Path, tmp_path: Path, world, method: str) -> 
     assert got["loss"] == pytest.approx(got["loss_s"] + got["loss_u"] + got["loss_rec"], rel=1e-5)
 
 
-@pytest.mark.parametrize("method,keys", [("supervised", {"loss", "loss_s"}),
-                                         ("mean_teacher", {"loss", "loss_s", "loss_u", "pl_coverage", "teacher_conf"})])
-def test_methods_without_reconstruction(shards: Path, tmp_path: Path, world, method: str, keys: set) -> None:
-    tr = _trainer(shards, tmp_path, world, method)
-    assert (tr.teacher is None) == (method == "supervised")
-    assert tr.student.aux_head is None
+def test_supervised_loss_is_the_labeled_cross_entropy(shards: Path, tmp_path: Path, world) -> None:
+    tr = _trainer(shards, tmp_path, world, "supervised")
+    assert tr.teacher is None and tr.student.aux_head is None
     labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
-    got = _losses(tr, labeled, unlabeled if method != "supervised" else None)
-    assert set(got) == keys
-    assert all(torch.isfinite(torch.tensor(v)) for v in got.values())
-    # and a full step changes the weights
-    before = [p.detach().clone() for p in tr.student.parameters()]
-    assert tr.train_step(labeled, unlabeled if method != "supervised" else None)
-    assert any(not torch.equal(a, b) for a, b in zip(before, tr.student.parameters()))
+    got = _losses(tr, labeled, None)
+    with torch.no_grad():
+        pred = _student(tr, labeled["image"])["seg"]
+    want = float(F.cross_entropy(pred, labeled["label"], ignore_index=255))  # mean over labeled pixels
+    assert got == pytest.approx({"loss": want, "loss_s": want}, rel=1e-5)
+    # the unlabeled batch is never used: the same terms with it
+    assert _losses(tr, labeled, unlabeled) == pytest.approx(got, rel=1e-6)
+
+
+def test_mean_teacher_losses_and_pseudo_label_statistics(shards: Path, tmp_path: Path, world) -> None:
+    tr = _trainer(shards, tmp_path, world, "mean_teacher")
+    assert tr.teacher is not None and tr.student.aux_head is None
+    labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
+    strong, pl, conf, valid = _mixed_inputs(tr, labeled, unlabeled)
+    m = tr.cfg.method
+    m.conf_thresh, m.lambda_u = threshold_between(conf, 0.5), 0.7  # both sides of tau; a weight that shows
+    got = _losses(tr, labeled, unlabeled)
+    with torch.no_grad():
+        pred = _student(tr, torch.cat([labeled["image"], strong]))["seg"]
+    loss_s = float(F.cross_entropy(pred[:2], labeled["label"], ignore_index=255))
+    # CE of the confident pseudo-labels, summed, over the valid (not padding) pixels
+    sure = (conf > m.conf_thresh) & valid
+    loss_u = float((F.cross_entropy(pred[2:], pl, reduction="none") * sure).sum() / valid.sum())
+    assert 0 < sure.sum() < valid.sum()
+    want = {"loss_s": loss_s, "loss_u": 0.7 * loss_u, "loss": loss_s + 0.7 * loss_u,
+            "pl_coverage": float(sure.sum() / valid.sum()), "teacher_conf": float(conf[valid].mean())}
+    assert got == pytest.approx(want, rel=1e-4)
 
 
 def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_path: Path, world) -> None:
@@ -129,6 +147,74 @@ def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_
     assert tr.state.nonfinite_total == limit
 
 
+# ---------------------------------------------------------------------------------------------
+# the non-finite stop (docs/failure_modes.md, "Training"): the run saves its state positioned after the
+# skipped batches and stops; --resume continues from there; metrics.jsonl counts the skips
+
+
+POISONED = (1, 3, 4, 5)  # micro-batches (from 0) whose labeled images are NaN: one skip, then three in a row
+STOP_AFTER = 3  # train.max_nonfinite of the run that stops
+
+
+def _fit_poisoned(shards: Path, tmp_path: Path, world, name: str, *, max_nonfinite: int,
+                  resume: str | None = None) -> Trainer:
+    """A 8-micro-batch run whose POISONED batches give a non-finite loss (their images are NaN)."""
+    cfg = write_config(tmp_path / f"{name}.json", tiny_config(
+        shards, method={"name": "mean_teacher"}, eval={"every": 1000},
+        train={"max_steps": 8, "max_nonfinite": max_nonfinite, "checkpoint_every": 1000, "tensorboard": False}))
+    (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
+    tr = Trainer(load_config(cfg), run_dir=tmp_path / "runs" / name, dist=world, resume=resume)
+    next_batch = tr.train_data.next_batch
+
+    def poisoned() -> tuple[dict, dict]:
+        index = tr.state.batches  # this batch's place in the run's order of micro-batches
+        labeled, unlabeled = next_batch()
+        if index in POISONED:
+            labeled = {**labeled, "image": labeled["image"] * float("nan")}
+        return labeled, unlabeled
+
+    tr.train_data.next_batch = poisoned
+    return tr
+
+
+def test_the_nonfinite_stop_saves_after_the_skipped_batches_and_resume_continues_there(
+        shards: Path, tmp_path: Path, world) -> None:
+    # the run that skips batch 1, then stops at the third skip in a row (batch 5)
+    stopped = _fit_poisoned(shards, tmp_path, world, "run", max_nonfinite=STOP_AFTER)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 2") as exc:
+        stopped.fit()
+    stopped.train_data.close()
+    saved = stopped.ckpt_dir / "step_00000002.pt"
+    assert f"saved in '{saved}', positioned after the skipped batches" in str(exc.value)
+    state = load_checkpoint(saved)["state"]
+    # batches 0-5 are behind it: 2 steps (batches 0 and 2) and the 4 skipped ones, batch 5 included
+    assert (state["step"], state["batches"], state["nonfinite_total"]) == (2, 6, 4)
+    records = [r for r in read_jsonl(stopped.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [(r["step"], r["nonfinite_skipped"]) for r in records] == [(1, 0), (2, 1)]
+
+    # --resume: batches 6 and 7 train steps 3 and 4, exactly as a run that never stopped (it skips
+    # the same batches and goes on) trains them
+    resumed = _fit_poisoned(shards, tmp_path, world, "run", max_nonfinite=STOP_AFTER, resume=str(saved))
+    assert (resumed.state.step, resumed.state.batches) == (2, 6)
+    results = resumed.fit()
+    resumed.train_data.close()
+    reference = _fit_poisoned(shards, tmp_path, world, "reference", max_nonfinite=100)
+    want = reference.fit()
+    reference.train_data.close()
+    assert results["step"] == want["step"] == 4
+    assert results["nonfinite_skipped"] == want["nonfinite_skipped"] == 4
+    for part, a, b in (("student", resumed.student, reference.student),
+                       ("teacher", resumed.teacher.module, reference.teacher.module)):
+        theirs = b.state_dict()
+        for k, t in a.state_dict().items():
+            assert torch.equal(t, theirs[k]), f"{part}.{k} differs from the run that never stopped"
+    keys = ("step", "nonfinite_skipped", "loss", "loss_s", "loss_u")
+    got = [[r[k] for k in keys] for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert got == [[r[k] for k in keys] for r in read_jsonl(reference.run_dir / "metrics.jsonl")
+                   if r["kind"] == "train"]
+    assert [g[:2] for g in got] == [[1, 0], [2, 1], [3, 4], [4, 4]]
+
+
 def test_a_labeled_batch_without_valid_pixels_is_counted_and_warned_about(shards: Path, tmp_path: Path, world,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     tr = _trainer(shards, tmp_path, world, "forec")
@@ -144,3 +230,16 @@ def test_a_labeled_batch_without_valid_pixels_is_counted_and_warned_about(shards
     labeled2, _ = make_batch(1, 0, batch=2, crop=48, num_classes=tr.num_classes)
     tr.train_step(labeled2, unlabeled)
     assert tr.state.empty_label_batches == 2
+    # then every 100th: from 99 such batches on, the 100th warns and the 101st does not
+    tr.state.empty_label_batches = 99
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fastforec.trainer"):
+        for _ in range(2):
+            tr.train_step(labeled, unlabeled)
+    warnings = [r.getMessage() for r in caplog.records if "has no valid pixel" in r.getMessage()]
+    assert len(warnings) == 1 and "(100 such batches so far" in warnings[0], warnings
+    # results.json counts them
+    tr.run_dir.mkdir(parents=True)
+    tr.run_evaluation(0)
+    tr.write_results()
+    assert json.loads((tr.run_dir / "results.json").read_text())["empty_label_batches"] == 101

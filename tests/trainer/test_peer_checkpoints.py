@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer_support import clean_env, tiny_config, write_config
+from tests import child_process
 from fastforec.config import load_config
 from fastforec.data import ValData
 from fastforec.data.manifest import Manifest
@@ -259,7 +260,7 @@ def _config(tmp_path: Path, shards: Path, **sections) -> Path:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    return child_process.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------------------------------------

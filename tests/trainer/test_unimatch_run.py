@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from test_distributed import torchrun
-from trainer_support import assert_same_end, resume_midway, run_train, tiny_config, train_records, write_config
+from trainer_support import (CPU_ONLY, assert_same_end, resume_midway, run_train, tiny_config, train_records,
+                             write_config)
 
 STEPS = 4
 MIDWAY = 2
@@ -28,7 +29,8 @@ def test_unimatch_forec_trains_evaluates_and_resumes_exactly(shards: Path, tmp_p
         train={"max_steps": STEPS, "checkpoint_every": MIDWAY, "keep_checkpoints": 3}))
     launcher = torchrun() if ranks == 2 else None
     full = tmp_path / "full"
-    proc = run_train(["--config", str(cfg), "--run-dir", str(full), *UNIMATCH_FOREC], cwd=tmp_path, launcher=launcher)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(full), *UNIMATCH_FOREC], cwd=tmp_path, launcher=launcher,
+                     env=CPU_ONLY)  # bit-exact on the CPU; 2 ranks even where there is one GPU
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((full / "results.json").read_text())
     assert results["method"] == "unimatch+forec" and results["step"] == STEPS
@@ -43,7 +45,7 @@ def test_unimatch_forec_trains_evaluates_and_resumes_exactly(shards: Path, tmp_p
 
     # a second run that starts from the first one's mid-way checkpoint
     part = tmp_path / "part"
-    resume_midway(cfg, full, part, midway=MIDWAY, args=UNIMATCH_FOREC, cwd=tmp_path, launcher=launcher)
+    resume_midway(cfg, full, part, midway=MIDWAY, args=UNIMATCH_FOREC, cwd=tmp_path, launcher=launcher, env=CPU_ONLY)
     assert torch.load(part / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)["teacher"] is None
     assert_same_end(full, part, steps=STEPS, midway=MIDWAY, networks=("student",), loss_keys=LOSS_KEYS)
 

@@ -20,7 +20,7 @@ import unimatch_v2_reference as ref  # noqa: E402
 from equivalence_harness import kept_ce, masked_mse, two_view_batch  # noqa: E402
 from test_distributed import torchrun  # noqa: E402
 from test_peer_checkpoints import _cli, miou  # noqa: E402 (numpy mIoU, independent of fastforec.metrics)
-from trainer_support import (assert_same_end, resume_midway, run_train, threshold_between, tiny_config,  # noqa: E402
+from trainer_support import (CPU_ONLY, assert_same_end, resume_midway, run_train, threshold_between, tiny_config,  # noqa: E402
                              train_records, write_config)  # noqa: E402
 from fastforec.config import load_config  # noqa: E402
 from fastforec.data import ValData  # noqa: E402
@@ -243,7 +243,8 @@ def test_unimatch_v2_forec_on_a_vit_resumes_exactly(shards: Path, tmp_path: Path
         train={"max_steps": STEPS, "checkpoint_every": MIDWAY, "keep_checkpoints": 3}))
     launcher = torchrun() if ranks == 2 else None
     full = tmp_path / "full"
-    proc = run_train(["--config", str(cfg), "--run-dir", str(full), *V2_FOREC], cwd=tmp_path, launcher=launcher)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(full), *V2_FOREC], cwd=tmp_path, launcher=launcher,
+                     env=CPU_ONLY)  # bit-exact on the CPU; 2 ranks even where there is one GPU
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((full / "results.json").read_text())
     assert results["method"] == "unimatch_v2+forec" and results["step"] == STEPS
@@ -255,5 +256,5 @@ def test_unimatch_v2_forec_on_a_vit_resumes_exactly(shards: Path, tmp_path: Path
         assert r["loss_u_s1"] > 0 and r["loss_u_s2"] > 0 and r["loss_rec"] > 0
 
     part = tmp_path / "part"
-    resume_midway(cfg, full, part, midway=MIDWAY, args=V2_FOREC, cwd=tmp_path, launcher=launcher)
+    resume_midway(cfg, full, part, midway=MIDWAY, args=V2_FOREC, cwd=tmp_path, launcher=launcher, env=CPU_ONLY)
     assert_same_end(full, part, steps=STEPS, midway=MIDWAY, networks=("student", "teacher"), loss_keys=LOSS_KEYS)

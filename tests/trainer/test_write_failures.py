@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from trainer_support import clean_env, run_train, tiny_config, write_config
+from tests import child_process
 from fastforec.atomic import WriteError, atomic_write_bytes
 from fastforec.checkpoint_files import save_checkpoint
 
@@ -92,14 +93,13 @@ def test_export_to_an_unwritable_place_is_one_line(shards: Path, read_only_fs: P
     regular.write_text("x")
     for out in (read_only_fs / "out" / "m.safetensors", regular / "m.safetensors", read_only_fs / "out" / "m.onnx"):
         fmt = out.suffix[1:]
-        proc = subprocess.run(FASTFOREC + ["export", "--checkpoint", str(run_dir), "--format", fmt, "--out", str(out)],
-                              cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+        proc = child_process.run(FASTFOREC + ["export", "--checkpoint", str(run_dir), "--format", fmt, "--out",
+                                              str(out)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert proc.stderr.startswith("error: --out") and str(out.parent) in proc.stderr
     ok = tmp_path / "m.safetensors"
-    proc = subprocess.run(FASTFOREC + ["export", "--checkpoint", str(run_dir), "--format", "safetensors", "--out",
-                                       str(ok)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = child_process.run(FASTFOREC + ["export", "--checkpoint", str(run_dir), "--format", "safetensors", "--out",
+                                          str(ok)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     umask = os.umask(0)
     os.umask(umask)

@@ -15,11 +15,16 @@ from typing import Any
 
 import torch
 
+from tests import child_process
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "fastforec" / "train.py"
 # the uninterrupted run of the resume tests (conftest.uninterrupted_run)
 RESUME_STEPS, RESUME_CHECKPOINT_EVERY = 6, 3
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# The environment of a child that must train on the CPU on any machine: the bit-exact resume
+# promise is the CPU's (README), and two ranks on a machine with one GPU would share it.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def tiny_config(data_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -51,10 +56,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_train(args: list[str], *, cwd: Path, timeout: float = 300, launcher: list[str] | None = None
-              ) -> subprocess.CompletedProcess:
+def run_train(args: list[str], *, cwd: Path, timeout: float | None = None, launcher: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """train.py in a child process, within the test's time limit (tests/child_process.py) and
+    ``timeout`` if given; ``env``: variables added to its environment (e.g. CPU_ONLY)."""
     cmd = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT)] + args
-    return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    return child_process.run(cmd, cwd=cwd, env=clean_env(**(env or {})), capture_output=True, text=True,
+                             timeout=timeout)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -76,12 +84,13 @@ def train_records(run_dir: Path) -> dict[int, dict[str, Any]]:
 
 
 def resume_midway(cfg: Path, full: Path, part: Path, *, midway: int, args: list[str], cwd: Path,
-                  launcher: list[str] | None) -> None:
+                  launcher: list[str] | None, env: dict[str, str] | None = None) -> None:
     """Run ``cfg`` again in ``part``, resumed from ``full``'s checkpoint at ``midway`` (all rank files)."""
     (part / "checkpoints").mkdir(parents=True)
     for f in (full / "checkpoints").glob(f"step_{midway:08d}*.pt"):
         shutil.copy(f, part / "checkpoints" / f.name)
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *args], cwd=cwd, launcher=launcher)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *args], cwd=cwd, launcher=launcher,
+                     env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
