@@ -288,7 +288,8 @@ class DinoV2Backbone(DinoBackbone):
 
     def _timm_names(self, state: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
         if REGISTER_KEY in state:
-            raise PretrainedError(f"'{path}' is DINOv2 with registers ({state[REGISTER_KEY].shape[1]} register tokens); "
+            registers = state[REGISTER_KEY].shape[1]
+            raise PretrainedError(f"'{path}' is DINOv2 with registers ({registers} register tokens); "
                                   f"UniMatch V2 uses DINOv2 without them: take dinov2_vit*14_pretrain.pth")
         return {k: v for k, v in state.items() if k not in DINOV2_UNUSED_KEYS}, "DINOv2 names"
 
