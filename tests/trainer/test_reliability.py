@@ -337,6 +337,7 @@ def test_user_errors_are_one_line_and_exit_2(overrides: list[str], expected: str
     ("model.decoder_channels=32", "was trained with model.decoder_channels=256, the config says 32"),
     ("optim.lr=0.001", "was trained with optim.lr=0.01, the config says 0.001"),
     ("data.crop_size=64", "was trained with data.crop_size=48, the config says 64"),
+    ("train.seed=1", "was trained with train.seed=0, the config says 1"),
 ])
 def test_resume_with_changed_settings_names_the_key(override: str, expected: str, finished: tuple[Path, Path],
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -346,6 +347,20 @@ def test_resume_with_changed_settings_names_the_key(override: str, expected: str
                                   capsys)
     assert code == 2 and expected in err, err
     assert "size mismatch" not in err
+    assert _files(run_dir) == before
+
+
+def test_resume_with_another_number_of_ranks_is_refused(finished: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from fastforec.checkpoint_files import save_checkpoint
+
+    cfg, original = finished
+    run_dir = Path(shutil.copytree(original, tmp_path / "run"))
+    newest = run_dir / "checkpoints" / "step_00000004.pt"
+    save_checkpoint({**load_checkpoint(newest), "world_size": 2}, newest)  # as 2 ranks would have written it
+    before = _files(run_dir)
+    code, err = _train_in_process(["--config", str(cfg), "--run-dir", str(run_dir), "--resume"], capsys)
+    assert code == 2 and f"'{newest}' was written by 2 ranks; resume with the same number of processes (now 1)" in err
     assert _files(run_dir) == before
 
 
