@@ -67,6 +67,26 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
+def init_inference(local_rank: int | None = None) -> DistInfo:
+    """The device of an evaluation process, without DeepSpeed: one process (no process group) unless
+    a launcher (torchrun, deepspeed) started several, which then join a plain torch process group
+    (NCCL on GPUs, else gloo). Imports no DeepSpeed and builds no C++ extension, so `fastforec
+    eval` starts in the time it takes to import torch."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if local_rank is None or local_rank < 0:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        check_local_rank(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size <= 1:
+        return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
 def all_ranks_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
     """True when ``flag`` holds on every rank (one tiny all-reduce; every rank must call it)."""
     return all_ranks_each([flag], device)[0]

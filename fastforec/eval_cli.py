@@ -1,4 +1,9 @@
-"""`fastforec eval`: mIoU of a checkpoint on the val split, on one process or many."""
+"""`fastforec eval`: mIoU of a checkpoint on the val split, on one process or many.
+
+Plain torch: no DeepSpeed engine or import, no process group for one process. Several processes
+(one per GPU) evaluate only when a launcher starts them (``torchrun --nproc_per_node N -m
+fastforec.cli eval ...``); they then join a torch process group and sum their confusion matrices.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["whole", "sliding"], default=None,
                    help="whole image (VOC default) or sliding window (Cityscapes default)")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,
-                   help="default: the student of a fastforec checkpoint; the weights a peer reports (U2PL: teacher)")
+                   help="default: what the run scored (its config's eval.model: the EMA teacher for UniMatch V2 "
+                        "recipes, else the student); for a peer's file the weights its source publishes (U2PL's "
+                        "and UniMatch V2's teacher)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the config (repeatable), e.g. --set data.root=data/voc_val "
+                        "--set eval.mode=sliding")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -46,22 +55,26 @@ def run(args: argparse.Namespace) -> int:
     check_exists(args.checkpoint)  # before the heavy imports: a typo is an instant error
     # lazy: torch, DALI and rich; keeps `fastforec --help` and config errors instant
     from fastforec.data import ValData, resolve_device
-    from fastforec.distributed import init_distributed
+    from fastforec.distributed import init_inference
     from fastforec.evaluate import evaluate, resolve_eval_mode
     from fastforec.inference import load_trained_model
     from fastforec.metrics import nan_to_none
     from fastforec.precision import autocast_context
     from fastforec.report import print_iou_table
 
-    dist = init_distributed(args.local_rank)
-    model, own, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=given)
+    dist = init_inference(args.local_rank)
+    model, own, dataset = load_trained_model(args.checkpoint, weights=args.weights, device=dist.device, config=given,
+                                             scored=True)
+    weights = dataset.get("weights") or args.weights or "student"
     # a peer's checkpoint comes with the given recipe plus its source's network and protocol
     cfg = own if dataset.get("source") else given or with_overrides(own, args.overrides)
     if given is None:
         cfg.model.pretrained = None
         cfg.check_paths()
     if dist.is_main:
-        print(settings_source(args.config, args.overrides), file=sys.stderr)
+        print(dataset.get("assumed") or settings_source(args.config, args.overrides), file=sys.stderr)
+        print(f"weights: {weights}" + ("" if args.weights else " (what the run scored; --weights to change)"),
+              file=sys.stderr)
     manifest = Manifest.load(cfg.data.root)
     if dataset["num_classes"] != manifest.num_classes:
         raise ConfigError(f"data.root: checkpoint has {dataset['num_classes']} classes, dataset "
@@ -77,11 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if dist.is_main:
         protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""
         print_iou_table(manifest.class_names, result["iou"], result["miou"],
-                        title=f"{args.checkpoint} ({mode}{protocol})")
+                        title=f"{args.checkpoint} ({weights}, {mode}{protocol})")
         if args.json_out:
             atomic_write_json(args.json_out, {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "mode": mode,
                                               "sliding_protocol": cfg.eval.sliding_protocol if mode == "sliding" else None,
                                               "per_class_iou": {n: nan_to_none(v) for n, v in
                                                                 zip(manifest.class_names, result["iou"])},
-                                              "checkpoint": str(args.checkpoint), "weights": args.weights})
+                                              "checkpoint": str(args.checkpoint), "weights": weights})
     return 0

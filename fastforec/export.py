@@ -6,6 +6,7 @@ The file format (what leaves, its metadata, the reader) is fastforec/export_form
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
@@ -19,8 +20,9 @@ FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}  # --format: the suff
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run directory (its latest), or a peer's checkpoint "
-                        f"({PEER_SPEC_FORMS}; needs --config)")
-    p.add_argument("--config", default=None, help="the recipe of a peer's checkpoint (its network and dataset)")
+                        f"({PEER_SPEC_FORMS}, or the file alone)")
+    p.add_argument("--config", default=None, help="the recipe of a peer's checkpoint (default: its source's for the dataset its class count "
+                        "names; no dataset is read)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch and size)")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     given = load_config(args.config) if args.config else None
     model, cfg, dataset, ckpt = segmentation_network(args.checkpoint, args.weights, config=given)
+    if dataset.get("assumed"):
+        print(dataset["assumed"], file=sys.stderr)
     weights = args.weights or dataset.get("weights", "student")
     meta = metadata(cfg, dataset, weights, ckpt)
     if args.format == "safetensors":

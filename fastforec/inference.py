@@ -23,22 +23,25 @@ SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
 
 
 def load_trained_model(path: str | Path, *, weights: Weights | None = "student", device: torch.device | str = "cpu",
-                       config: Config | None = None) -> tuple[Segmentor, Config, dict[str, Any]]:
+                       config: Config | None = None, scored: bool = False) -> tuple[Segmentor, Config, dict[str, Any]]:
     """(model in eval mode, its run config, the checkpoint's dataset info) from a checkpoint, a run
     dir, a ``fastforec export`` safetensors file, or a peer's trained checkpoint
     (``unimatch:best.pth``, ``u2pl:ckpt.pth``, or such a file alone; it needs ``config``).
 
     The teacher has no reconstruction decoder; ``weights="student"`` keeps it. An export holds one
     set of weights (the segmentation network only): ``weights=None`` takes it, a named one must match.
+    ``weights=None`` on a training checkpoint is its student, or with ``scored=True`` the model its
+    run scored (``eval.model``: UniMatch V2's EMA teacher); on a peer's file, the weights its source
+    publishes. The dataset info's ``"weights"`` says which were loaded.
     """
     refuse_onnx(path, "--checkpoint")  # before torch.load calls it "corrupt"
     if is_peer_checkpoint(path):
         return load_peer_model(path, weights=weights, device=device, config=config)
     if Path(path).suffix == SAFETENSORS_SUFFIX and Path(path).is_file():
         return read_export(path, weights=weights, device=device)
-    weights = weights or "student"
     trained = load_trained_weights(path)
     cfg = trained.config
+    weights = weights or (scored_weights(cfg) if scored else "student")
     if weights == "teacher" and trained.teacher is None:
         raise CheckpointError(f"'{trained.path}' has no teacher (method {cfg.method.label}); use the student weights")
     model = build_model(cfg.model, num_classes=trained.dataset["num_classes"],
@@ -48,31 +51,58 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
     except RuntimeError as e:
         raise CheckpointError(f"'{trained.path}': its {weights} weights do not fit the architecture of its own "
                               f"config ({first_line(e)})") from None
-    return model.to(device).eval(), cfg, trained.dataset
+    return model.to(device).eval(), cfg, {**trained.dataset, "weights": weights}
+
+
+def scored_weights(cfg: Config) -> Weights:
+    """The weights a run's own evaluation scored and reported: ``eval.model`` (its headline one)."""
+    return cfg.eval_models[0]  # type: ignore[return-value]
 
 
 def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.device | str,
                     config: Config | None) -> tuple[Segmentor, Config, dict[str, Any]]:
     """A peer's checkpoint in the network its source builds (peer_checkpoints), with the recipe
-    ``config`` for everything the file does not say (output stride, evaluation, the dataset)."""
+    ``config`` for everything the file does not say (output stride, evaluation). Without a recipe,
+    the source's default one for the dataset kind the file's class count names (21: VOC, 19:
+    Cityscapes). The class table is the kind's fixed one (no dataset needed); only a recipe of a
+    folder dataset reads its manifest. ``dataset["assumed"]`` says what was inferred, if anything."""
+    from fastforec.class_tables import default_recipe, kind_of_class_count, kind_of_recipe, table
+    from fastforec.config import load_config
+
     peer = read_peer_checkpoint(spec, weights=weights)
+    assumed = None
     if config is None:
-        raise CheckpointError(f"'{peer.path}' is a {SOURCE_NAMES[peer.source]} checkpoint: it carries no config "
-                              f"or class table; give --config with the recipe it was trained with (e.g. --config "
-                              f"{peer.source}_voc_classic_92) and --set data.root=<the dataset's shards>")
+        kind = kind_of_class_count(peer.num_classes)
+        if kind is None:
+            raise CheckpointError(f"'{peer.path}' is a {SOURCE_NAMES[peer.source]} checkpoint of {peer.num_classes} "
+                                  f"classes, neither VOC's 21 nor Cityscapes' 19: it carries no config or class "
+                                  f"table; give --config with the recipe it was trained with and --set "
+                                  f"data.root=<the dataset's shards>")
+        name = default_recipe(peer.source, kind, peer.backbone)
+        config = load_config(name)
+        assumed = (f"settings: recipe {name}, assumed from '{peer.path}' ({SOURCE_NAMES[peer.source]}, "
+                   f"{peer.num_classes} classes: {kind}, {peer.backbone}); give --config to choose another")
     cfg = peer_config(copy.deepcopy(config), peer)
-    manifest = Manifest.load(cfg.data.root)
-    if peer.num_classes != manifest.num_classes:
-        raise CheckpointError(f"'{peer.path}' predicts {peer.num_classes} classes, the dataset in data.root "
-                              f"'{cfg.data.root}' has {manifest.num_classes}; point data.root at the dataset it "
+    kind = kind_of_recipe(cfg.recipe.dataset)
+    if kind is not None:
+        dataset = table(kind)
+        where = f"{cfg.recipe.dataset} (recipe.dataset)"
+    else:
+        manifest = Manifest.load(cfg.data.root)
+        dataset = {"kind": manifest.dataset, "num_classes": manifest.num_classes,
+                   "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette]}
+        where = f"the dataset in data.root '{cfg.data.root}'"
+    if peer.num_classes != dataset["num_classes"]:
+        raise CheckpointError(f"'{peer.path}' predicts {peer.num_classes} classes, {where} has "
+                              f"{dataset['num_classes']}; give the recipe (or point data.root at the dataset) it "
                               f"was trained on")
-    dataset = {"kind": manifest.dataset, "num_classes": manifest.num_classes,
-               "class_names": list(manifest.class_names), "palette": [list(c) for c in manifest.palette],
-               "weights": peer.weights,  # which of the file's networks (U2PL: its teacher by default)
-               "source": peer.source}  # cfg is the given recipe with the source's network and protocol
+    dataset.update(weights=peer.weights,  # which of the file's networks (U2PL, UniMatch V2: the teacher)
+                   source=peer.source)  # cfg is the given recipe with the source's network and protocol
+    if assumed:
+        dataset["assumed"] = assumed
     model = build_model(cfg.model, num_classes=peer.num_classes, reconstruction=None)
-    table = load_into(model, peer)
-    Console(stderr=True).print(table)
+    table_ = load_into(model, peer)
+    Console(stderr=True).print(table_)
     return model.to(device).eval(), cfg, dataset
 
 
