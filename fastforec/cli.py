@@ -23,13 +23,25 @@ COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, recipes)
 BENCH_MINIMUMS = (("crop", 1, "a crop side in pixels"), ("threads", 1, "data-loading threads"),
                   ("batches", 1, "timed batches per round"))
 FLOPS_ONLY_BENCHMARKS = ("step", "e2e")
+# What `fastforec --help` says (the module docstring above is for developers).
+DESCRIPTION = ("Semi-supervised semantic segmentation (FOrec, UniMatch, UniMatch V2, U2PL-style) on DeepSpeed "
+               "and DALI: train a recipe, then evaluate, predict, export or visualise its checkpoints (or a "
+               "peer's released UniMatch / U2PL / UniMatch V2 checkpoint). `fastforec COMMAND --help` for each.")
+# Descriptions of `fastforec COMMAND --help` longer than the command's one-line HELP.
+DESCRIPTIONS = {
+    "train": "Train a model from a run config or shipped recipe (`fastforec recipes` lists them), on one process "
+             "or under a launcher (`deepspeed fastforec/train.py ...`, `torchrun --nproc_per_node N "
+             "fastforec/train.py ...`). Checkpoints, metrics and the final scores go to the run directory "
+             "(default runs/<train.name>); --resume continues a stopped run exactly.",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastforec", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fastforec", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        command.add_arguments(sub.add_parser(command.NAME, help=command.HELP))
+        description = DESCRIPTIONS.get(command.NAME, command.HELP[:1].upper() + command.HELP[1:] + ".")
+        command.add_arguments(sub.add_parser(command.NAME, help=command.HELP, description=description))
     return parser
 
 

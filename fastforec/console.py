@@ -65,6 +65,14 @@ class Estimate:
         return self.train_seconds + self.eval_seconds
 
     def describe(self) -> str:
+        if self.steps_left <= 0:  # a run of a few steps is over by the time its rate is measured
+            text = f"no training steps left ({sig(self.sec_per_step)} s per step measured)"
+            if self.evals_left <= 0:
+                return text
+            if self.sec_per_eval is None:
+                return text + f", {self.evals_left} evaluation(s) to run"
+            return text + f", {self.evals_left} evaluation(s) x {duration(self.sec_per_eval)} = " \
+                          f"{duration(self.eval_seconds)}"
         text = f"{self.steps_left} steps x {sig(self.sec_per_step)} s = {duration(self.train_seconds)} of training"
         if self.sec_per_eval is None:
             return text + f", plus {self.evals_left} evaluations (timed at the first one)"

@@ -105,14 +105,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--write", type=Path, metavar="FILE", help="regenerate the recipe section of FILE")
     group.add_argument("--check", type=Path, metavar="FILE",
                        help="exit 1 when FILE's recipe section differs from the configs")
+    group.add_argument("--markdown", action="store_true",
+                       help="print the full Markdown tables of docs/reproduce.md (every setting, sources, data "
+                            "commands) instead of the terminal table")
+
+
+# The terminal table: what a person picks a recipe by (`--markdown` has every setting).
+TERMINAL_COLUMNS = ("recipe", "method", "data", "labels", "backbone", "published mIoU")
+
+
+def terminal_rows() -> list[tuple[str, ...]]:
+    rows = []
+    for name, cfg in recipes().items():
+        split = cfg.recipe.split
+        labels = str(labeled_count(split)) if split else "-"
+        published = "-" if cfg.recipe.published_miou is None else f"{cfg.recipe.published_miou:g}"
+        rows.append((name, cfg.method.label, cfg.recipe.dataset or "-", labels, cfg.model.backbone, published))
+    return rows
+
+
+def print_terminal_table() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="shipped recipes (fastforec train --config NAME; --markdown: every setting)")
+    for column in TERMINAL_COLUMNS:
+        numeric = column in ("labels", "published mIoU")
+        table.add_column(column.replace(" ", "\n"), justify="right" if numeric else "left",
+                         overflow="fold", no_wrap=numeric)
+    for row in terminal_rows():
+        table.add_row(*row)
+    Console().print(table)
 
 
 def run(args: argparse.Namespace) -> int:
-    generated = markdown()
     target = args.write or args.check
     if target is None:
-        print(generated, end="")
+        if args.markdown:
+            print(markdown(), end="")
+        else:
+            print_terminal_table()
         return 0
+    generated = markdown()
     if not target.is_file():
         raise ConfigError(f"'{target}' does not exist")
     text = target.read_text()

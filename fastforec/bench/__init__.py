@@ -10,14 +10,23 @@ HELP = "throughput benchmarks (side by side, as ratios)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--what", required=True, choices=["data", "kernels", "step", "e2e", "gpu-check"])
+    p.add_argument("--what", required=True, choices=["data", "kernels", "step", "e2e", "gpu-check"],
+                   help="data: samples per second of the DALI training pipeline against an equal-work "
+                        "PIL/torchvision DataLoader and DALI decode-only, same shards and threads, no model; "
+                        "kernels: each fused loss kernel (Triton on CUDA, chunked PyTorch on the CPU) against the "
+                        "naive PyTorch composition, time and peak memory; step: the full training step (forward, "
+                        "backward, optimizer, EMA) on batches already in memory, with FLOPs and utilisation "
+                        "(--baseline: against the research repos' plain loop); e2e: the same step fed by the DALI "
+                        "pipeline from shards, against in-memory batches (what the data costs the step); "
+                        "gpu-check: the GPU paths (precision, SyncBN, kernels) checked on a real GPU, pass/fail")
     p.add_argument("--config", help="run config (JSON); needed for data, step, e2e")
     p.add_argument("--data", help="shard directory (overrides data.root)")
     p.add_argument("--crop", type=int, help="crop size (overrides data.crop_size)")
     p.add_argument("--threads", type=int, help="DALI threads / DataLoader workers")
     p.add_argument("--batches", type=int, default=None, help="timed batches per contender (step: 0 = count FLOPs only)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry of --config (repeatable), e.g. --set data.batch_size=8")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None,
                    help="data: DALI backend to benchmark (default cpu; gpu needs CUDA)")
