@@ -64,6 +64,11 @@ def write_safetensors(model: Segmentor, meta: dict[str, str], out: Path) -> None
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def fixed_onnx_size(model: Segmentor) -> bool:
+    """Whether the ONNX graph of ``model`` takes one image size only (see :func:`write_onnx`)."""
+    return isinstance(model, DPT) and bool(model.backbone.fixed_onnx_size)
+
+
 def write_onnx(model: Segmentor, meta: dict[str, str], out: Path, *, vit_size: int | None = None) -> None:
     """The network as an ONNX graph with a dynamic batch; the image size is dynamic too, except
     for a DPT on DINOv2, whose graph takes ``vit_size`` x ``vit_size`` images: its position
@@ -74,7 +79,7 @@ def write_onnx(model: Segmentor, meta: dict[str, str], out: Path, *, vit_size: i
     import onnx
 
     dim = torch.export.Dim
-    if isinstance(model, DPT) and model.backbone.fixed_onnx_size:
+    if fixed_onnx_size(model):
         patch = model.backbone.patch
         if vit_size is None or vit_size % patch:
             raise ValueError(f"a DPT export on {model.backbone.family.name} needs an image size that is a multiple "

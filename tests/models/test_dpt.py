@@ -207,10 +207,11 @@ def test_onnx_export_of_a_dpt_takes_the_crop_size(tmp_path: Path) -> None:
     patch grid, which the exporter fixes at the traced size)."""
     import onnxruntime as ort
 
-    from fastforec.export_format import write_onnx
+    from fastforec.export_format import fixed_onnx_size, write_onnx
 
     torch.manual_seed(6)
     model = dpt(backbone="dinov2_vits14", num_classes=5, reconstruction=None, backbone_width=0.25).eval()
+    assert fixed_onnx_size(model)  # what `fastforec export` tells the user, naming the size
     write_onnx(model, {"k": "v"}, tmp_path / "m.onnx", vit_size=56)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     for batch in (1, 3):
