@@ -64,6 +64,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.models.eva import checkpoint_filter_fn
 from torch.utils.checkpoint import checkpoint
 
 from fastforec.config import VIT_FAMILIES, VitFamily
@@ -101,20 +102,22 @@ class VitSpec:
         return f"{self.family.name} {self.label}"
 
 
-_S, _B, _L = (2, 5, 8, 11), (2, 5, 8, 11), (4, 11, 17, 23)
+# The blocks UniMatch V2 decodes (its get_intermediate_layers indices): every 3rd of 12, every ~6th
+# of 24. DINOv3's S/B/L have the same depths and keep them (nothing was measured to choose others).
+LAYERS_12, LAYERS_24 = (2, 5, 8, 11), (4, 11, 17, 23)
 VIT_SPECS: dict[str, VitSpec] = {
-    "dinov2_vits14": VitSpec(DINOV2, "vit_small_patch14_dinov2", "ViT-S/14", 384, 12, 6, _S, 64, (48, 96, 192, 384),
-                             "dinov2_vits14_pretrain.pth", "dinov2_small.pth"),
-    "dinov2_vitb14": VitSpec(DINOV2, "vit_base_patch14_dinov2", "ViT-B/14", 768, 12, 12, _B, 128,
+    "dinov2_vits14": VitSpec(DINOV2, "vit_small_patch14_dinov2", "ViT-S/14", 384, 12, 6, LAYERS_12, 64,
+                             (48, 96, 192, 384), "dinov2_vits14_pretrain.pth", "dinov2_small.pth"),
+    "dinov2_vitb14": VitSpec(DINOV2, "vit_base_patch14_dinov2", "ViT-B/14", 768, 12, 12, LAYERS_12, 128,
                              (96, 192, 384, 768), "dinov2_vitb14_pretrain.pth", "dinov2_base.pth"),
-    "dinov2_vitl14": VitSpec(DINOV2, "vit_large_patch14_dinov2", "ViT-L/14", 1024, 24, 16, _L, 256,
+    "dinov2_vitl14": VitSpec(DINOV2, "vit_large_patch14_dinov2", "ViT-L/14", 1024, 24, 16, LAYERS_24, 256,
                              (256, 512, 1024, 1024), "dinov2_vitl14_pretrain.pth", "dinov2_large.pth"),
     # Meta's file names: dinov3/hub/backbones.py (LVD-1689M weights, the hash its loader expects)
-    "dinov3_vits16": VitSpec(DINOV3, "vit_small_patch16_dinov3_qkvb", "ViT-S/16", 384, 12, 6, _S, 64,
+    "dinov3_vits16": VitSpec(DINOV3, "vit_small_patch16_dinov3_qkvb", "ViT-S/16", 384, 12, 6, LAYERS_12, 64,
                              (48, 96, 192, 384), "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
-    "dinov3_vitb16": VitSpec(DINOV3, "vit_base_patch16_dinov3_qkvb", "ViT-B/16", 768, 12, 12, _B, 128,
+    "dinov3_vitb16": VitSpec(DINOV3, "vit_base_patch16_dinov3_qkvb", "ViT-B/16", 768, 12, 12, LAYERS_12, 128,
                              (96, 192, 384, 768), "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"),
-    "dinov3_vitl16": VitSpec(DINOV3, "vit_large_patch16_dinov3_qkvb", "ViT-L/16", 1024, 24, 16, _L, 256,
+    "dinov3_vitl16": VitSpec(DINOV3, "vit_large_patch16_dinov3_qkvb", "ViT-L/16", 1024, 24, 16, LAYERS_24, 256,
                              (256, 512, 1024, 1024), "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
 }
 
@@ -371,8 +374,7 @@ class DinoV3Backbone(DinoBackbone):
                 f"{self._expected_names()}")
         self._check_periods(state, path)
         self._check_bias_masks(state, path, depth)
-        from timm.models.eva import checkpoint_filter_fn  # Meta's names -> timm's (q/v biases split, k dropped)
-
+        # timm's converter: Meta's names -> timm's (qkv bias split into q and v, the masked k part dropped)
         converted = checkpoint_filter_fn(state, self.body)
         return converted, ("Meta's DINOv3 names through timm's converter; not loaded: mask_token, the RoPE "
                            "periods (checked) and the key biases (zeroed by bias_mask)")
