@@ -1,12 +1,13 @@
 """`fastforec predict`: class maps, overlays and benchmark-format PNGs for image files.
 
-For an input ``x.jpg`` it writes into ``--out``:
+For an input ``x.jpg`` it writes ``x.png`` into one folder of ``--out`` per kind (``--format``):
 
-- ``x.png``: a palette PNG whose pixel values are the class (train) ids and whose palette colours
-  them: on VOC this is the format of ``SegmentationClass`` and of the evaluation server;
-- ``x_overlay.png``: the coloured mask over the image;
-- on Cityscapes also ``x_labelIds.png``: the official label ids (7, 8, 11, ...), what
-  cityscapesScripts' ``evalPixelLevelSemanticLabeling`` and the test server read.
+- ``palette/``: a palette PNG whose pixel values are the class (train) ids and whose palette
+  colours them: on VOC this is the format of ``SegmentationClass`` and of the evaluation server;
+- ``overlay/``: the coloured mask over the image;
+- ``labelids/`` (default on Cityscapes): the official label ids (7, 8, 11, ...), what
+  cityscapesScripts' ``evalPixelLevelSemanticLabeling`` and the test server read: give them
+  this folder as it is.
 
 A folder given as ``--input`` is read with its subfolders, mirrored under ``--out``; inputs of
 one folder sharing a stem keep their extension in the name (``x_jpg.png``); an output that would
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastforec.atomic import atomic_write_bytes
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
+from fastforec.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: torch and the model code are imported inside run
     import torch
@@ -62,9 +64,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,
                    help="default: the student of a checkpoint, the weights an export holds")
+    p.add_argument("--format", type=_formats, default=None, metavar="KINDS",
+                   help="what to write, comma-separated, each kind into its own folder of --out: palette (class "
+                        "ids), overlay, labelids (Cityscapes' label ids); default palette,overlay, plus labelids "
+                        "on Cityscapes")
     p.add_argument("--whole-max-pixels", type=_pixels, default=WHOLE_IMAGE_MAX_PIXELS, metavar="N",
                    help=f"an image of more pixels than this is predicted in sliding windows of {LARGE_IMAGE_WINDOW} px "
                         f"instead of whole, in bounded memory (default {WHOLE_IMAGE_MAX_PIXELS}: 2048 x 2048)")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from fastforec.predict_outputs import FORMATS
+
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in FORMATS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'} is not a kind of output; choose among "
+                                         f"{', '.join(FORMATS)}, comma-separated")
+    return kinds
 
 
 def _pixels(text: str) -> int:
@@ -87,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.evaluate import resolve_eval_mode
     from fastforec.image_files import list_inputs
     from fastforec.inference import load_trained_model
-    from fastforec.predict_outputs import plan_outputs
+    from fastforec.predict_outputs import LABEL_IDS, default_formats, plan_outputs
 
     given = load_config(args.config, args.overrides) if args.config else None
     input_root, out = Path(args.input), Path(args.out)
@@ -101,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, args.overrides)
     print(dataset.get("assumed") or settings_source(args.config, args.overrides), file=sys.stderr)
     # every output named and checked before the first is written
-    planned = plan_outputs(inputs, input_root=input_root, out=out, label_ids=dataset.get("kind") == CITYSCAPES)
+    cityscapes = dataset.get("kind") == CITYSCAPES
+    formats = args.format or default_formats(cityscapes=cityscapes)
+    if LABEL_IDS in formats and not cityscapes:
+        raise UserError(f"--format labelids: label ids are Cityscapes' (this model's classes are "
+                        f"{dataset.get('kind', 'unknown')}'s); choose among palette, overlay")
+    planned = plan_outputs(inputs, input_root=input_root, out=out, formats=formats)
     # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
     mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
     for outputs in planned:
@@ -114,6 +136,7 @@ def _predict_one(model: Segmentor, cfg: Config, dataset: dict[str, Any], outputs
     from fastforec.evaluate import predict
     from fastforec.image_files import (cityscapes_label_ids, colourise, overlay, png_bytes, read_rgb, to_pixels,
                                        to_tensor)
+    from fastforec.predict_outputs import LABEL_IDS, OVERLAY, PALETTE
 
     rgb = read_rgb(outputs.source)
     mode, window, protocol = _inference_plan(outputs.source, rgb.shape[:2], mode=mode, cfg=cfg,
@@ -124,11 +147,11 @@ def _predict_one(model: Segmentor, cfg: Config, dataset: dict[str, Any], outputs
                    stride=cfg.eval.stride(window), protocol=protocol, size_multiple=cfg.eval.size_multiple,
                    dtype=_class_dtype(dataset["num_classes"]))[0].cpu().numpy()
     mask = colourise(pred, dataset["palette"])
-    atomic_write_bytes(outputs.mask, png_bytes(mask))
-    atomic_write_bytes(outputs.overlay, png_bytes(overlay(rgb, mask)))
-    if outputs.label_ids is not None:
-        atomic_write_bytes(outputs.label_ids, png_bytes(cityscapes_label_ids(pred)))
-    print(f"{outputs.source} -> {outputs.mask}")
+    writers = {PALETTE: lambda: png_bytes(mask), OVERLAY: lambda: png_bytes(overlay(rgb, mask)),
+               LABEL_IDS: lambda: png_bytes(cityscapes_label_ids(pred))}
+    for kind, path in outputs.by_kind.items():
+        atomic_write_bytes(path, writers[kind]())
+    print(f"{outputs.source} -> {', '.join(str(p) for p in outputs.files)}")
 
 
 def _inference_plan(path: Path, size: tuple[int, int], *, mode: str, cfg: Config, whole_max_pixels: int

@@ -60,15 +60,18 @@ def test_out_equal_to_input_is_refused_before_anything_is_written(voc_export: Pa
     before = _tree(d)
     proc = _predict("--checkpoint", voc_export, "--input", d, "--out", d, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert (f"--out '{d}': the prediction of '{d / 'b.png'}' would be written to '{d / 'b.png'}', which is the "
-            f"input image '{d / 'b.png'}'") in proc.stderr
+    assert f"--out '{d}' is the --input folder itself; choose another --out" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert _tree(d) == before  # not even a.png, whose name was free
-
-    # one image into its own folder: the same refusal
-    proc = _predict("--checkpoint", voc_export, "--input", d / "b.png", "--out", d, cwd=tmp_path)
-    assert proc.returncode == 2 and "which is the input image" in proc.stderr, proc.stderr
     assert _tree(d) == before
+
+    # an input where its own prediction would go (the palette folder of an earlier run): refused
+    _image(d / "palette" / "c.png", seed=2)
+    before = _tree(d)
+    proc = _predict("--checkpoint", voc_export, "--input", d / "palette" / "c.png", "--out", d, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    c = d / "palette" / "c.png"
+    assert f"--out '{d}': the prediction of '{c}' would be written to '{c}', which is the input image" in proc.stderr
+    assert _tree(d) == before  # not even the overlay, whose name was free
 
 
 def test_out_inside_input_is_not_read_back_as_input(voc_export: Path, tmp_path: Path) -> None:
@@ -77,7 +80,7 @@ def test_out_inside_input_is_not_read_back_as_input(voc_export: Path, tmp_path: 
     for _ in range(2):  # the second run must not predict the first run's predictions
         proc = _predict("--checkpoint", voc_export, "--input", d, "--out", d / "pred", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert sorted(_tree(d)) == ["a.jpg", "pred/a.png", "pred/a_overlay.png"]
+        assert sorted(_tree(d)) == ["a.jpg", "pred/overlay/a.png", "pred/palette/a.png"]
 
 
 def test_inputs_sharing_a_stem_keep_their_extension(voc_export: Path, tmp_path: Path) -> None:
@@ -88,12 +91,13 @@ def test_inputs_sharing_a_stem_keep_their_extension(voc_export: Path, tmp_path: 
     out = tmp_path / "out"
     proc = _predict("--checkpoint", voc_export, "--input", d, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(_tree(out)) == ["x_jpeg.png", "x_jpeg_overlay.png", "x_jpg.png", "x_jpg_overlay.png", "y.png",
-                                  "y_overlay.png"]
-    assert Image.open(out / "x_jpeg.png").size == (20, 30) and Image.open(out / "x_jpg.png").size == (56, 40)
+    assert sorted(_tree(out)) == [f"{kind}/{name}.png" for kind in ("overlay", "palette")
+                                  for name in ("x_jpeg", "x_jpg", "y")]
+    assert Image.open(out / "palette" / "x_jpeg.png").size == (20, 30)
+    assert Image.open(out / "palette" / "x_jpg.png").size == (56, 40)
 
 
-@pytest.mark.parametrize("names", [("x.jpg", "x.jpeg", "x_jpg.png"), ("a.jpg", "a_overlay.png")])
+@pytest.mark.parametrize("names", [("x.jpg", "x.jpeg", "x_jpg.png"), ("a.jpg", "a.jpeg", "a_jpeg.png")])
 def test_inputs_that_would_still_share_an_output_are_named(names: tuple[str, ...], voc_export: Path,
                                                            tmp_path: Path) -> None:
     d = tmp_path / "d"
@@ -102,7 +106,7 @@ def test_inputs_that_would_still_share_an_output_are_named(names: tuple[str, ...
     out = tmp_path / "out"
     proc = _predict("--checkpoint", voc_export, "--input", d, "--out", out, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    first, second = (d / n for n in sorted(names)[:2]) if names[0] == "a.jpg" else (d / names[0], d / names[2])
+    first, second = (d / names[0], d / names[2]) if names[0] == "x.jpg" else (d / names[1], d / names[2])
     assert f"--input: '{first}' and '{second}' would both be predicted into" in proc.stderr, proc.stderr
     assert not out.exists()
 
@@ -115,9 +119,9 @@ def test_subfolders_are_mirrored_cityscapes_style(city_export: Path, tmp_path: P
     out = tmp_path / "pred"
     proc = _predict("--checkpoint", city_export, "--input", val, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(_tree(out)) == [f"{city}/{city}_{frame}_leftImg8bit{kind}.png"
-                                  for city, frame in (("frankfurt", "000000_000294"), ("lindau", "000000_000019"))
-                                  for kind in ("", "_labelIds", "_overlay")]
+    assert sorted(_tree(out)) == [f"{kind}/{city}/{city}_{frame}_leftImg8bit.png" for kind in ("labelids", "overlay",
+                                                                                               "palette")
+                                  for city, frame in (("frankfurt", "000000_000294"), ("lindau", "000000_000019"))]
 
 
 def test_exif_orientation_is_applied_before_the_model_sees_the_photo(voc_export: Path, tmp_path: Path) -> None:
@@ -134,10 +138,10 @@ def test_exif_orientation_is_applied_before_the_model_sees_the_photo(voc_export:
         proc = _predict("--checkpoint", voc_export, "--input", source, "--out", tmp_path / f"out_{source.name}",
                         cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    mask = Image.open(tmp_path / "out_in" / "photo.png")
+    mask = Image.open(tmp_path / "out_in" / "palette" / "photo.png")
     assert mask.size == (40, 56)
-    assert np.array_equal(np.asarray(mask), np.asarray(Image.open(tmp_path / "out_upright" / "photo.png")))
-    assert Image.open(tmp_path / "out_in" / "photo_overlay.png").size == (40, 56)
+    assert np.array_equal(np.asarray(mask), np.asarray(Image.open(tmp_path / "out_upright" / "palette" / "photo.png")))
+    assert Image.open(tmp_path / "out_in" / "overlay" / "photo.png").size == (40, 56)
 
 
 def test_a_large_image_is_predicted_in_windows(voc_export: Path, tmp_path: Path) -> None:
@@ -151,7 +155,7 @@ def test_a_large_image_is_predicted_in_windows(voc_export: Path, tmp_path: Path)
     model, cfg, _ = read_export(voc_export)
     want = sliding_window_logits(model, load_image(image), num_classes=3, window=LARGE_IMAGE_WINDOW,
                                  stride=cfg.eval.stride(LARGE_IMAGE_WINDOW)).argmax(dim=1)[0]
-    assert np.array_equal(np.asarray(Image.open(out / "large.png")), want.numpy())
+    assert np.array_equal(np.asarray(Image.open(out / "palette" / "large.png")), want.numpy())
     # below the threshold (the default is 2048 x 2048): whole, as before
     proc = _predict("--checkpoint", voc_export, "--input", image, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0 and "note:" not in proc.stderr, proc.stderr

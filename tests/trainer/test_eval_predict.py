@@ -124,7 +124,9 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
     out = tmp_path / "pred"
     proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(images), "--out", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    # each kind in its own folder (not Cityscapes: no label ids)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "overlay/a.png", "overlay/b.png", "palette/a.png", "palette/b.png"]
     # each mask is the student's argmax on the image (whole-image mode on VOC), in the dataset's palette
     model = _network(run_dir, "student")
     palette = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["dataset"]["palette"]
@@ -133,11 +135,20 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
         rgb = np.asarray(Image.open(source).convert("RGB"))
         with torch.no_grad():
             want = model(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255)["seg"].argmax(1)[0]
-        mask = Image.open(out / f"{name}.png")
+        mask = Image.open(out / "palette" / f"{name}.png")
         assert mask.mode == "P" and mask.size == rgb.shape[1::-1]
         assert np.array_equal(np.asarray(mask), want.numpy())
         assert mask.getpalette()[:3 * len(palette)] == [v for colour in palette for v in colour]
-        assert Image.open(out / f"{name}_overlay.png").size == rgb.shape[1::-1]
+        assert Image.open(out / "overlay" / f"{name}.png").size == rgb.shape[1::-1]
+    proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(images), "--out", str(tmp_path / "only"),
+                 "--format", "palette"], tmp_path)
+    assert proc.returncode == 0 and sorted(p.name for p in (tmp_path / "only").iterdir()) == ["palette"]
+    proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(images), "--out", str(tmp_path / "ids"),
+                 "--format", "palette,labelids"], tmp_path)
+    assert proc.returncode == 2 and "--format labelids" in proc.stderr and not (tmp_path / "ids").exists()
+    proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(images), "--out", str(tmp_path / "x"),
+                 "--format", "masks"], tmp_path)
+    assert proc.returncode == 2 and "masks is not a kind of output" in proc.stderr
 
     proc = _cli(["predict", "--checkpoint", str(run_dir), "--input", str(tmp_path / "missing"), "--out", str(out)],
                 tmp_path)

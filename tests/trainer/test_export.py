@@ -104,8 +104,8 @@ def test_predict_accepts_the_safetensors_export(run_dir: Path, tmp_path: Path) -
         out = tmp_path / f"pred_{Path(source).name}"
         proc = _cli(["predict", "--checkpoint", str(source), "--input", str(images), "--out", str(out)], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        masks[source] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
-    assert list(masks[export]) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+        masks[source] = {str(p.relative_to(out)): np.asarray(Image.open(p)) for p in sorted(out.rglob("*.png"))}
+    assert list(masks[export]) == ["overlay/a.png", "overlay/b.png", "palette/a.png", "palette/b.png"]
     for name in masks[export]:
         assert np.array_equal(masks[export][name], masks[run_dir][name]), name
 
@@ -124,7 +124,9 @@ def test_export_errors_are_clear_and_write_nothing(run_dir: Path, tmp_path: Path
     not_export = tmp_path / "plain.safetensors"
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, str(not_export))
-    proc = _cli(["predict", "--checkpoint", str(not_export), "--input", str(tmp_path), "--out", str(tmp_path / "p")],
-                tmp_path)
-    assert proc.returncode == 2 and "is not a fastforec export" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.safetensors"]
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    proc = _cli(["predict", "--checkpoint", str(not_export), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "p")], tmp_path)
+    assert proc.returncode == 2 and "is not a fastforec export" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "plain.safetensors"]
