@@ -6,9 +6,12 @@ on the whole window, not only on the pixel), so that where windows go and how th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from fastforec.evaluate import predict
@@ -93,3 +96,34 @@ def test_the_network_makes_windows_disagree() -> None:
     probs = (overlap_a.softmax(1) + overlap_b.softmax(1)).argmax(1)
     assert (logits != probs).float().mean() > 0.1
     assert len(a.argmax(1).unique()) >= 3
+
+
+def test_predict_in_sliding_windows_writes_the_documented_class_map(tmp_path: Path) -> None:
+    # end to end: `fastforec predict --set eval.mode=sliding` on a checkpoint whose network (random
+    # classifier weights) draws many classes, against numpy_sliding on the same network and image
+    from fastforec.checkpoint_files import save_checkpoint
+    from fastforec.cli import main
+    from fastforec.config import Config, DataConfig, MethodConfig, ModelConfig
+    from fastforec.models import build_model
+
+    cfg = Config(data=DataConfig(crop_size=48), model=ModelConfig(backbone="resnet18", output_stride=16),
+                 method=MethodConfig(name="supervised"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=21, reconstruction=None).eval()
+    with torch.no_grad():
+        model.seg_head.classifier.weight.normal_()
+        model.seg_head.classifier.bias.zero_()
+    palette = [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(21)]
+    save_checkpoint({"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
+                     "teacher": None, "dataset": {"kind": "voc", "num_classes": 21, "palette": palette,
+                                                  "class_names": [f"c{i}" for i in range(21)]}}, tmp_path / "c.pt")
+    rgb = (image(1, 80, 112, seed=3)[0].permute(1, 2, 0).numpy() * 64 + 128).clip(0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "in" / "a.png")
+    assert main(["predict", "--checkpoint", str(tmp_path / "c.pt"), "--input", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "out"), "--set", "eval.mode=sliding"]) == 0
+    (mask,) = [m for m in map(Image.open, sorted((tmp_path / "out").rglob("*.png"))) if m.mode == "P"]
+    want = numpy_sliding(model, rgb.transpose(2, 0, 1).astype(np.float32) / 255, 48, 32)
+    assert len(np.unique(want)) >= 5  # a class map where the protocol shows
+    got = np.asarray(mask)
+    assert np.array_equal(got, want), f"{(got != want).mean():.2%} of the pixels differ"
