@@ -173,7 +173,7 @@ def ceilings(device: Any, sizes: Sizes) -> dict[str, Any]:
     src = torch.empty(sizes.copy_bytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
     copy_ms = time_ms(lambda: dst.copy_(src), device)
-    del a, b, src, dst
+    a = b = src = dst = None  # free the buffers now (the timed lambdas hold them)
     return {"matmul_n": n, "bf16_matmul_tflops": 2 * n ** 3 / (matmul_ms * 1e-3) / TERA,
             "copy_bytes": sizes.copy_bytes, "copy_gbps": 2 * sizes.copy_bytes / (copy_ms * 1e-3) / GIGA}
 
@@ -244,8 +244,6 @@ def _loss_and_grad(fn: Callable[..., Any], x: Any, *rest: Any) -> tuple[Any, Any
 def kernel_case(name: str, shape: tuple[int, int, int, int], channels_last: bool, dtype: Any, device: Any,
                 copy_gbps: float | None) -> list[dict[str, Any]]:
     """The three kernels on one shape: errors against fp64, time, bandwidth fraction."""
-    import torch
-
     import fastforec_kernels as kernels
     from fastforec.bench.kernels import masked_mse_bytes, pseudo_label_bytes, pseudo_label_ce_bytes
     from fastforec_kernels._autograd import gradient_in_backward
@@ -293,7 +291,7 @@ def kernel_case(name: str, shape: tuple[int, int, int, int], channels_last: bool
         r.update(case=name, shape=list(shape), channels_last=channels_last, dtype=dname)
         r["gbps"] = r["bytes"] / (r["ms"] * 1e-3) / GIGA
         r["bandwidth_fraction"] = r["gbps"] / copy_gbps if copy_gbps else None
-    del t
+    t = None  # free the inputs now (the timed lambdas hold them)
     return rows
 
 
@@ -511,7 +509,7 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         syncs = count_host_syncs(lambda: trainer.train_step(*feed()), device)
         launches = count_launches(lambda: trainer.train_step(*feed()), device)
-        del trainer
+        trainer = None  # drop the engine before _free (the counted lambdas hold it)
     _free(device)
     rate = window.samples_per_s
     return {"samples_per_s": rate, "step_ms": 1e3 * batch / rate, "warmup_s": warmup_s,
