@@ -152,16 +152,16 @@ def test_nonfinite_loss_is_skipped_then_stops_with_checkpoint(shards: Path, tmp_
 # skipped batches and stops; --resume continues from there; metrics.jsonl counts the skips
 
 
-POISONED = (1, 3, 4, 5)  # micro-batches (from 0) whose labeled images are NaN: one skip, then three in a row
-STOP_AFTER = 3  # train.max_nonfinite of the run that stops
+POISONED = (1, 3, 4)  # micro-batches (from 0) whose labeled images are NaN: one skip, then two in a row
+STOP_AFTER = 2  # train.max_nonfinite of the run that stops
 
 
 def _fit_poisoned(shards: Path, tmp_path: Path, world, name: str, *, max_nonfinite: int,
                   resume: str | None = None) -> Trainer:
-    """A 8-micro-batch run whose POISONED batches give a non-finite loss (their images are NaN)."""
+    """A 6-micro-batch run whose POISONED batches give a non-finite loss (their images are NaN)."""
     cfg = write_config(tmp_path / f"{name}.json", tiny_config(
         shards, method={"name": "mean_teacher"}, eval={"every": 1000},
-        train={"max_steps": 8, "max_nonfinite": max_nonfinite, "checkpoint_every": 1000, "tensorboard": False}))
+        train={"max_steps": 6, "max_nonfinite": max_nonfinite, "checkpoint_every": 1000, "tensorboard": False}))
     (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
     tr = Trainer(load_config(cfg), run_dir=tmp_path / "runs" / name, dist=world, resume=resume)
     next_batch = tr.train_data.next_batch
@@ -179,30 +179,30 @@ def _fit_poisoned(shards: Path, tmp_path: Path, world, name: str, *, max_nonfini
 
 def test_the_nonfinite_stop_saves_after_the_skipped_batches_and_resume_continues_there(
         shards: Path, tmp_path: Path, world) -> None:
-    # the run that skips batch 1, then stops at the third skip in a row (batch 5)
+    # the run that skips batch 1, then stops at the second skip in a row (batch 4)
     stopped = _fit_poisoned(shards, tmp_path, world, "run", max_nonfinite=STOP_AFTER)
-    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 2") as exc:
+    with pytest.raises(NonFiniteLossError, match="2 consecutive non-finite losses at step 2") as exc:
         stopped.fit()
     stopped.train_data.close()
     saved = stopped.ckpt_dir / "step_00000002.pt"
     assert f"saved in '{saved}', positioned after the skipped batches" in str(exc.value)
     state = load_checkpoint(saved)["state"]
-    # batches 0-5 are behind it: 2 steps (batches 0 and 2) and the 4 skipped ones, batch 5 included
-    assert (state["step"], state["batches"], state["nonfinite_total"]) == (2, 6, 4)
+    # batches 0-4 are behind it: 2 steps (batches 0 and 2) and the 3 skipped ones, batch 4 included
+    assert (state["step"], state["batches"], state["nonfinite_total"]) == (2, 5, 3)
     records = [r for r in read_jsonl(stopped.run_dir / "metrics.jsonl") if r["kind"] == "train"]
     assert [(r["step"], r["nonfinite_skipped"]) for r in records] == [(1, 0), (2, 1)]
 
-    # --resume: batches 6 and 7 train steps 3 and 4, exactly as a run that never stopped (it skips
-    # the same batches and goes on) trains them
+    # --resume: batch 5 trains step 3, exactly as a run that never stopped (it skips the same
+    # batches and goes on) trains it
     resumed = _fit_poisoned(shards, tmp_path, world, "run", max_nonfinite=STOP_AFTER, resume=str(saved))
-    assert (resumed.state.step, resumed.state.batches) == (2, 6)
+    assert (resumed.state.step, resumed.state.batches) == (2, 5)
     results = resumed.fit()
     resumed.train_data.close()
     reference = _fit_poisoned(shards, tmp_path, world, "reference", max_nonfinite=100)
     want = reference.fit()
     reference.train_data.close()
-    assert results["step"] == want["step"] == 4
-    assert results["nonfinite_skipped"] == want["nonfinite_skipped"] == 4
+    assert results["step"] == want["step"] == 3
+    assert results["nonfinite_skipped"] == want["nonfinite_skipped"] == 3
     for part, a, b in (("student", resumed.student, reference.student),
                        ("teacher", resumed.teacher.module, reference.teacher.module)):
         theirs = b.state_dict()
@@ -212,7 +212,7 @@ def test_the_nonfinite_stop_saves_after_the_skipped_batches_and_resume_continues
     got = [[r[k] for k in keys] for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if r["kind"] == "train"]
     assert got == [[r[k] for k in keys] for r in read_jsonl(reference.run_dir / "metrics.jsonl")
                    if r["kind"] == "train"]
-    assert [g[:2] for g in got] == [[1, 0], [2, 1], [3, 4], [4, 4]]
+    assert [g[:2] for g in got] == [[1, 0], [2, 1], [3, 3]]
 
 
 def test_a_labeled_batch_without_valid_pixels_is_counted_and_warned_about(shards: Path, tmp_path: Path, world,
