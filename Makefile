@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast lint demo clean
 
 # The demo: a synthetic VOC-layout dataset -> shards -> FOrec on the CPU -> evaluation.
 DEMO_RAW := data/synth_voc_raw
@@ -27,6 +27,13 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The inner loop: everything but the multi-process and end-to-end runs (marked slow in tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: install
+	$(BIN)/ruff check .
 
 demo: install
 	# --force: these are the demo's own folders (a tree synthesised before dataprep marked its outputs has no mark)

@@ -14,8 +14,8 @@ from PIL import Image
 
 from fastforec.data.images import ImageModeError, decode_problem, displayed, png_bit_depth, to_rgb8
 
-from .errors import Rejection
 from .conversion_plan import EncodeOptions, SampleSource
+from .errors import Rejection
 
 # zlib level for label PNGs: labels are mostly flat regions, so the default level already gives
 # small files at well under a millisecond per VOC-sized mask.

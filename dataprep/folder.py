@@ -8,10 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .conversion_plan import (
+    LABELED,
+    UNLABELED,
+    VAL,
+    ConversionPlan,
+    DatasetMeta,
+    EncodeOptions,
+    SampleSource,
+    finalize_plan,
+    sanitize_key,
+)
 from .errors import DataprepError, Rejection
 from .labels import IGNORE_INDEX, bit_palette
-from .conversion_plan import LABELED, UNLABELED, VAL, ConversionPlan, DatasetMeta, EncodeOptions, SampleSource, finalize_plan, \
-    sanitize_key
 from .sources import DEFAULT_JPEG_QUALITY, identity_label_tables, require_dir, require_entries, strip_image_suffix
 from .splitfiles import SplitList, read_split_list
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .labels import VOC_CLASS_NAMES, VOC_FOREGROUND, VOC_NUM_CLASSES, VOC_PALETTE
 from .conversion_plan import LABELED, UNLABELED, VAL, ConversionPlan, DatasetMeta, EncodeOptions, finalize_plan
-from .sources import (DEFAULT_JPEG_QUALITY, identity_label_tables, require_dir, require_entries, samples_from_list,
-                      strip_image_suffix)
+from .labels import VOC_CLASS_NAMES, VOC_FOREGROUND, VOC_NUM_CLASSES, VOC_PALETTE
+from .sources import (
+    DEFAULT_JPEG_QUALITY,
+    identity_label_tables,
+    require_dir,
+    require_entries,
+    samples_from_list,
+    strip_image_suffix,
+)
 from .splitfiles import read_split_list
 
 IMAGE_DIR = "JPEGImages"

@@ -300,7 +300,8 @@ def data_commands(out: Path, spec: DataSpec, budgets: Sequence[str]) -> tuple[li
             convert = [spec.layout, "--root", str(raw), "--split-dir", str(split_dir),
                        "--out", str(data_dirs(out, b, fmt)[1]), "--quiet"]
             if fmt:
-                convert += ["--image-format", fmt] + (["--jpeg-quality", str(spec.jpeg_quality)] if fmt == "jpg" else [])
+                quality = ["--jpeg-quality", str(spec.jpeg_quality)] if fmt == "jpg" else []
+                convert += ["--image-format", fmt] + quality
             per_budget[b].append(convert)
     return raw_cmd, per_budget
 

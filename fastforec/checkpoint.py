@@ -23,9 +23,20 @@ from typing import Any
 import torch
 
 from fastforec.atomic import WriteError
-from fastforec.checkpoint_files import (CheckpointError, check_same_settings, checkpoint_name, earlier_checkpoint_hint,
-                                        first_line, list_checkpoints, load_checkpoint, prune_checkpoints, rank_file,
-                                        resolve_checkpoint, save_checkpoint, without_hint)
+from fastforec.checkpoint_files import (
+    CheckpointError,
+    check_same_settings,
+    checkpoint_name,
+    earlier_checkpoint_hint,
+    first_line,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rank_file,
+    resolve_checkpoint,
+    save_checkpoint,
+    without_hint,
+)
 from fastforec.config import LEGACY_DECODER, Config, config_from_dict
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.train_state import Stateful

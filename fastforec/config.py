@@ -33,7 +33,8 @@ BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet
                        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
                        "dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16"]
 MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
-BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]  # where the unlabeled signal comes from
+# where the unlabeled signal comes from
+BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
 # whose DeepLabV3+ decoder (models/deeplab.py), or UniMatch V2's DPT head for the DINO ViTs (models/dpt.py)
 DecoderName = Literal["unimatch", "u2pl", "torchvision", "dpt"]
@@ -470,7 +471,8 @@ class Config:
             num_classes = Manifest.load(self.data.root).num_classes
             wrong = [c for c in self.method.fg_classes if c >= num_classes]
             _check(not wrong, "method.fg_classes", f"class ids {wrong} do not exist: the dataset in "
-                                                   f"'{self.data.root}' has {num_classes} classes (0..{num_classes - 1})")
+                                                   f"'{self.data.root}' has {num_classes} classes "
+                                                   f"(0..{num_classes - 1})")
         if self.model.pretrained is not None:
             from fastforec.models.backbones import PretrainedError, resolve_pretrained
             from fastforec.models.vit import VIT_SPECS

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                         title=f"{args.checkpoint} ({weights}, {mode}{protocol})")
         if args.json_out:
             atomic_write_json(args.json_out, {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "mode": mode,
-                                              "sliding_protocol": cfg.eval.sliding_protocol if mode == "sliding" else None,
+                                              "sliding_protocol": (cfg.eval.sliding_protocol if mode == "sliding"
+                                                                   else None),
                                               "per_class_iou": {n: nan_to_none(v) for n, v in
                                                                 zip(manifest.class_names, result["iou"])},
                                               "checkpoint": str(args.checkpoint), "weights": weights})

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run directory (its latest), or a peer's checkpoint "
                         f"({PEER_SPEC_FORMS}, or the file alone)")
-    p.add_argument("--config", default=None, help="the recipe of a peer's checkpoint (default: its source's for the dataset its class count "
+    p.add_argument("--config", default=None,
+                   help="the recipe of a peer's checkpoint (default: its source's for the dataset its class count "
                         "names; no dataset is read)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="safetensors (weights + config and class table as metadata) or onnx (dynamic batch; dynamic "

@@ -258,7 +258,8 @@ def peer_config(cfg: Config, peer: PeerWeights) -> Config:
     try:
         cfg.validate()
     except ConfigError as e:
-        raise ConfigError(f"{e} (the config given with the {SOURCE_NAMES[peer.source]} checkpoint '{peer.path}')") from None
+        source = SOURCE_NAMES[peer.source]
+        raise ConfigError(f"{e} (the config given with the {source} checkpoint '{peer.path}')") from None
     return cfg
 
 

@@ -134,8 +134,15 @@ def run(args: argparse.Namespace) -> int:
 def _predict_one(model: Segmentor, cfg: Config, dataset: dict[str, Any], outputs: Outputs, *, mode: str,
                  whole_max_pixels: int, device: torch.device) -> None:
     from fastforec.evaluate import predict
-    from fastforec.image_files import (cityscapes_label_ids, colourise, overlay, png_bytes, read_rgb, to_pixels,
-                                       to_tensor)
+    from fastforec.image_files import (
+        cityscapes_label_ids,
+        colourise,
+        overlay,
+        png_bytes,
+        read_rgb,
+        to_pixels,
+        to_tensor,
+    )
     from fastforec.predict_outputs import LABEL_IDS, OVERLAY, PALETTE
 
     rgb = read_rgb(outputs.source)

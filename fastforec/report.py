@@ -21,5 +21,6 @@ def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: flo
     return table
 
 
-def print_iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *, title: str = "IoU") -> None:
+def print_iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *,
+                    title: str = "IoU") -> None:
     Console().print(iou_table(class_names, iou, miou, title=title))

@@ -71,7 +71,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
 def run(args: argparse.Namespace) -> int:
     """Train; a UserError anywhere (config, data, checkpoint, divergence, unwritable run
     directory) is printed as one line and exits with 2."""
-    from fastforec.preemption import StopSignals, Stopped
+    from fastforec.preemption import Stopped, StopSignals
 
     run_dir = None
     try:

@@ -26,9 +26,9 @@ from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remov
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
 from fastforec.data.manifest import Manifest
-from fastforec.determinism import configure_determinism, cudnn_autotuner_off
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
+from fastforec.determinism import configure_determinism, cudnn_autotuner_off
 from fastforec.distributed import DistInfo, all_ranks_each, all_ranks_true
 from fastforec.ds_config import deepspeed_config
 from fastforec.errors import UserError
@@ -38,9 +38,8 @@ from fastforec.metrics import nan_to_none
 from fastforec.models import Segmentor, build_model
 from fastforec.models.sync_bn import convert_sync_batchnorm
 from fastforec.optim import build_optimizer
-from fastforec.preemption import StopSignals, Stopped
-from fastforec.precision import (MasterWeights, autocast_context, keep_norm_statistics_fp32,
-                                 precision_mode)
+from fastforec.precision import MasterWeights, autocast_context, keep_norm_statistics_fp32, precision_mode
+from fastforec.preemption import Stopped, StopSignals
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
 from fastforec.train_state import EngineCounters, OptimizerState, RngState, Score, TrainState
@@ -306,7 +305,8 @@ class Trainer:
                  f"to train on, start a new run with a lower optim.lr" if latest is not None else
                  "No checkpoint was written before; start again with a lower optim.lr")
         what = f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else ""
-        return NonFiniteLossError(f"the weights became non-finite (inf/NaN, or too large for float32){what} by step {self.state.step} with "
+        return NonFiniteLossError(f"the weights became non-finite (inf/NaN, or too large for float32){what} by step "
+                                  f"{self.state.step} with "
                                   f"optim.lr={self.cfg.optim.lr}; nothing was saved from that state. {where}")
 
     # ------------------------------------------------------------------------------------------
@@ -417,7 +417,8 @@ class Trainer:
             tuner = cudnn_autotuner_off() if mode == "whole" else contextlib.nullcontext()
             with self.console.evaluation(name=name, images=images) as bar, tuner:
                 result = evaluate(self.eval_model(name), self.val_data, num_classes=self.num_classes,
-                                  protocol=self.cfg.eval.sliding_protocol, size_multiple=self.cfg.eval.size_multiple, ignore_index=self.manifest.ignore_index,
+                                  protocol=self.cfg.eval.sliding_protocol, size_multiple=self.cfg.eval.size_multiple,
+                                  ignore_index=self.manifest.ignore_index,
                                   mode=mode, window=crop, stride=self.cfg.eval.stride(crop), device=self.device,
                                   autocast=self.autocast, on_batch=bar.advance)
             self.sec_per_eval = bar.seconds

@@ -8,7 +8,6 @@ names the argument and what it expected.
 from __future__ import annotations
 
 import functools
-
 from typing import Sequence
 
 import torch

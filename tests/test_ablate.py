@@ -14,11 +14,20 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from PIL import Image
 
-from fastforec.data.manifest import Manifest
-from fastforec.ablate import (Run, baselines, method_label, mean_ci, paired_difference, parse_methods, plan_runs,
-                              t_critical, train_command)
+from fastforec.ablate import (
+    Run,
+    baselines,
+    mean_ci,
+    method_label,
+    paired_difference,
+    parse_methods,
+    plan_runs,
+    t_critical,
+    train_command,
+)
 from fastforec.cli import main
 from fastforec.config import load_config
+from fastforec.data.manifest import Manifest
 from tests.shard_sets import shard_samples
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,7 +240,8 @@ def test_cityscapes_study_pairs_png_and_jpeg_shards_on_the_same_val_pixels(confi
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps({"miou_last": miou, "miou_best": miou, "step": 2}))
     argv = ["ablate", "--config", str(config), "--methods", "supervised", "--budgets", str(BUDGET), "--seeds", "2",
-            "--out", str(out), "--num-train", "12", "--num-val", "3", "--size", "32x64", "--torch-threads", "1", "--jobs", "2",
+            "--out", str(out), "--num-train", "12", "--num-val", "3", "--size", "32x64", "--torch-threads", "1",
+            "--jobs", "2",
             "--preset", "cityscapes", "--image-formats", "png,jpg", "--jpeg-quality", "90"]
     assert main(argv) == 0
     assert capsys.readouterr().err.count("finished earlier, skipped") == 2

@@ -23,8 +23,8 @@ from fastforec.config import (
     TrainConfig,
     apply_overrides,
     config_from_dict,
-    read_config_file,
     load_config,
+    read_config_file,
     resolve_config_path,
 )
 

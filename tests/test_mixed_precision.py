@@ -10,8 +10,15 @@ from torch import nn
 from fastforec.config import ConfigError
 from fastforec.distributed import LaunchError, all_ranks_true, check_local_rank
 from fastforec.models import deeplabv3plus
-from fastforec.precision import (Fp32StatsBatchNorm2d, check_precision, compute_dtype, keep_norm_statistics_fp32,
-                                 load_loss_scaler_state, loss_scaler_state, precision_mode)
+from fastforec.precision import (
+    Fp32StatsBatchNorm2d,
+    check_precision,
+    compute_dtype,
+    keep_norm_statistics_fp32,
+    load_loss_scaler_state,
+    loss_scaler_state,
+    precision_mode,
+)
 
 CPU = torch.device("cpu")
 

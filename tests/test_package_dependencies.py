@@ -49,7 +49,8 @@ KERNELS_FOLDER, KERNELS_IMPORT = "kernels", "fastforec_kernels"
 def test_nothing_imports_the_kernels_by_their_folder_name() -> None:
     """`kernels` is also a PyPI package (Hugging Face's): an import of it would get whichever comes
     first on the path. The kernels themselves import each other relatively."""
-    files = [p for d in ("fastforec", "dataprep", "kernels", "tools", "tests") for p in sorted((REPO / d).rglob("*.py"))]
+    files = [p for d in ("fastforec", "dataprep", "kernels", "tools", "tests")
+             for p in sorted((REPO / d).rglob("*.py"))]
     offenders = [f"{path.relative_to(REPO)}: import {name}"
                  for path in files for name in _imported_modules(ast.parse(path.read_text(), filename=str(path)))
                  if name == KERNELS_FOLDER or name.startswith(KERNELS_FOLDER + ".")]

@@ -150,7 +150,8 @@ def test_forec_recipes_are_the_papers_settings() -> None:
     for name in FOREC:
         cfg = load_config(name)
         assert (cfg.method.base_name, cfg.method.aux_name, cfg.method.conf_thresh) == ("mean_teacher", "forec", 0.95)
-        assert (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled, cfg.model.decoder) == (1, 0.5, "unimatch")
+        got = (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled, cfg.model.decoder)
+        assert got == (1, 0.5, "unimatch")
         assert cfg.data.batch_size * cfg.deepspeed["gradient_accumulation_steps"] == 16
         voc = name.startswith("voc")
         assert (cfg.data.crop_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult, cfg.train.epochs) == \

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fastforec.checkpoint_files import save_checkpoint
 from fastforec.cli import main
-from fastforec.config import Config, DataConfig, ModelConfig, MethodConfig
+from fastforec.config import Config, DataConfig, MethodConfig, ModelConfig
 from fastforec.models import build_model, deeplabv3plus
 from fastforec.visualize import curves
 from fastforec.visualize.curves import read_metrics, series

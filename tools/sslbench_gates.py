@@ -57,7 +57,8 @@ def gates(study: Path, all_labels: Path, double: Path, budget: str) -> list[tupl
     d = paired_difference(mt_teacher, mt)
     add(f"(d) mean teacher's teacher minus its student, {budget} labels", ">= 0", d,
         d is not None and d["mean"] >= 0)
-    for label, values in (("supervised", sup), ("supervised, 2x steps", sup_double), ("supervised, all labels", sup_all),
+    for label, values in (("supervised", sup), ("supervised, 2x steps", sup_double),
+                          ("supervised, all labels", sup_all),
                           ("mean teacher (student)", mt), ("mean teacher (teacher)", mt_teacher)):
         rows.append((f"reference: {label}", "", fmt_stat(mean_ci(list(values.values()))), True))
     return rows

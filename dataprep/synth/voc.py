@@ -36,7 +36,8 @@ def car_parts(rng: Rng) -> list[Part]:
     shift = rng.uniform(-0.15, 0.15)
     body_top = rng.uniform(-0.22, -0.08)
     parts = [Part(chamfered_rect(-1.0, body_top, 1.0, 0.42, cut=0.12), 0),
-             Part(poly((-0.6 + shift, body_top), (-0.38 + shift, top), (0.38 + shift, top), (0.62 + shift, body_top)), 0),
+             Part(poly((-0.6 + shift, body_top), (-0.38 + shift, top), (0.38 + shift, top),
+                       (0.62 + shift, body_top)), 0),
              Part(poly((-0.5 + shift, body_top - 0.04), (-0.33 + shift, top + 0.07), (0.33 + shift, top + 0.07),
                        (0.52 + shift, body_top - 0.04)), 1)]
     for x in (-0.6, 0.6):

@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 import fastforec_kernels as kernels
-from fastforec_kernels._autograd import gradient_in_backward
 from fastforec.atomic import atomic_write_json
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, pseudo_label_reference
+from fastforec_kernels._autograd import gradient_in_backward
 
 # The benchmark shape: B=8, VOC's 21 classes; 512 is the paper's crop.
 BATCH = 8

@@ -92,7 +92,8 @@ def _baseline_keys(rate: float, plain_windows: list[Any]) -> dict[str, Any]:
     if not plain_windows:
         return {}
     plain = median_rate(plain_windows)
-    return {"baseline_samples_per_s": plain, "ratio_vs_baseline": rate / plain, "baseline_precision": BASELINE_PRECISION,
+    return {"baseline_samples_per_s": plain, "ratio_vs_baseline": rate / plain,
+            "baseline_precision": BASELINE_PRECISION,
             "baseline_per_round_samples_per_s": [w.samples_per_s for w in plain_windows],
             "baseline": "plain PyTorch loop (fastforec.bench.baseline): fp32, torch.optim, no DeepSpeed, "
                         "no fused losses, Python EMA"}

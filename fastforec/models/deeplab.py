@@ -103,7 +103,8 @@ class Decoder(nn.Module):
                                       *_conv_bn_relu(channels, channels, 3, bias=True), nn.Dropout2d(U2PL_DROPOUT))
         else:
             self.reduce = _conv_bn_relu(low_channels, UNIMATCH_REDUCE_CHANNELS, 1)
-            fuse = [_conv_bn_relu(channels + UNIMATCH_REDUCE_CHANNELS, channels, 3), _conv_bn_relu(channels, channels, 3)]
+            fuse = [_conv_bn_relu(channels + UNIMATCH_REDUCE_CHANNELS, channels, 3),
+                    _conv_bn_relu(channels, channels, 3)]
             # UniMatch's fuse is one flat Sequential (its parameter names); the legacy decoder nested it
             self.fuse = nn.Sequential(*fuse) if variant == "torchvision" else nn.Sequential(*fuse[0], *fuse[1])
         self.classifier = nn.Conv2d(channels, out_channels, 1)

@@ -75,7 +75,8 @@ class DPTHead(nn.Module):
         super().__init__()
         self.projects = nn.ModuleList([nn.Conv2d(in_channels, c, 1) for c in out_channels])
         c1, c2, _, c4 = out_channels
-        self.resize_layers = nn.ModuleList([nn.ConvTranspose2d(c1, c1, 4, stride=4), nn.ConvTranspose2d(c2, c2, 2, stride=2),
+        self.resize_layers = nn.ModuleList([nn.ConvTranspose2d(c1, c1, 4, stride=4),
+                                            nn.ConvTranspose2d(c2, c2, 2, stride=2),
                                             nn.Identity(), nn.Conv2d(c4, c4, 3, stride=2, padding=1)])
         self.scratch = nn.Module()
         for i, c in enumerate(out_channels, start=1):

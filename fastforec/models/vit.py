@@ -63,8 +63,8 @@ from typing import Any, ClassVar
 import timm
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models.eva import checkpoint_filter_fn
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastforec.config import VIT_FAMILIES, VitFamily

@@ -86,11 +86,11 @@ def test_the_plain_loop_does_the_trainers_work(case: str, world, tmp_path: Path)
 
 
 def test_bench_step_baseline_reports_both_sides(tmp_path: Path) -> None:
+    from fastforec.cli import main
     from tests.shard_sets import make_shards
 
-    from fastforec.cli import main
-
-    shards = make_shards(tmp_path / "shards", layout="voc", num_train=8, num_labeled=4, num_val=2, size=(48, 64), seed=0)
+    shards = make_shards(tmp_path / "shards", layout="voc", num_train=8, num_labeled=4, num_val=2, size=(48, 64),
+                         seed=0)
     out = tmp_path / "step.json"
     assert main(["bench", "--what", "step", "--config", "configs/synth_demo.json", "--data", str(shards),
                  "--crop", "32", "--batches", "1", "--baseline", "--json", str(out)]) == 0

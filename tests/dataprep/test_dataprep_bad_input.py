@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines
 from fastforec.data.manifest import Manifest
+from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines
 
 Damage = Callable[[Path, Path], list[str]]  # (root, split dir) -> substrings the error must contain
 

@@ -8,12 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_dataprep_tables import OFFICIAL_TRAIN_IDS
 
-from tests.dataprep.conftest import CITY_LABELED, CITY_TRAIN, CITY_VAL, SIZE, VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner, lines, \
-    read_png
 from dataprep.scan import read_samples
 from fastforec.data.manifest import Manifest
-from test_dataprep_tables import OFFICIAL_TRAIN_IDS
+from tests.dataprep.conftest import (
+    CITY_LABELED,
+    CITY_TRAIN,
+    CITY_VAL,
+    SIZE,
+    VOC_LABELED,
+    VOC_TRAIN,
+    VOC_VAL,
+    CliRunner,
+    lines,
+    read_png,
+)
 from tests.shard_sets import shard_samples
 
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.dataprep.conftest import CliRunner, lines, read_png
-from tests.shard_sets import make_shards
 from fastforec.data.manifest import Manifest
-from tests.shard_sets import shard_samples
+from tests.dataprep.conftest import CliRunner, lines, read_png
+from tests.shard_sets import make_shards, shard_samples
 
 NUM_CLASSES = 4
 

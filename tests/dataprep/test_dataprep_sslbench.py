@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.dataprep.conftest import CliRunner, lines
 from dataprep.cli import main
 from dataprep.synth import sslbench
+from tests.dataprep.conftest import CliRunner, lines
 
 NUM_TRAIN, NUM_VAL, SIZE = 240, 12, "64x64"
 

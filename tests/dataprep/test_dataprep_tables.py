@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from dataprep.errors import DataprepError
-from dataprep.labels import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_FOREGROUND, CITYSCAPES_PALETTE, VOC_CLASS_NAMES,
-                             VOC_PALETTE, bit_palette, cityscapes_id_to_train_id, cityscapes_valid_ids)
+from dataprep.labels import (
+    CITYSCAPES_CLASS_NAMES,
+    CITYSCAPES_FOREGROUND,
+    CITYSCAPES_PALETTE,
+    VOC_CLASS_NAMES,
+    VOC_PALETTE,
+    bit_palette,
+    cityscapes_id_to_train_id,
+    cityscapes_valid_ids,
+)
 from dataprep.splitfiles import FORMAT_U2PL, FORMAT_UNIMATCH, read_split_list
 
 # The official Cityscapes id -> trainId pairs of the 19 evaluated classes; every other id is 255.

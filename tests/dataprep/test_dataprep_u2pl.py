@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.dataprep.conftest import SIZE, U2PL_DIR, CliRunner, lines
 from dataprep.synth import synthesize
 from fastforec.data.manifest import Manifest
+from tests.dataprep.conftest import SIZE, U2PL_DIR, CliRunner, lines
 
 PASCAL = U2PL_DIR / "pascal"
 CITY = U2PL_DIR / "cityscapes"

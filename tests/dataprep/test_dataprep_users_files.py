@@ -137,8 +137,8 @@ def test_benchmark_conversions_store_exif_rotated_images_as_displayed(layout: st
 
 
 @pytest.mark.parametrize("command", ["synth", "splits"])
-def test_synth_and_splits_refuse_someone_elses_folder_and_rerun_over_their_own(command: str, voc_raw: Path,
-                                                                                 tmp_path: Path, cli: CliRunner) -> None:
+def test_synth_and_splits_refuse_someone_elses_folder_and_rerun_over_their_own(
+        command: str, voc_raw: Path, tmp_path: Path, cli: CliRunner) -> None:
     args = (["synth", "--layout", "voc", "--num-train", 4, "--num-val", 2, "--size", "48x48", "--quiet"]
             if command == "synth" else ["splits", "--root", voc_raw, "--layout", "voc", "--labeled", 2, "--seed", 0])
     mine = tmp_path / "mine"

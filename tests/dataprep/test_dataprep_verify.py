@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from webdataset import TarWriter
 
-from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
 from dataprep.shard_writer import write_index
+from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
 
 
 @pytest.fixture(scope="module")

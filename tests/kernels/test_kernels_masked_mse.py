@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import (loss_and_grad, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, layout,
-                          pixel_rand)
+from kernel_cases import (
+    BACKENDS,
+    DTYPES,
+    LOSS_TOL,
+    SHAPES,
+    Shape,
+    force_chunk_elements,
+    grad_tol,
+    layout,
+    loss_and_grad,
+    pixel_rand,
+)
 
 import fastforec_kernels as kernels
 from fastforec.losses import masked_mse_reference

@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import (loss_and_grad, needs_triton, BACKENDS, DTYPES, LOSS_TOL, SHAPES, Shape, force_chunk_elements, grad_tol, logits,
-                          pixel_rand)
+from kernel_cases import (
+    BACKENDS,
+    DTYPES,
+    LOSS_TOL,
+    SHAPES,
+    Shape,
+    force_chunk_elements,
+    grad_tol,
+    logits,
+    loss_and_grad,
+    needs_triton,
+    pixel_rand,
+)
 
 import fastforec_kernels as kernels
 from fastforec.losses import pseudo_label_ce_reference, pseudo_label_reference

@@ -94,7 +94,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         state = make(torch.Generator().manual_seed(seed))
         paths[fmt] = out / f"{fmt}.pth"
         if fmt == "mmseg_v1c":  # as mmseg saves it: meta + state_dict, the backbone nested under "backbone."
-            torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": {f"backbone.{k}": v for k, v in state.items()}},
+            torch.save({"meta": {"mmseg_version": "1.2.2"},
+                        "state_dict": {f"backbone.{k}": v for k, v in state.items()}},
                        paths[fmt])
         else:
             torch.save(state, paths[fmt])

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-
 from equivalence_harness import digest, harness_setup, train_part
+
 from fastforec.trainer import Trainer
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",

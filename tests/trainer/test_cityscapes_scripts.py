@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainer_support import clean_env, run_train, tiny_config, write_config
 
 from tests import child_process
-from trainer_support import clean_env, run_train, tiny_config, write_config
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainer_support import CPU_ONLY, TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
 
 from tests import child_process
 from tests.child_process import free_port
-from trainer_support import CPU_ONLY, TRAIN_SCRIPT, clean_env, read_jsonl, tiny_config, write_config
 
 HARNESS = Path(__file__).with_name("equivalence_harness.py")
 

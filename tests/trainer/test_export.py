@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trainer_support import clean_env, run_train, tiny_config, write_config
 
 from fastforec.checkpoint_files import load_checkpoint, resolve_checkpoint
 from fastforec.inference import load_trained_model
-from trainer_support import clean_env, run_train, tiny_config, write_config
 from tests import child_process
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]

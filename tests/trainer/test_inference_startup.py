@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from trainer_support import clean_env, run_train, tiny_config, write_config
+
 from tests import child_process
 
 # -X importtime: every module the command imports is listed on stderr ("import time: ... | name")

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from trainer_support import clean_env
+
 from tests import child_process
 
 SCRIPT = textwrap.dedent("""

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from trainer_support import read_jsonl, threshold_between, tiny_config, write_config
 from equivalence_harness import make_batch
+from trainer_support import read_jsonl, threshold_between, tiny_config, write_config
+
 from fastforec.checkpoint_files import load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from trainer_support import threshold_between, tiny_config, write_config
 from equivalence_harness import kept_ce, masked_mse, two_view_batch
+from trainer_support import threshold_between, tiny_config, write_config
+
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
 from fastforec.trainer import Trainer

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from trainer_support import clean_env, tiny_config, write_config
-from tests import child_process
+
 from fastforec.config import load_config
 from fastforec.data import ValData
 from fastforec.data.manifest import Manifest
 from fastforec.inference import load_trained_model
+from tests import child_process
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 BLOCKS = (3, 4, 6, 3)  # ResNet-50: both sources build it with the same deep stem as their ResNet-101

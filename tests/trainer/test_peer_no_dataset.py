@@ -17,8 +17,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import unimatch_v2_reference as ref  # noqa: E402
-
 from trainer_support import clean_env  # noqa: E402
+
 from dataprep.labels import CITYSCAPES_PALETTE, VOC_PALETTE  # noqa: E402
 from tests import child_process  # noqa: E402
 

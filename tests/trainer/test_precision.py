@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_distributed import torchrun
 from trainer_support import clean_env, run_train, tiny_config, write_config
 

@@ -15,12 +15,20 @@ import time
 from pathlib import Path
 
 import psutil
+from test_distributed import deepspeed_launcher
+from trainer_support import (
+    RESUME_STEPS,
+    TRAIN_SCRIPT,
+    assert_same_end,
+    clean_env,
+    read_jsonl,
+    run_train,
+    tiny_config,
+    write_config,
+)
 
 from fastforec.preemption import DUPLICATE_WINDOW_S
 from fastforec.run_lock import LOCK_NAME
-from test_distributed import deepspeed_launcher
-from trainer_support import (RESUME_STEPS, TRAIN_SCRIPT, assert_same_end, clean_env, read_jsonl, run_train,
-                             tiny_config, write_config)
 
 # The signal comes once the metrics of this step are written: its all-reduce is past, so the run
 # stops after a later step, which is not one of the periodic checkpoints (3, 6).

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from trainer_support import read_jsonl, run_train, tiny_config, write_config
 from equivalence_harness import make_batch
+from trainer_support import read_jsonl, run_train, tiny_config, write_config
+
 from fastforec.checkpoint_files import list_checkpoints, load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
@@ -320,7 +320,8 @@ def test_an_undecodable_image_in_training_names_shard_and_sample(shards: Path, t
     pytest.param(['deepspeed.fp16={"enabled": true}'],
                  "deepspeed.fp16: DeepSpeed's fp16 mode (16-bit weights with loss scaling) needs a CUDA GPU",
                  marks=CPU_ONLY),
-    (['deepspeed.zero_optimization={"stage": 3}'], "deepspeed.zero_optimization.stage: 3 is not supported; use 0, 1 or 2"),
+    (['deepspeed.zero_optimization={"stage": 3}'],
+     "deepspeed.zero_optimization.stage: 3 is not supported; use 0, 1 or 2"),
     (["method.fg_classes=[1,2"], "method.fg_classes: '[1,2' is not valid JSON"),
     (["method.fg_classes=[99]"], "method.fg_classes: class ids [99] do not exist: the dataset in"),
 ], ids=["batch_too_large", "gpu_without_cuda", "fp16_on_cpu", "zero3", "broken_list", "unknown_class"])
@@ -403,5 +404,6 @@ def test_unwritable_outputs_and_foreign_files_are_named(finished: tuple[Path, Pa
     torch.save({"student": Foreign()}, evil)
     assert fastforec(["predict", "--checkpoint", str(evil), "--input", str(image), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
-    assert f"'{evil}' holds Python objects other than tensors" in err and "not a fastforec checkpoint or weight file" in err
+    assert f"'{evil}' holds Python objects other than tensors" in err
+    assert "not a fastforec checkpoint or weight file" in err
     assert "weights_only" not in err and "corrupt" not in err

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainer_support import RESUME_CHECKPOINT_EVERY as KILL_AT  # the checkpoint the killed run leaves
 from trainer_support import RESUME_STEPS as STEPS
 from trainer_support import clean_env, read_jsonl, run_train
+
 from tests import child_process
+
 LOGGED_PAST = 4  # the kill comes after the metrics of this step are written: lines the resume must drop
 LOSS_KEYS = ("loss", "loss_s", "loss_u", "loss_rec")
 
@@ -91,4 +92,5 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(uninterrupted_run: tupl
     assert [r["step"] for r in read_jsonl(part / "metrics.jsonl") if r["kind"] == "train"] == list(range(1, STEPS + 1))
     assert _train_losses(part) == _train_losses(full)
     assert not any(p.exists() for p in stale)
-    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == sorted(p.name for p in (full / "checkpoints").iterdir())
+    names = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    assert names(part) == names(full)

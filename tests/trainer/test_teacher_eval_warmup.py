@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainer_support import read_jsonl, tiny_config, write_config
+
 from fastforec.config import ConfigError, load_config
 from fastforec.distributed import init_distributed
 from fastforec.teacher import ema_alpha

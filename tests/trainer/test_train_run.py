@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+from trainer_support import read_jsonl, run_train, tiny_config, write_config
 
 from fastforec.config import config_from_dict
-from fastforec.runlog import RunLogger
 from fastforec.run_lock import LOCK_NAME
-from trainer_support import read_jsonl, run_train, tiny_config, write_config
+from fastforec.runlog import RunLogger
 
 
 def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,4 +123,5 @@ def test_tensorboard_is_written_from_the_first_record_and_can_be_turned_off(tmp_
     (tmp_path / "off").mkdir()
     off.log({"step": 1, "loss": 1.0}, step=1, prefix="train")
     assert [p.name for p in (tmp_path / "off").iterdir()] == ["metrics.jsonl"]
-    assert config_from_dict({}).train.tensorboard and not config_from_dict({"train": {"tensorboard": False}}).train.tensorboard
+    assert config_from_dict({}).train.tensorboard
+    assert not config_from_dict({"train": {"tensorboard": False}}).train.tensorboard

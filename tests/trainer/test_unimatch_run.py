@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_distributed import torchrun
-from trainer_support import (CPU_ONLY, assert_same_end, resume_midway, run_train, tiny_config, train_records,
-                             write_config)
+from trainer_support import (
+    CPU_ONLY,
+    assert_same_end,
+    resume_midway,
+    run_train,
+    tiny_config,
+    train_records,
+    write_config,
+)
 
 STEPS = 4
 MIDWAY = 2

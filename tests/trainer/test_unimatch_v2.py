@@ -16,12 +16,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import unimatch_v2_reference as ref  # noqa: E402
-
 from equivalence_harness import kept_ce, masked_mse, two_view_batch  # noqa: E402
 from test_distributed import torchrun  # noqa: E402
 from test_peer_checkpoints import _cli, miou  # noqa: E402 (numpy mIoU, independent of fastforec.metrics)
-from trainer_support import (CPU_ONLY, assert_same_end, resume_midway, run_train, threshold_between, tiny_config,  # noqa: E402
-                             train_records, write_config)  # noqa: E402
+from trainer_support import (  # noqa: E402
+    CPU_ONLY,
+    assert_same_end,
+    resume_midway,
+    run_train,
+    threshold_between,
+    tiny_config,
+    train_records,  # noqa: E402
+    write_config,
+)
+
 from fastforec.config import load_config  # noqa: E402
 from fastforec.data import ValData  # noqa: E402
 from fastforec.data.manifest import Manifest  # noqa: E402
@@ -234,7 +242,8 @@ LOSS_KEYS = ("loss", "loss_s", "loss_u_s1", "loss_u_s2", "loss_rec")
 # failed with a KeyError. At stage 0 DeepSpeed wraps the optimizer in its own 16-bit optimizer.
 @pytest.mark.parametrize(("ranks", "deepspeed"), [
     (1, {}), (1, {"bf16": {"enabled": True}, "zero_optimization": {"stage": 0}}),
-    (2, {"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})], ids=["fp32-1", "bf16-stage0-1", "bf16-stage1-2"])
+    (2, {"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})],
+    ids=["fp32-1", "bf16-stage0-1", "bf16-stage1-2"])
 def test_unimatch_v2_forec_on_a_vit_resumes_exactly(shards: Path, tmp_path: Path, ranks: int, deepspeed: dict) -> None:
     cfg = write_config(tmp_path / "cfg.json", tiny_config(
         shards, data={"crop_size": 42}, model=TINY_VIT, optim={"name": "adamw", "lr": 1e-4, "weight_decay": 0.01},

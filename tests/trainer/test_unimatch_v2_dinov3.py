@@ -14,9 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import dinov3_reference as ref  # noqa: E402
+from trainer_support import assert_same_end, resume_midway, run_train, tiny_config, train_records, write_config  # noqa: E402
 
-from trainer_support import (assert_same_end, resume_midway, run_train, tiny_config, train_records,  # noqa: E402
-                             write_config)
 from fastforec.config import load_config  # noqa: E402
 
 RECIPE = "unimatch_v2_forec_dinov3_vitb_voc_classic_92"

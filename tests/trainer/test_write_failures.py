@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainer_support import clean_env, run_train, tiny_config, write_config
-from tests import child_process
+
 from fastforec.atomic import WriteError, atomic_write_bytes
 from fastforec.checkpoint_files import save_checkpoint
+from tests import child_process
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 SMALL_FS = "96k"  # room for config.json and the metrics, not for a checkpoint
