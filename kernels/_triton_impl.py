@@ -62,6 +62,11 @@ def _max_combine_fallback(a, b):
 
 
 @triton.jit
+def _min_combine_fallback(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
 def _add_combine_fallback(a, b):
     return a + b
 
@@ -69,6 +74,7 @@ def _add_combine_fallback(a, b):
 # triton's combine functions (see the module docstring); ours only if a release renames them.
 _ARGMAX_COMBINE = getattr(tl.standard, "_argmax_combine_tie_break_left", _argmax_combine_fallback)
 _MAX_COMBINE = getattr(tl.standard, "_elementwise_max", _max_combine_fallback)
+_MIN_COMBINE = getattr(tl.standard, "_elementwise_min", _min_combine_fallback)
 _ADD_COMBINE = getattr(tl.standard, "_sum_combine", _add_combine_fallback)
 
 
@@ -116,7 +122,7 @@ def _pseudo_label_kernel(logits_ptr, label_ptr, conf_ptr, fg_ptr, lut_ptr,
     # NaN compares false both ways, so the argmax of a pixel with a NaN logit can end on any
     # class, padding included (past the class table). torch.argmax counts NaN as the maximum:
     # the first NaN class wins, and conf below is NaN too (the step is then skipped as non-finite).
-    first_nan = tl.min(tl.where(x != x, cls_tile, BLOCK_C), 0)
+    first_nan = tl.reduce(tl.where(x != x, cls_tile, BLOCK_C), 0, _MIN_COMBINE)
     label = tl.where(first_nan < BLOCK_C, first_nan, label)
     # max softmax = exp(top - top) / sum exp(x - top): no probability tile is needed.
     denom = tl.reduce(tl.exp(x - top[None, :]), 0, _ADD_COMBINE)
