@@ -98,7 +98,8 @@ def test_the_network_makes_windows_disagree() -> None:
     assert len(a.argmax(1).unique()) >= 3
 
 
-def test_predict_in_sliding_windows_writes_the_documented_class_map(tmp_path: Path) -> None:
+def test_predict_in_sliding_windows_writes_the_documented_class_map(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # end to end: `fastforec predict --set eval.mode=sliding` on a checkpoint whose network (random
     # classifier weights) draws many classes, against numpy_sliding on the same network and image
     from fastforec.checkpoint_files import save_checkpoint
@@ -120,6 +121,7 @@ def test_predict_in_sliding_windows_writes_the_documented_class_map(tmp_path: Pa
     rgb = (image(1, 80, 112, seed=3)[0].permute(1, 2, 0).numpy() * 64 + 128).clip(0, 255).astype(np.uint8)
     (tmp_path / "in").mkdir()
     Image.fromarray(rgb).save(tmp_path / "in" / "a.png")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the reference's device, on any machine
     assert main(["predict", "--checkpoint", str(tmp_path / "c.pt"), "--input", str(tmp_path / "in"),
                  "--out", str(tmp_path / "out"), "--set", "eval.mode=sliding"]) == 0
     (mask,) = [m for m in map(Image.open, sorted((tmp_path / "out").rglob("*.png"))) if m.mode == "P"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from test_peer_checkpoints import miou  # numpy mIoU, independent of fastforec.metrics
-from trainer_support import clean_env, run_train, tiny_config, write_config
+from trainer_support import CPU_ONLY, clean_env, run_train, tiny_config, write_config
 
 from fastforec.checkpoint_files import latest_checkpoint, load_checkpoint
 from fastforec.config import config_from_dict, load_config
@@ -30,13 +30,14 @@ def trained(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     tmp = tmp_path_factory.mktemp("evalrun")
     cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}, eval={"model": "both"}))
     run_dir = tmp / "run"
-    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp, env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cfg, run_dir
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return child_process.run(FASTFOREC + args, cwd=cwd, env=clean_env(), capture_output=True, text=True)
+    # on the CPU on any machine: the mIoU computed here (on the CPU) must match to 1e-9
+    return child_process.run(FASTFOREC + args, cwd=cwd, env=clean_env(**CPU_ONLY), capture_output=True, text=True)
 
 
 def _network(run_dir: Path, weights: str) -> torch.nn.Module:

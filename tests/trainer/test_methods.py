@@ -203,15 +203,22 @@ def test_the_nonfinite_stop_saves_after_the_skipped_batches_and_resume_continues
     reference.train_data.close()
     assert results["step"] == want["step"] == 3
     assert results["nonfinite_skipped"] == want["nonfinite_skipped"] == 3
+    # bit for bit on the CPU (README's promise); a GPU's kernels may differ in the last bits, never
+    # as much as another batch makes them
+    exact = world.device.type == "cpu"
     for part, a, b in (("student", resumed.student, reference.student),
                        ("teacher", resumed.teacher.module, reference.teacher.module)):
         theirs = b.state_dict()
         for k, t in a.state_dict().items():
-            assert torch.equal(t, theirs[k]), f"{part}.{k} differs from the run that never stopped"
+            if exact:
+                assert torch.equal(t, theirs[k]), f"{part}.{k} differs from the run that never stopped"
+            else:
+                torch.testing.assert_close(t, theirs[k], rtol=1e-3, atol=1e-4, msg=lambda m: f"{part}.{k}: {m}")
     keys = ("step", "nonfinite_skipped", "loss", "loss_s", "loss_u")
     got = [[r[k] for k in keys] for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if r["kind"] == "train"]
-    assert got == [[r[k] for k in keys] for r in read_jsonl(reference.run_dir / "metrics.jsonl")
-                   if r["kind"] == "train"]
+    want_records = [[r[k] for k in keys] for r in read_jsonl(reference.run_dir / "metrics.jsonl")
+                    if r["kind"] == "train"]
+    assert got == (want_records if exact else [pytest.approx(r, rel=1e-3) for r in want_records])
     assert [g[:2] for g in got] == [[1, 0], [2, 1], [3, 3]]
 
 

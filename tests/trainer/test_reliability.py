@@ -176,13 +176,18 @@ def test_flipped_checkpoint_bytes_are_caught_and_resume_falls_back(finished: tup
     assert "skipped 1 damaged checkpoint(s)" in caplog.text and f"resuming from '{step2}'" in caplog.text
     assert f"'{rank0}' is corrupt" in caplog.text
     got = load_checkpoint(step4)
+    exact = not torch.cuda.is_available()  # bit for bit is the CPU's promise; a GPU's last bits may differ
     for part in ("student", "teacher"):
         for name, t in want[part].items():
-            assert torch.equal(t, got[part][name]), f"{part}.{name} differs after the fallback resume"
+            if exact:
+                assert torch.equal(t, got[part][name]), f"{part}.{name} differs after the fallback resume"
+            else:
+                torch.testing.assert_close(t, got[part][name], rtol=1e-3, atol=1e-4)
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [4]
-    assert {r["step"]: [r[k] for k in LOSS_KEYS] for r in records if r["kind"] == "train"} == losses
+    resumed = {r["step"]: [r[k] for k in LOSS_KEYS] for r in records if r["kind"] == "train"}
+    assert resumed == (losses if exact else {s: pytest.approx(v, rel=1e-3) for s, v in losses.items()})
 
 
 def test_when_every_checkpoint_is_damaged_no_damaged_one_is_suggested(finished: tuple[Path, Path], tmp_path: Path,
