@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastforec.labels import (
+    CITYSCAPES_CLASS_NAMES,
+    CITYSCAPES_FOREGROUND,
+    CITYSCAPES_PALETTE,
+    cityscapes_id_to_train_id,
+    cityscapes_valid_ids,
+)
+
 from .conversion_plan import (
     LABELED,
     UNLABELED,
@@ -15,13 +23,6 @@ from .conversion_plan import (
     finalize_plan,
 )
 from .errors import DataprepError, Rejection
-from .labels import (
-    CITYSCAPES_CLASS_NAMES,
-    CITYSCAPES_FOREGROUND,
-    CITYSCAPES_PALETTE,
-    cityscapes_id_to_train_id,
-    cityscapes_valid_ids,
-)
 from .sources import DEFAULT_JPEG_QUALITY, lut_bytes, require_dir, require_entries
 from .splitfiles import SplitList, read_split_list
 

@@ -19,11 +19,11 @@ from rich.console import Console
 from fastforec.atomic import atomic_write_json
 from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
 from fastforec.formats import sig
+from fastforec.labels import IGNORE_INDEX
 
 from .conversion_plan import ConversionPlan
 from .encode import EncodedSample, SampleTask, encode_sample
 from .errors import DataprepError, Rejection
-from .labels import IGNORE_INDEX
 from .progress import make_console, progress_bar
 from .shard_writer import (
     STATE_DIR,

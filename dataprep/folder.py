@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastforec.labels import IGNORE_INDEX, bit_palette
+
 from .conversion_plan import (
     LABELED,
     UNLABELED,
@@ -20,7 +22,6 @@ from .conversion_plan import (
     sanitize_key,
 )
 from .errors import DataprepError, Rejection
-from .labels import IGNORE_INDEX, bit_palette
 from .sources import DEFAULT_JPEG_QUALITY, identity_label_tables, require_dir, require_entries, strip_image_suffix
 from .splitfiles import SplitList, read_split_list
 

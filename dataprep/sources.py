@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastforec.labels import identity_lut
+
 from .conversion_plan import SampleSource
 from .errors import DataprepError
-from .labels import identity_lut
 from .splitfiles import SplitList
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastforec.labels import VOC_CLASS_NAMES, VOC_FOREGROUND, VOC_NUM_CLASSES, VOC_PALETTE
+
 from .conversion_plan import LABELED, UNLABELED, VAL, ConversionPlan, DatasetMeta, EncodeOptions, finalize_plan
-from .labels import VOC_CLASS_NAMES, VOC_FOREGROUND, VOC_NUM_CLASSES, VOC_PALETTE
 from .sources import (
     DEFAULT_JPEG_QUALITY,
     identity_label_tables,

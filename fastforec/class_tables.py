@@ -1,7 +1,7 @@
 """Class tables (names, palette) by dataset kind, so that inference needs no dataset.
 
-VOC's 21 classes and Cityscapes' 19 train ids are facts about the public datasets; dataprep holds
-them (dataprep/labels.py) and writes them into every manifest it converts, and they are read from
+VOC's 21 classes and Cityscapes' 19 train ids are facts about the public datasets; fastforec.labels holds
+them, dataprep writes them into every manifest it converts, and they are read from
 there, never copied. A recipe says its kind (``recipe.dataset``); only a folder dataset of one's
 own needs its manifest. A peer's file alone says its class count, which names the kind (21: VOC,
 19: Cityscapes) and so the source's default recipe (:data:`DEFAULT_RECIPES`).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataprep.labels import CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, VOC_CLASS_NAMES, VOC_PALETTE
+from fastforec.labels import CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, VOC_CLASS_NAMES, VOC_PALETTE
 
 VOC, CITYSCAPES = "voc", "cityscapes"  # the manifest's dataset names (dataprep/voc.py, cityscapes.py)
 TABLES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]] = {

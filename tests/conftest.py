@@ -1,10 +1,25 @@
-"""Suite-wide hooks: each test's start and time limit, for tests/child_process.py."""
+"""Suite-wide hooks: each test's start and time limit, for tests/child_process.py, and the
+``slow`` mark of the test files that run whole trainings, launchers or benchmarks (`make
+test-fast` = ``pytest -m "not slow"`` leaves them out; CI runs everything)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests import child_process
+
+# Files whose tests start training runs, several ranks or benchmarks: minutes, not seconds.
+SLOW = ("trainer/", "bench/test_gpu_check.py", "bench/test_step_e2e.py", "bench/test_step_baseline.py",
+        "test_ablate.py", "models/test_sync_bn.py", "models/test_dinov3.py", "test_predict_files.py",
+        "test_wrong_files.py", "data/test_data_bench.py", "test_visualize.py", "dataprep/test_dataprep_resume.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath / "tests"
+    for item in items:
+        relative = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if relative.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 def _time_limit(item: pytest.Item) -> float | None:

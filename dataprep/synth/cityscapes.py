@@ -9,7 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..labels import CITYSCAPES_ID
+from fastforec.labels import CITYSCAPES_ID
+
 from .common import PlacedObject, finish_image, paint_object
 from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
 from .textures import Rng, hsv, shade, smooth_noise, stripes, vertical_ramp

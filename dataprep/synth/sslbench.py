@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastforec.labels import IGNORE_INDEX, VOC_CLASS_NAMES
+
 from ..errors import DataprepError
-from ..labels import IGNORE_INDEX, VOC_CLASS_NAMES
 from .common import PlacedObject, boundary_band, finish_image, paint_object
 from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
 from .textures import Rng, hsv, smooth_noise, stripes

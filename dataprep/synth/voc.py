@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..labels import IGNORE_INDEX, VOC_CLASS_NAMES
+from fastforec.labels import IGNORE_INDEX, VOC_CLASS_NAMES
+
 from .common import PlacedObject, boundary_band, finish_image, paint_object
 from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
 from .textures import Rng, blend, hsv, shade, smooth_noise, stripes, vertical_ramp

@@ -7,9 +7,9 @@ from functools import partial
 from pathlib import Path
 
 from fastforec.atomic import atomic_write_json
+from fastforec.labels import bit_palette
 
 from ..errors import DataprepError
-from ..labels import bit_palette
 from ..splitfiles import write_split_list
 from . import sslbench
 from .common import encode_jpeg, encode_png, sample_rng, write_file

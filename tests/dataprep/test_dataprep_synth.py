@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataprep.labels import CITYSCAPES_LABELS, bit_palette
 from dataprep.synth import make_synthetic
 from dataprep.synth.common import sample_rng
 from dataprep.synth.voc import SCENES, SYNTH_CLASSES, render_voc_scene
+from fastforec.labels import CITYSCAPES_LABELS, bit_palette
 from tests.dataprep.conftest import CITY_TRAIN, CITY_VAL, SIZE, VOC_TRAIN, VOC_VAL, CliRunner, lines, read_png
 
 CITYSCAPES_IDS = {label.id for label in CITYSCAPES_LABELS}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dataprep.errors import DataprepError
-from dataprep.labels import (
+from dataprep.splitfiles import FORMAT_U2PL, FORMAT_UNIMATCH, read_split_list
+from fastforec.labels import (
     CITYSCAPES_CLASS_NAMES,
     CITYSCAPES_FOREGROUND,
     CITYSCAPES_PALETTE,
@@ -18,7 +19,6 @@ from dataprep.labels import (
     cityscapes_id_to_train_id,
     cityscapes_valid_ids,
 )
-from dataprep.splitfiles import FORMAT_U2PL, FORMAT_UNIMATCH, read_split_list
 
 # The official Cityscapes id -> trainId pairs of the 19 evaluated classes; every other id is 255.
 OFFICIAL_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,

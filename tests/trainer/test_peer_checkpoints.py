@@ -338,7 +338,7 @@ def test_eval_on_cityscapes_uses_unimatchs_sliding_window(city_shards: Path, tmp
 
     train_ids = np.asarray(Image.open(tmp_path / "pred" / "palette" / raw.name))
     label_ids = np.asarray(Image.open(tmp_path / "pred" / "labelids" / raw.name))
-    from dataprep.labels import cityscapes_id_to_train_id
+    from fastforec.labels import cityscapes_id_to_train_id
 
     assert np.array_equal(cityscapes_id_to_train_id()[label_ids], train_ids)  # the official table, inverted
 

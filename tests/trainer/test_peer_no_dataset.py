@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import unimatch_v2_reference as ref  # noqa: E402
 from trainer_support import clean_env  # noqa: E402
 
-from dataprep.labels import CITYSCAPES_PALETTE, VOC_PALETTE  # noqa: E402
+from fastforec.labels import CITYSCAPES_PALETTE, VOC_PALETTE  # noqa: E402
 from tests import child_process  # noqa: E402
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
@@ -64,7 +64,7 @@ def test_predict_a_peers_file_alone_with_no_dataset(tmp_path: Path, nclass: int,
                 tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"settings: recipe {recipe}, assumed from '{ckpt}'" in proc.stderr
-    mask = tmp_path / "out" / "street.png"
+    mask = tmp_path / "out" / "palette" / "street.png"
     assert _colours(mask) <= set(palette)
 
     # with a recipe named, the same masks: the recipe is what was assumed
@@ -72,7 +72,7 @@ def test_predict_a_peers_file_alone_with_no_dataset(tmp_path: Path, nclass: int,
                  "--out", str(tmp_path / "named")], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"settings: --config {recipe}" in proc.stderr
-    assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "named" / "street.png")))
+    assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "named" / "palette" / "street.png")))
 
 
 def test_export_a_peers_file_with_no_dataset(tmp_path: Path) -> None:
