@@ -109,8 +109,10 @@ class Checkpointer:
         # Every rank holds the same replicated weights, so all take the same branch.
         named = [(f"{part}.{name}", t) for part in WEIGHT_PARTS if shared.get(part) is not None
                  for name, t in shared[part].items() if t.is_floating_point()]
-        # one flag per tensor on the device, read together: one host sync, not one per tensor
-        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+        # one flag per tensor on the device, read together: one host sync, not one per tensor. The
+        # trainer's test after each step is the same: a tensor whose norm overflows float32 has
+        # diverged even when each of its elements is still finite.
+        finite = torch.stack(torch._foreach_norm([t.detach() for _, t in named])).isfinite().tolist() if named else []
         bad = [name for (name, _), ok in zip(named, finite) if not ok]
         if not all_ranks_true(not bad, self.dist.device):
             raise NonFiniteWeights(bad)

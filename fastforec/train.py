@@ -98,6 +98,10 @@ def _is_under(path: Path, root: Path) -> bool:
 
 def _train(args: argparse.Namespace, cfg: Config, run_dir: Path, stop: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # DeepSpeed's import loads torch's C++-extension helper, which warns "No CUDA runtime is found"
+    # on every machine without the CUDA toolkit: noise before the run's own lines (and before the
+    # one-line error of a bad setting found after it), never something to act on
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from fastforec.distributed import all_ranks_true, init_distributed
     from fastforec.run_lock import RunDirectoryBusy, RunLock
 

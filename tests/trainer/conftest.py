@@ -29,11 +29,11 @@ def city_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uninterrupted_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(config, run directory) of a 6-step run checkpointing every 3 steps, on one rank: what a
     killed, stopped or resumed run of the same config must equal."""
-    from trainer_support import RESUME_CHECKPOINT_EVERY, RESUME_STEPS, run_train, tiny_config, write_config
+    from trainer_support import CPU_ONLY, RESUME_CHECKPOINT_EVERY, RESUME_STEPS, run_train, tiny_config, write_config
 
     root = tmp_path_factory.mktemp("uninterrupted")
     cfg = write_config(root / "cfg.json", tiny_config(shards, train={"max_steps": RESUME_STEPS,
                                                                      "checkpoint_every": RESUME_CHECKPOINT_EVERY}))
-    proc = run_train(["--config", str(cfg), "--run-dir", str(root / "full")], cwd=root)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(root / "full")], cwd=root, env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cfg, root / "full"

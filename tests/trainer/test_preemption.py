@@ -1,8 +1,9 @@
 """Preemption: a stop signal (SIGTERM from a scheduler, SLURM's SIGUSR1 warning, Ctrl-C's SIGINT)
 ends a training run after the current step with a checkpoint of that step, and --resume from it
 equals the uninterrupted run to the last bit (1 rank; 2 ranks under the `deepspeed` launcher, which
-passes the signal to one rank at a time). A second signal exits at once; a signal during start-up
-exits with one line and no traceback."""
+passes the signal on to its ranks once more). Every run is on the CPU (CUDA hidden): bit-exact
+resume is the CPU's promise, and 2 CPU ranks also work on a one-GPU machine. A second signal
+exits at once; a signal during start-up exits with one line and no traceback."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import psutil
 from test_distributed import deepspeed_launcher
 from trainer_support import (
+    CPU_ONLY,
     RESUME_STEPS,
     TRAIN_SCRIPT,
     assert_same_end,
@@ -42,7 +44,7 @@ def _start(cfg: Path, run_dir: Path, cwd: Path, launcher: list[str] | None = Non
     err = cwd / f"{run_dir.name}.stderr"
     cmd = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(run_dir)]
     # a session of its own: the signal goes to the whole job, as SLURM and a terminal send it
-    child = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=open(err, "w"),
+    child = subprocess.Popen(cmd, cwd=cwd, env=clean_env(**CPU_ONLY), stdout=subprocess.DEVNULL, stderr=open(err, "w"),
                              start_new_session=True)
     return child, err
 
@@ -91,7 +93,7 @@ def test_sigterm_saves_the_step_and_resume_equals_the_uninterrupted_run(uninterr
     logged = [r["step"] for r in read_jsonl(part / "metrics.jsonl") if r["kind"] == "train"]
     assert logged == list(range(1, step + 1))
 
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path, env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {part / 'checkpoints' / f'step_{step:08d}.pt'} at step {step}" in proc.stderr
     assert_same_end(full, part, steps=RESUME_STEPS, midway=0, networks=("student", "teacher"), loss_keys=LOSS_KEYS)
@@ -105,7 +107,7 @@ def test_two_ranks_stop_after_the_same_step_and_resume_exactly(shards: Path, tmp
                                                                          "checkpoint_every": 3}))
     launcher = deepspeed_launcher()
     full = tmp_path / "full"
-    proc = run_train(["--config", str(cfg), "--run-dir", str(full)], cwd=tmp_path, launcher=launcher)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(full)], cwd=tmp_path, launcher=launcher, env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     part = tmp_path / "part"
@@ -116,7 +118,8 @@ def test_two_ranks_stop_after_the_same_step_and_resume_exactly(shards: Path, tmp
     assert sorted(p.name for p in (part / "checkpoints").glob(f"step_{step:08d}*")) == [
         f"step_{step:08d}.pt", f"step_{step:08d}.rank0.pt", f"step_{step:08d}.rank1.pt"]
 
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path, launcher=launcher)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path, launcher=launcher,
+                     env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_end(full, part, steps=RESUME_STEPS, midway=0, networks=("student", "teacher"), loss_keys=LOSS_KEYS)
 

@@ -88,10 +88,12 @@ def test_diverging_run_keeps_the_last_finite_checkpoint_and_names_it(shards: Pat
         assert code == 2 and f"optim.lr: {expected}" in err
     assert not (tmp_path / "r0").exists()
 
-    # lr 1e6: steps 1-2 stay finite (checkpoint at 2); step 3 turns the weights to NaN while its
-    # own loss is still finite; step 4 stops the run before anything is saved from that state
+    # lr 1e6 with the gradient norm clipped at 1 (slow enough a divergence to have a checkpoint
+    # before it): steps 1-2 stay finite (checkpoint at 2); step 3 turns the weights to NaN while
+    # its own loss is still finite; step 4 stops the run before anything is saved from that state
     run_dir = tmp_path / "run"
-    args = ["--config", str(cfg), "--run-dir", str(run_dir), "--set", "optim.lr=1e6"]
+    args = ["--config", str(cfg), "--run-dir", str(run_dir), "--set", "optim.lr=1e6",
+            "--set", "deepspeed.gradient_clipping=1.0"]
     proc = run_train(args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
