@@ -72,7 +72,8 @@ def test_predict_a_peers_file_alone_with_no_dataset(tmp_path: Path, nclass: int,
                  "--out", str(tmp_path / "named")], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"settings: --config {recipe}" in proc.stderr
-    assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "named" / "palette" / "street.png")))
+    named = tmp_path / "named" / "palette" / "street.png"
+    assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(named)))
 
 
 def test_export_a_peers_file_with_no_dataset(tmp_path: Path) -> None:
