@@ -44,6 +44,18 @@ def check_local_rank(local_rank: int, gpus: int) -> None:
                           f"(torchrun --nproc_per_node {gpus}, deepspeed --num_gpus {gpus})")
 
 
+def _local_device(local_rank: int | None) -> tuple[int, torch.device]:
+    """This process's local rank (the launcher's LOCAL_RANK unless given) and its device: its GPU
+    (made current) when CUDA is present, else the CPU."""
+    if local_rank is None or local_rank < 0:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.cuda.is_available():
+        return local_rank, torch.device("cpu")
+    check_local_rank(local_rank, torch.cuda.device_count())
+    torch.cuda.set_device(local_rank)
+    return local_rank, torch.device("cuda", local_rank)
+
+
 def init_distributed(local_rank: int | None = None) -> DistInfo:
     """Join (or create) the process group. CUDA + NCCL when a GPU exists, else CPU + gloo.
 
@@ -53,17 +65,11 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if local_rank is None or local_rank < 0:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        check_local_rank(local_rank, torch.cuda.device_count())
-        torch.cuda.set_device(local_rank)
+    local_rank, device = _local_device(local_rank)
     if not dist.is_initialized():
         import deepspeed  # deferred: importing it prints accelerator banners
 
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
@@ -73,17 +79,11 @@ def init_inference(local_rank: int | None = None) -> DistInfo:
     (NCCL on GPUs, else gloo). Imports no DeepSpeed and builds no C++ extension, so `fastforec
     eval` starts in the time it takes to import torch."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if local_rank is None or local_rank < 0:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        check_local_rank(local_rank, torch.cuda.device_count())
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    local_rank, device = _local_device(local_rank)
     if world_size <= 1:
         return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
