@@ -562,8 +562,6 @@ MOVED_KEYS = {"data.eval_mode": "eval.mode", "data.eval_batch_size": "eval.batch
 REMOVED_KEYS = {
     "data.shuffle_buffer": "the sample order is a seeded permutation of the whole split, so there is no shuffle "
                            "buffer to size; delete the key",
-    "train.deterministic": "CPU runs are reproducible bit for bit without it (resume is tested to be exact); "
-                           "deterministic CUDA kernels are not offered yet; delete the key",
 }
 
 

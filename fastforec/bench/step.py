@@ -195,12 +195,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dist = init_distributed(args.local_rank)
-    if args.baseline and dist.world_size > 1:
+    baseline = getattr(args, "baseline", False)  # a Namespace built by hand may lack it
+    if baseline and dist.world_size > 1:
         print("error: bench --what step --baseline compares one process with one process; run it without a "
               "launcher (the plain loop has no DDP)", file=sys.stderr)
         return 2
     with bench_trainer(cfg, dist) as trainer:
-        result = measure_step(trainer, settings, dist, baseline=args.baseline)
+        result = measure_step(trainer, settings, dist, baseline=baseline)
     if not dist.is_main:
         return 0
     return _finish(result, step_table(result), args)

@@ -275,5 +275,5 @@ def test_predict_runs_a_dinov3_safetensors_export(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, array in arrays.items():
-        mask = np.asarray(Image.open(out / name))
+        mask = np.asarray(Image.open(out / "palette" / name))
         assert mask.shape == array.shape[:2] and mask.max() < 3
