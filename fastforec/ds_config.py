@@ -36,8 +36,8 @@ def deepspeed_config(cfg: Config, device: torch.device, *, world_size: int | Non
     if stage not in ZERO_STAGES:
         raise ConfigError(f"deepspeed.zero_optimization.stage: {stage} is not supported; use 0, 1 or 2 (ZeRO-3 "
                           f"partitions the parameters, which the EMA teacher and the checkpoints read whole)")
-    if world_size is not None and effective_zero_stage(stage, world_size) != stage:
-        ds.setdefault("zero_optimization", {})["stage"] = effective_zero_stage(stage, world_size)
+    if world_size is not None and (effective := effective_zero_stage(stage, world_size)) != stage:
+        ds.setdefault("zero_optimization", {})["stage"] = effective
     check_precision(ds, device)
     ds.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if ds["train_micro_batch_size_per_gpu"] != cfg.data.batch_size:

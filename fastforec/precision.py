@@ -111,7 +111,9 @@ def bn_average_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
     return 0.0 if bn.momentum is None else bn.momentum
 
 
-def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, factor: float) -> torch.Tensor:
+def batch_norm_fp32_stats(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``bn``'s forward with its affine parameters in fp32 beside fp32 statistics, whatever their
+    dtype; ``factor`` from :func:`bn_average_factor`."""
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
     w, b = _float_affine(bn)
@@ -124,7 +126,7 @@ class Fp32StatsBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        return _batch_norm(self, x, bn_average_factor(self))
+        return batch_norm_fp32_stats(self, x, bn_average_factor(self))
 
 
 _FP32_STATS = {nn.BatchNorm2d: Fp32StatsBatchNorm2d}
@@ -159,6 +161,16 @@ _FLAT_LAYOUTS = (
 )
 
 
+def _flat_layout(optimizer: Any) -> tuple[str, str, str] | None:
+    """The entry of _FLAT_LAYOUTS that ``optimizer`` has, or None."""
+    return next((names for names in _FLAT_LAYOUTS if all(hasattr(optimizer, a) for a in names)), None)
+
+
+def _is_unfused(optimizer: Any) -> bool:
+    """FP16_UnfusedOptimizer (stage 0): one fp32 tensor per 16-bit parameter, no flat buffer."""
+    return hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups")
+
+
 class MasterWeights:
     """The fp32 master copy of every trained parameter of a module under one of DeepSpeed's 16-bit
     optimizers (the bf16/fp16 blocks at any ZeRO stage up to 2).
@@ -176,9 +188,9 @@ class MasterWeights:
         self.per_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         self.layout: list[list[tuple[nn.Parameter, int]]] = []  # per group: (parameter, offset in the flat buffer)
         self.fp32_attr = ""
-        found = next((names for names in _FLAT_LAYOUTS if all(hasattr(optimizer, a) for a in names)), None)
+        found = _flat_layout(optimizer)
         if found is None:
-            if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):  # FP16_UnfusedOptimizer
+            if _is_unfused(optimizer):
                 self.per_param = [(p, m) for ps, ms in zip(optimizer.fp16_groups, optimizer.fp32_groups)
                                   for p, m in zip(ps, ms)]
                 return
@@ -224,10 +236,10 @@ class MasterWeights:
 def fp32_master_tensors(optimizer: Any) -> list[torch.Tensor] | None:
     """The fp32 tensors a DeepSpeed 16-bit optimizer updates (this rank's partitions, flat copies,
     or one per parameter), which a checkpoint must keep; None for a plain torch optimizer."""
-    for _, _, fp32_attr in _FLAT_LAYOUTS:
-        if hasattr(optimizer, fp32_attr):
-            return list(getattr(optimizer, fp32_attr))
-    if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):
+    found = _flat_layout(optimizer)
+    if found is not None:
+        return list(getattr(optimizer, found[2]))
+    if _is_unfused(optimizer):
         return [m for group in optimizer.fp32_groups for m in group]
     return None
 

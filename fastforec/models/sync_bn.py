@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from fastforec.precision import bn_average_factor
+from fastforec.precision import batch_norm_fp32_stats, bn_average_factor
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
@@ -100,11 +99,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         factor = bn_average_factor(self)
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         if not (self.training and group is not None and dist.get_world_size(group) >= self.min_world_size):
-            w = self.weight.float() if self.weight is not None else None
-            b = self.bias.float() if self.bias is not None else None
-            use_batch_stats = self.training or self.running_mean is None
-            return F.batch_norm(x, self.running_mean, self.running_var, w, b, use_batch_stats, factor,
-                                self.eps).to(x.dtype)
+            return batch_norm_fp32_stats(self, x, factor)
         return _SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps,
                                             factor, group)
 
