@@ -139,14 +139,15 @@ def _run_options(args: argparse.Namespace):
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .convert import claim_output
+    from .convert import mark_output, refuse_foreign_output
     from .synth import DEFAULT_SIZE, default_ids, synthesize
 
-    claim_output(args.out, force=args.force)
+    refuse_foreign_output(args.out, force=args.force)
     train_ids, val_ids = default_ids(args.layout, args.num_train, args.num_val)
     root = synthesize(args.layout, args.out, train_ids=train_ids, val_ids=val_ids,
                       size=args.size or DEFAULT_SIZE[args.layout], seed=args.seed, workers=args.workers,
                       jpeg_quality=args.jpeg_quality, quiet=args.quiet, preset=args.preset)
+    mark_output(args.out)
     print(root)
     return EXIT_OK
 
@@ -186,7 +187,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
 
 def _cmd_splits(args: argparse.Namespace) -> int:
-    from .convert import claim_output
+    from .convert import mark_output, refuse_foreign_output
     from .splits import balanced_partition, random_partition, write_partition
 
     if args.balanced:
@@ -196,8 +197,9 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     else:
         partition = random_partition(root=args.root, layout=args.layout, labeled=args.labeled, seed=args.seed,
                                      blender=args.blender)
-    claim_output(args.out, force=args.force)
+    refuse_foreign_output(args.out, force=args.force)
     out = write_partition(partition, args.out)
+    mark_output(out)
     print(f"{out}: {len(partition.labeled)} labeled, {len(partition.unlabeled)} unlabeled")
     return EXIT_OK
 

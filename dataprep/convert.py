@@ -222,11 +222,10 @@ def refuse_foreign_output(out: Path, *, force: bool) -> None:
                             f"pass --force to write into it anyway")
 
 
-def claim_output(out: Path, *, force: bool) -> None:
-    """For commands that write plain files into --out (synth, splits): refuse someone else's
-    non-empty directory (as a conversion does), then mark it as dataprep's, so that a re-run of the
-    same command over its own output goes ahead."""
-    refuse_foreign_output(out, force=force)
+def mark_output(out: Path) -> None:
+    """For commands that write plain files into --out (synth, splits), once they have written
+    them: mark the directory as dataprep's, so that a re-run of the same command goes ahead.
+    Marked after the work, so that bad input (checked first) leaves no directory behind."""
     (out / MARK).mkdir(parents=True, exist_ok=True)
 
 

@@ -244,10 +244,6 @@ def _thread_cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, 
 THREAD_CLOCK = "schedstat" if Path("/proc/self/task", str(os.getpid()), "schedstat").exists() else "ticks"
 
 
-def _cpu_seconds() -> float:
-    return time.process_time() + _children_cpu_seconds()
-
-
 def _settle() -> None:
     """Wait until the DataLoader workers stop prefetching (DALI's in-process prefetch of two
     batches is covered by the first poll interval)."""
