@@ -50,13 +50,15 @@ class PolyDecay:
         return max(0.0, 1.0 - min(step, self.max_steps) / self.max_steps) ** self.power
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, max_steps: int) -> tuple[Optimizer, LambdaLR]:
-    """Call it after the model is on its device: the device decides the fused step.
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, max_steps: int,
+                    allow_fused: bool = True) -> tuple[Optimizer, LambdaLR]:
+    """Call it after the model is on its device: the device decides the fused step
+    (``allow_fused=False``: torch's default implementation, as the research repos build it).
 
     AdamW as UniMatch V2 runs it: decoupled weight decay on every parameter (biases and norms
     included), the same betas for both groups."""
     groups = param_groups(model, cfg)
-    fused = use_fused(p.device.type for g in groups for p in g["params"]) or None
+    fused = (allow_fused and use_fused(p.device.type for g in groups for p in g["params"])) or None
     if cfg.name == "adamw":
         opt: Optimizer = AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
     else:

@@ -27,7 +27,7 @@ from torch import nn
 from fastforec import losses, methods
 from fastforec.config import Config
 from fastforec.models import build_model
-from fastforec.optim import PolyDecay, param_groups
+from fastforec.optim import build_optimizer
 from fastforec.teacher import ema_alpha
 
 PRECISION = "fp32"
@@ -50,13 +50,8 @@ class PlainLoop:
             self.teacher = self.model.segmentation_copy().to(device)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
-        groups = param_groups(self.model, cfg.optim)
-        o = cfg.optim
-        self.optimizer: torch.optim.Optimizer = (
-            torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-            if o.name == "adamw" else torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
-                                                      weight_decay=o.weight_decay))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, PolyDecay(max_steps, o.poly_power))
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, max_steps=max_steps,
+                                                         allow_fused=False)
         self.step = 0
         self.ctx = methods.StepModels(student=self.model, teacher=self._teacher_forward, method=method,
                                       fg_classes=fg_classes, input_dtype=torch.float32,
