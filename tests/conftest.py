@@ -4,6 +4,10 @@ test-fast` = ``pytest -m "not slow"`` leaves them out; CI runs everything)."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests import child_process
@@ -36,3 +40,18 @@ def _time_limit(item: pytest.Item) -> float | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     child_process.mark_test_start(_time_limit(item))
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory shared by one test file's tests, removed when the file is done.
+
+    Runs, checkpoints and exported weights are hundreds of MB each; a whole suite's worth kept to
+    the end of the session filled a CI machine's disk (17-22 GB). Passed tests' own ``tmp_path``
+    goes at teardown (``tmp_path_retention_policy = "failed"`` in pyproject.toml); this is the
+    same for a module's fixtures, kept only when one of the file's tests failed."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)

@@ -87,8 +87,8 @@ FORMATS = {  # format -> (file writer, the backbone that must take it)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("peer_weights")
+def files(module_tmp: Path) -> dict[str, Path]:
+    out = module_tmp
     paths = {}
     for seed, (fmt, (make, _)) in enumerate(FORMATS.items()):
         state = make(torch.Generator().manual_seed(seed))

@@ -26,8 +26,8 @@ FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
 
 
 @pytest.fixture(scope="module")
-def trained(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("evalrun")
+def trained(shards: Path, module_tmp: Path) -> tuple[Path, Path]:
+    tmp = module_tmp
     cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}, eval={"model": "both"}))
     run_dir = tmp / "run"
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp, env=CPU_ONLY)

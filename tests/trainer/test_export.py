@@ -25,8 +25,8 @@ MAX_ABS_DIFF = 1e-4  # fp32 onnxruntime vs PyTorch
 
 
 @pytest.fixture(scope="module")
-def run_dir(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("exportrun")
+def run_dir(shards: Path, module_tmp: Path) -> Path:
+    tmp = module_tmp
     cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}))
     proc = run_train(["--config", str(cfg), "--run-dir", str(tmp / "run")], cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,9 +21,9 @@ IMPORT_LINE = "import time:"
 
 
 @pytest.fixture(scope="module")
-def teacher_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher_run(shards: Path, module_tmp: Path) -> Path:
     """A tiny FOrec run whose training scored its EMA teacher (eval.model = teacher)."""
-    tmp = tmp_path_factory.mktemp("teacher_run")
+    tmp = module_tmp
     cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 2}, eval={"model": "teacher"}))
     run_dir = tmp / "run"
     proc = run_train(["--config", str(cfg), "--run-dir", str(run_dir)], cwd=tmp)

@@ -57,11 +57,11 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def finished(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def finished(shards: Path, module_tmp: Path) -> tuple[Path, Path]:
     """A finished 4-step run with checkpoints at steps 2 and 4 (config, run directory)."""
     from fastforec.train import main
 
-    tmp = tmp_path_factory.mktemp("finished")
+    tmp = module_tmp
     cfg = write_config(tmp / "cfg.json", tiny_config(shards, train={"max_steps": 4, "checkpoint_every": 2,
                                                                     "keep_checkpoints": 3}))
     run_dir = tmp / "run"
