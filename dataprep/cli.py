@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jpeg-quality", type=int, default=SYNTH_JPEG_QUALITY, help="VOC JPEG quality")
     p.add_argument("--preset", choices=VOC_PRESETS, default="scenes",
-                   help="voc: 'scenes' (5 classes in context; demo and tests) or 'sslbench' (10 classes with shared "
-                        "textures, made to need unlabeled data; its labeled budgets: `dataprep splits --balanced`)")
+                   help="voc: 'scenes' (5 classes in context; demo and tests), 'sslbench' (10 classes with shared "
+                        "textures, made to need unlabeled data; its labeled budgets: `dataprep splits --balanced`) or "
+                        "'pretrain' (the 10 VOC classes sslbench does not use, in textures it does not use, every "
+                        "image labeled: a source to pretrain sslbench's encoder on; `fastforec pretrain`)")
     _workers_arg(p)
     p.add_argument("--quiet", action="store_true")
 

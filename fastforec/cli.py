@@ -1,4 +1,4 @@
-"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate, recipes.
+"""`fastforec` command line: train, eval, predict, export, bench, visualize, ablate, pretrain, recipes.
 
 Each command is one module with its NAME, HELP, ``add_arguments(parser)`` and ``run(args)``;
 this file only builds the parser from them and dispatches. Command modules import their heavy
@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastforec import ablate, bench, eval_cli, export, predict, recipes, train, visualize
+from fastforec import ablate, bench, eval_cli, export, predict, pretrain, recipes, train, visualize
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
 
-COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, recipes)
+COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, pretrain, recipes)
 # The smallest value of `bench`'s numeric options, checked before any benchmark starts: its
 # benchmarks read a 0 as "not given" (--crop 0 ran at the config's crop) and did not check the
 # sign (--batches -1 timed nothing and printed negative rates). (option, minimum, what it counts);
@@ -80,7 +80,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
     found = []
     if getattr(args, "json_out", None):
         found.append(("--json", Path(args.json_out).parent))
-    if args.command in ("predict", "ablate"):
+    if args.command in ("predict", "ablate", "pretrain"):
         found.append(("--out", Path(args.out)))
     elif args.command in ("visualize", "export") and getattr(args, "out", None):
         found.append(("--out", Path(args.out).parent))
