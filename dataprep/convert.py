@@ -18,6 +18,7 @@ from rich.console import Console
 
 from fastforec.atomic import atomic_write_json
 from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
+from fastforec.data.shard_writer import write_manifest
 from fastforec.formats import sig
 from fastforec.labels import IGNORE_INDEX
 
@@ -250,7 +251,7 @@ def run_conversion(plan: ConversionPlan, options: RunOptions) -> ConversionResul
         if options.skip_bad:
             atomic_write_json(out / REJECTED, [r.to_dict() for r in rejected])
         manifest = _build_manifest(plan, out, records, len(rejected))
-        atomic_write_json(out / MANIFEST, manifest.to_dict())  # last: the directory is now complete
+        write_manifest(manifest)  # last: the directory is now complete
     seconds = time.perf_counter() - t0
     # the rate over the conversion itself, as the bar showed it; the total adds planning, resume
     # checks, hashing and the manifest

@@ -1,4 +1,7 @@
-"""Shard files: rolling WebDataset tar writer, DALI index, per-shard completion records.
+"""dataprep's side of writing shards: shard caps, per-shard completion records, resume.
+
+The shard format itself (tar, DALI index, manifest) is written by fastforec/data/shard_writer.py;
+this module decides which samples go into which shard and records what each complete shard holds.
 
 Resumability rests on three facts:
 
@@ -16,22 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from fastforec.atomic import atomic_path, atomic_write_json, fsync_dir
-from fastforec.data.manifest import LABEL_EXT
+from fastforec.atomic import atomic_write_json
 from fastforec.data.shard_reader import file_sha256  # the reader checks what the writer recorded: one hash
+from fastforec.data.shard_writer import SHARD_NAME, ShardFile, index_path, shard_stem, write_index
 
 from .encode import EncodedSample
 from .errors import Rejection
 
 STATE_DIR = ".dataprep/state"
-TAR_MTIME = 0  # fixed header mtime: the same inputs give byte-identical shards (and sha256)
-_SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6})\.(?P<ext>tar|idx)$")
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,6 @@ class ShardRecord:
     sources: str  # digest of the inputs' stat signatures over that range
     options: str  # digest of the encoding options and shard caps
     rejected: list[dict[str, Any]] = field(default_factory=list)
-
-
-def shard_stem(split: str, number: int) -> str:
-    return f"{split}-{number:06d}"
 
 
 def state_path(out: Path, stem: str) -> Path:
@@ -92,78 +87,6 @@ def completed_prefix(*, out: Path, split: str, signatures: list[list[Any]], opti
     return records
 
 
-class _HashingFile:
-    """A write-only file object that hashes what passes through (no second read of the shard)."""
-
-    def __init__(self, f: BinaryIO):
-        self._f: BinaryIO | None = f
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        if self._f is None:  # discarded: the tar may still flush its trailer, into nowhere
-            return len(data)
-        self.sha256.update(data)
-        return self._f.write(data)
-
-    def detach(self) -> None:
-        self._f = None
-
-    def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-
-
-class _OpenShard:
-    """One tar being written under a temporary name."""
-
-    def __init__(self, *, out: Path, stem: str, start: int):
-        self.stem = stem
-        self.start = start
-        self.final = out / f"{stem}.tar"
-        self.tmp = out / f".{stem}.tar.tmp-{os.getpid()}"
-        # Imported here: webdataset imports torch, which `dataprep --help`, the planners and the
-        # encoding workers do not need.
-        from webdataset import TarWriter
-
-        self._file = open(self.tmp, "wb")
-        self._hashing = _HashingFile(self._file)
-        self._tar = TarWriter(self._hashing, encoder=False, mtime=TAR_MTIME)
-        self.num_samples = 0
-        self.payload_bytes = 0
-
-    def write(self, sample: EncodedSample) -> None:
-        obj = {"__key__": sample.key, sample.image_ext: sample.image}
-        if sample.label is not None:
-            obj[LABEL_EXT] = sample.label
-        self.payload_bytes += self._tar.write(obj)
-        self.num_samples += 1
-
-    def commit(self) -> str:
-        """Finish the tar, make it durable, rename it into place; returns its sha256."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.final)
-        fsync_dir(self.final.parent)
-        return self._hashing.sha256.hexdigest()
-
-    def discard(self) -> None:
-        self._hashing.detach()
-        self._tar.close()
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def write_index(tar: Path, idx: Path) -> None:
-    """DALI's own indexer (``wds2idx``), into a temporary file renamed when complete."""
-    from wds2idx import IndexCreator  # ships with the nvidia-dali wheel
-
-    with atomic_path(idx) as tmp:
-        with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
-            creator.create_index()
-
-
 class SplitShardWriter:
     """Consumes encoded samples and rejections of one split, in plan order, from ``start``."""
 
@@ -177,7 +100,7 @@ class SplitShardWriter:
         self._next_shard = first_shard
         self._range_start = start
         self._pos = start
-        self._shard: _OpenShard | None = None
+        self._shard: ShardFile | None = None  # holds the plan range from _range_start
         self._pending_rejections: list[Rejection] = []
         self.records: list[ShardRecord] = []
         self.rejections: list[Rejection] = []
@@ -189,8 +112,7 @@ class SplitShardWriter:
             self.rejections.append(item)
             return
         if self._shard is None:
-            self._shard = _OpenShard(out=self._out, stem=shard_stem(self._split, self._next_shard),
-                                     start=self._range_start)
+            self._shard = ShardFile(self._out / f"{shard_stem(self._split, self._next_shard)}.tar")
         self._shard.write(item)
         if self._shard.num_samples >= self._caps.max_samples or self._shard.payload_bytes >= self._caps.max_bytes:
             self._commit()
@@ -199,14 +121,14 @@ class SplitShardWriter:
         shard = self._shard
         assert shard is not None
         # A stale record must not vouch for the new bytes if we die between rename and record.
-        record_path = state_path(self._out, shard.stem)
+        record_path = state_path(self._out, shard.path.stem)
         record_path.unlink(missing_ok=True)
         sha = shard.commit()
-        idx = self._out / f"{shard.stem}.idx"
-        write_index(shard.final, idx)
-        record = ShardRecord(file=shard.final.name, index=idx.name, num_samples=shard.num_samples, sha256=sha,
-                             start=shard.start, end=self._pos,
-                             sources=sources_digest(self._signatures[shard.start:self._pos]),
+        idx = index_path(shard.path)
+        write_index(shard.path, idx)
+        record = ShardRecord(file=shard.path.name, index=idx.name, num_samples=shard.num_samples, sha256=sha,
+                             start=self._range_start, end=self._pos,
+                             sources=sources_digest(self._signatures[self._range_start:self._pos]),
                              options=self._options,
                              rejected=[r.to_dict() for r in self._pending_rejections])
         atomic_write_json(record_path, asdict(record))
@@ -237,7 +159,7 @@ def remove_stale_shards(*, out: Path, split: str, keep: int) -> None:
     """Delete shards (and their index and record) of ``split`` numbered ``keep`` or above:
     leftovers of an earlier run with more shards, which no manifest may name."""
     for path in out.iterdir():
-        m = _SHARD_NAME.match(path.name)
+        m = SHARD_NAME.match(path.name)
         if m and m["split"] == split and int(m["index"]) >= keep:
             path.unlink(missing_ok=True)
             state_path(out, path.name.rsplit(".", 1)[0]).unlink(missing_ok=True)

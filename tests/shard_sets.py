@@ -5,8 +5,8 @@
   its conversion; for tests of whatever reads real dataprep output.
 * :func:`shard_samples` - what a split's shards hold, read with the standard library's tarfile.
 * Images whose pixels say what an augmentation did, for the data tests, which write them with
-  :func:`fastforec.bench.datasets.write_dataset` (not dataprep, so that the data side is judged
-  independently of the converter):
+  :func:`fastforec.data.shard_writer.write_dataset` (not dataprep's conversion, so that the data
+  side is judged independently of the converter):
 
   * :func:`class_colour_sample` - flat regions whose colour encodes the class of the label;
   * :func:`coordinate_image` - red/green encode the source x/y, plus an achromatic checker

@@ -7,37 +7,25 @@
   written straight into the manifest contract format (``--synthetic textured``; also the data
   set of the shard-verification benchmark in docs/benchmarks.md).
 
-:func:`write_dataset` writes what dataprep would write (tar shards via webdataset's TarWriter,
-DALI ``wds2idx`` indexes, ``manifest.json``) from samples made in memory, for images that no
-raw dataset layout describes; the test suite builds its pixel-coded shard sets with it too.
+The textured set is made in memory, for images that no raw dataset layout describes, and written
+with :func:`fastforec.data.shard_writer.write_dataset`: the shard writer dataprep uses.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
-from wds2idx import IndexCreator
 
-from fastforec.atomic import atomic_path, atomic_write_json
-from fastforec.data.manifest import Manifest, ShardInfo, SplitInfo
-from fastforec.data.shard_reader import file_sha256
+from fastforec.data.manifest import Manifest
+from fastforec.data.shard_writer import Sample, write_dataset
 from fastforec.dataprep_cli import run_dataprep
 
 JPEG_QUALITY = 90
 SHARDS_SUBDIR = "shards"  # where synthetic_voc_shards puts the shards (raw/ and splits/ beside it)
-
-
-@dataclass(frozen=True)
-class Sample:
-    key: str
-    image: bytes
-    image_ext: str  # "jpg" or "png"
-    label: bytes | None = None
+SOURCE = {"generator": "fastforec.bench.datasets"}  # the manifest's "source" of the sets made here
 
 
 def encode(array: np.ndarray, ext: str) -> bytes:
@@ -47,42 +35,6 @@ def encode(array: np.ndarray, ext: str) -> bytes:
     else:
         Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
-    """One tar shard + its DALI index, each written under a temporary name and renamed."""
-    with atomic_path(path) as tmp:
-        with wds.TarWriter(str(tmp)) as writer:
-            for s in samples:
-                record = {"__key__": s.key, s.image_ext: s.image}
-                if s.label is not None:
-                    record["label.png"] = s.label
-                writer.write(record)
-    index = path.with_suffix(".idx")
-    with atomic_path(index) as tmp:
-        creator = IndexCreator(str(path), str(tmp), verbose=False)
-        creator.create_index()
-        creator.close()
-    return ShardInfo(file=path.name, index=index.name, num_samples=len(samples), sha256=file_sha256(path),
-                     size=path.stat().st_size)
-
-
-def write_dataset(out_dir: str | Path, *, splits: dict[str, list[Sample]], class_names: list[str],
-                  palette: list[tuple[int, int, int]], foreground: list[int], dataset: str = "synth",
-                  shard_size: int = 16) -> Manifest:
-    """``splits`` as shards of ``shard_size`` samples under ``out_dir``, the manifest last."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    infos = {}
-    for split, samples in splits.items():
-        shards = [write_shard(out / f"{split}-{i // shard_size:06d}.tar", samples[i: i + shard_size])
-                  for i in range(0, len(samples), shard_size)]
-        infos[split] = SplitInfo(tuple(shards))
-    manifest = Manifest(root=out, dataset=dataset, num_classes=len(class_names), class_names=tuple(class_names),
-                        palette=tuple(palette), ignore_index=255, foreground_classes=tuple(foreground),
-                        splits=infos, source={"generator": "fastforec.bench.datasets"})
-    atomic_write_json(out / "manifest.json", manifest.to_dict())
-    return Manifest.load(out)
 
 
 def textured_jpeg(rng: np.random.Generator, *, height: int, width: int) -> tuple[bytes, bytes]:
@@ -114,8 +66,8 @@ def make_bench_dataset(out_dir: str | Path, *, num_samples: int, height: int = 3
     names = ["background"] + [f"class{i}" for i in range(1, 21)]
     palette = [(i * 12 % 256, i * 37 % 256, i * 91 % 256) for i in range(21)]
     return write_dataset(out_dir, splits={"labeled": samples, "unlabeled": unlabeled, "val": samples},
-                         class_names=names, palette=palette, foreground=list(range(1, 21)), dataset="voc",
-                         shard_size=256)
+                         class_names=names, palette=palette, foreground=list(range(1, 21)), source=SOURCE,
+                         dataset="voc", shard_size=256)
 
 
 def synthetic_voc_shards(out_dir: Path, *, num_train: int, num_labeled: int, num_val: int,

@@ -1,7 +1,9 @@
 """Shard fixtures for the data tests, written in the manifest contract format.
 
-Built with fastforec.bench.datasets (webdataset TarWriter + DALI's wds2idx + Manifest), so the
-tests do not depend on dataprep. Each fixture is session-scoped and small.
+Written with fastforec.data.shard_writer.write_dataset (the shard writer dataprep drives) from
+images encoded in memory, so the tests do not depend on dataprep; their manifests' ``source`` is
+the benchmarks' (fastforec.bench.datasets), whose image encoder they use. Each fixture is
+session-scoped and small.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforec.bench.datasets import Sample, encode, write_dataset
+from fastforec.bench.datasets import SOURCE, encode
 from fastforec.data.manifest import Manifest
+from fastforec.data.shard_writer import Sample, write_dataset
 from tests import shard_sets as T
 
 COORD_SIZE = (60, 80)  # (height, width) of every coordinate image
@@ -40,7 +43,7 @@ def class_colour_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     return write_dataset(tmp_path_factory.mktemp("class_colour"),
                          splits={"labeled": samples, "unlabeled": unlabeled, "val": samples[:5]},
                          class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3, 4, 5, 6],
-                         shard_size=3)
+                         source=SOURCE, shard_size=3)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +58,7 @@ def coordinate_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     return write_dataset(tmp_path_factory.mktemp("coordinate"),
                          splits={"labeled": labeled, "unlabeled": unlabeled, "val": labeled[:2]},
                          class_names=CLASS_NAMES[:2], palette=T.CLASS_PALETTE[:2], foreground=[1],
-                         shard_size=8)
+                         source=SOURCE, shard_size=8)
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +77,7 @@ def identity_data(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
                                  "unlabeled": [sample(i, "jpg" if i % 2 else "png", False) for i in range(26)],
                                  "val": [sample(i, "png", True) for i in range(150, 157)]},
                          class_names=CLASS_NAMES, palette=T.CLASS_PALETTE, foreground=[1, 2, 3],
-                         shard_size=4)
+                         source=SOURCE, shard_size=4)
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -12,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from webdataset import TarWriter
 
-from dataprep.shard_writer import write_index
+from fastforec.data.shard_writer import Sample, write_shard
 from tests.dataprep.conftest import VOC_LABELED, VOC_TRAIN, VOC_VAL, CliRunner
 
 
@@ -67,13 +65,11 @@ def test_bad_label_value_names_the_sample(shards: Path, cli: CliRunner) -> None:
     label[3, 4] = 42
     buf = io.BytesIO()
     Image.fromarray(label).save(buf, format="PNG")
-    with open(shards / f"{name}.tar", "wb") as f:
-        with TarWriter(f, encoder=False) as writer:
-            writer.write({"__key__": "evil_1", "jpg": jpg, "label.png": buf.getvalue()})
-    write_index(shards / f"{name}.tar", shards / f"{name}.idx")
+    written = write_shard(shards / f"{name}.tar", [Sample(key="evil_1", image=jpg, image_ext="jpg",
+                                                         label=buf.getvalue())])
     manifest = json.loads((shards / "manifest.json").read_text())
     entry = manifest["splits"]["val"]["shards"][0]
-    entry["sha256"] = hashlib.sha256((shards / f"{name}.tar").read_bytes()).hexdigest()
+    entry["sha256"] = written.sha256
     entry["num_samples"] = 1
     (shards / "manifest.json").write_text(json.dumps(manifest))
     result = cli("verify", shards, "--workers", 1)
