@@ -37,7 +37,7 @@ from fastforec.checkpoint_files import (
     save_checkpoint,
     without_hint,
 )
-from fastforec.config import LEGACY_DECODER, Config, config_from_dict
+from fastforec.config import LEGACY_DECODER, Config, config_from_dict, upgrade_legacy_keys
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
 from fastforec.train_state import Stateful
 
@@ -52,7 +52,7 @@ READABLE_FORMATS = ("fastforec-checkpoint-v1", CHECKPOINT_FORMAT)
 # optimizer and scheduler state restore from the checkpoint (a new value would be silently ignored).
 RESUME_MUST_MATCH = ("model.backbone", "model.backbone_width", "model.output_stride", "model.decoder",
                      "model.decoder_channels",
-                     "method.name", "method.base", "method.aux",
+                     "method.base", "method.aux",
                      "data.batch_size", "data.crop_size", "train.seed", "deepspeed.gradient_accumulation_steps",
                      "optim.lr", "optim.head_lr_mult", "optim.momentum", "optim.weight_decay", "optim.poly_power",
                      "train.epochs", "train.max_steps")
@@ -192,7 +192,9 @@ def pick_checkpoint(resume: str, *, directory: Path, dist: DistInfo, config: Con
 
 def saved_config(raw: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config with the meaning it had when saved: a config from before
-    ``model.decoder`` existed was trained with the legacy decoder, not today's default."""
+    ``model.decoder`` existed was trained with the legacy decoder, not today's default; one from
+    before base x aux names its method with ``method.name``."""
+    raw = upgrade_legacy_keys(raw)
     model = raw.get("model")
     if isinstance(model, dict) and "decoder" not in model:
         return {**raw, "model": {**model, "decoder": LEGACY_DECODER}}

@@ -32,14 +32,13 @@ from fastforec.json_keys import DuplicateKey, loads_unique
 BackboneName = Literal["resnet18", "resnet50", "resnet50s", "resnet101", "resnet101c", "resnet101s",
                        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
                        "dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16"]
-MethodName = Literal["supervised", "mean_teacher", "rec", "forec", "fgbg"]
-# where the unlabeled signal comes from
+# A method is base x auxiliary task (method.base, method.aux). The base says where the unlabeled
+# signal comes from; what each base needs (teacher, views, loss weights) is methods.BASES.
 BaseName = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "unimatch_v2"]
 AuxName = Literal["none", "rec", "forec", "fgbg"]  # the auxiliary decoder's task
 # whose DeepLabV3+ decoder (models/deeplab.py), or UniMatch V2's DPT head for the DINO ViTs (models/dpt.py)
 DecoderName = Literal["unimatch", "u2pl", "torchvision", "dpt"]
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
-METHODS: tuple[str, ...] = typing.get_args(MethodName)
 BASES: tuple[str, ...] = typing.get_args(BaseName)
 AUX_TASKS: tuple[str, ...] = typing.get_args(AuxName)
 DECODERS: tuple[str, ...] = typing.get_args(DecoderName)
@@ -71,9 +70,13 @@ def _vit_names() -> str:
 
 # Checkpoints written before model.decoder existed were trained with this decoder.
 LEGACY_DECODER = "torchvision"
-# What each method.name means as base x auxiliary task: its meaning from before bases existed.
-NAME_PARTS = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
-              "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"), "fgbg": ("mean_teacher", "fgbg")}
+# Before base x aux, a method was one name (method.name). Configs and checkpoints that carry it
+# keep loading (upgrade_legacy_keys): the name stands for this pair, a base/aux beside it wins.
+LEGACY_METHOD_NAMES = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
+                       "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"),
+                       "fgbg": ("mean_teacher", "fgbg")}
+METHODS: tuple[str, ...] = tuple(LEGACY_METHOD_NAMES)  # TEMP: ablate, until it moves to base x aux
+NAME_PARTS = LEGACY_METHOD_NAMES  # TEMP: ablate
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
@@ -204,7 +207,8 @@ class MethodConfig:
     """The semi-supervised recipe. ``rec_conf_thresh`` defaults to ``conf_thresh``;
     ``fg_classes`` defaults to the dataset manifest's ``foreground_classes``."""
 
-    name: MethodName = "forec"
+    base: BaseName = "mean_teacher"
+    aux: AuxName = "forec"
     conf_thresh: float = 0.95
     rec_conf_thresh: float | None = None
     lambda_u: float = 1.0
@@ -218,10 +222,6 @@ class MethodConfig:
     # pseudo-labeller than the student it lags behind. None: on whenever warmup_epochs > 0.
     warmup_reset_teacher: bool | None = None
     kernels: Literal["auto", "triton", "torch"] = "auto"
-    # Method = base x auxiliary task. ``name`` stands for a pair (NAME_PARTS); ``base`` and ``aux``,
-    # when set, replace its half: name=forec + base=unimatch is UniMatch with FOrec.
-    base: BaseName | None = None
-    aux: AuxName | None = None
     fp_dropout: float = 0.5  # UniMatch's feature perturbation: channel dropout on the weak view's c1 and c4
     # UniMatch V2's complementary channel dropout on the two strong views: the share of image
     # pairs left undropped (its dropout_prob 0.5); the others get complementary masks
@@ -231,9 +231,6 @@ class MethodConfig:
         _check_prob(self.conf_thresh, f"{prefix}.conf_thresh")
         _check(0.0 <= self.fp_dropout < 1.0, f"{prefix}.fp_dropout", f"must be in [0, 1), got {self.fp_dropout}")
         _check_prob(self.comp_drop_keep, f"{prefix}.comp_drop_keep")
-        _check(not (self.warmup_reset_teacher and not self.has_teacher), f"{prefix}.warmup_reset_teacher",
-               f"is true, but base '{self.base_name}' trains no EMA teacher to reset; remove it or use "
-               f"base mean_teacher")
         if self.rec_conf_thresh is not None:
             _check_prob(self.rec_conf_thresh, f"{prefix}.rec_conf_thresh")
         _check(0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
@@ -244,40 +241,19 @@ class MethodConfig:
             _check(all(c >= 0 for c in self.fg_classes), f"{prefix}.fg_classes", "class ids must be >= 0")
 
     @property
-    def base_name(self) -> str:
-        """The base method: ``base`` when set, else the one ``name`` stands for."""
-        return self.base or NAME_PARTS[self.name][0]
-
-    @property
-    def aux_name(self) -> str:
-        """The auxiliary task ("none" for none): ``aux`` when set, else the one ``name`` stands for."""
-        return self.aux or NAME_PARTS[self.name][1]
-
-    @property
     def label(self) -> str:
-        """A display name: ``name`` when base/aux say what it says, else ``base+aux`` (``base``)."""
-        if NAME_PARTS[self.name] == (self.base_name, self.aux_name):
-            return self.name
-        return self.base_name if self.aux_name == "none" else f"{self.base_name}+{self.aux_name}"
-
-    @property
-    def uses_unlabeled(self) -> bool:
-        return self.base_name != "supervised"
-
-    @property
-    def has_teacher(self) -> bool:
-        """The mean teacher and UniMatch V2 keep an EMA model; FixMatch/UniMatch label with the student itself."""
-        return self.base_name in ("mean_teacher", "unimatch_v2")
-
-    @property
-    def strong_views(self) -> int:
-        """Strong views of each unlabeled image the data pipeline makes (UniMatch's dual streams: 2)."""
-        return 2 if self.base_name in ("unimatch", "unimatch_v2") else 1
+        """The method's one name: ``base+aux`` (``base`` alone without an auxiliary task), the form
+        `fastforec ablate --methods` takes."""
+        return self.base if self.aux == "none" else f"{self.base}+{self.aux}"
 
     @property
     def reconstruction(self) -> str | None:
         """The auxiliary head the method needs: "rgb", "fgbg" or None."""
-        return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.aux_name)
+        return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.aux)
+
+    @property
+    def strong_views(self) -> int:  # TEMP: bench/gpu_check.py until it reads methods.BASES
+        return 2 if self.base in ("unimatch", "unimatch_v2") else 1
 
     @property
     def resets_teacher(self) -> bool:
@@ -425,8 +401,6 @@ class Config:
         self.optim.validate("optim")
         self.train.validate("train")
         self.eval.validate("eval")
-        _check(self.eval.model != "teacher" or self.method.has_teacher, "eval.model",
-               f"method '{self.method.label}' trains no teacher; use 'student' (or 'both')")
         family = self.model.vit_family
         if family is not None:
             patch = family.patch
@@ -438,33 +412,17 @@ class Config:
             _check(multiple is None or multiple % patch == 0, "eval.size_multiple",
                    f"is {multiple}, but {self.model.backbone} cuts images into {patch}x{patch} patches: use "
                    f"{patch} (or null)")
-        # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
-        # sample per rank that partner is the image itself and CutMix silently does nothing.
-        _check(not (self.method.uses_unlabeled and self.data.aug.cutmix_prob > 0 and self.data.batch_size < 2),
-               "data.batch_size",
-               f"is {self.data.batch_size}, but CutMix (data.aug.cutmix_prob={self.data.aug.cutmix_prob}) mixes "
-               "each unlabeled image with another sample of the same rank's batch, so it needs at least 2 per "
-               "rank; raise data.batch_size (lower deepspeed.gradient_accumulation_steps or use fewer ranks to "
-               "keep the global batch), or set data.aug.cutmix_prob=0 to train without CutMix")
-
-    @property
-    def eval_models(self) -> tuple[str, ...]:
-        """The models training evaluates, the scored (headline) one first."""
-        if self.eval.model == "teacher":
-            return ("teacher",)
-        if self.eval.model == "both" and self.method.has_teacher:
-            return ("student", "teacher")
-        return ("student",)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def check_paths(self) -> None:
-        """Fail early when files the run needs are missing (called before any process group)."""
+        """Fail early when the dataset the run needs is missing (called before any process group).
+        The pretrained encoder file is the model side's: models.build.check_pretrained."""
         manifest = Path(self.data.root) / "manifest.json"
         _check(manifest.is_file(), "data.root",
                f"no manifest.json in '{self.data.root}'; run `dataprep` to create the shards or fix the path")
-        # lazy (both): loading a config, and so `--help` and config errors, must not import torch
+        # lazy: loading a config, and so `--help` and config errors, must not import torch
         if self.method.fg_classes is not None:
             from fastforec.data.manifest import Manifest
 
@@ -473,17 +431,6 @@ class Config:
             _check(not wrong, "method.fg_classes", f"class ids {wrong} do not exist: the dataset in "
                                                    f"'{self.data.root}' has {num_classes} classes "
                                                    f"(0..{num_classes - 1})")
-        if self.model.pretrained is not None:
-            from fastforec.models.backbones import PretrainedError, resolve_pretrained
-            from fastforec.models.vit import VIT_SPECS
-
-            arch = VIT_SPECS[self.model.backbone].timm_name if self.model.is_vit else self.model.backbone
-            try:  # "timm[:name]" resolves to timm's cached file, without any download
-                weights = resolve_pretrained(self.model.pretrained, arch)
-            except PretrainedError as e:
-                raise ConfigError(str(e)) from None
-            _check(weights.is_file(), "model.pretrained",
-                   f"file '{self.model.pretrained}' does not exist; fix the path or set it to null")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,8 +535,28 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _legacy_method(name: Any) -> tuple[str, str]:
+    _check(name in LEGACY_METHOD_NAMES, "method.name",
+           f"{name!r} is not one of the old method names ({', '.join(LEGACY_METHOD_NAMES)}); a method is "
+           f"method.base ({', '.join(BASES)}) x method.aux ({', '.join(AUX_TASKS)}): set those two instead")
+    return LEGACY_METHOD_NAMES[name]
+
+
+def upgrade_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with a legacy ``method.name`` turned into ``method.base``/``method.aux``: each half
+    the name stands for, unless the same object sets that half itself (as it did before)."""
+    method = data.get("method")
+    if not isinstance(method, dict) or "name" not in method:
+        return data
+    method = dict(method)
+    base, aux = _legacy_method(method.pop("name"))
+    method["base"] = method.get("base") or base  # null: the name's half, as before
+    method["aux"] = method.get("aux") or aux
+    return {**data, "method": method}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    cfg = _from_dict(Config, data, "")
+    cfg = _from_dict(Config, upgrade_legacy_keys(data), "")
     cfg.validate()
     return cfg
 
@@ -657,6 +624,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
         key, text = item.split("=", 1)
+        if key.strip() == "method.name":  # legacy: the pair the name stands for, both halves
+            base, aux = _legacy_method(text)
+            data = apply_overrides(data, [f"method.base={base}", f"method.aux={aux}"])
+            continue
         parts = key.strip().split(".")
         cls: Any = Config
         node = data

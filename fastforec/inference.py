@@ -15,6 +15,7 @@ from fastforec.checkpoint_spec import split_spec
 from fastforec.config import Config
 from fastforec.data.manifest import Manifest
 from fastforec.export_format import read_export, refuse_onnx
+from fastforec.methods import eval_models
 from fastforec.models import Segmentor, build_model
 from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
 
@@ -56,7 +57,7 @@ def load_trained_model(path: str | Path, *, weights: Weights | None = "student",
 
 def scored_weights(cfg: Config) -> Weights:
     """The weights a run's own evaluation scored and reported: ``eval.model`` (its headline one)."""
-    return cfg.eval_models[0]  # type: ignore[return-value]
+    return eval_models(cfg)[0]  # type: ignore[return-value]
 
 
 def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.device | str,

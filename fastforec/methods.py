@@ -55,7 +55,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from fastforec import losses
-from fastforec.config import MethodConfig
+from fastforec.config import Config, ConfigError, MethodConfig
 
 # Fraction of the total each term gets, as the UniMatch code weighs them (see the module docstring);
 # lambda_u scales the unlabeled ones (1 = the paper).
@@ -103,9 +103,9 @@ class StepModels:
         return x.to(self.input_dtype, memory_format=self.memory_format)
 
 
-def cutmix_partner(n: int, device: torch.device, *, base: str = "mean_teacher") -> torch.Tensor:
-    """Whose content sample i's CutMix box takes: UniMatch V2's reversed batch, else sample i - 1."""
-    if base == "unimatch_v2":
+def cutmix_partner(n: int, device: torch.device, *, reverse: bool = False) -> torch.Tensor:
+    """Whose content sample i's CutMix box takes: the reversed batch (UniMatch V2), else sample i - 1."""
+    if reverse:
         return torch.arange(n - 1, -1, -1, device=device)
     return torch.roll(torch.arange(n, device=device), CUTMIX_SHIFT)
 
@@ -119,11 +119,7 @@ def compute_losses(ctx: StepModels, labeled: dict[str, torch.Tensor],
     if unlabeled is None:
         return _supervised(ctx, x_l, y_l)
     u = {k: v.to(ctx.device, non_blocking=True) for k, v in unlabeled.items()}
-    if ctx.method.base_name == "mean_teacher":
-        return _mean_teacher(ctx, x_l, y_l, u)
-    if ctx.method.base_name == "unimatch_v2":
-        return _unimatch_v2(ctx, x_l, y_l, u)
-    return _self_training(ctx, x_l, y_l, u)
+    return BASES[ctx.method.base].loss(ctx, x_l, y_l, u)
 
 
 def aux_loss(ctx: StepModels, pred: dict[str, torch.Tensor], image: torch.Tensor, fg: torch.Tensor,
@@ -146,7 +142,7 @@ def _supervised(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[s
     pred = ctx.student(ctx.model_input(x_l))
     out = {"loss_s": ctx.labeled_loss(pred["seg"], y_l)}
     if m.reconstruction is not None:
-        fg, mask = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+        fg, mask = losses.rec_targets_labeled(y_l, method=m.aux, fg_classes=ctx.fg_classes)
         out["loss_rec"] = m.rec_weight_labeled * aux_loss(ctx, pred, x_l, fg, mask)
     out["loss"] = sum(out.values())
     return out
@@ -182,7 +178,7 @@ def _unimatch_v2(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
         t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
     weak = View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels), u["valid"])
     b, n = x_l.shape[0], weak.image.shape[0]
-    perm = cutmix_partner(n, ctx.device, base="unimatch_v2")
+    perm = cutmix_partner(n, ctx.device, reverse=True)
     mixed = [mixed_view(weak, u[image], u[box], perm) for image, box in STRONG_VIEWS]
 
     aux = m.reconstruction is not None
@@ -191,7 +187,7 @@ def _unimatch_v2(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
     out = {"loss_s": ctx.labeled_loss(pred_l["seg"][:b], y_l)}
     for name, view, seg in zip(("loss_u_s1", "loss_u_s2"), mixed, pred_s["seg"].split(n)):
         out[name] = _unlabeled_ce(ctx, seg, view)
-    total = sum(w * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k, w in UNIMATCH_V2_WEIGHTS.items())
+    total = sum(w * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k, w in BASES[m.base].weights.items())
     if aux:
         lab, weak_aux = _aux_parts(pred_l, [b, n])
         views = [(weak_aux, weak), *zip(_aux_parts(pred_s, [n, n]), mixed)]
@@ -214,10 +210,10 @@ def _rec_loss(ctx: StepModels, labeled: dict[str, torch.Tensor], x_l: torch.Tens
     inputs, each given as (its aux outputs, its view). The mean of one input is that input's loss
     exactly (the mean teacher's case)."""
     m = ctx.method
-    fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux_name, fg_classes=ctx.fg_classes)
+    fg_l, mask_l = losses.rec_targets_labeled(y_l, method=m.aux, fg_classes=ctx.fg_classes)
     rec_u = []
     for part, view in unlabeled:
-        fg_u, mask_u = losses.rec_targets_unlabeled(view.fg, view.conf, view.valid, method=m.aux_name,
+        fg_u, mask_u = losses.rec_targets_unlabeled(view.fg, view.conf, view.valid, method=m.aux,
                                                     rec_thresh=m.rec_thresh)
         rec_u.append(aux_loss(ctx, part, view.image, fg_u, mask_u))
     return m.rec_weight_labeled * aux_loss(ctx, labeled, x_l, fg_l, mask_l) + m.rec_weight_unlabeled * torch.stack(
@@ -228,8 +224,8 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
                    u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """FixMatch (one strong view) and UniMatch (two, plus the feature-perturbation stream)."""
     m = ctx.method
-    unimatch = m.base_name == "unimatch"
-    views = STRONG_VIEWS[: m.strong_views]
+    unimatch = m.base == "unimatch"
+    views = STRONG_VIEWS[: BASES[m.base].strong_views]
     b, n = x_l.shape[0], u["weak"].shape[0]
     # Labeled and weak images in one forward pass (one BatchNorm batch, as UniMatch does); the
     # perturbed stream comes out of the same pass.
@@ -248,7 +244,7 @@ def _self_training(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
         out[name] = _unlabeled_ce(ctx, seg, view)
     if unimatch:
         out["loss_u_fp"] = _unlabeled_ce(ctx, pred_lw["seg_fp"], weak)
-    weights = UNIMATCH_WEIGHTS if unimatch else FIXMATCH_WEIGHTS
+    weights = BASES[m.base].weights
     total = sum(weights[k] * (1.0 if k == "loss_s" else m.lambda_u) * out[k] for k in weights)
     if m.reconstruction is not None:
         lab, weak_aux = _aux_parts(pred_lw, [b, n])
@@ -264,3 +260,65 @@ def _pl_stats(conf: torch.Tensor, valid: torch.Tensor, thresh: float, *, conf_ke
     """Share of valid pixels with a confident pseudo-label, and their mean confidence."""
     n_valid = valid.sum().clamp_min(1)
     return {"pl_coverage": ((conf > thresh) & valid).sum() / n_valid, conf_key: (conf * valid).sum() / n_valid}
+
+
+UnlabeledLoss = Callable[[StepModels, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Base:
+    """What a base method needs from the data and the trainer, and its loss on a step with unlabeled
+    images (every base's supervised-only step, and the warm-up's, is ``_supervised``)."""
+
+    loss: UnlabeledLoss | None  # None: the base reads no unlabeled images
+    teacher: bool  # keeps an EMA teacher (the pseudo-labeller); else the student labels its own weak view
+    strong_views: int = 1  # strong views per unlabeled image the data pipeline makes
+    weights: dict[str, float] | None = None  # fraction of the total per term (the peer's code); None: their sum
+
+    @property
+    def unlabeled(self) -> bool:
+        return self.loss is not None
+
+
+# The bases (config.BaseName spells the same names; tests/test_config_base_aux.py keeps them equal).
+# Adding a base: one entry here and its loss function above.
+BASES: dict[str, Base] = {
+    "supervised": Base(loss=None, teacher=False),
+    "mean_teacher": Base(loss=_mean_teacher, teacher=True),
+    "fixmatch": Base(loss=_self_training, teacher=False, weights=FIXMATCH_WEIGHTS),
+    "unimatch": Base(loss=_self_training, teacher=False, strong_views=2, weights=UNIMATCH_WEIGHTS),
+    "unimatch_v2": Base(loss=_unimatch_v2, teacher=True, strong_views=2, weights=UNIMATCH_V2_WEIGHTS),
+}
+
+
+def base_of(method: MethodConfig) -> Base:
+    return BASES[method.base]
+
+
+def eval_models(cfg: Config) -> tuple[str, ...]:
+    """The models training evaluates, the scored (headline) one first."""
+    if cfg.eval.model == "teacher":
+        return ("teacher",)
+    if cfg.eval.model == "both" and base_of(cfg.method).teacher:
+        return ("student", "teacher")
+    return ("student",)
+
+
+def check_config(cfg: Config) -> None:
+    """The settings that depend on what the base needs (config.py checks each value on its own;
+    it knows the bases' names, not their needs). Raises ConfigError naming the key."""
+    m, base = cfg.method, base_of(cfg.method)
+    if cfg.eval.model == "teacher" and not base.teacher:
+        raise ConfigError(f"eval.model: method '{m.label}' trains no teacher; use 'student' (or 'both')")
+    if m.warmup_reset_teacher and not base.teacher:
+        raise ConfigError(f"method.warmup_reset_teacher: is true, but base '{m.base}' trains no EMA teacher to "
+                          f"reset; remove it or use base mean_teacher")
+    # CutMix pastes a box from another sample of the same rank's unlabeled batch: with one
+    # sample per rank that partner is the image itself and CutMix silently does nothing.
+    cutmix = cfg.data.aug.cutmix_prob
+    if base.unlabeled and cutmix > 0 and cfg.data.batch_size < 2:
+        raise ConfigError(
+            f"data.batch_size: is {cfg.data.batch_size}, but CutMix (data.aug.cutmix_prob={cutmix}) mixes each "
+            "unlabeled image with another sample of the same rank's batch, so it needs at least 2 per rank; raise "
+            "data.batch_size (lower deepspeed.gradient_accumulation_steps or use fewer ranks to keep the global "
+            "batch), or set data.aug.cutmix_prob=0 to train without CutMix")

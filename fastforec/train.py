@@ -53,7 +53,11 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
 
     from fastforec.checkpoint_files import list_checkpoints
     from fastforec.ds_config import deepspeed_config
+    from fastforec.methods import check_config
+    from fastforec.models.build import check_pretrained
 
+    check_config(cfg)  # what the method's base needs (a teacher to score, two samples to CutMix)
+    check_pretrained(cfg.model)
     # precision, ZeRO stage, batch keys, and every key against what DeepSpeed reads
     deepspeed_config(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.train.name

@@ -69,6 +69,7 @@ class Trainer:
         self.dist = dist
         self.device = dist.device
         method = cfg.method
+        base = methods.base_of(method)
         if data is None:
             self.manifest = Manifest.load(cfg.data.root)
             self._verify_shards()
@@ -85,8 +86,8 @@ class Trainer:
 
             data_device = resolve_device(cfg.data.device)
             self.train_data = TrainData(self.manifest, cfg.data, rank=dist.rank, world_size=dist.world_size,
-                                        seed=cfg.train.seed, with_unlabeled=method.uses_unlabeled, device=data_device,
-                                        strong_views=method.strong_views)
+                                        seed=cfg.train.seed, with_unlabeled=base.unlabeled, device=data_device,
+                                        strong_views=base.strong_views)
             self.val_data = ValData(self.manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank,
                                     world_size=dist.world_size, device=data_device)
         else:
@@ -95,7 +96,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         student = build_model(cfg.model, num_classes=self.num_classes, reconstruction=method.reconstruction,
                               with_pretrained=True, show_pretrained=dist.is_main)
-        self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if method.has_teacher else None
+        self.teacher = EmaTeacher(student, ema_decay=method.ema_decay).to(self.device) if base.teacher else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         configure_determinism(deterministic=cfg.train.deterministic, cudnn_benchmark=cfg.train.cudnn_benchmark)
         # The teacher's weights keep the student's (default) layout too: the EMA's fused lerp over
@@ -125,7 +126,7 @@ class Trainer:
                          else cfg.train.epochs * self.steps_per_epoch)
         self.total_steps = max(1, total_batches // self.accum)
         self.total_batches = self.total_steps * self.accum
-        self.warmup_batches = method.warmup_epochs * self.steps_per_epoch if method.uses_unlabeled else 0
+        self.warmup_batches = method.warmup_epochs * self.steps_per_epoch if base.unlabeled else 0
         optimizer, scheduler = build_optimizer(student, cfg.optim, max_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
@@ -180,7 +181,7 @@ class Trainer:
         """All loss terms (fp32 scalars) and the pseudo-label statistics for one micro-batch
         (fastforec.methods: per base method); supervised only during the warm-up."""
         m = self.cfg.method
-        use_u = unlabeled is not None and m.uses_unlabeled and epoch >= m.warmup_epochs
+        use_u = unlabeled is not None and methods.base_of(m).unlabeled and epoch >= m.warmup_epochs
         return methods.compute_losses(self.step_models, labeled, unlabeled if use_u else None)
 
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
@@ -386,7 +387,8 @@ class Trainer:
         if sec is None:
             return None
         return Estimate(sec_per_step=sec, steps_left=self.total_steps - self.state.step,
-                        evals_left=self._evals_left() * len(self.cfg.eval_models), sec_per_eval=self.sec_per_eval)
+                        evals_left=self._evals_left() * len(methods.eval_models(self.cfg)),
+                        sec_per_eval=self.sec_per_eval)
 
     def _next_eval_seconds(self, estimate: Estimate | None) -> float | None:
         if estimate is None:
@@ -410,7 +412,7 @@ class Trainer:
         unprefixed and, when both are scored, each model's under ``<name>_``."""
         crop = self.cfg.data.crop_size
         mode = resolve_eval_mode(self.cfg.eval.mode, self.manifest.dataset)
-        names = self.cfg.eval_models
+        names = methods.eval_models(self.cfg)
         results = {}
         images = len(self.val_data) * self.cfg.eval.batch_size * self.dist.world_size
         for name in names:
@@ -447,7 +449,7 @@ class Trainer:
             models[name] = {"miou_last": last["miou"], "miou_best": score.best_miou, "best_epoch": score.best_epoch,
                             "per_class_iou": {n: nan_to_none(v) for n, v in zip(self.manifest.class_names,
                                                                                 last["iou"])}}
-        scored = self.cfg.eval_models[0]
+        scored = methods.eval_models(self.cfg)[0]
         results = {**models[scored], "scored": scored, "models": models,
                    "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
                    "class_names": list(self.manifest.class_names), "method": self.cfg.method.label,
@@ -492,7 +494,7 @@ class Trainer:
     def _verify_shards(self) -> None:
         """Shards against the manifest (data.verify_shards), once per node (ranks of a node share
         its files), before any other work; every rank stops if one node finds damage."""
-        splits = ["labeled", "val"] + (["unlabeled"] if self.cfg.method.uses_unlabeled else [])
+        splits = ["labeled", "val"] + (["unlabeled"] if methods.base_of(self.cfg.method).unlabeled else [])
         problem = None
         if self.dist.local_rank == 0:
             try:

@@ -30,7 +30,8 @@ def _state(step: int) -> dict:
         "model": collections.OrderedDict(w=torch.randn(4, 3, generator=gen), n=torch.tensor(step)),
         "optimizer": {"state": {0: {"momentum_buffer": torch.randn(4, 3, generator=gen)}},
                       "param_groups": [{"lr": 0.01, "params": [0]}]},
-        "config": {"method": {"name": "forec", "fg_classes": [1, 2]}, "train": {"max_steps": None}},
+        "config": {"method": {"base": "mean_teacher", "aux": "forec", "fg_classes": [1, 2]},
+                   "train": {"max_steps": None}},
         "rng": {"torch": torch.get_rng_state()},
     }
 

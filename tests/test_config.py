@@ -27,6 +27,8 @@ from fastforec.config import (
     read_config_file,
     resolve_config_path,
 )
+from fastforec.methods import check_config
+from fastforec.models.build import check_pretrained
 
 
 def _write(tmp_path: Path, data: Any, name: str = "run.json") -> Path:
@@ -50,7 +52,7 @@ def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
     path = _write(tmp_path, {
         "data": {"root": "data/x", "crop_size": 321, "aug": {"cutmix_prob": 0.25}},
         "model": {"backbone": "resnet18", "output_stride": 8},
-        "method": {"name": "rec", "conf_thresh": 0.9, "fg_classes": [1, 2]},
+        "method": {"base": "mean_teacher", "aux": "rec", "conf_thresh": 0.9, "fg_classes": [1, 2]},
         "optim": {"lr": 1},  # an integer where a float is expected is a number
         "train": {"epochs": 3, "max_steps": None},
         "deepspeed": {"zero_optimization": {"stage": 1}},
@@ -64,7 +66,7 @@ def test_sections_load_into_their_dataclasses(tmp_path: Path) -> None:
     assert cfg.data.aug.cutmix_prob == 0.25
     assert cfg.data.aug.jitter_prob == AugConfig().jitter_prob  # untouched keys keep defaults
     assert cfg.model.backbone == "resnet18" and cfg.model.output_stride == 8
-    assert cfg.method.name == "rec" and cfg.method.fg_classes == [1, 2]
+    assert (cfg.method.base, cfg.method.aux) == ("mean_teacher", "rec") and cfg.method.fg_classes == [1, 2]
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3 and cfg.train.max_steps is None
     assert cfg.deepspeed == {"zero_optimization": {"stage": 1}}
@@ -81,7 +83,7 @@ def test_empty_file_gives_the_design_defaults(tmp_path: Path) -> None:
 
 
 def test_to_dict_is_json_and_reloads_to_the_same_config(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, {"method": {"name": "fgbg", "fg_classes": [3]},
+    cfg = load_config(_write(tmp_path, {"method": {"base": "mean_teacher", "aux": "fgbg", "fg_classes": [3]},
                                         "train": {"max_steps": 7}}))
     resolved = cfg.to_dict()
     text = json.dumps(resolved)  # the resolved config is saved as JSON in the run directory
@@ -92,13 +94,11 @@ def test_to_dict_is_json_and_reloads_to_the_same_config(tmp_path: Path) -> None:
 
 
 def test_method_derived_properties() -> None:
-    assert MethodConfig(name="rec").reconstruction == "rgb"
-    assert MethodConfig(name="forec").reconstruction == "rgb"
-    assert MethodConfig(name="fgbg").reconstruction == "fgbg"
-    assert MethodConfig(name="mean_teacher").reconstruction is None
-    assert MethodConfig(name="supervised").reconstruction is None
-    assert not MethodConfig(name="supervised").uses_unlabeled
-    assert MethodConfig(name="mean_teacher").uses_unlabeled
+    assert MethodConfig(aux="rec").reconstruction == "rgb"
+    assert MethodConfig(aux="forec").reconstruction == "rgb"
+    assert MethodConfig(aux="fgbg").reconstruction == "fgbg"
+    assert MethodConfig(aux="none").reconstruction is None
+    assert MethodConfig(base="supervised", aux="none").reconstruction is None
     assert MethodConfig(conf_thresh=0.8).rec_thresh == 0.8  # tau_rec defaults to tau
     assert MethodConfig(conf_thresh=0.8, rec_conf_thresh=0.6).rec_thresh == 0.6
 
@@ -204,8 +204,9 @@ def test_check_paths_names_the_missing_manifest_and_weights(tmp_path: Path) -> N
     (tmp_path / "shards" / "manifest.json").write_text("{}")
     cfg.check_paths()  # present: no error
     cfg.model.pretrained = str(tmp_path / "r101.pth")
+    cfg.check_paths()  # the encoder file is the model side's check
     with pytest.raises(ConfigError, match=r"model.pretrained: file '.*r101.pth' does not exist"):
-        cfg.check_paths()
+        check_pretrained(cfg.model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,26 +315,29 @@ def test_the_documented_training_command_finds_its_config(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# CutMix needs a partner on the same rank
+# CutMix needs a partner on the same rank (a check of what the base needs: methods.check_config,
+# run by `train` and `bench` before anything starts)
 
 
-@pytest.mark.parametrize("method", ["mean_teacher", "rec", "forec", "fgbg"])
-def test_cutmix_with_one_sample_per_rank_is_refused(method: str) -> None:
+@pytest.mark.parametrize("base,aux", [("mean_teacher", "none"), ("mean_teacher", "rec"), ("mean_teacher", "forec"),
+                                      ("fixmatch", "fgbg"), ("unimatch", "none"), ("unimatch_v2", "forec")])
+def test_cutmix_with_one_sample_per_rank_is_refused(base: str, aux: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        config_from_dict({"data": {"batch_size": 1}, "method": {"name": method}})
+        check_config(config_from_dict({"data": {"batch_size": 1}, "method": {"base": base, "aux": aux}}))
     msg = str(exc.value)
     assert msg.startswith("data.batch_size: is 1, but CutMix (data.aug.cutmix_prob=0.5)")
     assert "at least 2 per rank" in msg and "data.aug.cutmix_prob=0" in msg
 
 
 def test_one_sample_per_rank_is_fine_without_cutmix_or_without_unlabeled_data() -> None:
-    assert config_from_dict({"data": {"batch_size": 1, "aug": {"cutmix_prob": 0.0}}}).data.batch_size == 1
-    assert config_from_dict({"data": {"batch_size": 1}, "method": {"name": "supervised"}}).data.batch_size == 1
-    assert config_from_dict({"data": {"batch_size": 2}}).data.batch_size == 2
+    check_config(config_from_dict({"data": {"batch_size": 1, "aug": {"cutmix_prob": 0.0}}}))
+    check_config(config_from_dict({"data": {"batch_size": 1}, "method": {"base": "supervised", "aux": "none"}}))
+    check_config(config_from_dict({"data": {"batch_size": 2}}))
 
 
 def test_the_multi_node_override_of_a_paper_config_is_checked() -> None:
-    with pytest.raises(ConfigError, match=r"voc_classic_92.json: data.batch_size: is 1, but CutMix"):
-        load_config("voc_classic_92", ["data.batch_size=1", "deepspeed.gradient_accumulation_steps=1"])
+    with pytest.raises(ConfigError, match=r"data.batch_size: is 1, but CutMix"):
+        check_config(load_config("voc_classic_92", ["data.batch_size=1", "deepspeed.gradient_accumulation_steps=1"]))
     cfg = load_config("voc_classic_92", ["data.batch_size=2", "deepspeed.gradient_accumulation_steps=1"])
+    check_config(cfg)
     assert cfg.data.batch_size == 2

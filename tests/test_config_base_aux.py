@@ -1,5 +1,5 @@
-"""method = base x auxiliary task: how method.name, method.base and method.aux resolve, the
-command-line form, and the settings that need a teacher the base does not train."""
+"""method = base x auxiliary task: method.base and method.aux, what each base needs (methods.BASES),
+the old method.name, the command-line form, and the settings a base cannot serve."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from fastforec.config import AUX_TASKS, BASES, ConfigError, config_from_dict, load_config
+from fastforec.methods import BASES as BASES_TABLE
+from fastforec.methods import check_config, eval_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,28 +21,26 @@ def _method(**method) -> object:
     return config_from_dict({"method": method}).method
 
 
-@pytest.mark.parametrize("name,base,aux,label", [
-    ("supervised", "supervised", "none", "supervised"), ("mean_teacher", "mean_teacher", "none", "mean_teacher"),
-    ("rec", "mean_teacher", "rec", "rec"), ("forec", "mean_teacher", "forec", "forec"),
-    ("fgbg", "mean_teacher", "fgbg", "fgbg")])
-def test_names_keep_their_meaning(name: str, base: str, aux: str, label: str) -> None:
+@pytest.mark.parametrize("name,base,aux", [
+    ("supervised", "supervised", "none"), ("mean_teacher", "mean_teacher", "none"),
+    ("rec", "mean_teacher", "rec"), ("forec", "mean_teacher", "forec"), ("fgbg", "mean_teacher", "fgbg")])
+def test_old_method_names_keep_their_meaning(name: str, base: str, aux: str) -> None:
+    """Configs and checkpoints from before base x aux carry method.name: it stands for its pair."""
     m = _method(name=name)
-    assert (m.base_name, m.aux_name, m.label) == (base, aux, label)
-    assert m.has_teacher == (base == "mean_teacher") and m.uses_unlabeled == (base != "supervised")
+    assert (m.base, m.aux) == (base, aux)
+    assert m.label == (base if aux == "none" else f"{base}+{aux}")
+    assert BASES_TABLE[m.base].teacher == (base == "mean_teacher") and BASES_TABLE[m.base].unlabeled == (
+        base != "supervised")
     assert m.reconstruction == {"none": None, "rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}[aux]
-    assert m.strong_views == 1
-    # spelling the same pair out gives the same method and the same display name
-    spelled = _method(name=name, base=base, aux=aux)
-    assert (spelled.base_name, spelled.aux_name, spelled.label) == (base, aux, label)
 
 
-# Every base x auxiliary task, written out: (EMA teacher, strong views, display name) with
-# method.name left at its default "forec" (mean teacher + forec), so that only that pair keeps it.
+# Every base x auxiliary task, written out: (EMA teacher, strong views, display name).
 PAIRS = {
     ("supervised", "none"): (False, 1, "supervised"), ("supervised", "rec"): (False, 1, "supervised+rec"),
     ("supervised", "forec"): (False, 1, "supervised+forec"), ("supervised", "fgbg"): (False, 1, "supervised+fgbg"),
     ("mean_teacher", "none"): (True, 1, "mean_teacher"), ("mean_teacher", "rec"): (True, 1, "mean_teacher+rec"),
-    ("mean_teacher", "forec"): (True, 1, "forec"), ("mean_teacher", "fgbg"): (True, 1, "mean_teacher+fgbg"),
+    ("mean_teacher", "forec"): (True, 1, "mean_teacher+forec"),
+    ("mean_teacher", "fgbg"): (True, 1, "mean_teacher+fgbg"),
     ("fixmatch", "none"): (False, 1, "fixmatch"), ("fixmatch", "rec"): (False, 1, "fixmatch+rec"),
     ("fixmatch", "forec"): (False, 1, "fixmatch+forec"), ("fixmatch", "fgbg"): (False, 1, "fixmatch+fgbg"),
     ("unimatch", "none"): (False, 2, "unimatch"), ("unimatch", "rec"): (False, 2, "unimatch+rec"),
@@ -53,39 +53,53 @@ HEADS = {"none": None, "rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}
 
 def test_the_table_names_every_pair_the_config_accepts() -> None:
     assert set(PAIRS) == {(b, a) for b in BASES for a in AUX_TASKS}
+    # the config spells the bases the loss assembly defines, no more, no fewer
+    assert set(BASES) == set(BASES_TABLE)
 
 
 @pytest.mark.parametrize("base, aux", sorted(PAIRS))
 def test_every_pair_is_a_method(base: str, aux: str) -> None:
     teacher, views, label = PAIRS[base, aux]
     m = _method(base=base, aux=aux)
-    assert (m.base_name, m.aux_name, m.label) == (base, aux, label)
-    assert (m.has_teacher, m.strong_views, m.reconstruction) == (teacher, views, HEADS[aux])
-    assert m.uses_unlabeled == (base != "supervised")
+    assert (m.base, m.aux, m.label) == (base, aux, label)
+    needs = BASES_TABLE[m.base]
+    assert (needs.teacher, needs.strong_views, m.reconstruction) == (teacher, views, HEADS[aux])
+    assert needs.unlabeled == (base != "supervised")
 
 
-def test_base_and_aux_replace_their_half_of_the_name() -> None:
+def test_base_and_aux_beside_an_old_name_replace_its_half() -> None:
     m = _method(name="forec", base="unimatch")
-    assert (m.base_name, m.aux_name, m.label) == ("unimatch", "forec", "unimatch+forec")
+    assert (m.base, m.aux, m.label) == ("unimatch", "forec", "unimatch+forec")
     m = _method(name="mean_teacher", base="fixmatch")
-    assert (m.base_name, m.aux_name, m.label) == ("fixmatch", "none", "fixmatch")
+    assert (m.base, m.aux, m.label) == ("fixmatch", "none", "fixmatch")
     m = _method(name="supervised", aux="forec")  # ground truth only: labeled images
-    assert (m.base_name, m.aux_name, m.uses_unlabeled) == ("supervised", "forec", False)
+    assert (m.base, m.aux, BASES_TABLE[m.base].unlabeled) == ("supervised", "forec", False)
 
 
 def test_command_line_form(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
-    path.write_text(json.dumps({"method": {"name": "mean_teacher"}}))
+    path.write_text(json.dumps({"method": {"base": "mean_teacher", "aux": "none"}}))
     m = load_config(path, ["method.base=unimatch", "method.aux=forec"]).method
-    assert (m.base_name, m.aux_name, m.label) == ("unimatch", "forec", "unimatch+forec")
+    assert (m.base, m.aux, m.label) == ("unimatch", "forec", "unimatch+forec")
+    # an old command's --set method.name sets both halves: rec on a UniMatch file is the mean teacher's rec
+    path.write_text(json.dumps({"method": {"base": "unimatch", "aux": "none"}}))
+    m = load_config(path, ["method.name=rec"]).method
+    assert (m.base, m.aux) == ("mean_teacher", "rec")
+    with pytest.raises(ConfigError, match=r"method.name: 'forecc' is not one of the old method names .*set those two"):
+        load_config(path, ["method.name=forecc"])
+
+
+def test_a_checkpoint_config_from_before_base_and_aux_loads_with_its_meaning() -> None:
+    # what dataclasses.asdict wrote then: the name, and base/aux null
+    m = config_from_dict({"method": {"name": "rec", "base": None, "aux": None}}).method
+    assert (m.base, m.aux) == ("mean_teacher", "rec")
+    m = config_from_dict({"method": {"name": "forec", "base": "unimatch_v2", "aux": None}}).method
+    assert (m.base, m.aux) == ("unimatch_v2", "forec")
 
 
 @pytest.mark.parametrize("method,extra,key,text", [
     ({"base": "mystery"}, {}, "method.base", "'supervised', 'mean_teacher', 'fixmatch', 'unimatch'"),
     ({"aux": "depth"}, {}, "method.aux", "'none', 'rec', 'forec', 'fgbg'"),
-    ({"base": "unimatch", "warmup_reset_teacher": True}, {}, "method.warmup_reset_teacher",
-     "base 'unimatch' trains no EMA teacher"),
-    ({"base": "fixmatch"}, {"eval": {"model": "teacher"}}, "eval.model", "method 'fixmatch+forec' trains no teacher"),
     ({"base": "unimatch", "fp_dropout": 1.0}, {}, "method.fp_dropout", "must be in [0, 1)"),
 ])
 def test_impossible_settings_name_the_key(method: dict, extra: dict, key: str, text: str) -> None:
@@ -94,9 +108,22 @@ def test_impossible_settings_name_the_key(method: dict, extra: dict, key: str, t
     assert str(exc.value).startswith(f"{key}:") and text in str(exc.value)
 
 
+@pytest.mark.parametrize("method,extra,key,text", [
+    ({"base": "unimatch", "warmup_reset_teacher": True}, {}, "method.warmup_reset_teacher",
+     "base 'unimatch' trains no EMA teacher"),
+    ({"base": "fixmatch"}, {"eval": {"model": "teacher"}}, "eval.model", "method 'fixmatch+forec' trains no teacher"),
+    ({"base": "fixmatch"}, {"data": {"batch_size": 1}}, "data.batch_size", "needs at least 2 per rank"),
+])
+def test_settings_the_base_cannot_serve_name_the_key(method: dict, extra: dict, key: str, text: str) -> None:
+    cfg = config_from_dict({"method": method, **extra})  # each value is valid on its own
+    with pytest.raises(ConfigError) as exc:
+        check_config(cfg)
+    assert str(exc.value).startswith(f"{key}:") and text in str(exc.value)
+
+
 def test_eval_both_scores_the_student_only_without_a_teacher() -> None:
     cfg = config_from_dict({"method": {"base": "unimatch"}, "eval": {"model": "both"}})
-    assert cfg.eval_models == ("student",)
+    assert eval_models(cfg) == ("student",)
 
 
 def test_bad_base_on_the_command_line_exits_2_without_traceback(tmp_path: Path) -> None:
@@ -112,10 +139,10 @@ def test_bad_base_on_the_command_line_exits_2_without_traceback(tmp_path: Path) 
 # The shipped UniMatch recipes are checked against UniMatch's settings in tests/test_recipes.py.
 
 
-def test_aux_none_on_the_command_line_is_the_task_none_and_null_falls_back_to_the_name(tmp_path: Path) -> None:
+def test_aux_none_on_the_command_line_is_the_task_none(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
-    path.write_text(json.dumps({"method": {"name": "forec"}}))
+    path.write_text(json.dumps({"method": {"base": "mean_teacher", "aux": "forec"}}))
     m = load_config(path, ["method.base=unimatch", "method.aux=none"]).method
-    assert (m.aux, m.aux_name, m.label, m.reconstruction) == ("none", "none", "unimatch", None)
-    m = load_config(path, ["method.base=unimatch", "method.aux=null"]).method
-    assert (m.aux, m.aux_name, m.label) == (None, "forec", "unimatch+forec")
+    assert (m.aux, m.label, m.reconstruction) == ("none", "unimatch", None)
+    with pytest.raises(ConfigError, match="method.aux"):
+        load_config(path, ["method.aux=null"])

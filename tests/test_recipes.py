@@ -66,7 +66,7 @@ def test_unimatch_recipes_are_unimatchs_settings() -> None:
     for name, cfg in recipes.recipes().items():
         if not name.startswith("unimatch_") or name.startswith("unimatch_v2_"):
             continue
-        assert (cfg.method.base_name, cfg.model.decoder, cfg.model.output_stride) == ("unimatch", "unimatch", 16)
+        assert (cfg.method.base, cfg.model.decoder, cfg.model.output_stride) == ("unimatch", "unimatch", 16)
         assert (cfg.optim.weight_decay, cfg.optim.poly_power, cfg.method.fp_dropout) == (1e-4, 0.9, 0.5)
         assert cfg.recipe.source.startswith("LiheYoung/UniMatch @ 0324f3d")
         if "cityscapes" in name:
@@ -83,7 +83,7 @@ def test_unimatch_recipes_are_unimatchs_settings() -> None:
             assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.train.epochs) == (1e-3, 10, 80)
             # crop 321 on UniMatch's own lists, 513 on U2PL's blended ones
             assert cfg.data.crop_size == (513 if re.search(r"blender_\d+$", name) else 321), name
-        assert cfg.method.aux_name == ("forec" if name.startswith("unimatch_forec_") else "none")
+        assert cfg.method.aux == ("forec" if name.startswith("unimatch_forec_") else "none")
 
 
 V2_SIZES = {"vits": ("dinov2_vits14", "dinov2_small.pth"), "vitb": ("dinov2_vitb14", "dinov2_base.pth"),
@@ -99,13 +99,13 @@ def test_unimatch_v2_recipes_are_unimatch_v2s_settings() -> None:
         size = re.search(r"_(vit[sbl])_", name)[1]
         assert (cfg.model.backbone, cfg.model.decoder, cfg.model.pretrained) == (
             V2_SIZES[size][0], "dpt", f"pretrained/{V2_SIZES[size][1]}")
-        assert (m.base_name, m.conf_thresh, m.ema_decay, m.comp_drop_keep, m.lambda_u) == ("unimatch_v2", 0.95, 0.996,
+        assert (m.base, m.conf_thresh, m.ema_decay, m.comp_drop_keep, m.lambda_u) == ("unimatch_v2", 0.95, 0.996,
                                                                                           0.5, 1.0)
         assert (o.name, o.lr, o.head_lr_mult, o.betas, o.weight_decay, o.poly_power) == (
             "adamw", 5e-6, 40, [0.9, 0.999], 0.01, 0.9)
         assert (cfg.eval.model, cfg.eval.size_multiple) == ("teacher", 14)  # the published numbers are the EMA's
         assert cfg.recipe.source.startswith("LiheYoung/UniMatch-V2 @ 70fe066")
-        assert m.aux_name == ("forec" if "_forec_" in name else "none")
+        assert m.aux == ("forec" if "_forec_" in name else "none")
         ga = cfg.deepspeed["gradient_accumulation_steps"]
         if "cityscapes" in name:
             assert (cfg.data.crop_size, cfg.data.batch_size * ga, cfg.train.epochs) == (798, 2 * 4, 180)
@@ -149,7 +149,7 @@ def test_unimatch_v2_dinov3_recipes_are_unimatch_v2s_but_the_backbone_and_crop()
 def test_forec_recipes_are_the_papers_settings() -> None:
     for name in FOREC:
         cfg = load_config(name)
-        assert (cfg.method.base_name, cfg.method.aux_name, cfg.method.conf_thresh) == ("mean_teacher", "forec", 0.95)
+        assert (cfg.method.base, cfg.method.aux, cfg.method.conf_thresh) == ("mean_teacher", "forec", 0.95)
         got = (cfg.method.rec_weight_labeled, cfg.method.rec_weight_unlabeled, cfg.model.decoder)
         assert got == (1, 0.5, "unimatch")
         assert cfg.data.batch_size * cfg.deepspeed["gradient_accumulation_steps"] == 16

@@ -46,7 +46,7 @@ class PlainLoop:
                                  with_pretrained=True, show_pretrained=False).to(device)
         self.model.train()
         self.teacher: nn.Module | None = None
-        if method.has_teacher:
+        if methods.base_of(method).teacher:
             self.teacher = self.model.segmentation_copy().to(device)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -65,7 +65,7 @@ class PlainLoop:
 
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
                    ) -> dict[str, torch.Tensor]:
-        use_u = unlabeled if self.cfg.method.uses_unlabeled else None
+        use_u = unlabeled if methods.base_of(self.cfg.method).unlabeled else None
         terms = methods.compute_losses(self.ctx, labeled, use_u)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

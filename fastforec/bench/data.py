@@ -51,6 +51,7 @@ from fastforec.data.manifest import Manifest, ManifestError
 from fastforec.data.pipelines import build_decode_pipeline
 from fastforec.data.shard_reader import SplitReader
 from fastforec.errors import UserError, check_output_dir
+from fastforec.methods import base_of
 
 DEFAULT_BATCHES = 30  # timed batches per contender and round
 ROUNDS = 5
@@ -98,7 +99,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
     settings = Settings(root=Path(data.root), crop=data.crop_size, threads=data.num_threads,
                         batch_size=data.batch_size, batches=args.batches or DEFAULT_BATCHES, device=device,
                         synthetic=getattr(args, "synthetic", None) or SYNTHETIC[0],
-                        strong_views=cfg.method.strong_views, method=cfg.method.label)
+                        strong_views=base_of(cfg.method).strong_views, method=cfg.method.label)
     return settings, data
 
 

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastforec.bench.harness import Batch
 from fastforec.config import Config
+from fastforec.methods import base_of
 from fastforec.models import build_model
 
 DEFAULT_NUM_CLASSES = 21  # VOC; only used when counting FLOPs without a dataset
@@ -47,28 +48,29 @@ def model_step_flops(cfg: Config, *, num_classes: int) -> dict[str, int]:
     """
     m = cfg.method
     b, crop = cfg.data.batch_size, cfg.data.crop_size
-    semi = m.uses_unlabeled
+    base = base_of(m)
+    semi = base.unlabeled
     with torch.device("meta"):
         # the model's FLOPs, not activation checkpointing's recomputation (MFU's convention)
         model_cfg = dataclasses.replace(cfg.model, activation_checkpointing=False)
         student = build_model(model_cfg, num_classes=num_classes, reconstruction=m.reconstruction)
-        teacher = student.segmentation_copy().eval() if m.has_teacher else None
+        teacher = student.segmentation_copy().eval() if base.teacher else None
         x = torch.empty((2 * b if semi else b), 3, crop, crop)
-        strong = torch.empty(m.strong_views * b, 3, crop, crop)
+        strong = torch.empty(base.strong_views * b, 3, crop, crop)
     teacher_flops = 0
     if teacher is not None:
         with torch.no_grad():
             teacher_flops = count_flops(lambda: teacher(x[:b]))
 
     def student_step() -> None:
-        if semi and m.base_name == "unimatch_v2":
+        if semi and m.base == "unimatch_v2":
             labeled = x if m.reconstruction is not None else x[:b]
             out = {**{f"a_{k}": v for k, v in student(labeled).items()},
                    **student(strong, comp_drop_keep=m.comp_drop_keep)}
-        elif not semi or m.has_teacher:
+        elif not semi or base.teacher:
             out = student(x)
         else:  # self-training: [labeled ; weak] (+ perturbed stream), then the strong views
-            fp = m.fp_dropout if m.base_name == "unimatch" else 0.0
+            fp = m.fp_dropout if m.base == "unimatch" else 0.0
             out = {**{f"a_{k}": v for k, v in student(x, fp_dropout=fp, fp_from=b).items()}, **student(strong)}
         sum(v.sum() for v in out.values()).backward()
     student_flops = count_flops(student_step)

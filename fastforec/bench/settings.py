@@ -54,6 +54,11 @@ def bench_config(args: argparse.Namespace, *, what: str, need_data: bool = True)
         cfg.data.num_threads = args.threads
     cfg.method.warmup_epochs = 0
     cfg.validate()
+    from fastforec.methods import check_config  # lazy: torch (bench --help stays instant)
+    from fastforec.models.build import check_pretrained
+
+    check_config(cfg)
     if need_data:
         cfg.check_paths()
+        check_pretrained(cfg.model)
     return cfg

@@ -16,14 +16,15 @@ from fastforec.bench.baseline import PlainLoop
 from fastforec.config import config_from_dict
 from fastforec.data.memory import InMemoryData, MemoryTrainData, memory_manifest, synthetic_batch
 from fastforec.distributed import init_distributed
+from fastforec.methods import base_of
 from fastforec.trainer import Trainer
 
 NUM_CLASSES, CROP, BATCH = 5, 32, 2
 TINY_VIT = {"backbone": "dinov2_vits14", "decoder": "dpt", "backbone_width": 0.25}
 CASES = {  # base x aux, model
-    "mean_teacher+forec": ({"name": "mean_teacher", "base": "mean_teacher", "aux": "forec"}, {}),
-    "unimatch+forec": ({"name": "mean_teacher", "base": "unimatch", "aux": "forec"}, {}),
-    "unimatch_v2": ({"name": "mean_teacher", "base": "unimatch_v2", "aux": "none", "ema_decay": 0.996}, TINY_VIT),
+    "mean_teacher+forec": ({"base": "mean_teacher", "aux": "forec"}, {}),
+    "unimatch+forec": ({"base": "unimatch", "aux": "forec"}, {}),
+    "unimatch_v2": ({"base": "unimatch_v2", "aux": "none", "ema_decay": 0.996}, TINY_VIT),
 }
 
 
@@ -47,7 +48,7 @@ def test_the_plain_loop_does_the_trainers_work(case: str, world, tmp_path: Path)
         "method": {**method, "conf_thresh": 0.0},  # every unlabeled pixel counts: all loss terms active
         "optim": {"name": "adamw", "lr": 1e-4} if model else {"lr": 0.01},
         "train": {"name": "baseline", "max_steps": 10}, "deepspeed": {}})
-    views = cfg.method.strong_views
+    views = base_of(cfg.method).strong_views
     batch = synthetic_batch(BATCH, crop, NUM_CLASSES, device=world.device, seed=0, strong_views=views)
     data = InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData([batch]))
     trainer = Trainer(cfg, run_dir=tmp_path / "run", dist=world, data=data)

@@ -54,7 +54,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {"data": {"root": str(shards), "crop_size": CROP, "batch_size": BATCH, "num_threads": 1, "device": "cpu"},
            "model": {"backbone": "resnet18", "output_stride": 16, "decoder_channels": DECODER},
-           "method": {"name": "forec", "conf_thresh": 0.5, "warmup_epochs": 3},
+           "method": {"base": "mean_teacher", "aux": "forec", "conf_thresh": 0.5, "warmup_epochs": 3},
            "optim": {"lr": 0.01},
            "train": {"name": "bench", "epochs": 1, "max_steps": 50},
            "deepspeed": {}}
@@ -210,7 +210,7 @@ def test_two_ranks_report_per_rank_and_total(config: Path, tmp_path: Path) -> No
 
 
 def test_config_overrides_reach_the_trainer(config: Path) -> None:
-    args = _args(config, Path("unused"), crop=40, threads=2, overrides=["method.name=rec"])
+    args = _args(config, Path("unused"), crop=40, threads=2, overrides=["method.aux=rec"])
     cfg = bench_config(args, what="step")
-    assert (cfg.data.crop_size, cfg.data.num_threads, cfg.method.name) == (40, 2, "rec")
+    assert (cfg.data.crop_size, cfg.data.num_threads, cfg.method.aux) == (40, 2, "rec")
     assert cfg.method.warmup_epochs == 0 and load_config(config).method.warmup_epochs == 3

@@ -21,6 +21,7 @@ import torch
 from fastforec.config import ConfigError, config_from_dict
 from fastforec.models import PretrainedError, ResNetBackbone
 from fastforec.models.backbones import BACKBONE_LAYOUTS, BACKBONES, Layout, layout_of
+from fastforec.models.build import check_pretrained
 
 BLOCKS_101 = (3, 4, 23, 3)
 EXPANSION = 4  # bottleneck output = 4 x width
@@ -261,6 +262,6 @@ def test_config_check_reports_uncached_timm_weights_before_any_work(tmp_path: Pa
                             "model": {"backbone": "resnet101s", "pretrained": "timm"}})
     with pytest.raises(ConfigError, match=r"model.pretrained 'timm': timm's weights resnet101s.gluon_in1k are not "
                                           r"in the local cache"):
-        cfg.check_paths()
+        check_pretrained(cfg.model)
     _hf_cache(tmp_path / "hf", "timm/resnet101s.gluon_in1k", {"conv1.0.weight": torch.zeros(1)})
-    cfg.check_paths()  # cached now: no error (the file is read when the model is built)
+    check_pretrained(cfg.model)  # cached now: no error (the file is read when the model is built)

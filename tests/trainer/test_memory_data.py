@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     cfg = config_from_dict({
         "data": {"root": "memory", "crop_size": 32, "batch_size": 2},
         "model": {"backbone": "resnet18", "decoder_channels": 16},
-        "method": {"name": "forec", "conf_thresh": 0.0},
+        "method": {"base": "mean_teacher", "aux": "forec", "conf_thresh": 0.0},
         "train": {"max_steps": 10, "channels_last": True},
         "deepspeed": {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}})
     dist = init_distributed(None)

@@ -26,8 +26,11 @@ def world():
 
 
 def _trainer(shards: Path, tmp_path: Path, world, method: str) -> Trainer:
-    cfg = write_config(tmp_path / f"{method}.json",
-                       tiny_config(shards, method={"name": method, "conf_thresh": 0.3, "rec_conf_thresh": 0.35}))
+    """``method``: supervised, mean_teacher, or the mean teacher's auxiliary task (rec, forec, fgbg)."""
+    base = method if method in ("supervised", "mean_teacher") else "mean_teacher"
+    aux = "none" if method in ("supervised", "mean_teacher") else method
+    cfg = write_config(tmp_path / f"{method}.json", tiny_config(shards, method={
+        "base": base, "aux": aux, "conf_thresh": 0.3, "rec_conf_thresh": 0.35}))
     return Trainer(load_config(cfg), run_dir=tmp_path / method, dist=world)
 
 
@@ -160,7 +163,7 @@ def _fit_poisoned(shards: Path, tmp_path: Path, world, name: str, *, max_nonfini
                   resume: str | None = None) -> Trainer:
     """A 6-micro-batch run whose POISONED batches give a non-finite loss (their images are NaN)."""
     cfg = write_config(tmp_path / f"{name}.json", tiny_config(
-        shards, method={"name": "mean_teacher"}, eval={"every": 1000},
+        shards, method={"base": "mean_teacher", "aux": "none"}, eval={"every": 1000},
         train={"max_steps": 6, "max_nonfinite": max_nonfinite, "checkpoint_every": 1000, "tensorboard": False}))
     (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
     tr = Trainer(load_config(cfg), run_dir=tmp_path / "runs" / name, dist=world, resume=resume)

@@ -26,7 +26,7 @@ def world():
 
 
 def _trainer(shards: Path, tmp_path: Path, world, base: str, aux: str) -> Trainer:
-    method = {"name": "mean_teacher", "base": base, "aux": aux, "conf_thresh": 0.3, "rec_conf_thresh": 0.35}
+    method = {"base": base, "aux": aux, "conf_thresh": 0.3, "rec_conf_thresh": 0.35}
     cfg = write_config(tmp_path / f"{base}_{aux}.json", tiny_config(shards, method=method))
     tr = Trainer(load_config(cfg), run_dir=tmp_path / f"{base}_{aux}", dist=world)
     tr.student.train()

@@ -116,7 +116,7 @@ def test_diverging_run_keeps_the_last_finite_checkpoint_and_names_it(shards: Pat
 
 def test_divergence_after_a_checkpoint_names_it_and_writes_nothing_newer(shards: Path, tmp_path: Path,
                                                                           world) -> None:
-    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, method={"name": "mean_teacher"}))
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, method={"base": "mean_teacher", "aux": "none"}))
     tr = Trainer(load_config(cfg), run_dir=tmp_path / "run", dist=world)
     labeled, unlabeled = make_batch(0, 0, batch=2, crop=48, num_classes=tr.num_classes)
     assert tr.train_step(labeled, unlabeled) is not None

@@ -11,6 +11,7 @@ from trainer_support import read_jsonl, tiny_config, write_config
 
 from fastforec.config import ConfigError, load_config
 from fastforec.distributed import init_distributed
+from fastforec.methods import check_config
 from fastforec.teacher import ema_alpha
 from fastforec.trainer import Trainer
 
@@ -27,7 +28,7 @@ def _segmentation_state(module: torch.nn.Module, keys) -> dict[str, torch.Tensor
 
 def _warmup_trainer(shards: Path, tmp_path: Path, world, *, reset: bool | None, extra_steps: int) -> Trainer:
     # 16 unlabeled images at batch 2: a warm-up epoch is 8 steps
-    cfg = tiny_config(shards, method={"name": "mean_teacher", "conf_thresh": 0.5, "warmup_epochs": 1,
+    cfg = tiny_config(shards, method={"base": "mean_teacher", "aux": "none", "conf_thresh": 0.5, "warmup_epochs": 1,
                                       "warmup_reset_teacher": reset, "ema_decay": 0.9},
                       train={"max_steps": 8 + extra_steps, "checkpoint_every": 1000},
                       eval={"every": 1000})
@@ -67,8 +68,8 @@ def test_ema_ramp_restarts_after_the_reset(shards: Path, tmp_path: Path, world) 
 
 
 def test_both_models_are_scored(shards: Path, tmp_path: Path, world) -> None:
-    cfg = tiny_config(shards, method={"name": "mean_teacher", "conf_thresh": 0.5}, train={"max_steps": 2},
-                      eval={"model": "both"})
+    cfg = tiny_config(shards, method={"base": "mean_teacher", "aux": "none", "conf_thresh": 0.5},
+                      train={"max_steps": 2}, eval={"model": "both"})
     run_dir = tmp_path / "both"
     run_dir.mkdir()
     trainer = Trainer(load_config(write_config(tmp_path / "both.json", cfg)), run_dir=run_dir, dist=world)
@@ -85,9 +86,9 @@ def test_both_models_are_scored(shards: Path, tmp_path: Path, world) -> None:
 
 
 def test_teacher_only_needs_a_teacher(shards: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(shards, method={"name": "supervised"}, eval={"model": "teacher"})
+    cfg = tiny_config(shards, method={"base": "supervised", "aux": "none"}, eval={"model": "teacher"})
     with pytest.raises(ConfigError, match="eval.model: method 'supervised' trains no teacher"):
-        load_config(write_config(tmp_path / "sup_teacher.json", cfg))
+        check_config(load_config(write_config(tmp_path / "sup_teacher.json", cfg)))
     moved = tiny_config(shards, data={"eval_mode": "whole"})
     with pytest.raises(ConfigError, match="data.eval_mode: this setting moved; write it as eval.mode"):
         load_config(write_config(tmp_path / "moved.json", moved))

@@ -140,7 +140,7 @@ B = 2
 
 
 def _trainer(shards: Path, tmp_path: Path, world, aux: str, model: dict | None = None) -> Trainer:
-    method = {"name": "mean_teacher", "base": "unimatch_v2", "aux": aux, "conf_thresh": 0.3, "rec_conf_thresh": 0.35,
+    method = {"base": "unimatch_v2", "aux": aux, "conf_thresh": 0.3, "rec_conf_thresh": 0.35,
               "ema_decay": 0.996}
     cfg = write_config(tmp_path / f"v2_{aux}.json", tiny_config(shards, method=method, data={"crop_size": 42},
                                                                  model=model or TINY_VIT, optim={"name": "adamw"}))

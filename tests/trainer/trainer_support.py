@@ -32,7 +32,7 @@ def tiny_config(data_root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "data": {"root": str(data_root), "crop_size": 48, "batch_size": 2, "num_threads": 1, "device": "cpu"},
         "model": {"backbone": "resnet18", "output_stride": 16},
-        "method": {"name": "forec", "conf_thresh": 0.5},
+        "method": {"base": "mean_teacher", "aux": "forec", "conf_thresh": 0.5},
         "optim": {"lr": 0.01, "head_lr_mult": 10.0, "weight_decay": 1e-4},
         "train": {"name": "tiny", "epochs": 1, "max_steps": 4, "log_every": 1, "checkpoint_every": 2,
                   "keep_checkpoints": 2, "seed": 0},
