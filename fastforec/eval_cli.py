@@ -12,7 +12,7 @@ import sys
 
 from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
-from fastforec.config import ConfigError, load_config, with_overrides
+from fastforec.config import ConfigError, add_override_argument, load_config, with_overrides
 from fastforec.data.manifest import Manifest
 
 NAME = "eval"
@@ -33,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "recipes, else the student); for a peer's file the weights its source publishes (U2PL's "
                         "and UniMatch V2's teacher)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one setting of the config (repeatable), e.g. --set data.root=data/voc_val "
+    add_override_argument(p, help="change one setting of the config (repeatable), e.g. --set data.root=data/voc_val "
                         "--set eval.mode=sliding")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastforec.atomic import atomic_write_bytes
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
+from fastforec.config import add_override_argument
 from fastforec.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: torch and the model code are imported inside run
@@ -58,8 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a recipe: for a peer's checkpoint its settings (default: the source's recipe for the "
                         "dataset its class count names, 21: VOC, 19: Cityscapes; no dataset is read), else it "
                         "overrides the checkpoint's evaluation settings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one evaluation setting (repeatable), e.g. --set eval.mode=sliding")
+    add_override_argument(p, help="change one evaluation setting (repeatable), e.g. --set eval.mode=sliding")
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", choices=["student", "teacher"], default=None,

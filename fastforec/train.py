@@ -24,7 +24,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
     sys.path.pop(0)
 
 from fastforec.atomic import atomic_write_json  # noqa: E402
-from fastforec.config import Config, ConfigError, load_config  # noqa: E402
+from fastforec.config import Config, ConfigError, add_override_argument, load_config  # noqa: E402
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error  # noqa: E402
 
 NAME = "train"
@@ -33,8 +33,7 @@ HELP = "train a model (same as fastforec/train.py)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config (JSON)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set train.max_steps=100 (repeatable)")
+    add_override_argument(p)
     p.add_argument("--run-dir", help="run directory (default runs/<train.name>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the newest intact checkpoint of the run directory, or from the given path; "

@@ -96,3 +96,22 @@ def test_the_kernels_install_under_their_own_name(tmp_path: Path) -> None:
     out = child_process.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
                             env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert Path(out[0]).is_relative_to(site) and out[1:] == ["(1,", "2,", "2)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the config at the bottom of the house
+
+CONFIG = PACKAGE / "config"
+# what the config package may import of fastforec: its own modules, the error base, the JSON
+# reader, and (inside check_paths, lazily) the dataset manifest
+CONFIG_MAY_IMPORT = ("fastforec.config", "fastforec.errors", "fastforec.json_keys", "fastforec.data.manifest")
+
+
+def test_the_config_imports_nothing_of_the_models_methods_or_torch() -> None:
+    files = sorted(CONFIG.rglob("*.py"))
+    assert len(files) >= 4
+    names = {f"{path.name}: {name}" for path in files
+             for name in _imported_modules(ast.parse(path.read_text(), filename=str(path)))
+             if name.split(".")[0] in ("fastforec", "torch", "timm", "deepspeed", "nvidia")}
+    offenders = [n for n in names if not n.split(": ")[1].startswith(CONFIG_MAY_IMPORT)]
+    assert not offenders, "fastforec.config is a leaf: " + ", ".join(sorted(offenders))

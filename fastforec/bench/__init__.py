@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from fastforec.config import add_override_argument
+
 NAME = "bench"
 HELP = "throughput benchmarks (side by side, as ratios)"
 
@@ -25,8 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="DALI threads / DataLoader workers")
     p.add_argument("--batches", type=int, default=None, help="timed batches per contender (step: 0 = count FLOPs only)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry of --config (repeatable), e.g. --set data.batch_size=8")
+    add_override_argument(p, help="override a config entry of --config (repeatable), e.g. --set data.batch_size=8")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (else measured)")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None,
                    help="data: DALI backend to benchmark (default cpu; gpu needs CUDA)")
