@@ -102,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
         raise PretrainError(f"--num-train and --num-val must be >= 1, got {spec.num_train} and {spec.num_val}")
     from fastforec.config import load_config
 
-    load_config(args.config, args.overrides)  # a bad config or --set fails before any data is made
-    shards = prepare_data(out / "data", spec)
+    cfg = load_config(args.config, args.overrides)  # a bad config or --set fails before any data is made
     run_dir = out / "run"
-    if not (run_dir / "results.json").is_file():
+    finished = (run_dir / "results.json").is_file()
+    if finished:
+        _check_same_training(cfg.to_dict(), run_dir)
+    shards = prepare_data(out / "data", spec)
+    if not finished:
         code = train(args.config, [*args.overrides, f"data.root={shards}"], run_dir)
         if code != 0:
             return code
@@ -190,6 +193,29 @@ def train(config: str, overrides: list[str], run_dir: Path) -> int:
                          "seconds": round(time.time() - start, 1), "resumed": resumed, "exit_code": code})
         atomic_write_json(path, attempts)
     return code
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_training(wanted: dict[str, Any], run_dir: Path) -> None:
+    """A finished run is not trained again: refuse a command that asks for another training
+    (data.root aside: the data's identity is pretrain_data.json's to check)."""
+    saved = _read_json(run_dir / "config.json", None)
+    if saved is None:
+        return
+    have, want = _flat(saved), _flat(wanted)
+    for key in sorted(set(have) | set(want)):
+        if key != "data.root" and have.get(key) != want.get(key):
+            raise PretrainError(f"'{run_dir}' finished a training with {key}={have.get(key)!r}, this command asks "
+                                f"for {want.get(key)!r}; use another --out to train again")
 
 
 # ---------------------------------------------------------------------------------------------

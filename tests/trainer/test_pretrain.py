@@ -149,3 +149,11 @@ def test_other_data_options_are_refused_naming_the_file(pretrained: Path, capsys
     assert main(["pretrain", *_command(pretrained)[2:], "--num-train", "9"]) == 2
     err = capsys.readouterr().err
     assert DATA_SPEC_FILE in err and "num_train=8" in err and "9" in err
+
+
+def test_another_training_into_a_finished_run_is_refused(pretrained: Path, capsys: pytest.CaptureFixture) -> None:
+    before = _sha256(pretrained / ENCODER_FILE)
+    assert main(["pretrain", *_command(pretrained)[2:], "--set", f"train.max_steps={STEPS + 2}"]) == 2
+    err = capsys.readouterr().err
+    assert f"train.max_steps={STEPS}" in err and "another --out" in err
+    assert _sha256(pretrained / ENCODER_FILE) == before
