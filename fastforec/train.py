@@ -1,6 +1,6 @@
 """Training entry point.
 
-    deepspeed fastforec/train.py --config configs/cityscapes_1_4.json
+    deepspeed fastforec/train.py --config configs/forec/cityscapes_1_4.json
     torchrun --nproc_per_node 2 fastforec/train.py --config ...
     python fastforec/train.py --config configs/synth_demo.json --set train.max_steps=100
     fastforec train --config ...

@@ -33,7 +33,7 @@ def resolved(path: Path) -> dict[str, Any]:
 
 
 def shipped() -> list[Path]:
-    return sorted(CONFIGS.glob("*.json"))
+    return sorted((p for p in CONFIGS.rglob("*.json") if p.parent.name != "base"), key=lambda p: p.stem)
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

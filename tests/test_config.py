@@ -273,9 +273,10 @@ def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: str
 def test_a_bare_config_name_resolves_against_the_projects_configs(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name must find the project's
-    shipped = read_config_file(CONFIGS_DIR / "cityscapes_1_4.json")  # with what it extends
-    for name in ("cityscapes_1_4.json", "cityscapes_1_4"):
-        assert resolve_config_path(name) == CONFIGS_DIR / "cityscapes_1_4.json"
+    shipped = read_config_file(CONFIGS_DIR / "forec" / "cityscapes_1_4.json")  # with what it extends
+    # bare, and the path from before the recipes had a folder per source
+    for name in ("cityscapes_1_4.json", "cityscapes_1_4", "configs/cityscapes_1_4.json"):
+        assert resolve_config_path(name) == CONFIGS_DIR / "forec" / "cityscapes_1_4.json"
         cfg = load_config(name, ["train.epochs=3"])
         assert cfg.train.name == "cityscapes_1_4"  # the file's name
         assert cfg.data.crop_size == shipped["data"]["crop_size"] == 712 and cfg.train.epochs == 3
@@ -296,8 +297,30 @@ def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path: Path, monkey
         msg = str(exc.value)
         assert f"config file '{name}' does not exist" in msg and str(CONFIGS_DIR) in msg
         listed = msg.split(" are: ")[1].split(", ")
-        assert listed == sorted(p.stem for p in CONFIGS_DIR.glob("*.json"))
-        assert "cityscapes_1_4" in listed and "voc_classic_92" in listed
+        assert listed == sorted(p.stem for p in CONFIGS_DIR.rglob("*.json") if p.parent.name != "base")
+        assert "cityscapes_1_4" in listed and "voc_classic_92" in listed and "unimatch_v2_vitb_cityscapes_1_2" in listed
+
+
+def test_recipes_live_in_one_folder_per_source_with_unique_names() -> None:
+    folders = {p.relative_to(CONFIGS_DIR).parts[0] for p in CONFIGS_DIR.rglob("*.json") if p.parent != CONFIGS_DIR}
+    assert {"base", "forec", "unimatch", "unimatch_v2"} <= folders
+    stems = [p.stem for p in CONFIGS_DIR.rglob("*.json") if p.parent.name != "base"]
+    assert len(stems) == len(set(stems))  # a bare name finds one file
+    for p in (CONFIGS_DIR / "unimatch_v2").glob("*.json"):
+        assert p.stem.startswith("unimatch_v2_")
+    for p in (CONFIGS_DIR / "unimatch").glob("*.json"):
+        assert p.stem.startswith("unimatch_") and not p.stem.startswith("unimatch_v2_")
+
+
+def test_two_shipped_configs_with_one_name_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastforec.config.files as files
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _write(tmp_path / folder, {}, "same.json")
+    monkeypatch.setattr(files, "CONFIGS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"a shipped config named 'same' exists already .*must be unique"):
+        resolve_config_path("same")
 
 
 def test_the_documented_training_command_finds_its_config(tmp_path: Path) -> None:

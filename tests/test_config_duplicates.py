@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastforec.cli import main
-from fastforec.config import CONFIGS_DIR, ConfigError, load_config, shipped_configs
+from fastforec.config import ConfigError, load_config, shipped_configs
 from fastforec.json_keys import DuplicateKey, loads_unique
 
 SCALAR_TWICE = """{
@@ -70,6 +70,6 @@ def test_every_shipped_config_names_each_key_once() -> None:
     assert names
     for name in names:
         try:
-            load_config(CONFIGS_DIR / f"{name}.json")
+            load_config(name)
         except ConfigError as e:
             assert "given twice" not in str(e), e

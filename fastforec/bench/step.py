@@ -3,7 +3,7 @@
     fastforec bench --what step --config configs/synth_demo.json [--batches N] [--json OUT]
     torchrun --nproc_per_node 2 -m fastforec.cli bench --what step --config ...
     deepspeed --num_gpus 2 --no_local_rank --module fastforec.cli bench --what step --config ...
-    fastforec bench --what step --config configs/voc_classic_92.json --batches 0 --peak-tflops 989
+    fastforec bench --what step --config configs/forec/voc_classic_92.json --batches 0 --peak-tflops 989
 
 One step = the method's forward passes (mean teacher: teacher forward on the weak views, student
 forward and backward on [labeled ; strong]; FixMatch/UniMatch: student forward and backward on

@@ -30,6 +30,7 @@ from fastforec.config.files import (
     merge_config,
     read_config_file,
     resolve_config_path,
+    shipped_config_paths,
     shipped_configs,
 )
 from fastforec.config.overrides import add_override_argument, apply_overrides, with_overrides
@@ -71,6 +72,6 @@ __all__ = [
     "AugConfig", "AuxName", "BackboneName", "BaseName", "Config", "ConfigError", "DataConfig", "DecoderName",
     "EvalConfig", "LossConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RecipeConfig", "TrainConfig",
     "VitFamily", "add_override_argument", "apply_overrides", "config_from_dict", "load_config", "merge_config",
-    "read_config_file", "resolve_config_path", "shipped_configs", "upgrade_legacy_keys", "vit_family",
-    "with_overrides",
+    "read_config_file", "resolve_config_path", "shipped_config_paths", "shipped_configs", "upgrade_legacy_keys",
+    "vit_family", "with_overrides",
 ]

@@ -12,27 +12,46 @@ from fastforec.config.overrides import apply_overrides
 from fastforec.config.schema import Config, ConfigError
 from fastforec.json_keys import DuplicateKey, loads_unique
 
-# The configs shipped with the project: `--config cityscapes_1_4.json` (or `cityscapes_1_4`)
-# names one of them, as the paper-recipe commands are written.
+# The configs shipped with the project, one folder per source (configs/forec/, configs/unimatch/,
+# configs/unimatch_v2/, configs/cpu/; configs/base/ holds what they extend). `--config
+# cityscapes_1_4.json` (or `cityscapes_1_4`) names one by its file name, as the paper-recipe
+# commands are written: the names are unique across the folders (a test keeps them so).
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_SUFFIX = ".json"
+BASES_SUBDIR = "base"  # building blocks, not runnable on their own
+
+
+def shipped_config_paths() -> dict[str, Path]:
+    """The shipped configs by name (the file name without ``.json``), whatever their folder."""
+    if not CONFIGS_DIR.is_dir():
+        return {}
+    paths = sorted(p for p in CONFIGS_DIR.rglob(f"*{CONFIG_SUFFIX}")
+                   if p.relative_to(CONFIGS_DIR).parts[0] != BASES_SUBDIR)
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in found:
+            raise ConfigError(f"{path}: a shipped config named '{path.stem}' exists already ({found[path.stem]}); "
+                              f"bare names must be unique across {CONFIGS_DIR}: rename one of them")
+        found[path.stem] = path
+    return found
 
 
 def shipped_configs() -> list[str]:
-    """Names (without ``.json``) of the configs in the project's ``configs/`` directory."""
-    return sorted(p.stem for p in CONFIGS_DIR.glob(f"*{CONFIG_SUFFIX}")) if CONFIGS_DIR.is_dir() else []
+    """Names (without ``.json``) of the configs in the project's ``configs/`` folders."""
+    return sorted(shipped_config_paths())
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """An existing file as given; else a bare name (``cityscapes_1_4.json`` or ``cityscapes_1_4``)
-    of a config in the project's ``configs/``. Raises ConfigError listing those configs."""
+    """An existing file as given; else the name of a shipped config: bare (``cityscapes_1_4.json``
+    or ``cityscapes_1_4``), or its path from before the recipes had folders
+    (``configs/forec/cityscapes_1_4.json``). Raises ConfigError listing the shipped configs."""
     path = Path(path)
     if path.is_file():
         return path
-    if path.parent == Path("."):
-        name = path.name if path.suffix == CONFIG_SUFFIX else path.name + CONFIG_SUFFIX
-        shipped = CONFIGS_DIR / name
-        if shipped.is_file():
+    if path.parent == Path(".") or path.parent.name == CONFIGS_DIR.name:
+        name = path.name[: -len(CONFIG_SUFFIX)] if path.suffix == CONFIG_SUFFIX else path.name
+        shipped = shipped_config_paths().get(name)
+        if shipped is not None:
             return shipped
     names = shipped_configs()
     listing = f"the configs in {CONFIGS_DIR} are: {', '.join(names)}" if names else f"{CONFIGS_DIR} holds no config"
