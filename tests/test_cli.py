@@ -34,7 +34,8 @@ print(json.dumps({"codes": codes, "loaded": [m for m in %r if m in sys.modules]}
 def test_every_command_is_a_subcommand_with_its_module_name() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == [c.NAME for c in COMMANDS]
-    assert list(sub.choices) == ["train", "eval", "predict", "export", "bench", "visualize", "ablate", "recipes"]
+    assert list(sub.choices) == ["train", "eval", "predict", "export", "bench", "visualize", "ablate", "pretrain",
+                                 "recipes"]
 
 
 def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
