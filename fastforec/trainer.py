@@ -1,9 +1,10 @@
-"""The mean-teacher + reconstruction trainer on DeepSpeed (docs/architecture.md section A).
+"""The trainer on DeepSpeed: every method (base x auxiliary task, methods.BASES) on one loop.
 
-One ``train_step`` = teacher forward on the weak view, CutMix, student forward on
-[labeled ; strong], losses, backward, optimizer step, EMA update. The student lives in a DeepSpeed
-engine (ZeRO 0/1/2, precision, accumulation from the config's ``deepspeed`` block); the teacher is
-a plain module beside it, identical on every rank.
+One ``train_step`` = each micro-batch's losses (methods.compute_losses: the base's pseudo-labels,
+CutMix and forward passes, plus the auxiliary reconstruction), backward, optimizer step, and the
+EMA update for the bases with a teacher (mean teacher, UniMatch V2). The student lives in a
+DeepSpeed engine (ZeRO 0/1/2, precision, accumulation from the config's ``deepspeed`` block); the
+teacher is a plain module beside it, identical on every rank.
 """
 
 from __future__ import annotations
