@@ -26,7 +26,7 @@ from fastforec.ablate import (
     train_command,
 )
 from fastforec.cli import main
-from fastforec.config import load_config
+from fastforec.config import LEGACY_METHOD_NAMES, load_config
 from fastforec.data.manifest import Manifest
 from tests.shard_sets import shard_samples
 
@@ -92,7 +92,8 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     assert all(json.loads(line)["step"] != 999 for line in (killed / "metrics.jsonl").read_text().splitlines())
     for m, run in runs.items():
         config_used = json.loads((run / "config.json").read_text())
-        assert config_used["method"]["name"] == m and config_used["train"]["seed"] == 0
+        method = config_used["method"]  # the old method name as the config reads it: base x aux
+        assert (method["base"], method["aux"]) == LEGACY_METHOD_NAMES[m] and config_used["train"]["seed"] == 0
         assert Path(config_used["data"]["root"]) == out / "data" / f"shards_{BUDGET}"
     manifest = json.loads((out / "data" / f"shards_{BUDGET}" / "manifest.json").read_text())
     assert sum(s["num_samples"] for s in manifest["splits"]["labeled"]["shards"]) == BUDGET
@@ -179,7 +180,7 @@ def test_interrupted_runs_resume_and_runs_are_seed_major(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("method, base, aux, label", [
-    ("forec", "mean_teacher", "forec", "forec"), ("unimatch", "unimatch", "none", "unimatch"),
+    ("forec", "mean_teacher", "forec", "mean_teacher+forec"), ("unimatch", "unimatch", "none", "unimatch"),
     ("unimatch+forec", "unimatch", "forec", "unimatch+forec"), ("fixmatch+rec", "fixmatch", "rec", "fixmatch+rec"),
 ])
 def test_methods_name_a_base_and_an_auxiliary_task(method: str, base: str, aux: str, label: str,
@@ -192,7 +193,7 @@ def test_methods_name_a_base_and_an_auxiliary_task(method: str, base: str, aux: 
                         overrides=[], resume=False)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     cfg = load_config(config, overrides=sets)
-    assert (cfg.method.base_name, cfg.method.aux_name, cfg.method.label) == (base, aux, label)
+    assert (cfg.method.base, cfg.method.aux, cfg.method.label) == (base, aux, label)
 
 
 def test_plain_bases_become_baselines() -> None:
@@ -216,8 +217,8 @@ def test_confidence_interval_by_hand() -> None:
     d = paired_difference({0: 11.0, 1: 12.0, 2: 14.0, 3: 99.0}, {0: 10.0, 1: 11.0, 2: 10.0})
     assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(2.0)
     assert (d["ci_low"], d["ci_high"]) == (pytest.approx(2.0 - 4.303), pytest.approx(2.0 + 4.303))
-    # beyond the table: the Cornish-Fisher value is within 0.003 of t(0.975, 40 df) = 2.021
-    assert t_critical(30) == 2.042 and t_critical(40) == pytest.approx(2.021, abs=3e-3)
+    # the computed quantile at the table's three decimals, also beyond it: t(0.975, 40 df) = 2.021
+    assert t_critical(30) == 2.042 and t_critical(40) == 2.021
 
 
 def test_a_failed_dataprep_command_stops_the_study_with_dataprep_s_message(config: Path, tmp_path: Path,

@@ -1,0 +1,114 @@
+"""The `fastforec ablate` command: its arguments, their checks, and the study from data to report
+(the package docstring, ``fastforec/ablate/__init__.py``, describes the study)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastforec.ablate.data import check_study, prepare_data
+from fastforec.ablate.method_names import DEFAULT_METHODS, parse_methods
+from fastforec.ablate.plan import (
+    DEFAULT_DATA_SEED,
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_NUM_TRAIN,
+    DEFAULT_NUM_VAL,
+    DEFAULT_SIZE,
+    DEFAULT_SPLIT_SEED,
+    IMAGE_FORMATS,
+    PRESETS,
+    AblationError,
+    DataSpec,
+    parse_budgets,
+    parse_formats,
+    plan_runs,
+)
+from fastforec.ablate.pool import Outcome, run_all
+from fastforec.ablate.report import write_report
+from fastforec.config import ConfigError, add_override_argument, load_config
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HxW (e.g. 96x128)") from None
+    return h, w
+
+
+NAME = "ablate"
+HELP = "methods x label budgets x seeds study (paper Table 4/5)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run config shared by every run (JSON)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
+    p.add_argument("--budgets", required=True,
+                   help="comma-separated numbers of labeled images, e.g. 24,96 (sslbench also: all)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per (method, budget): 0..N-1")
+    p.add_argument("--out", required=True, help="study directory (data/, runs/, ablation.md/.json/.png)")
+    add_override_argument(p, help="extra config override for every run (repeatable)")
+    p.add_argument("--preset", choices=PRESETS, default="scenes",
+                   help="synthetic dataset: VOC layout (dataprep synth --preset scenes|sslbench) or cityscapes")
+    p.add_argument("--image-formats", default=None,
+                   help=f"cityscapes: shard image formats to compare, from {', '.join(IMAGE_FORMATS)} (default png; "
+                        f"e.g. png,jpg: every run once per format, paired against the first)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help="cityscapes jpg shards' quality")
+    p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="synthetic training images")
+    p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="synthetic validation images")
+    p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="synthetic image size HxW")
+    p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the synthetic images")
+    p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                   help="seed of the labeled/unlabeled split (scenes; sslbench budgets follow --data-seed)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of each training run (default: inherited)")
+    p.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
+
+
+def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
+    if args.seeds < 1:
+        raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise AblationError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.num_val < 1 or args.num_train < 2:
+        raise AblationError(f"--num-train must be >= 2 and --num-val >= 1, got {args.num_train} and {args.num_val}")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise AblationError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    methods = parse_methods(args.methods)
+    budgets = parse_budgets(args.budgets, num_train=args.num_train, preset=args.preset)
+    # The config and every --set must load before an hour of work starts (data.root is set per budget).
+    load_config(args.config, args.overrides)
+    if not 1 <= args.jpeg_quality <= 100:
+        raise AblationError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    spec = DataSpec(preset=args.preset, num_train=args.num_train, num_val=args.num_val, height=args.size[0],
+                    width=args.size[1], data_seed=args.data_seed, split_seed=args.split_seed,
+                    image_formats=parse_formats(args.image_formats, preset=args.preset),
+                    jpeg_quality=args.jpeg_quality)
+    return methods, budgets, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    out, config = Path(args.out), Path(args.config).resolve()
+    try:
+        methods, budgets, spec = validate(args)
+        check_study(out, spec)
+        shards = {} if args.report_only else prepare_data(out, spec, budgets, console)
+    except (AblationError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed: list[Outcome] = []
+    if not args.report_only:
+        failed = run_all(plan_runs(methods, budgets, args.seeds, spec.formats), out=out, config=config, shards=shards,
+                         overrides=args.overrides, torch_threads=args.torch_threads, jobs=args.jobs, console=console)
+    write_report(out, methods=methods, budgets=budgets, seeds=args.seeds, spec=spec, config=config, failed=failed)
+    print((out / "ablation.md").read_text())
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: " + ", ".join(f"{o.run.name} (log: {o.log})" for o in failed),
+              file=sys.stderr)
+        return 1
+    return 0

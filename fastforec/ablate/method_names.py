@@ -1,0 +1,87 @@
+"""The methods of a study: what a ``--methods`` entry means, the config keys a run of it gets,
+the row it is in the report, and which methods the others are compared with.
+
+A ``--methods`` entry is the config's own label of a method (``MethodConfig.label``: ``base`` or
+``base+aux``), or one of the old method names (the paper's Table 4 rows: forec = mean_teacher x
+forec). ``method_settings`` is the one place that spells how an entry becomes the run's
+``method.*`` keys; ``method_config`` reads them back the way the config reads a run's file.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from fastforec.ablate.plan import AblationError
+from fastforec.config import AUX_TASKS, BASES, LEGACY_METHOD_NAMES, MethodConfig, upgrade_legacy_keys
+
+DEFAULT_METHODS = tuple(LEGACY_METHOD_NAMES)  # the study's methods when --methods is not given
+BASE_AUX_SEP = "+"  # --methods unimatch+forec: base x auxiliary task, as MethodConfig.label writes it
+# (base, aux) of every method by the config's label for it
+PARTS_BY_LABEL = {MethodConfig(base=b, aux=a).label: (b, a) for b in BASES for a in AUX_TASKS}
+# Paired differences are reported against these, and against every plain base that was run (a
+# study of unimatch and unimatch+forec compares the two).
+BASELINES = ("supervised", "mean_teacher")
+# Report rows: the paper's Table 4 reads its rows rec/forec/fgbg (old method names) as additions
+# to the mean teacher; every other method is its base and auxiliary task in words.
+PAPER_ROW_LABELS = {"rec": "+ reconstruction (rec)", "forec": "+ FOrec", "fgbg": "+ fg/bg prediction"}
+BASE_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "fixmatch": "FixMatch",
+               "unimatch": "UniMatch", "unimatch_v2": "UniMatch V2"}
+AUX_LABELS = {"rec": "reconstruction", "forec": "FOrec", "fgbg": "fg/bg prediction"}
+
+
+def method_parts(method: str) -> tuple[str, str] | None:
+    """(base, aux) of a --methods entry: an old method name (forec = mean_teacher x forec) or a
+    method's label, a base (unimatch) or base+aux (unimatch+forec); None when it is neither."""
+    if method in LEGACY_METHOD_NAMES:
+        return LEGACY_METHOD_NAMES[method]
+    return PARTS_BY_LABEL.get(method)
+
+
+def method_settings(method: str) -> dict[str, str]:
+    """The ``method.*`` config keys (without the prefix) that make a run train ``method``: its
+    method.name, method.base and method.aux. Base and aux are always set, so a study config that
+    sets them cannot change what a row means."""
+    parts = method_parts(method)
+    if parts is None:  # the --methods parser refuses these; a Run built by hand may not
+        raise AblationError(f"--methods: '{method}' is neither a method, a base nor base{BASE_AUX_SEP}aux")
+    base, aux = parts
+    return {"name": method if method in LEGACY_METHOD_NAMES else "mean_teacher", "base": base, "aux": aux}
+
+
+def method_overrides(method: str) -> list[str]:
+    """``method_settings`` as the training command's --set values (``method.name=forec``, ...)."""
+    return [f"method.{key}={value}" for key, value in method_settings(method).items()]
+
+
+def method_config(method: str) -> MethodConfig:
+    """The method section of the config a run of ``method`` trains with (its ``method_settings``
+    read as the config reads them, old method.name included)."""
+    return MethodConfig(**upgrade_legacy_keys({"method": method_settings(method)})["method"])
+
+
+def method_label(method: str) -> str:
+    """The report's name of ``method``'s row."""
+    if method in PAPER_ROW_LABELS:
+        return PAPER_ROW_LABELS[method]
+    cfg = method_config(method)
+    return BASE_LABELS[cfg.base] + ("" if cfg.aux == "none" else f" + {AUX_LABELS[cfg.aux]}")
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if method_parts(m) is None]
+    if unknown or not methods:
+        raise AblationError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
+                            f"{', '.join(LEGACY_METHOD_NAMES)}, or a base ({', '.join(BASES)}) with an optional "
+                            f"'{BASE_AUX_SEP}<aux>' ({', '.join(a for a in AUX_TASKS if a != 'none')}), "
+                            f"e.g. unimatch{BASE_AUX_SEP}forec")
+    if len(set(methods)) != len(methods):
+        raise AblationError(f"--methods: '{text}' names a method twice")
+    return methods
+
+
+def baselines(methods: Sequence[str]) -> list[str]:
+    """The methods of this study that others are compared with, in order: the BASELINES that were
+    run, then every other plain base (an entry that is the label of a base without auxiliary task)."""
+    plain = [m for m in methods if m not in BASELINES and m in BASES]
+    return [b for b in BASELINES if b in methods] + plain
