@@ -5,7 +5,8 @@ ignore; ``valid``/``mask``/``fg`` are bool (B, H, W). Every loss that normalises
 returns exactly 0 (and a zero gradient) when the count is 0, never NaN.
 
 The ``*_reference`` functions are the plain PyTorch compositions: they are the specification of
-the fused kernels in ``kernels/`` and are what the tests compare against. The public functions
+the fused kernels in ``kernels/`` and are what the tests compare against. They compute in fp32,
+or in the ``dtype`` asked for (fp64: ``bench --what gpu-check``'s ground truth). The public functions
 (``pseudo_label``, ``pseudo_label_ce``, ``masked_mse``) dispatch to ``kernels`` so the trainer
 gets the fused versions by default.
 """
@@ -92,27 +93,28 @@ def labeled_loss(cfg: LossConfig) -> Callable[[Tensor, Tensor], Tensor]:
 # Pseudo-labels
 
 
-def pseudo_label_reference(teacher_logits: Tensor, fg_classes: Sequence[int] | None = None
-                           ) -> tuple[Tensor, Tensor, Tensor]:
-    """(label int64 (B,H,W), conf fp32 (B,H,W), fg bool (B,H,W)) from teacher logits."""
-    prob = teacher_logits.float().softmax(dim=1)
+def pseudo_label_reference(teacher_logits: Tensor, fg_classes: Sequence[int] | None = None, *,
+                           dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """(label int64 (B,H,W), conf ``dtype`` (B,H,W), fg bool (B,H,W)) from teacher logits."""
+    prob = teacher_logits.to(dtype).softmax(dim=1)
     conf, label = prob.max(dim=1)
     fg = foreground_map(label, fg_classes) if fg_classes is not None else torch.zeros_like(label, dtype=torch.bool)
     return label, conf, fg
 
 
 def pseudo_label_ce_reference(student_logits: Tensor, label: Tensor, conf: Tensor, valid: Tensor,
-                              conf_thresh: float) -> Tensor:
+                              conf_thresh: float, *, dtype: torch.dtype = torch.float32) -> Tensor:
     """sum over pixels of CE(student, label) * [conf > thresh] * valid / number of valid pixels."""
-    ce = F.cross_entropy(student_logits.float(), label, reduction="none")
+    ce = F.cross_entropy(student_logits.to(dtype), label, reduction="none")
     keep = (conf > conf_thresh) & valid
     return _safe_div((ce * keep).sum(), valid.sum())
 
 
-def masked_mse_reference(rec: Tensor, image: Tensor, fg: Tensor, mask: Tensor) -> Tensor:
+def masked_mse_reference(rec: Tensor, image: Tensor, fg: Tensor, mask: Tensor, *,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
     """sum(mask * (rec - image * fg)^2) / (3 * sum(mask)); 0 when the mask is empty."""
-    target = image.float() * fg.unsqueeze(1)
-    err = (rec.float() - target).pow(2) * mask.unsqueeze(1)
+    target = image.to(dtype) * fg.unsqueeze(1)
+    err = (rec.to(dtype) - target).pow(2) * mask.unsqueeze(1)
     return _safe_div(err.sum(), 3 * mask.sum())
 
 

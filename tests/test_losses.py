@@ -188,6 +188,39 @@ def test_public_losses_with_torch_backend_equal_the_references() -> None:
                                masked_mse_reference(rec, image, fg, valid))
 
 
+def test_references_compute_in_the_dtype_asked_for() -> None:
+    """`bench --what gpu-check` takes its ground truth from the references with dtype=torch.float64:
+    values and autograd gradients to fp64 precision; without it they compute in fp32, whatever the input."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 5, 4, 3)) * 3
+    label, conf, valid = rng.integers(0, 5, (2, 4, 3)), rng.random((2, 4, 3)), rng.random((2, 4, 3)) < 0.8
+    x = torch.from_numpy(logits).requires_grad_()
+    args = (torch.from_numpy(label), torch.from_numpy(conf), torch.from_numpy(valid), 0.5)
+    loss = pseudo_label_ce_reference(x, *args, dtype=torch.float64)
+    loss.backward()
+    keep = (conf > 0.5) & valid
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx((_np_ce(logits, label) * keep).sum() / valid.sum(), rel=1e-13)
+    prob = np.exp(_np_log_softmax(logits, axis=1))
+    onehot = np.eye(5)[label].transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(x.grad.numpy(), (prob - onehot) * keep[:, None] / valid.sum(), rtol=1e-12, atol=1e-15)
+    ref_label, ref_conf, _ = pseudo_label_reference(x.detach(), dtype=torch.float64)
+    assert ref_conf.dtype == torch.float64 and np.array_equal(ref_label.numpy(), prob.argmax(axis=1))
+    np.testing.assert_allclose(ref_conf.numpy(), prob.max(axis=1), rtol=1e-14)
+    assert pseudo_label_ce_reference(x.detach(), *args).dtype == torch.float32  # fp64 input, default dtype
+
+    rec, image = rng.random((2, 3, 4, 3)), rng.random((2, 3, 4, 3))
+    fg, mask = rng.random((2, 4, 3)) < 0.5, rng.random((2, 4, 3)) < 0.7
+    r = torch.from_numpy(rec).requires_grad_()
+    maps = (torch.from_numpy(image), torch.from_numpy(fg), torch.from_numpy(mask))
+    mse = masked_mse_reference(r, *maps, dtype=torch.float64)
+    mse.backward()
+    diff = (rec - image * fg[:, None]) * mask[:, None]
+    assert mse.dtype == torch.float64 and mse.item() == pytest.approx((diff ** 2).sum() / (3 * mask.sum()), rel=1e-13)
+    np.testing.assert_allclose(r.grad.numpy(), 2 * diff / (3 * mask.sum()), rtol=1e-12, atol=1e-15)
+    assert masked_mse_reference(r.detach(), *maps).dtype == torch.float32
+
+
 # ---------------------------------------------------------------------------------------------
 # reconstruction targets
 

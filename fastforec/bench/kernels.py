@@ -30,6 +30,7 @@ from rich.table import Table
 
 import fastforec_kernels as kernels
 from fastforec.atomic import atomic_write_json
+from fastforec.bench.timing import synchronize
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, pseudo_label_reference
 from fastforec_kernels._autograd import gradient_in_backward
 
@@ -185,11 +186,6 @@ def build_cases(*, size: int, dtype: torch.dtype, device: torch.device, backend:
 # Measurements
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_interleaved(calls: dict[str, Call], *, repeats: int, device: torch.device,
                      reset: Call = lambda: None) -> dict[str, list[float]]:
     """Milliseconds per call. Contenders alternate within each repeat so that a slow phase of a
@@ -198,10 +194,10 @@ def time_interleaved(calls: dict[str, Call], *, repeats: int, device: torch.devi
     for _ in range(repeats):
         for name, call in calls.items():
             reset()
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             call()
-            _sync(device)
+            synchronize(device)
             times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
@@ -229,11 +225,11 @@ def cpu_peak_bytes(call: Call) -> int:
 
 
 def cuda_peak_bytes(call: Call, device: torch.device) -> int:
-    torch.cuda.synchronize(device)
+    synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     call()
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 

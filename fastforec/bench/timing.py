@@ -1,4 +1,5 @@
-"""Timed windows of consecutive training steps."""
+"""Timing on the device: waiting for it (``synchronize``, the benchmarks' one copy), the median
+time of a call (``time_ms``), and timed windows of consecutive training steps (``run_steps``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,30 @@ import torch
 
 from fastforec.bench.harness import Batch
 
+CPU_REPEATS = 3  # wall-clock runs of time_ms on the CPU
+
 
 def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished its queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, *, grad_to_none: list | None = None) -> float:
+    """Median milliseconds of ``fn``: CUDA events through ``triton.testing.do_bench`` on a GPU,
+    the median of a few wall-clock runs on the CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
+    times = []
+    for _ in range(CPU_REPEATS):
+        for t in grad_to_none or []:
+            t.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`fastforec bench --what gpu-check`: the --dry-run on the CPU (every section, small shapes) and
-the unpacking of offline wheels."""
+the unpacking of offline wheels (fastforec/bench/offline_wheels.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastforec.bench import gpu_check
+from fastforec.bench import offline_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -111,7 +111,7 @@ def test_missing_packages_are_unpacked_after_the_existing_ones(tmp_path: Path, m
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "fastforec_offline_probe")
-    report = gpu_check.ensure_offline_packages(wheels, modules=("json", "fastforec_offline_probe"))
+    report = offline_wheels.ensure_offline_packages(wheels, modules=("json", "fastforec_offline_probe"))
     assert report["missing"] == ["fastforec_offline_probe"] and report["still_missing"] == []
     assert sys.path[-1] == report["prefix"]  # appended: never shadows what the node has
     import fastforec_offline_probe
@@ -119,5 +119,5 @@ def test_missing_packages_are_unpacked_after_the_existing_ones(tmp_path: Path, m
     assert fastforec_offline_probe.VALUE == 42
     assert os.environ["PYTHONPATH"].endswith(report["prefix"])
 
-    nothing = gpu_check.ensure_offline_packages(tmp_path / "none", modules=("fastforec_offline_absent",))
+    nothing = offline_wheels.ensure_offline_packages(tmp_path / "none", modules=("fastforec_offline_absent",))
     assert "tools/build_offline_wheels.sh" in nothing["error"] and "fastforec_offline_absent" in nothing["error"]
