@@ -92,7 +92,7 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     assert all(json.loads(line)["step"] != 999 for line in (killed / "metrics.jsonl").read_text().splitlines())
     for m, run in runs.items():
         config_used = json.loads((run / "config.json").read_text())
-        method = config_used["method"]  # the old method name as the config reads it: base x aux
+        method = config_used["method"]  # the old method name (--methods supervised,forec) as base x aux
         assert (method["base"], method["aux"]) == LEGACY_METHOD_NAMES[m] and config_used["train"]["seed"] == 0
         assert Path(config_used["data"]["root"]) == out / "data" / f"shards_{BUDGET}"
     manifest = json.loads((out / "data" / f"shards_{BUDGET}" / "manifest.json").read_text())
@@ -173,7 +173,9 @@ def test_interrupted_runs_resume_and_runs_are_seed_major(tmp_path: Path) -> None
     cmd = train_command(Run("rec", 20, 1), config=tmp_path / "c.json", run_dir=run_dir, shards=tmp_path / "s",
                         overrides=["train.max_steps=5"], resume=True)
     assert cmd[-1] == "--resume"
-    assert ["--set", "method.name=rec"] == cmd[cmd.index("method.name=rec") - 1: cmd.index("method.name=rec") + 1]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert "method.base=mean_teacher" in sets and "method.aux=rec" in sets  # the old name "rec", as base x aux
+    assert not any(s.startswith("method.name=") for s in sets)
     assert "train.seed=1" in cmd and f"data.root={tmp_path / 's'}" in cmd and "train.max_steps=5" in cmd
     order = [r.name for r in plan_runs(["a", "b"], [1, 2], 2)]
     assert order[:4] == ["a_b1_s0", "b_b1_s0", "a_b2_s0", "b_b2_s0"]  # every cell gets seed 0 first
@@ -188,7 +190,7 @@ def test_methods_name_a_base_and_an_auxiliary_task(method: str, base: str, aux: 
     """What a --methods entry means is what the child's config ends up with, whatever the study's
     config says about base and aux."""
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"method": {"name": "supervised", "base": "fixmatch", "aux": "fgbg"}}))
+    config.write_text(json.dumps({"method": {"base": "fixmatch", "aux": "fgbg"}}))
     cmd = train_command(Run(method, "24", 0), config=config, run_dir=tmp_path / "r", shards=tmp_path / "s",
                         overrides=[], resume=False)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from fastforec.ablate.plan import AblationError
-from fastforec.config import AUX_TASKS, BASES, LEGACY_METHOD_NAMES, MethodConfig, upgrade_legacy_keys
+from fastforec.config import AUX_TASKS, BASES, LEGACY_METHOD_NAMES, MethodConfig
 
 DEFAULT_METHODS = tuple(LEGACY_METHOD_NAMES)  # the study's methods when --methods is not given
 BASE_AUX_SEP = "+"  # --methods unimatch+forec: base x auxiliary task, as MethodConfig.label writes it
@@ -39,24 +39,22 @@ def method_parts(method: str) -> tuple[str, str] | None:
 
 def method_settings(method: str) -> dict[str, str]:
     """The ``method.*`` config keys (without the prefix) that make a run train ``method``: its
-    method.name, method.base and method.aux. Base and aux are always set, so a study config that
-    sets them cannot change what a row means."""
+    method.base and method.aux, both always set, so a study config cannot change what a row means."""
     parts = method_parts(method)
     if parts is None:  # the --methods parser refuses these; a Run built by hand may not
         raise AblationError(f"--methods: '{method}' is neither a method, a base nor base{BASE_AUX_SEP}aux")
     base, aux = parts
-    return {"name": method if method in LEGACY_METHOD_NAMES else "mean_teacher", "base": base, "aux": aux}
+    return {"base": base, "aux": aux}
 
 
 def method_overrides(method: str) -> list[str]:
-    """``method_settings`` as the training command's --set values (``method.name=forec``, ...)."""
+    """``method_settings`` as the training command's --set values (``method.base=mean_teacher``, ...)."""
     return [f"method.{key}={value}" for key, value in method_settings(method).items()]
 
 
 def method_config(method: str) -> MethodConfig:
-    """The method section of the config a run of ``method`` trains with (its ``method_settings``
-    read as the config reads them, old method.name included)."""
-    return MethodConfig(**upgrade_legacy_keys({"method": method_settings(method)})["method"])
+    """The method section of the config a run of ``method`` trains with."""
+    return MethodConfig(**method_settings(method))
 
 
 def method_label(method: str) -> str:

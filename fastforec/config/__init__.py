@@ -44,8 +44,6 @@ from fastforec.config.schema import (
     FLOAT32_MAX,
     LEGACY_DECODER,
     LEGACY_METHOD_NAMES,
-    METHODS,
-    NAME_PARTS,
     VIT_FAMILIES,
     AugConfig,
     AuxName,
@@ -68,7 +66,7 @@ from fastforec.config.schema import (
 
 __all__ = [
     "AUX_TASKS", "BACKBONES", "BASES", "CONFIGS_DIR", "CONFIG_SUFFIX", "DECODERS", "DINOV2", "DPT_DECODER",
-    "EXTENDS_KEY", "FLOAT32_MAX", "LEGACY_DECODER", "LEGACY_METHOD_NAMES", "METHODS", "NAME_PARTS", "VIT_FAMILIES",
+    "EXTENDS_KEY", "FLOAT32_MAX", "LEGACY_DECODER", "LEGACY_METHOD_NAMES", "VIT_FAMILIES",
     "AugConfig", "AuxName", "BackboneName", "BaseName", "Config", "ConfigError", "DataConfig", "DecoderName",
     "EvalConfig", "LossConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RecipeConfig", "TrainConfig",
     "VitFamily", "add_override_argument", "apply_overrides", "config_from_dict", "load_config", "merge_config",

@@ -61,8 +61,6 @@ LEGACY_DECODER = "torchvision"
 LEGACY_METHOD_NAMES = {"supervised": ("supervised", "none"), "mean_teacher": ("mean_teacher", "none"),
                        "rec": ("mean_teacher", "rec"), "forec": ("mean_teacher", "forec"),
                        "fgbg": ("mean_teacher", "fgbg")}
-METHODS: tuple[str, ...] = tuple(LEGACY_METHOD_NAMES)  # TEMP: ablate, until it moves to base x aux
-NAME_PARTS = LEGACY_METHOD_NAMES  # TEMP: ablate
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
@@ -236,10 +234,6 @@ class MethodConfig:
     def reconstruction(self) -> str | None:
         """The auxiliary head the method needs: "rgb", "fgbg" or None."""
         return {"rec": "rgb", "forec": "rgb", "fgbg": "fgbg"}.get(self.aux)
-
-    @property
-    def strong_views(self) -> int:  # TEMP: bench/gpu_check.py until it reads methods.BASES
-        return 2 if self.base in ("unimatch", "unimatch_v2") else 1
 
     @property
     def resets_teacher(self) -> bool:
