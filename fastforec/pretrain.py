@@ -76,16 +76,20 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="directory: data/, run/, encoder.safetensors, encoder.json")
+    p.add_argument("--out", required=True,
+                   help="directory: data/, run/, encoder.safetensors, encoder.json; the same command again continues "
+                        "a stopped pretraining")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"training config (a file, or a config name in configs/; default {DEFAULT_CONFIG}); "
                         "its data.root is replaced by the generated shards")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config entry (repeatable), e.g. --set train.max_steps=2000")
-    p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="synthetic training images (all labeled)")
-    p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="synthetic validation images")
+    p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN,
+                   help=f"synthetic training images, all labeled (default {DEFAULT_NUM_TRAIN})")
+    p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL,
+                   help=f"synthetic validation images (default {DEFAULT_NUM_VAL})")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="image size HxW (default 64x64, sslbench's)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic images")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic images (default 0)")
     p.add_argument("--checkpoint", default=None,
                    help="export the encoder of this fastforec checkpoint (a file or a run directory) and do nothing "
                         "else: no data, no training")
