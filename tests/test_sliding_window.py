@@ -108,7 +108,7 @@ def test_predict_in_sliding_windows_writes_the_documented_class_map(tmp_path: Pa
     from fastforec.models import build_model
 
     cfg = Config(data=DataConfig(crop_size=48), model=ModelConfig(backbone="resnet18", output_stride=16),
-                 method=MethodConfig(name="supervised"))
+                 method=MethodConfig(base="supervised", aux="none"))
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=21, reconstruction=None).eval()
     with torch.no_grad():

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fastforec.checkpoint_files import save_checkpoint
 from fastforec.cli import main
-from fastforec.config import Config, DataConfig, MethodConfig, ModelConfig
+from fastforec.config import LEGACY_METHOD_NAMES, Config, DataConfig, MethodConfig, ModelConfig
 from fastforec.models import build_model, deeplabv3plus
 from fastforec.visualize import curves
 from fastforec.visualize.curves import read_metrics, series
@@ -28,9 +28,15 @@ INPUT_SIZES = ((40, 56), (48, 48))
 CHANNELS = 3
 
 
+def _method(method: str) -> MethodConfig:
+    """``method``: one of the old single names (forec = mean_teacher x forec)."""
+    base, aux = LEGACY_METHOD_NAMES[method]
+    return MethodConfig(base=base, aux=aux)
+
+
 def _model(method: str, seed: int):
     torch.manual_seed(seed)
-    model = deeplabv3plus(backbone="resnet18", num_classes=NUM_CLASSES, reconstruction=MethodConfig(name=method)
+    model = deeplabv3plus(backbone="resnet18", num_classes=NUM_CLASSES, reconstruction=_method(method)
                           .reconstruction)
     # Non-trivial BN statistics, so that eval-mode outputs are not a near-constant map.
     for m in model.modules():
@@ -43,7 +49,7 @@ def _model(method: str, seed: int):
 def _save_checkpoint(path: Path, method: str, seed: int) -> torch.nn.Module:
     """A checkpoint in the trainer's shared-file format (student weights, config, dataset info)."""
     model = _model(method, seed)
-    cfg = Config(model=ModelConfig(backbone="resnet18"), method=MethodConfig(name=method))
+    cfg = Config(model=ModelConfig(backbone="resnet18"), method=_method(method))
     state = {"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
              "teacher": None, "dataset": {"num_classes": NUM_CLASSES, "class_names": [f"c{i}" for i in range(6)],
                                           "palette": PALETTE}}
@@ -91,7 +97,7 @@ def test_latent_channels_recombine_into_the_reconstruction(checkpoints: dict, im
         assert fig.size == (round(cols * PANEL_INCHES * DPI), round((rows * PANEL_INCHES + 0.4) * DPI))
     arrays = np.load(out.with_suffix(".npz"))
     meta = json.loads(str(arrays["meta"]))
-    assert [c["method"] for c in meta["checkpoints"]] == ["forec", "rec"]
+    assert [c["method"] for c in meta["checkpoints"]] == ["mean_teacher+forec", "mean_teacher+rec"]
     for g, model in enumerate(checkpoints["models"]):
         weight = torch.from_numpy(arrays[f"c{g}_weight"])
         bias = torch.from_numpy(arrays[f"c{g}_bias"])
@@ -120,7 +126,7 @@ def test_latent_images_of_a_dpt_checkpoint(images: list[Path], tmp_path: Path) -
     torch.manual_seed(5)
     cfg = Config(data=DataConfig(crop_size=518),
                  model=ModelConfig(backbone="dinov2_vits14", decoder="dpt", backbone_width=0.25),
-                 method=MethodConfig(name="forec", base="unimatch_v2"))
+                 method=MethodConfig(base="unimatch_v2", aux="forec"))
     model = build_model(cfg.model, num_classes=NUM_CLASSES, reconstruction="rgb").eval()
     save_checkpoint({"format": "fastforec-checkpoint-v1", "config": cfg.to_dict(), "student": model.state_dict(),
                      "teacher": None, "dataset": {"num_classes": NUM_CLASSES, "palette": PALETTE,

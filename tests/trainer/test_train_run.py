@@ -65,7 +65,8 @@ def test_forec_run_writes_results_metrics_and_checkpoints(shards: Path, tmp_path
                              for name, v in per_class.items())
 
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["method"]["name"] == "forec" and saved["data"]["root"] == str(shards)
+    assert (saved["method"]["base"], saved["method"]["aux"]) == ("mean_teacher", "forec")
+    assert "name" not in saved["method"] and saved["data"]["root"] == str(shards)
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_00000002.pt", "step_00000002.rank0.pt", "step_00000004.pt", "step_00000004.rank0.pt"]
 
