@@ -178,4 +178,6 @@ def test_the_bar_and_the_summary_give_the_same_rate(voc_raw_session: Path, voc_s
     n, seconds, rate = int(summary[1]), float(summary[2]), float(summary[3].replace(",", ""))
     assert n == VOC_TRAIN + VOC_VAL and rate == pytest.approx(n / seconds, rel=0.01)  # both to 3 significant digits
     bar = re.findall(r"([\d.,]+) img/s", result.err)
-    assert bar and float(bar[-1].replace(",", "")) == pytest.approx(rate, rel=0.25)
+    # the bar's last refresh and the summary read the clock at different moments: on a loaded
+    # machine they differ by tens of percent, while the bug this guards against was 25x
+    assert bar and 0.5 <= float(bar[-1].replace(",", "")) / rate <= 2.0
