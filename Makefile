@@ -41,8 +41,8 @@ demo: install
 	$(BIN)/dataprep splits --root $(DEMO_RAW) --layout voc --labeled $(DEMO_LABELED) --seed 0 --out $(DEMO_SPLITS) --force
 	$(BIN)/dataprep voc --root $(DEMO_RAW) --split-dir $(DEMO_SPLITS) --out $(DEMO_DATA)
 	rm -rf $(DEMO_RUN)
-	time $(BIN)/python fastforec/train.py --config configs/synth_demo.json --run-dir $(DEMO_RUN)
-	$(BIN)/fastforec eval --config configs/synth_demo.json --checkpoint $(DEMO_RUN) --json $(DEMO_RUN)/eval.json
+	time $(BIN)/python fastforec/train.py --config configs/cpu/synth_demo.json --run-dir $(DEMO_RUN)
+	$(BIN)/fastforec eval --config configs/cpu/synth_demo.json --checkpoint $(DEMO_RUN) --json $(DEMO_RUN)/eval.json
 
 clean:
 	rm -rf $(VENV) data runs

@@ -11,7 +11,7 @@ done, so re-running the same command continues a stopped one:
 1. data under OUT/data: ``dataprep synth --layout voc --preset pretrain`` (raw/), ``dataprep
    splits`` labeling every training image (splits/) and ``dataprep voc`` (shards/); the data's
    parameters go to OUT/data/pretrain_data.json, and another set of them is refused;
-2. supervised training of the config (default ``configs/sslbench_pretrain.json``: sslbench's
+2. supervised training of the config (default ``configs/cpu/sslbench_pretrain.json``: sslbench's
    network, dense labels) on those shards in OUT/run, with ``--resume auto``: a stopped run
    (signal, kill, crash past a checkpoint) continues from its newest checkpoint;
 3. the encoder file OUT/encoder.safetensors: the trained student's encoder in torchvision/timm
@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fastforec.config import add_override_argument, load_config
 from fastforec.errors import UserError
 
 NAME = "pretrain"
@@ -82,8 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"training config (a file, or a config name in configs/; default {DEFAULT_CONFIG}); "
                         "its data.root is replaced by the generated shards")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training config entry (repeatable), e.g. --set train.max_steps=2000")
+    add_override_argument(p, help="override a training config entry (repeatable), e.g. --set train.max_steps=2000")
     p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN,
                    help=f"synthetic training images, all labeled (default {DEFAULT_NUM_TRAIN})")
     p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL,
@@ -104,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
     spec = DataSpec(args.num_train, args.num_val, args.size[0], args.size[1], args.data_seed)
     if spec.num_train < 1 or spec.num_val < 1:
         raise PretrainError(f"--num-train and --num-val must be >= 1, got {spec.num_train} and {spec.num_val}")
-    from fastforec.config import load_config
-
     cfg = load_config(args.config, args.overrides)  # a bad config or --set fails before any data is made
     run_dir = out / "run"
     finished = (run_dir / "results.json").is_file()

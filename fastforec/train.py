@@ -2,7 +2,7 @@
 
     deepspeed fastforec/train.py --config configs/forec/cityscapes_1_4.json
     torchrun --nproc_per_node 2 fastforec/train.py --config ...
-    python fastforec/train.py --config configs/synth_demo.json --set train.max_steps=100
+    python fastforec/train.py --config configs/cpu/synth_demo.json --set train.max_steps=100
     fastforec train --config ...
 
 Config errors are reported before any process group or data work starts; every user error (see

@@ -282,6 +282,23 @@ def test_a_bare_config_name_resolves_against_the_projects_configs(tmp_path: Path
         assert cfg.data.crop_size == shipped["data"]["crop_size"] == 712 and cfg.train.epochs == 3
 
 
+CPU_CONFIGS = ("synth_demo", "synth_ablation", "sslbench", "sslbench_pretrain", "sslbench_pretrained")
+
+
+@pytest.mark.parametrize("stem", CPU_CONFIGS)
+def test_the_cpu_configs_resolve_by_name_and_by_their_old_top_level_path(
+        stem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the project's are meant
+    new_path = CONFIGS_DIR / "cpu" / f"{stem}.json"
+    assert new_path.is_file() and not (CONFIGS_DIR / f"{stem}.json").exists()
+    # bare, with and without .json, and the path from before configs/cpu/ (Makefile, docs, scripts)
+    for name in (stem, f"{stem}.json", f"configs/{stem}.json"):
+        assert resolve_config_path(name) == new_path
+        cfg = load_config(name)
+        assert cfg.train.name == stem
+        assert cfg.data.device == read_config_file(new_path)["data"]["device"] == "cpu"
+
+
 def test_an_existing_path_wins_over_a_shipped_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _write(tmp_path, {"train": {"name": "mine"}}, "cityscapes_1_4.json")
@@ -303,7 +320,8 @@ def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path: Path, monkey
 
 def test_recipes_live_in_one_folder_per_source_with_unique_names() -> None:
     folders = {p.relative_to(CONFIGS_DIR).parts[0] for p in CONFIGS_DIR.rglob("*.json") if p.parent != CONFIGS_DIR}
-    assert {"base", "forec", "unimatch", "unimatch_v2"} <= folders
+    assert {"base", "cpu", "forec", "unimatch", "unimatch_v2"} <= folders
+    assert not list(CONFIGS_DIR.glob("*.json"))  # every config in a folder, the CPU ones in configs/cpu/
     stems = [p.stem for p in CONFIGS_DIR.rglob("*.json") if p.parent.name != "base"]
     assert len(stems) == len(set(stems))  # a bare name finds one file
     for p in (CONFIGS_DIR / "unimatch_v2").glob("*.json"):

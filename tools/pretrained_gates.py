@@ -3,7 +3,7 @@
     python tools/pretrained_gates.py --scratch runs/ptpilot/scratch --pretrained runs/ptpilot/pre \\
         --double runs/ptpilot/pre_2x [--aux runs/ptpilot/pre_aux]
 
---scratch:    supervised at the small budget from scratch (configs/sslbench.json);
+--scratch:    supervised at the small budget from scratch (configs/cpu/sslbench.json);
 --pretrained: supervised at the small budget from the pretrained encoder, same seeds;
 --double:     as --pretrained with twice the steps, same seeds;
 --aux:        rec and forec at the small budget from the pretrained encoder, same seeds (gate iii).

@@ -1,9 +1,9 @@
 """`fastforec ablate`: the paper's Table 4/5 comparison, on a synthetic dataset, in one command.
 
-    fastforec ablate --config configs/sslbench.json --preset sslbench \\
+    fastforec ablate --config configs/cpu/sslbench.json --preset sslbench \\
         --methods supervised,mean_teacher,rec,forec,fgbg --budgets 24,96 --seeds 4 --jobs 2 --out runs/sslbench
     # what JPEG q95 training shards cost against PNG ones (Cityscapes layout), paired by seed:
-    fastforec ablate --config configs/sslbench.json --preset cityscapes --image-formats png,jpg \\
+    fastforec ablate --config configs/cpu/sslbench.json --preset cityscapes --image-formats png,jpg \\
         --jpeg-quality 95 --methods mean_teacher --budgets 24 --seeds 12 --jobs 2 --torch-threads 1 \\
         --num-train 200 --num-val 40 --size 96x192 --out runs/format_study
 

@@ -1,6 +1,6 @@
 """`fastforec bench --what e2e`: the training step fed by the real DALI pipeline from shards.
 
-    fastforec bench --what e2e --config configs/synth_demo.json [--batches N] [--json OUT]
+    fastforec bench --what e2e --config configs/cpu/synth_demo.json [--batches N] [--json OUT]
     torchrun --nproc_per_node 2 -m fastforec.cli bench --what e2e --config ...
 
 Two contenders share one trainer and alternate in rounds (in-memory, pipeline, in-memory, ...),

@@ -1,6 +1,6 @@
 """`fastforec bench --what step`: the full training step on tensors already in memory.
 
-    fastforec bench --what step --config configs/synth_demo.json [--batches N] [--json OUT]
+    fastforec bench --what step --config configs/cpu/synth_demo.json [--batches N] [--json OUT]
     torchrun --nproc_per_node 2 -m fastforec.cli bench --what step --config ...
     deepspeed --num_gpus 2 --no_local_rank --module fastforec.cli bench --what step --config ...
     fastforec bench --what step --config configs/forec/voc_classic_92.json --batches 0 --peak-tflops 989

@@ -44,7 +44,8 @@ def shipped_configs() -> list[str]:
 def resolve_config_path(path: str | Path) -> Path:
     """An existing file as given; else the name of a shipped config: bare (``cityscapes_1_4.json``
     or ``cityscapes_1_4``), or its path from before the recipes had folders
-    (``configs/forec/cityscapes_1_4.json``). Raises ConfigError listing the shipped configs."""
+    (``configs/cityscapes_1_4.json``, ``configs/synth_demo.json``: now under configs/forec/ and
+    configs/cpu/). Raises ConfigError listing the shipped configs."""
     path = Path(path)
     if path.is_file():
         return path

@@ -93,7 +93,7 @@ def test_bench_step_baseline_reports_both_sides(tmp_path: Path) -> None:
     shards = make_shards(tmp_path / "shards", layout="voc", num_train=8, num_labeled=4, num_val=2, size=(48, 64),
                          seed=0)
     out = tmp_path / "step.json"
-    assert main(["bench", "--what", "step", "--config", "configs/synth_demo.json", "--data", str(shards),
+    assert main(["bench", "--what", "step", "--config", "configs/cpu/synth_demo.json", "--data", str(shards),
                  "--crop", "32", "--batches", "1", "--baseline", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["baseline_samples_per_s"] > 0 and r["precision"] == "fp32" and r["baseline_precision"] == "fp32"
