@@ -37,9 +37,11 @@ class PlainLoop:
     """``train_step(labeled, unlabeled)`` the way the peers' training scripts run it."""
 
     def __init__(self, cfg: Config, *, num_classes: int, fg_classes: list[int], device: torch.device,
-                 max_steps: int):
+                 max_steps: int, accum: int = 1):
         self.cfg = cfg
         self.device = device
+        self.accum = accum
+        self.micro = 0  # micro-batches since the last optimizer step
         method = dataclasses.replace(cfg.method, kernels="torch")
         torch.manual_seed(cfg.train.seed)  # the trainer's initial weights (same seed, same builder)
         self.model = build_model(cfg.model, num_classes=num_classes, reconstruction=method.reconstruction,
@@ -67,8 +69,13 @@ class PlainLoop:
                    ) -> dict[str, torch.Tensor]:
         use_u = unlabeled if methods.base_of(self.cfg.method).unlabeled else None
         terms = methods.compute_losses(self.ctx, labeled, use_u)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        if self.micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        (terms["loss"] / self.accum if self.accum > 1 else terms["loss"]).backward()
+        self.micro += 1
+        if self.micro < self.accum:
+            return terms
+        self.micro = 0
         self.optimizer.step()
         self.scheduler.step()
         if self.teacher is not None:

@@ -62,30 +62,39 @@ def measure_step(trainer: Any, settings: BenchSettings, dist: Any, *, baseline: 
     gather every rank's numbers; ``baseline``: interleave the plain loop's windows, same batches."""
     batches = memory_batches(trainer.train_data, trainer.device)
     feed = cycle(batches)
+    # With gradient accumulation a window holds whole optimizer steps, each starting on a boundary:
+    # otherwise one window pays for an optimizer step and EMA update that the next does not.
+    warmup, per_window = (whole_steps(n, trainer.accum) for n in (settings.warmup, settings.batches))
     plain, plain_feed, plain_windows = None, cycle(batches), []
     if baseline:
         plain = PlainLoop(trainer.cfg, num_classes=trainer.num_classes, fg_classes=trainer.fg_classes,
-                          device=trainer.device, max_steps=trainer.total_steps)
-        run_steps(plain, plain_feed, settings.warmup)
-    run_steps(trainer, feed, settings.warmup)
+                          device=trainer.device, max_steps=trainer.total_steps, accum=trainer.accum)
+        run_steps(plain, plain_feed, warmup)
+    run_steps(trainer, feed, warmup)
     flops = step_flops(trainer, feed())
+    run_steps(trainer, feed, trainer.accum - 1)  # back on an optimizer-step boundary
     peak = PeakMeter(settings, trainer.device, compute_dtype(trainer))
     windows = []
     for _ in range(settings.rounds):
-        windows.append(run_steps(trainer, feed, settings.batches))
+        windows.append(run_steps(trainer, feed, per_window))
         peak.sample()
         if plain is not None:
-            plain_windows.append(run_steps(plain, plain_feed, settings.batches))
+            plain_windows.append(run_steps(plain, plain_feed, per_window))
     batch = trainer.cfg.data.batch_size
     rate = median_rate(windows)
     rows = per_rank_rows(gather_metrics({"samples_per_s": rate, "flops_per_sample": flops / batch,
                                          "peak_flops_per_s": peak.value,
                                          "skipped_steps": sum(w.skipped for w in windows)}, dist))
     return {"benchmark": "step", **run_identity(trainer.cfg, dist, trainer), **throughput_summary(rows),
-            "step_seconds": batch / rate, "peak_source": peak.source, "batches_per_round": settings.batches,
-            "rounds": settings.rounds, "warmup_steps": settings.warmup,
+            "step_seconds": batch / rate, "peak_source": peak.source, "batches_per_round": per_window,
+            "gradient_accumulation_steps": trainer.accum, "rounds": settings.rounds, "warmup_steps": warmup,
             "per_round_samples_per_s": [w.samples_per_s for w in windows],
             "precision": precision_mode(trainer.ds_config), **_baseline_keys(rate, plain_windows)}
+
+
+def whole_steps(micro_batches: int, accum: int) -> int:
+    """``micro_batches`` rounded up to whole optimizer steps of ``accum`` micro-batches."""
+    return -(-micro_batches // accum) * accum
 
 
 def _baseline_keys(rate: float, plain_windows: list[Any]) -> dict[str, Any]:

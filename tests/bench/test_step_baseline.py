@@ -99,3 +99,47 @@ def test_bench_step_baseline_reports_both_sides(tmp_path: Path) -> None:
     assert r["baseline_samples_per_s"] > 0 and r["precision"] == "fp32" and r["baseline_precision"] == "fp32"
     assert abs(r["ratio_vs_baseline"] - r["samples_per_s_per_device"] / r["baseline_samples_per_s"]) < 1e-9
     assert len(r["baseline_per_round_samples_per_s"]) == r["rounds"]
+
+
+def test_the_plain_loop_accumulates_as_the_trainer_does(world, tmp_path: Path) -> None:
+    # a recipe's gradient_accumulation_steps (UniMatch V2's 4): the optimizer step and the EMA once
+    # per `accum` micro-batches on both sides, each micro-batch's loss divided by the count
+    accum = 2
+    cfg = config_from_dict({
+        "data": {"root": "memory", "crop_size": CROP, "batch_size": BATCH},
+        "model": {"backbone": "resnet18", "output_stride": 16, "decoder_channels": 16, "sync_bn": False,
+                  "pretrained": None},
+        "method": {"base": "mean_teacher", "aux": "forec", "conf_thresh": 0.0}, "optim": {"lr": 0.01},
+        "train": {"name": "baseline", "max_steps": 10},
+        "deepspeed": {"gradient_accumulation_steps": accum}})
+    batches = [synthetic_batch(BATCH, CROP, NUM_CLASSES, device=world.device, seed=s) for s in (0, 1)]
+    data = InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData(batches))
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", dist=world, data=data)
+    plain = PlainLoop(cfg, num_classes=NUM_CLASSES, fg_classes=trainer.fg_classes, device=world.device,
+                      max_steps=trainer.total_steps, accum=trainer.accum)
+    assert trainer.accum == accum
+    before = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    trainer.train_step(*batches[0])
+    plain.train_step(*batches[0])
+    assert plain.step == trainer.state.step == 0  # no optimizer step after the first micro-batch
+    for name, t in plain.model.named_parameters():
+        assert torch.equal(t, before[name]), name
+    trainer.train_step(*batches[1])
+    plain.train_step(*batches[1])
+    assert plain.step == trainer.state.step == 1
+    after = trainer.student.state_dict()
+    moved = 0
+    for name, t in plain.model.state_dict().items():
+        torch.testing.assert_close(t, after[name], rtol=1e-4, atol=1e-6, msg=name)
+        moved += not torch.equal(t, before[name])
+    assert moved > 0
+    teacher = trainer.teacher.module.state_dict()
+    for name, t in plain.teacher.state_dict().items():
+        torch.testing.assert_close(t, teacher[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_bench_window_holds_whole_optimizer_steps() -> None:
+    from fastforec.bench.step import whole_steps
+
+    assert [whole_steps(n, 4) for n in (1, 3, 4, 5, 8)] == [4, 4, 4, 8, 8]
+    assert whole_steps(3, 1) == 3
