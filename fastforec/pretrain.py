@@ -183,18 +183,21 @@ def train(config: str, overrides: list[str], run_dir: Path) -> int:
     from fastforec import train as train_command
     from fastforec.atomic import atomic_write_json
     from fastforec.checkpoint_files import list_checkpoints
+    from fastforec.provenance import code_version
 
     resumed = bool(list_checkpoints(run_dir / "checkpoints"))
+    code = code_version()  # now: the tree may change (a commit, an edit) while the attempt trains
     start = time.time()
-    code = train_command.run(argparse.Namespace(config=config, overrides=overrides, run_dir=str(run_dir),
-                                                resume="auto", local_rank=None))
+    exit_code = train_command.run(argparse.Namespace(config=config, overrides=overrides, run_dir=str(run_dir),
+                                                     resume="auto", local_rank=None))
     if run_dir.is_dir():
         path = run_dir / ATTEMPTS_FILE
         attempts = _read_json(path, [])
         attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start)),
-                         "seconds": round(time.time() - start, 1), "resumed": resumed, "exit_code": code})
+                         "seconds": round(time.time() - start, 1), "resumed": resumed, "exit_code": exit_code,
+                         "code": code})
         atomic_write_json(path, attempts)
-    return code
+    return exit_code
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -229,6 +232,20 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(state: dict[str, Any]) -> str:
+    """A sha256 over the tensors alone (names, dtypes, shapes, bytes, in name order): two encoder
+    files with the same weights agree here even when their metadata (paths, checksums of their
+    source checkpoints) differ."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -272,8 +289,13 @@ def write_encoder(checkpoint: str | Path, out: Path, *, command: list[str],
     training = None
     if attempts:
         training = {"attempts": attempts, "seconds": round(sum(a["seconds"] for a in attempts), 1)}
+        # the code that trained the encoder (each attempt's, read when it started), not the tree's
+        # state when the file is written; export_code is the latter
+        record["export_code"] = record["code"]
+        record["code"] = attempts[-1].get("code", record["code"])
     atomic_write_json(out / PROVENANCE_FILE, {
-        "file": ENCODER_FILE, "sha256": sha256_file(encoder), "format": ENCODER_FORMAT,
+        "file": ENCODER_FILE, "sha256": sha256_file(encoder), "tensors_sha256": tensors_sha256(state),
+        "format": ENCODER_FORMAT,
         "use": f"--set model.pretrained={encoder} (model.backbone={cfg.model.backbone}, "
                f"model.backbone_width={cfg.model.backbone_width})",
         "command": command, "tensors": len(state),

@@ -18,7 +18,15 @@ from fastforec.cli import main
 from fastforec.config import load_config
 from fastforec.data.manifest import Manifest
 from fastforec.models import build_model
-from fastforec.pretrain import ATTEMPTS_FILE, DATA_SPEC_FILE, ENCODER_FILE, ENCODER_FORMAT, PROVENANCE_FILE
+from fastforec.pretrain import (
+    ATTEMPTS_FILE,
+    DATA_SPEC_FILE,
+    ENCODER_FILE,
+    ENCODER_FORMAT,
+    PROVENANCE_FILE,
+    tensors_sha256,
+    write_encoder,
+)
 from tests import child_process
 from tests.trainer.trainer_support import REPO, clean_env
 
@@ -58,12 +66,15 @@ def pretrained(module_tmp: Path) -> Path:
 def test_encoder_file_holds_the_encoder_with_checksum_and_command(pretrained: Path) -> None:
     encoder, record = pretrained / ENCODER_FILE, json.loads((pretrained / PROVENANCE_FILE).read_text())
     assert record["sha256"] == _sha256(encoder) and record["format"] == ENCODER_FORMAT
+    assert record["tensors_sha256"] == tensors_sha256(load_file(str(encoder)))
     assert record["command"] == _command(pretrained)
     source = Path(record["source"]["checkpoint"])
     assert record["source"]["step"] == STEPS and record["source"]["sha256"] == _sha256(source)
     assert record["data"]["shards_sha256"] == Manifest.load(pretrained / "data" / "shards").identity
     assert [a["resumed"] for a in record["training"]["attempts"]] == [False]
     assert record["cpu"]["model"] and record["code"]["commit"]
+    # the code that trained it, read when the attempt started; the tree's state at export beside it
+    assert record["code"] == record["training"]["attempts"][-1]["code"] and record["export_code"]["commit"]
     with safe_open(str(encoder), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == ENCODER_FORMAT and json.loads(meta["command"]) == _command(pretrained)
@@ -96,6 +107,19 @@ def test_model_pretrained_takes_it_and_changes_the_initial_weights(pretrained: P
     # the decoder is not part of the file: the same seed gives the same fresh decoder
     assert all(torch.equal(t, loaded.state_dict()[k]) for k, t in scratch.state_dict().items()
                if not k.startswith("backbone."))
+
+
+def test_the_provenance_names_the_code_that_trained_not_the_code_that_exported(pretrained: Path,
+                                                                              tmp_path: Path) -> None:
+    # a commit made while the pretraining ran (hours on a CPU) must not be credited with it
+    trained_by = {"commit": "0" * 40, "dirty": False}
+    attempt = {"started": "2026-01-01T00:00:00+0000", "seconds": 1.0, "resumed": False, "exit_code": 0,
+               "code": trained_by}
+    write_encoder(pretrained / "run", tmp_path, command=["fastforec", "pretrain"], attempts=[attempt])
+    record = json.loads((tmp_path / PROVENANCE_FILE).read_text())
+    assert record["code"] == trained_by and record["export_code"]["commit"] != trained_by["commit"]
+    # the same weights whatever the metadata: the tensors' checksum of the original file
+    assert record["tensors_sha256"] == json.loads((pretrained / PROVENANCE_FILE).read_text())["tensors_sha256"]
 
 
 def test_rerun_resumes_a_stopped_pretraining(pretrained: Path, tmp_path: Path) -> None:
