@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	# --durations: the slowest tests in every CI log (the suite aims at 15 minutes on a 2-core CPU)
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # The inner loop: everything but the multi-process and end-to-end runs (marked slow in tests/conftest.py).
 test-fast: install
