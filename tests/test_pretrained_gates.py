@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "pretrained_gates.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("pretrained_gates", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write(study: Path, method: str, seed: int, student: float) -> None:
-    run = study / "runs" / f"{method}_b24_s{seed}"
-    run.mkdir(parents=True)
-    models = {"student": {"miou_last": student}}
-    (run / "results.json").write_text(json.dumps({"miou_last": student, "miou_best": student, "models": models}))
+from tests.gate_studies import load_tool, write_run
 
 
 def test_gates_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -31,12 +15,12 @@ def test_gates_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for seed, (sup, pretrained, twice, rec, forec) in enumerate([(0.30, 0.40, 0.405, 0.42, 0.43),
                                                                   (0.28, 0.36, 0.365, 0.41, 0.40),
                                                                   (0.29, 0.37, 0.38, 0.40, 0.42)]):
-        _write(scratch, "supervised", seed, sup)
-        _write(pre, "supervised", seed, pretrained)
-        _write(double, "supervised", seed, twice)
-        _write(aux, "rec", seed, rec)
-        _write(aux, "forec", seed, forec)
-    tool = _tool()
+        write_run(scratch, "supervised", "24", seed, sup)
+        write_run(pre, "supervised", "24", seed, pretrained)
+        write_run(double, "supervised", "24", seed, twice)
+        write_run(aux, "rec", "24", seed, rec)
+        write_run(aux, "forec", "24", seed, forec)
+    tool = load_tool("pretrained_gates")
     rows = {name[:5]: (need, value, ok) for name, need, value, ok in tool.gates(scratch, pre, double, aux, "24")}
     # (i) +10, +8, +8: mean 8.67, sd 1.1547, t(2) 4.303 -> half width 2.87
     assert rows["(i) p"][1:] == ("+8.67 [+5.80, +11.54]", True)
@@ -54,6 +38,6 @@ def test_gates_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_seeds_needed_grows_with_the_spread() -> None:
-    tool = _tool()
+    tool = load_tool("pretrained_gates")
     assert tool.seeds_needed(0.1) == 2
     assert tool.seeds_needed(1.0) < tool.seeds_needed(2.0) < tool.seeds_needed(3.0) <= tool.MAX_SEEDS

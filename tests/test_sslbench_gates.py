@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "sslbench_gates.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("sslbench_gates", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write(study: Path, method: str, budget: str, seed: int, student: float, teacher: float | None = None) -> None:
-    run = study / "runs" / f"{method}_b{budget}_s{seed}"
-    run.mkdir(parents=True)
-    models = {"student": {"miou_last": student}}
-    if teacher is not None:
-        models["teacher"] = {"miou_last": teacher}
-    (run / "results.json").write_text(json.dumps({"miou_last": student, "miou_best": student, "models": models}))
+from tests.gate_studies import load_tool, write_run
 
 
 def test_gates_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     study, all_labels, double = tmp_path / "s", tmp_path / "a", tmp_path / "d"
     for seed, (sup, mt, teacher, full, twice) in enumerate([(0.30, 0.35, 0.36, 0.44, 0.305),
                                                            (0.28, 0.34, 0.34, 0.45, 0.285)]):
-        _write(study, "supervised", "24", seed, sup)
-        _write(study, "mean_teacher", "24", seed, mt, teacher)
-        _write(all_labels, "supervised", "all", seed, full)
-        _write(double, "supervised", "24", seed, twice)
-    rows = {name[:3]: (value, ok) for name, _, value, ok in _tool().gates(study, all_labels, double, "24")}
+        write_run(study, "supervised", "24", seed, sup)
+        write_run(study, "mean_teacher", "24", seed, mt, teacher)
+        write_run(all_labels, "supervised", "all", seed, full)
+        write_run(double, "supervised", "24", seed, twice)
+    tool = load_tool("sslbench_gates")
+    rows = {name[:3]: (value, ok) for name, _, value, ok in tool.gates(study, all_labels, double, "24")}
     # (a) 2x - 1x: +0.5 both seeds -> mean +0.50 with zero spread
     assert rows["(a)"] == ("+0.50 [+0.50, +0.50]", True)
     # (b) all - 24: +14, +17 -> mean 15.5, sd 2.1213, t(1) 12.706 -> half width 19.06
@@ -44,5 +27,5 @@ def test_gates_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert rows["(c)"] == ("+5.50 [-0.85, +11.85]", False)
     # (d) teacher - student: +1, 0 -> mean +0.5
     assert rows["(d)"][1] is True and rows["(d)"][0].startswith("+0.50")
-    assert _tool().main(["--study", str(study), "--all", str(all_labels), "--double", str(double)]) == 0
+    assert tool.main(["--study", str(study), "--all", str(all_labels), "--double", str(double)]) == 0
     assert "| (c) mean teacher minus supervised, 24 labels | 95 % CI above 0 |" in capsys.readouterr().out

@@ -21,29 +21,18 @@ Markdown table; exits 1 when a study has no finished run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from fastforec.ablate import fmt_stat, mean_ci, paired_difference, t_critical
+from fastforec.ablate import fmt_stat, last_miou, mean_ci, paired_difference, t_critical
 
 PRETRAINED_GAIN = 5.0  # (i): more than the mean teacher's gain over supervised from scratch (+4.9)
 PLATEAU_GAIN = 1.0  # (ii): as the from-scratch gate (a)
 HALF_WIDTH = 1.0  # (iii): half of the paper's FOrec - rec (+2.0)
 MAX_SEEDS = 100
 
-
-def last_miou(study: Path, method: str, budget: str, model: str = "student") -> dict[int, float]:
-    """{seed: mIoU %} of every finished run of (method, budget) in a study directory."""
-    found = {}
-    for results in sorted((study / "runs").glob(f"{method}_b{budget}_s*/results.json")):
-        seed = int(results.parent.name.rsplit("_s", 1)[1])
-        models = json.loads(results.read_text())["models"]
-        if model in models:
-            found[seed] = 100 * models[model]["miou_last"]
-    return found
 
 
 def seeds_needed(std: float, half_width: float = HALF_WIDTH) -> int:

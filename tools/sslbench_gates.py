@@ -12,26 +12,15 @@ Every number is mIoU % of the last evaluation; differences are paired by seed, w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from fastforec.ablate import fmt_stat, mean_ci, paired_difference
+from fastforec.ablate import fmt_stat, last_miou, mean_ci, paired_difference
 
 PLATEAU_GAIN = 1.0  # (a) doubling the steps gains less than this
 LABEL_GAP = 10.0  # (b) all labels at least this far above the small budget
 
-
-def last_miou(study: Path, method: str, budget: str, model: str = "student") -> dict[int, float]:
-    """{seed: mIoU %} of every finished run of (method, budget) in a study directory."""
-    found = {}
-    for results in sorted((study / "runs").glob(f"{method}_b{budget}_s*/results.json")):
-        seed = int(results.parent.name.rsplit("_s", 1)[1])
-        models = json.loads(results.read_text())["models"]
-        if model in models:
-            found[seed] = 100 * models[model]["miou_last"]
-    return found
 
 
 def gates(study: Path, all_labels: Path, double: Path, budget: str) -> list[tuple[str, str, str, bool]]:

@@ -52,12 +52,13 @@ from fastforec.ablate.method_names import (
 )
 from fastforec.ablate.plan import AblationError, DataSpec, Run, parse_budgets, parse_formats, plan_runs, variant
 from fastforec.ablate.pool import Outcome, child_env, execute, run_all, train_command
-from fastforec.ablate.report import collect, figure, fmt_stat, markdown, summary, write_report
+from fastforec.ablate.report import collect, figure, fmt_stat, last_miou, markdown, summary, write_report
 from fastforec.ablate.stats import mean_ci, paired_difference, student_t_quantile, t_critical
 
 __all__ = [
     "HELP", "NAME", "AblationError", "DataSpec", "Outcome", "Run", "add_arguments", "baselines", "check_study",
-    "child_env", "collect", "data_commands", "data_dirs", "execute", "figure", "fmt_stat", "markdown", "mean_ci",
+    "child_env", "collect", "data_commands", "data_dirs", "execute", "figure", "fmt_stat", "last_miou", "markdown",
+    "mean_ci",
     "method_config", "method_label", "method_overrides", "method_parts", "paired_difference", "parse_budgets",
     "parse_formats", "parse_methods", "plan_runs", "prepare_data", "run", "run_all", "student_t_quantile",
     "summary", "t_critical", "train_command", "validate", "variant", "write_report",

@@ -48,6 +48,18 @@ def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[s
     return found
 
 
+def last_miou(study: Path, method: str, budget: str, model: str = "student") -> dict[int, float]:
+    """{seed: mIoU %} of every finished run of (method, budget) in a study directory, whatever the
+    study's plan (the gate scripts in tools/ read studies run with other options)."""
+    found = {}
+    for results in sorted((study / "runs").glob(f"{method}_b{budget}_s*/results.json")):
+        seed = int(results.parent.name.rsplit("_s", 1)[1])
+        models = json.loads(results.read_text())["models"]
+        if model in models:
+            found[seed] = 100 * models[model]["miou_last"]
+    return found
+
+
 def _attempts(run_dir: Path) -> list[dict[str, Any]] | None:
     """The run's provenance records (one per attempt), or None for a run from before they existed."""
     path = run_dir / PROVENANCE_FILE
