@@ -42,6 +42,30 @@ def memory(device: torch.device) -> str:
     return f"{rss / 2 ** 30:.1f} GiB RSS"
 
 
+def matrix_units(cpu_flags: list[str]) -> str:
+    """What a CPU offers bf16 matrix products: AMX tiles (several times its fp32 rate), AVX-512
+    bf16 dot products (less), or nothing (bf16 is then emulated: slower than fp32)."""
+    if "amx_bf16" in cpu_flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in cpu_flags:
+        return "AVX512-BF16, no AMX"
+    return "no bf16 units"
+
+
+def run_header(*, name: str, method: str, backbone: str, precision: str, device: torch.device, ranks: int,
+               zero_stage: int, steps: int, cpu: dict[str, Any] | None = None) -> str:
+    """The run's first line: what trains, in which precision, on what. A CPU's line names its
+    bf16 units, since whether a 16-bit block pays off on a CPU depends on them (docs/benchmarks.md)."""
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    elif cpu is not None:
+        where = f"cpu ({cpu['model']}; {matrix_units(cpu['flags'])})"
+    else:
+        where = device.type
+    return (f"run {name}: {method}, {backbone}, {precision} on {where}, {ranks} rank{'s' if ranks > 1 else ''}, "
+            f"ZeRO stage {zero_stage}, {steps} steps")
+
+
 @dataclass
 class Estimate:
     """Time left, from measured rates. ``sec_per_eval`` None: no evaluation timed yet (the

@@ -25,7 +25,7 @@ from fastforec.atomic import atomic_write_json
 from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
 from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
-from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock
+from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, run_header
 from fastforec.data.manifest import Manifest
 from fastforec.data.memory import InMemoryData
 from fastforec.data.shard_reader import ShardError, verify_shards
@@ -41,6 +41,7 @@ from fastforec.models.sync_bn import convert_sync_batchnorm
 from fastforec.optim import build_optimizer
 from fastforec.precision import MasterWeights, autocast_context, keep_norm_statistics_fp32, precision_mode
 from fastforec.preemption import Stopped, StopSignals
+from fastforec.provenance import cpu as provenance_cpu
 from fastforec.runlog import RunLogger, ScalarMeter
 from fastforec.teacher import EmaTeacher
 from fastforec.train_state import EngineCounters, OptimizerState, RngState, Score, TrainState
@@ -324,6 +325,11 @@ class Trainer:
         first_step = self.state.step + 1  # of this process: a resumed run starts mid-way
         clock = StepClock(first_step)
         estimated = False
+        self.console.print(run_header(
+            name=self.cfg.train.name, method=self.cfg.method.label, backbone=self.cfg.model.backbone,
+            precision=precision_mode(self.ds_config), device=self.device, ranks=self.dist.world_size,
+            zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0), steps=self.total_steps,
+            cpu=provenance_cpu() if self.device.type == "cpu" else None))
         with self.console.training(total=self.total_steps, completed=self.state.step) as bar:
             while self.state.batches < self.total_batches:
                 epoch = self.state.epoch

@@ -85,6 +85,11 @@ def test_a_short_run_logs_its_first_and_last_step_and_prints_an_estimate(tmp_pat
     assert steps == [1, 6]  # max_steps < log_every: still the first and the last step
     lines = proc.stderr.splitlines()
     assert any(line.startswith("step 1/6 | epoch 0 | loss ") for line in lines)
+    # the run's own first line: what trains, the precision and the device (with a CPU's bf16 units)
+    header = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    assert re.match(r"run \S+: mean_teacher\+\w+, resnet18, fp32 on cpu \(.+; (AMX-BF16|AVX512-BF16, no AMX|no bf16 "
+                    r"units)\), 1 rank, ZeRO stage 0, 6 steps$", lines[header]), lines[header]
+    assert header < next(i for i, line in enumerate(lines) if line.startswith("step 1/6"))
     assert any(line.startswith("step 6/6 | ") for line in lines)
     assert any(line.startswith("estimate: 2 steps x ") for line in lines)
     assert any(re.match(r"eval student \(epoch \d+\): mIoU [\d.]+ \(4 images in ", line) for line in lines)
@@ -92,3 +97,17 @@ def test_a_short_run_logs_its_first_and_last_step_and_prints_an_estimate(tmp_pat
     # settings that cannot take effect here are said once
     assert proc.stderr.count("model.sync_bn=true has no effect on cpu") == 1
     assert f"data.num_threads={cores + 1} exceeds the {cores} CPU cores" in proc.stderr
+
+
+def test_the_run_header_says_precision_and_the_cpus_bf16_units() -> None:
+    from fastforec.console import run_header
+
+    def line(flags: list[str], **kw) -> str:
+        base = dict(name="demo", method="mean_teacher+forec", backbone="resnet18", precision="fp32", device=CPU,
+                    ranks=1, zero_stage=0, steps=600, cpu={"model": "Some CPU", "flags": flags})
+        return run_header(**{**base, **kw})
+
+    assert line(["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]) == (
+        "run demo: mean_teacher+forec, resnet18, fp32 on cpu (Some CPU; AMX-BF16), 1 rank, ZeRO stage 0, 600 steps")
+    assert "(Some CPU; AVX512-BF16, no AMX), 2 ranks, ZeRO stage 1" in line(["avx512_bf16"], ranks=2, zero_stage=1)
+    assert "bf16 on cpu (Some CPU; no bf16 units)" in line(["avx2"], precision="bf16")
