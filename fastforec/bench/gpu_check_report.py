@@ -33,14 +33,17 @@ def print_tables(result: dict[str, Any]) -> None:
     s = result["step"]
     table = Table(title=f"training step: {s['model']}, crop {s['crop']}, {s['batch_labeled']} labeled + "
                         f"{s['batch_unlabeled']} unlabeled")
-    for col in ("variant", "samples/s", "ms/step", "MFU", "peak GiB", "host syncs/step", "launches/step",
-                "ATen ops/step", "warm-up s"):
+    for col in ("variant", "samples/s", "vs plain fp32", "ms/step", "MFU", "peak GiB", "host syncs/step",
+                "launches/step", "ATen ops/step", "warm-up s"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["rows"]:
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2 ** 30:.1f}"
-        table.add_row(r["variant"], f"{r['samples_per_s']:.2f}", f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%",
-                      mem, _count(r["host_syncs_per_step"]), _count(r["kernel_launches_per_step"]),
-                      _count(r["aten_ops_per_step"]), f"{r['warmup_s']:.1f}")
+        table.add_row(r["variant"], f"{r['samples_per_s']:.2f}", f"{r['ratio_vs_baseline']:.2f}x",
+                      f"{r['step_ms']:.0f}", f"{100 * r['mfu']:.1f}%", mem, _count(r["host_syncs_per_step"]),
+                      _count(r["kernel_launches_per_step"]), _count(r["aten_ops_per_step"]), f"{r['warmup_s']:.1f}")
+    b = s["baseline"]
+    table.add_row(f"{b['what']}, {b['precision']}", f"{b['samples_per_s']:.2f}", "1.00x", f"{b['step_ms']:.0f}",
+                  *["-"] * 6)
     print_rich(table)
     v = result["vit_step"]
     crops = " / ".join(dict.fromkeys(str(r["crop"]) for r in v["rows"]))  # DINOv2's, then DINOv3's

@@ -87,7 +87,7 @@ def _step_config(sizes: Sizes, v: Variant) -> Any:
         "data": {"root": "memory", "crop_size": sizes.crop, "batch_size": sizes.batch},
         "model": {"backbone": sizes.backbone, "output_stride": 16, "decoder_channels": sizes.decoder_channels,
                   "sync_bn": False},
-        "method": {"name": "forec", "conf_thresh": 0.0},  # every loss term active on random batches
+        "method": {"base": "mean_teacher", "aux": "forec", "conf_thresh": 0.0},  # every loss term active
         "optim": {"lr": 1e-3},
         "train": {"name": "gpu_check", "max_steps": MAX_STEPS, "channels_last": v.channels_last,
                   "cudnn_benchmark": v.cudnn_benchmark, "compile": v.compile},
@@ -145,14 +145,10 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
 
     from fastforec.bench.flops import model_step_flops
     from fastforec.bench.timing import run_steps
-    from fastforec.data.memory import InMemoryData, MemoryTrainData, memory_manifest, synthetic_batch
-    from fastforec.methods import base_of
     from fastforec.trainer import Trainer
 
     device = dist.device
-    views = base_of(cfg.method).strong_views
-    batches = [synthetic_batch(batch, crop, NUM_CLASSES, device=device, seed=s, strong_views=views) for s in range(2)]
-    data = InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData(batches))
+    data = _memory_batches(cfg, batch=batch, crop=crop, device=device)
     flops_per_sample = model_step_flops(cfg, num_classes=NUM_CLASSES)["total"] / batch
     with tempfile.TemporaryDirectory(prefix="fastforec-gpu-check-") as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp), dist=dist, data=data)
@@ -178,6 +174,36 @@ def measure_step(cfg: Any, *, batch: int, crop: int, warmup: int, steps: int, di
             "aten_ops_per_step": launches["ops"]}
 
 
+def _memory_batches(cfg: Any, *, batch: int, crop: int, device: Any) -> Any:
+    from fastforec.data.memory import InMemoryData, MemoryTrainData, memory_manifest, synthetic_batch
+    from fastforec.methods import base_of
+
+    views = base_of(cfg.method).strong_views
+    batches = [synthetic_batch(batch, crop, NUM_CLASSES, device=device, seed=s, strong_views=views) for s in range(2)]
+    return InMemoryData(manifest=memory_manifest(NUM_CLASSES), train=MemoryTrainData(batches))
+
+
+def measure_baseline(sizes: Sizes, dist: Any) -> dict[str, Any]:
+    """The step as the research repos run it (fastforec.bench.baseline.PlainLoop: fp32,
+    ``torch.optim``, no DeepSpeed, no fused losses, a Python EMA) on the step section's network,
+    method and batch: what the variants' ``ratio_vs_baseline`` divides by, i.e. the speed-up a
+    user of those repos sees on this GPU."""
+    from fastforec.bench.baseline import PRECISION, PlainLoop
+    from fastforec.bench.timing import run_steps
+
+    cfg = _step_config(sizes, Variant("plain", "fp32", 0, False, False, False))
+    data = _memory_batches(cfg, batch=sizes.batch, crop=sizes.crop, device=dist.device)
+    plain = PlainLoop(cfg, num_classes=NUM_CLASSES, fg_classes=list(data.manifest.foreground_classes),
+                      device=dist.device, max_steps=MAX_STEPS)
+    feed = lambda: data.train.next_batch()  # noqa: E731
+    run_steps(plain, feed, sizes.warmup)
+    window = run_steps(plain, feed, sizes.steps)
+    plain = None
+    free_memory(dist.device)
+    return {"samples_per_s": window.samples_per_s, "step_ms": 1e3 * sizes.batch / window.samples_per_s,
+            "precision": PRECISION, "what": "plain PyTorch loop (fastforec.bench.baseline)"}
+
+
 def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     row = measure_step(_step_config(sizes, v), batch=sizes.batch, crop=sizes.crop, warmup=sizes.warmup,
                        steps=sizes.steps, dist=dist, peak_flops=peak_flops, sync_bn_path=v.sync_bn_path)
@@ -188,10 +214,13 @@ def measure_variant(v: Variant, sizes: Sizes, dist: Any, peak_flops: float) -> d
 def step_section(sizes: Sizes, dist: Any, peak_flops: float) -> dict[str, Any]:
     variants, notes = step_variants(sizes, dist.device)
     rows = [measure_variant(v, sizes, dist, peak_flops) for v in variants]
+    baseline = measure_baseline(sizes, dist)
+    for r in rows:
+        r["ratio_vs_baseline"] = r["samples_per_s"] / baseline["samples_per_s"]
     best = max(rows, key=lambda r: r["samples_per_s"])
     out = {"model": f"{sizes.backbone} DeepLabV3+ FOrec, OS16, decoder {sizes.decoder_channels}",
            "crop": sizes.crop, "batch_labeled": sizes.batch, "batch_unlabeled": sizes.batch,
-           "rows": rows, "notes": notes, "best": best["variant"]}
+           "rows": rows, "baseline": baseline, "notes": notes, "best": best["variant"]}
     if dist.device.type == "cuda":
         out["targets"] = {"samples_per_s": TARGET_SAMPLES_PER_S, "mfu": TARGET_MFU,
                           "met": best["samples_per_s"] >= TARGET_SAMPLES_PER_S and best["mfu"] >= TARGET_MFU}

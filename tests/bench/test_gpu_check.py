@@ -61,6 +61,10 @@ def test_dry_run_covers_every_section(tmp_path: Path) -> None:
         # on the CPU: no host syncs or CUDA launches to count, the ATen operators a step dispatches
         assert x["host_syncs_per_step"] is None and x["kernel_launches_per_step"] is None
         assert x["aten_ops_per_step"] > 100
+        # against the research repos' loop on the same network and batches (issue #29: the first GPU
+        # run measures the speed-up users would see)
+        assert x["ratio_vs_baseline"] == x["samples_per_s"] / step["baseline"]["samples_per_s"]
+    assert step["baseline"]["precision"] == "fp32" and step["baseline"]["samples_per_s"] > 0
     assert any(n.startswith("compile: skipped") for n in step["notes"])
     assert any(n.startswith("cudnn_benchmark: skipped") for n in step["notes"])
     assert any(n.startswith("SyncBatchNorm's path: skipped on the CPU") for n in step["notes"])
