@@ -315,3 +315,14 @@ def test_cutmix_batch_keeps_image_label_conf_and_valid_aligned() -> None:
         assert torch.allclose(mc[i], torch.tensor([0.1, 0.2, 0.3])[src])
         assert torch.equal(mv[i], valid[src, torch.arange(h)[:, None], torch.arange(w)])
     assert not mv[0, 1, 4] and mv[0, 0, 4]  # the partner's padding came along inside the box
+
+
+def test_the_cutmix_partner_is_the_documented_one() -> None:
+    # README / docs: sample i takes its box from sample i - 1 of the same unlabeled batch (sample 0
+    # from the last); UniMatch V2's partner is the reversed batch (its flip(0))
+    from fastforec.methods import cutmix_partner
+
+    cpu = torch.device("cpu")
+    assert cutmix_partner(4, cpu).tolist() == [3, 0, 1, 2]
+    assert cutmix_partner(1, cpu).tolist() == [0]
+    assert cutmix_partner(4, cpu, reverse=True).tolist() == [3, 2, 1, 0]
