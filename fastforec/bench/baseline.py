@@ -71,7 +71,7 @@ class PlainLoop:
         terms = methods.compute_losses(self.ctx, labeled, use_u)
         if self.micro == 0:
             self.optimizer.zero_grad(set_to_none=True)
-        (terms["loss"] / self.accum if self.accum > 1 else terms["loss"]).backward()
+        (terms["loss"] / self.accum).backward()  # / 1 is exact: no accumulation, the plain loss
         self.micro += 1
         if self.micro < self.accum:
             return terms
