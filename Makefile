@@ -25,13 +25,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two workers (pytest-xdist), a test file each at a time: --dist loadfile keeps a file's
+# module-scoped fixtures (trained runs, exported weights) built once. Much of the suite waits on
+# process start-up (launchers, DeepSpeed's import, gloo), which one worker leaves a core idle for.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 test: install
 	# --durations: the slowest tests in every CI log (the suite aims at 15 minutes on a 2-core CPU)
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25 tests
 
 # The inner loop: everything but the multi-process and end-to-end runs (marked slow in tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check .
