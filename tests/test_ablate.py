@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from fastforec.ablate import (
+    DataSpec,
     Run,
     baselines,
     mean_ci,
@@ -25,6 +26,8 @@ from fastforec.ablate import (
     t_critical,
     train_command,
 )
+from fastforec.ablate.method_names import aux_pair_label, aux_pairs
+from fastforec.ablate.report import markdown, summary
 from fastforec.cli import main
 from fastforec.config import LEGACY_METHOD_NAMES, load_config
 from fastforec.data.manifest import Manifest
@@ -204,6 +207,27 @@ def test_plain_bases_become_baselines() -> None:
     assert [method_label(m) for m in methods] == ["Supervised only", "UniMatch", "UniMatch + FOrec"]
     with pytest.raises(ValueError, match="unknown method.s. unimatch.bogus; .* e.g. unimatch.forec"):
         parse_methods("unimatch+bogus")
+
+
+def test_auxiliary_tasks_are_compared_with_each_other_on_the_same_base() -> None:
+    methods = parse_methods("supervised,mean_teacher,rec,forec,fgbg,unimatch,unimatch+forec,unimatch+rec")
+    assert aux_pairs(methods) == [("forec", "rec"), ("forec", "fgbg"), ("rec", "fgbg"),
+                                  ("unimatch+forec", "unimatch+rec")]
+    assert aux_pair_label("forec", "fgbg") == "FOrec - fg/bg prediction (Mean teacher)"
+    # FOrec and rec on 3 seeds (mIoU fractions): differences 2, 1, 4 points; mean 7/3, sample std
+    # sqrt(7/3) = 1.52753, t(0.975, 2 df) = 4.303, half width 4.303 * 1.52753 / sqrt(3) = 3.79485
+    found = {(m, "24"): [{"seed": s, "miou_last": v, "teacher_miou_last": None} for s, v in enumerate(values)]
+             for m, values in {"forec": [0.40, 0.42, 0.45], "rec": [0.38, 0.41, 0.41]}.items()}
+    table = summary(found, ["rec", "forec"], ["24"])
+    diff = table["forec"]["24"]["vs_aux"]["rec"]
+    assert diff["seeds"] == [0, 1, 2] and diff["mean"] == pytest.approx(7 / 3)
+    assert (diff["ci_low"], diff["ci_high"]) == (pytest.approx(7 / 3 - 3.79485, abs=1e-4),
+                                                 pytest.approx(7 / 3 + 3.79485, abs=1e-4))
+    assert table["rec"]["24"]["vs_aux"] == {}  # each pair once, the earlier task first
+    spec = DataSpec(preset="sslbench", num_train=600, num_val=1500, height=64, width=64, data_seed=0, split_seed=0)
+    text = markdown(table, methods=["rec", "forec"], budgets=["24"], seeds=3, spec=spec, config=Path("c.json"),
+                    commands=[], failed=[])
+    assert "| FOrec - reconstruction (Mean teacher) | +2.33 [-1.46, +6.13] |" in text
 
 
 def test_confidence_interval_by_hand() -> None:

@@ -27,6 +27,9 @@ PAPER_ROW_LABELS = {"rec": "+ reconstruction (rec)", "forec": "+ FOrec", "fgbg":
 BASE_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "fixmatch": "FixMatch",
                "unimatch": "UniMatch", "unimatch_v2": "UniMatch V2"}
 AUX_LABELS = {"rec": "reconstruction", "forec": "FOrec", "fgbg": "fg/bg prediction"}
+# The auxiliary tasks compared with each other on one base, the first minus the later: the paper's
+# claims are FOrec - reconstruction and FOrec - fg/bg prediction (Tables 4 and 5).
+AUX_ORDER = ("forec", "rec", "fgbg")
 
 
 def method_parts(method: str) -> tuple[str, str] | None:
@@ -63,6 +66,25 @@ def method_label(method: str) -> str:
         return PAPER_ROW_LABELS[method]
     cfg = method_config(method)
     return BASE_LABELS[cfg.base] + ("" if cfg.aux == "none" else f" + {AUX_LABELS[cfg.aux]}")
+
+
+def aux_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(a, b) for every two methods of the study with the same base and different auxiliary tasks
+    (neither none), a's task before b's in AUX_ORDER: the rows a - b of the report, by base in the
+    order of ``methods``, then by AUX_ORDER."""
+    parts = {m: method_parts(m) for m in methods}
+    pairs = [(a, b) for a in methods for b in methods
+             if parts[a] and parts[b] and parts[a][0] == parts[b][0] and "none" not in (parts[a][1], parts[b][1])
+             and AUX_ORDER.index(parts[a][1]) < AUX_ORDER.index(parts[b][1])]
+    bases = list(dict.fromkeys(parts[m][0] for m in methods if parts[m]))  # in the order of --methods
+    return sorted(pairs, key=lambda p: (bases.index(parts[p[0]][0]), AUX_ORDER.index(parts[p[0]][1]),
+                                        AUX_ORDER.index(parts[p[1]][1])))
+
+
+def aux_pair_label(a: str, b: str) -> str:
+    """The report's name of the row a - b of ``aux_pairs``: "FOrec - reconstruction (Mean teacher)"."""
+    (base, aux_a), (_, aux_b) = method_parts(a), method_parts(b)  # type: ignore[misc]
+    return f"{AUX_LABELS[aux_a]} - {AUX_LABELS[aux_b]} ({BASE_LABELS[base]})"
 
 
 def parse_methods(text: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fastforec.ablate.data import data_commands
-from fastforec.ablate.method_names import baselines, method_label
+from fastforec.ablate.method_names import aux_pair_label, aux_pairs, baselines, method_label
 from fastforec.ablate.plan import DataSpec, Run, plan_runs, variant
 from fastforec.ablate.pool import PROVENANCE_FILE, Outcome
 from fastforec.ablate.stats import CONFIDENCE, mean_ci, paired_difference
@@ -77,9 +77,11 @@ def _by_seed(runs: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
 def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequence[str],
             budgets: Sequence[str], formats: Sequence[str] = ("",)) -> dict[str, Any]:
     """Per method and variant (budget, or budget_format; mIoU in %): student and teacher
-    statistics, the paired differences of the student against each baseline that was run, and
-    (several formats) against the same method trained from the first format's shards."""
+    statistics, the paired differences of the student against each baseline that was run and
+    (``vs_aux``) against the same base with a later auxiliary task (``aux_pairs``), and (several
+    formats) against the same method trained from the first format's shards."""
     table: dict[str, dict[str, Any]] = {}
+    pairs = aux_pairs(methods)
     for m in methods:
         table[m] = {}
         for b in (variant(budget, fmt) for budget in budgets for fmt in formats):
@@ -91,6 +93,8 @@ def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequenc
             for base in baselines(methods):
                 if base != m:
                     entry["vs"][base] = paired_difference(student, _by_seed(found.get((base, b), []), "miou_last"))
+            entry["vs_aux"] = {other: paired_difference(student, _by_seed(found.get((other, b), []), "miou_last"))
+                               for first, other in pairs if first == m}
             table[m][b] = entry
         for budget in budgets:
             reference = _by_seed(found.get((m, variant(budget, formats[0])), []), "miou_last")
@@ -144,6 +148,15 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
             cells = [fmt_stat(table[m][c]["vs"].get(base), signed=True) if base != m else "·"
                      for c, _ in columns for base in bases]
             lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+    pairs = aux_pairs(methods)
+    if pairs:
+        lines += ["", "The auxiliary tasks against each other on the same base (the paper's FOrec - reconstruction "
+                  "and FOrec - fg/bg prediction): paired difference of the student's mIoU (points), mean [95 % CI]:",
+                  "", "| difference | " + " | ".join(label for _, label in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for a, b in pairs:
+            cells = [fmt_stat(table[a][c]["vs_aux"][b], signed=True) for c, _ in columns]
+            lines.append(f"| {aux_pair_label(a, b)} | " + " | ".join(cells) + " |")
     lines += ["", "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
               "| method | training set | runs |", "|---|---:|---|"]
     for m in methods:
