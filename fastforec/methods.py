@@ -49,6 +49,7 @@ means the same whatever the number of views; the auxiliary loss is added outside
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -94,6 +95,8 @@ class StepModels:
     input_dtype: torch.dtype
     autocast: Callable[[], object]
     device: torch.device
+    # around the step's forwards: each weight cast to 16 bits once per step (precision.weight_cast_scope)
+    cast_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     memory_format: torch.memory_format = torch.contiguous_format  # train.channels_last
     # the labeled images' loss (logits, labels) -> scalar: CE, or OHEM (losses.labeled_loss)
     labeled_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = losses.supervised_ce
@@ -116,10 +119,11 @@ def compute_losses(ctx: StepModels, labeled: dict[str, torch.Tensor],
     ``unlabeled`` None: the supervised part only (base supervised, or during the warm-up)."""
     x_l = labeled["image"].to(ctx.device, non_blocking=True)
     y_l = labeled["label"].to(ctx.device, non_blocking=True)
-    if unlabeled is None:
-        return _supervised(ctx, x_l, y_l)
-    u = {k: v.to(ctx.device, non_blocking=True) for k, v in unlabeled.items()}
-    return BASES[ctx.method.base].loss(ctx, x_l, y_l, u)
+    with ctx.cast_scope():
+        if unlabeled is None:
+            return _supervised(ctx, x_l, y_l)
+        u = {k: v.to(ctx.device, non_blocking=True) for k, v in unlabeled.items()}
+        return BASES[ctx.method.base].loss(ctx, x_l, y_l, u)
 
 
 def aux_loss(ctx: StepModels, pred: dict[str, torch.Tensor], image: torch.Tensor, fg: torch.Tensor,

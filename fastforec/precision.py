@@ -90,6 +90,24 @@ def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], c
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def weight_cast_scope(ds: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A region around a training step's forward passes in which each fp32 weight is cast to 16
+    bits once (``torch_autocast`` only; a no-op otherwise).
+
+    Why: autocast keeps the 16-bit copy of a weight that requires grad only until the outermost
+    autocast region ends, and DeepSpeed's engine opens one region per forward. UniMatch and UniMatch
+    V2 run the student twice per step (labeled + weak, then the strong views), so every weight was
+    cast twice, and every weight gradient cast back twice. A *disabled* autocast around the step is
+    the outermost region: the first forward's copies serve the second, and nothing else changes
+    dtype (the engine's own region still enables autocast around each forward, the losses stay
+    outside). What changes numerically: the two forwards' gradients of a weight add up in 16 bits
+    before their one cast back, one more rounding of gradients already computed in 16 bits. The
+    backward runs after the region ends, so the next step casts the updated weights."""
+    if precision_mode(ds) != "torch_autocast":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, enabled=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # BatchNorm with fp32 statistics next to 16-bit parameters
 

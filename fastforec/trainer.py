@@ -39,7 +39,13 @@ from fastforec.metrics import nan_to_none
 from fastforec.models import Segmentor, build_model
 from fastforec.models.sync_bn import convert_sync_batchnorm
 from fastforec.optim import build_optimizer
-from fastforec.precision import MasterWeights, autocast_context, keep_norm_statistics_fp32, precision_mode
+from fastforec.precision import (
+    MasterWeights,
+    autocast_context,
+    keep_norm_statistics_fp32,
+    precision_mode,
+    weight_cast_scope,
+)
 from fastforec.preemption import Stopped, StopSignals
 from fastforec.provenance import cpu as provenance_cpu
 from fastforec.runlog import RunLogger, ScalarMeter
@@ -148,6 +154,7 @@ class Trainer:
                                               fg_classes=self.fg_classes, input_dtype=self.input_dtype,
                                               memory_format=self.memory_format,
                                               autocast=self.autocast, device=self.device,
+                                              cast_scope=weight_cast_scope(self.ds_config, self.device),
                                               labeled_loss=losses.labeled_loss(cfg.loss))
         self.state = TrainState(steps_per_epoch=self.steps_per_epoch, data_identity=self.manifest.identity)
         # Whether the weights after the last optimizer step are finite: a device tensor, read

@@ -3,15 +3,21 @@ here independently from the same forward pass."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from equivalence_harness import make_batch
+from torch import nn
+from equivalence_harness import make_batch, two_view_batch
+from torch.utils._python_dispatch import TorchDispatchMode
 from trainer_support import read_jsonl, threshold_between, tiny_config, write_config
 
+from fastforec import methods
 from fastforec.checkpoint_files import load_checkpoint
 from fastforec.config import load_config
 from fastforec.distributed import init_distributed
@@ -253,3 +259,45 @@ def test_a_labeled_batch_without_valid_pixels_is_counted_and_warned_about(shards
     tr.run_evaluation(0)
     tr.write_results()
     assert json.loads((tr.run_dir / "results.json").read_text())["empty_label_batches"] == 101
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts the fp32 -> bf16 copies made of each of ``params`` (by storage address)."""
+
+    def __init__(self, params: set[int]):
+        super().__init__()
+        self.params, self.counts = params, Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+                and args[0].dtype == torch.float32 and args[0].data_ptr() in self.params):
+            self.counts[args[0].data_ptr()] += 1
+        return func(*args, **kwargs)
+
+
+def test_torch_autocast_casts_each_student_weight_once_per_step(shards: Path, tmp_path: Path, world) -> None:
+    """UniMatch runs the student twice per step; under torch_autocast each weight is cast to bf16 once
+    (precision.weight_cast_scope), not once per forward, and the losses are bit for bit the same."""
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(
+        shards, method={"base": "unimatch", "aux": "forec", "conf_thresh": 0.3},
+        deepspeed={"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}))
+    tr = Trainer(load_config(cfg), run_dir=tmp_path / "run", dist=world)
+    labeled, unlabeled = two_view_batch(batch=2, crop=48, num_classes=tr.num_classes)
+    params = {p.data_ptr() for p in tr.engine.module.parameters() if p.requires_grad}
+
+    def step_forwards(ctx: methods.StepModels) -> tuple[Counter, dict[str, torch.Tensor]]:
+        torch.manual_seed(SEED)  # the feature-perturbation dropout
+        with _WeightCasts(params) as casts:
+            terms = methods.compute_losses(ctx, labeled, unlabeled)
+        return casts.counts, terms
+
+    once, terms = step_forwards(tr.step_models)
+    per_forward, terms_per_forward = step_forwards(dataclasses.replace(tr.step_models, cast_scope=contextlib.nullcontext))
+    autocast_layers = {p.data_ptr() for m in tr.engine.module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                       for p in m.parameters(recurse=False)}  # the layers autocast runs in bf16
+    assert once.keys() == per_forward.keys() == autocast_layers and set(once.values()) == {1}
+    assert sum(per_forward.values()) > 1.5 * len(per_forward)  # most layers are in both forwards
+    assert terms.keys() == terms_per_forward.keys()
+    for k in terms:
+        assert torch.equal(terms[k], terms_per_forward[k]), k
