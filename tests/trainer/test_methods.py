@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from equivalence_harness import make_batch, two_view_batch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from trainer_support import read_jsonl, threshold_between, tiny_config, write_config
 
