@@ -293,7 +293,8 @@ def test_torch_autocast_casts_each_student_weight_once_per_step(shards: Path, tm
         return casts.counts, terms
 
     once, terms = step_forwards(tr.step_models)
-    per_forward, terms_per_forward = step_forwards(dataclasses.replace(tr.step_models, cast_scope=contextlib.nullcontext))
+    per_forward, terms_per_forward = step_forwards(
+        dataclasses.replace(tr.step_models, cast_scope=contextlib.nullcontext))
     autocast_layers = {p.data_ptr() for m in tr.engine.module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
                        for p in m.parameters(recurse=False)}  # the layers autocast runs in bf16
     assert once.keys() == per_forward.keys() == autocast_layers and set(once.values()) == {1}
