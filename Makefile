@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Two workers (pytest-xdist), a test file each at a time: --dist loadfile keeps a file's
-# module-scoped fixtures (trained runs, exported weights) built once. Much of the suite waits on
-# process start-up (launchers, DeepSpeed's import, gloo), which one worker leaves a core idle for.
+# module-scoped fixtures (trained runs, exported weights) built once; the few session-scoped ones
+# (small shard sets, one 6-step run) are built once per worker. Much of the suite waits on process
+# start-up (launchers, DeepSpeed's import, gloo), which one worker leaves a core idle for.
+# TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 

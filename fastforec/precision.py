@@ -91,19 +91,27 @@ def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], c
 
 
 def weight_cast_scope(ds: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A region around a training step's forward passes in which each fp32 weight is cast to 16
-    bits once (``torch_autocast`` only; a no-op otherwise).
+    """A region around one micro-batch's forward passes in which each fp32 weight is cast to bf16
+    once (``torch_autocast`` in bfloat16 only; a no-op otherwise).
 
     Why: autocast keeps the 16-bit copy of a weight that requires grad only until the outermost
-    autocast region ends, and DeepSpeed's engine opens one region per forward. UniMatch and UniMatch
-    V2 run the student twice per step (labeled + weak, then the strong views), so every weight was
-    cast twice, and every weight gradient cast back twice. A *disabled* autocast around the step is
-    the outermost region: the first forward's copies serve the second, and nothing else changes
-    dtype (the engine's own region still enables autocast around each forward, the losses stay
-    outside). What changes numerically: the two forwards' gradients of a weight add up in 16 bits
-    before their one cast back, one more rounding of gradients already computed in 16 bits. The
-    backward runs after the region ends, so the next step casts the updated weights."""
-    if precision_mode(ds) != "torch_autocast":
+    autocast region ends, and DeepSpeed's engine opens one region per forward. FixMatch, UniMatch
+    and UniMatch V2 run the student twice per micro-batch (labeled + weak, then the strong views),
+    so every weight was cast twice, and every weight gradient cast back twice. A *disabled*
+    autocast around the forwards is the outermost region: the first forward's copies serve the
+    second, and nothing else changes dtype (the engine's own region still enables autocast around
+    each forward, the losses stay outside). The backward runs after the region ends, so the next
+    micro-batch casts the weights again, and after an optimizer step the updated ones.
+
+    Numerics: the two forwards' gradients of a weight now add up in bf16 before their one cast
+    back, one more rounding of gradients already computed in bf16. Not for float16: loss-scaled
+    fp16 gradients summed in fp16 can overflow where the fp32 sum did not. A student forward under
+    ``no_grad`` inside the region would share its cached copy with later forwards: the torch
+    pinned here makes cached casts with grad enabled (checked), older versions cached a copy
+    without history and the weight lost its gradient; no method runs one. ``train.compile``:
+    compiled graphs cast their own weights (the cache is off while tracing), so the region changes
+    nothing there."""
+    if precision_mode(ds) != "torch_autocast" or compute_dtype(ds) != torch.bfloat16:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, enabled=False)
 

@@ -276,24 +276,30 @@ class _WeightCasts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def test_torch_autocast_casts_each_student_weight_once_per_step(shards: Path, tmp_path: Path, world) -> None:
-    """UniMatch runs the student twice per step; under torch_autocast each weight is cast to bf16 once
-    (precision.weight_cast_scope), not once per forward, and the losses are bit for bit the same."""
+@pytest.mark.parametrize("base", ["fixmatch", "unimatch"])
+def test_torch_autocast_casts_each_student_weight_once_per_micro_batch(shards: Path, tmp_path: Path, world,
+                                                                     base: str) -> None:
+    """FixMatch and UniMatch run the student twice per micro-batch; under bf16 torch_autocast each
+    weight is cast once (precision.weight_cast_scope), not once per forward: the losses are bit for
+    bit the same, and every weight gets the same gradient to bf16 rounding."""
     cfg = write_config(tmp_path / "cfg.json", tiny_config(
-        shards, method={"base": "unimatch", "aux": "forec", "conf_thresh": 0.3},
+        shards, method={"base": base, "aux": "forec", "conf_thresh": 0.3},
         deepspeed={"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}))
     tr = Trainer(load_config(cfg), run_dir=tmp_path / "run", dist=world)
     labeled, unlabeled = two_view_batch(batch=2, crop=48, num_classes=tr.num_classes)
-    params = {p.data_ptr() for p in tr.engine.module.parameters() if p.requires_grad}
+    trained = [p for p in tr.engine.module.parameters() if p.requires_grad]
 
-    def step_forwards(ctx: methods.StepModels) -> tuple[Counter, dict[str, torch.Tensor]]:
+    def step(ctx: methods.StepModels) -> tuple[Counter, dict[str, torch.Tensor], list[torch.Tensor]]:
+        for p in trained:
+            p.grad = None
         torch.manual_seed(SEED)  # the feature-perturbation dropout
-        with _WeightCasts(params) as casts:
+        with _WeightCasts({p.data_ptr() for p in trained}) as casts:
             terms = methods.compute_losses(ctx, labeled, unlabeled)
-        return casts.counts, terms
+        tr.engine.backward(terms["loss"])
+        return casts.counts, {k: v.detach() for k, v in terms.items()}, [p.grad for p in trained]
 
-    once, terms = step_forwards(tr.step_models)
-    per_forward, terms_per_forward = step_forwards(
+    once, terms, grads = step(tr.step_models)
+    per_forward, terms_per_forward, grads_per_forward = step(
         dataclasses.replace(tr.step_models, cast_scope=contextlib.nullcontext))
     autocast_layers = {p.data_ptr() for m in tr.engine.module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
                        for p in m.parameters(recurse=False)}  # the layers autocast runs in bf16
@@ -302,3 +308,9 @@ def test_torch_autocast_casts_each_student_weight_once_per_step(shards: Path, tm
     assert terms.keys() == terms_per_forward.keys()
     for k in terms:
         assert torch.equal(terms[k], terms_per_forward[k]), k
+    # every trained weight gets its gradient through the one cached copy; the two forwards' parts
+    # now add up in bf16 before the cast back: equal to bf16 rounding of the gradient
+    assert all(g is not None for g in grads) and sum(bool(g.any()) for g in grads) > len(grads) // 2
+    for g, want in zip(grads, grads_per_forward):
+        assert want is not None
+        torch.testing.assert_close(g, want, rtol=2e-2, atol=1e-3 * float(want.abs().max()) + 1e-12)
