@@ -95,7 +95,7 @@ class StepModels:
     input_dtype: torch.dtype
     autocast: Callable[[], object]
     device: torch.device
-    # around the step's forwards: each weight cast to 16 bits once per step (precision.weight_cast_scope)
+    # around a micro-batch's forwards: each weight cast to bf16 once, not per forward (precision.weight_cast_scope)
     cast_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     memory_format: torch.memory_format = torch.contiguous_format  # train.channels_last
     # the labeled images' loss (logits, labels) -> scalar: CE, or OHEM (losses.labeled_loss)

@@ -73,12 +73,11 @@ def aux_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     (neither none), a's task before b's in AUX_ORDER: the rows a - b of the report, by base in the
     order of ``methods``, then by AUX_ORDER."""
     parts = {m: method_parts(m) for m in methods}
-    pairs = [(a, b) for a in methods for b in methods
-             if parts[a] and parts[b] and parts[a][0] == parts[b][0] and "none" not in (parts[a][1], parts[b][1])
-             and AUX_ORDER.index(parts[a][1]) < AUX_ORDER.index(parts[b][1])]
-    bases = list(dict.fromkeys(parts[m][0] for m in methods if parts[m]))  # in the order of --methods
-    return sorted(pairs, key=lambda p: (bases.index(parts[p[0]][0]), AUX_ORDER.index(parts[p[0]][1]),
-                                        AUX_ORDER.index(parts[p[1]][1])))
+    bases = list(dict.fromkeys(p[0] for p in parts.values() if p))  # in the order of --methods
+    ranked = sorted((m for m in methods if parts[m] and parts[m][1] != "none"),
+                    key=lambda m: (bases.index(parts[m][0]), AUX_ORDER.index(parts[m][1])))
+    return [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:]
+            if parts[a][0] == parts[b][0] and parts[a][1] != parts[b][1]]
 
 
 def aux_pair_label(a: str, b: str) -> str:

@@ -74,6 +74,12 @@ def _by_seed(runs: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
     return {r["seed"]: 100 * r[key] for r in runs if _finite(r.get(key))}
 
 
+def _minus(student: dict[int, float], found: dict[tuple[str, str], list[dict[str, Any]]], other: str,
+           data: str) -> dict[str, Any] | None:
+    """``student`` minus ``other``'s students on the same training set, paired by seed."""
+    return paired_difference(student, _by_seed(found.get((other, data), []), "miou_last"))
+
+
 def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequence[str],
             budgets: Sequence[str], formats: Sequence[str] = ("",)) -> dict[str, Any]:
     """Per method and variant (budget, or budget_format; mIoU in %): student and teacher
@@ -87,15 +93,10 @@ def summary(found: dict[tuple[str, str], list[dict[str, Any]]], methods: Sequenc
         for b in (variant(budget, fmt) for budget in budgets for fmt in formats):
             runs = found.get((m, b), [])
             student, teacher = _by_seed(runs, "miou_last"), _by_seed(runs, "teacher_miou_last")
-            entry: dict[str, Any] = {"student": mean_ci(list(student.values())) if student else None,
-                                     "teacher": mean_ci(list(teacher.values())) if teacher else None,
-                                     "runs": runs, "vs": {}}
-            for base in baselines(methods):
-                if base != m:
-                    entry["vs"][base] = paired_difference(student, _by_seed(found.get((base, b), []), "miou_last"))
-            entry["vs_aux"] = {other: paired_difference(student, _by_seed(found.get((other, b), []), "miou_last"))
-                               for first, other in pairs if first == m}
-            table[m][b] = entry
+            table[m][b] = {"student": mean_ci(list(student.values())) if student else None,
+                           "teacher": mean_ci(list(teacher.values())) if teacher else None, "runs": runs,
+                           "vs": {base: _minus(student, found, base, b) for base in baselines(methods) if base != m},
+                           "vs_aux": {other: _minus(student, found, other, b) for first, other in pairs if first == m}}
         for budget in budgets:
             reference = _by_seed(found.get((m, variant(budget, formats[0])), []), "miou_last")
             for fmt in formats[1:]:
