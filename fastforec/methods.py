@@ -152,13 +152,18 @@ def _supervised(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[s
     return out
 
 
-def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
-                  u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    m = ctx.method
+def _teacher_view(ctx: StepModels, u: dict[str, torch.Tensor]) -> View:
+    """The weak view with the EMA teacher's pseudo-labels (mean teacher, UniMatch V2)."""
     assert ctx.teacher is not None
     with ctx.autocast():
         t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
-    weak = View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels), u["valid"])
+    return View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=ctx.method.kernels), u["valid"])
+
+
+def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
+                  u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    m = ctx.method
+    weak = _teacher_view(ctx, u)
     perm = cutmix_partner(weak.image.shape[0], ctx.device)
     strong = mixed_view(weak, u["strong"], u["box"], perm)
 
@@ -177,10 +182,7 @@ def _mean_teacher(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
 def _unimatch_v2(ctx: StepModels, x_l: torch.Tensor, y_l: torch.Tensor,
                  u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     m = ctx.method
-    assert ctx.teacher is not None
-    with ctx.autocast():
-        t_logits = ctx.teacher(u["weak"].contiguous(memory_format=ctx.memory_format))["seg"]
-    weak = View(u["weak"], *losses.pseudo_label(t_logits, ctx.fg_classes, backend=m.kernels), u["valid"])
+    weak = _teacher_view(ctx, u)
     b, n = x_l.shape[0], weak.image.shape[0]
     perm = cutmix_partner(n, ctx.device, reverse=True)
     mixed = [mixed_view(weak, u[image], u[box], perm) for image, box in STRONG_VIEWS]

@@ -26,14 +26,15 @@ RNG, whatever the number of workers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from fastforec.labels import IGNORE_INDEX, VOC_CLASS_NAMES
 
 from .common import PlacedObject, boundary_band, finish_image, paint_object
-from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
+from .shapes import Part, chamfered_rect, ellipse, poly, random_placement, random_polygon, rect
+from .styles import Look, Style
 from .textures import Rng, hsv, smooth_noise, stripes
 
 PRESET = "pretrain"
@@ -182,15 +183,6 @@ _SHAPE_OF = {VOC_CLASS_NAMES.index(n): fn for n, fn in CLASS_SHAPES.items()}
 
 # ---------------------------------------------------------------- the style pool
 
-@dataclass(frozen=True)
-class Style:
-    kind: str
-    colour_a: tuple[float, float, float]
-    colour_b: tuple[float, float, float]
-    period: float  # fraction of the image's short side
-    angle: float
-
-
 def style_table(seed: int) -> tuple[Style, ...]:
     """The pool (a function of the dataset seed): hues spread over the circle, kinds in turn."""
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(STYLE_TABLE_KEY,)))
@@ -226,44 +218,18 @@ def _pattern(style: Style, h: int, w: int, short: int, rng: Rng) -> np.ndarray:
     return (ramp + 1.0) / 2.0
 
 
-def paint_style(style: Style, h: int, w: int, short: int, rng: Rng, *, contrast: float) -> np.ndarray:
-    a, b = np.array(style.colour_a, np.float32), np.array(style.colour_b, np.float32)
-    shift = np.float32(rng.uniform(-INSTANCE_VALUE_JITTER, INSTANCE_VALUE_JITTER))
-    tint = rng.uniform(-INSTANCE_TINT_JITTER, INSTANCE_TINT_JITTER, 3).astype(np.float32)
-    a, b = np.clip(a * (1 + tint) + shift, 0, 1), np.clip(b + shift, 0, 1)
-    field = _pattern(style, h, w, short, rng).astype(np.float32)[..., None]
-    field = (1 - contrast) / 2 + contrast * field
-    return (a * (1 - field) + b * field).astype(np.float32)
+_place = partial(random_placement, margin=CENTRE_MARGIN, max_angle=MAX_ANGLE)
+LOOK = Look(_pattern, value_jitter=INSTANCE_VALUE_JITTER, tint_jitter=INSTANCE_TINT_JITTER,
+            secondary_shade=SECONDARY_PART_SHADE)
 
 
 # ---------------------------------------------------------------- one image
-
-def _style_painter(style: Style, short: int):
-    def paint(rng: Rng, partmap: np.ndarray) -> np.ndarray:
-        h, w = partmap.shape
-        out = paint_style(style, h, w, short, rng, contrast=OBJECT_CONTRAST)
-        second = np.array(style.colour_b, np.float32)
-        for part, factor in enumerate(SECONDARY_PART_SHADE, start=1):
-            out[partmap == 1 + part] = second * np.float32(factor)
-        return out
-    return paint
-
 
 def _clutter_parts(rng: Rng) -> list[Part]:
     """Irregular blobs and bars: background things without a class."""
     if rng.uniform() < 0.5:
         return [Part(rect(-1.0, -rng.uniform(0.1, 0.3), 1.0, rng.uniform(0.1, 0.3)), 0)]
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(4, 9))))
-    radii = rng.uniform(0.4, 1.0, size=angles.size)
-    return [Part(np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1), 0)]
-
-
-def _placement(rng: Rng, extent: tuple[float, float], h: int, w: int) -> Placement:
-    short = min(h, w)
-    return Placement(cx=rng.uniform(CENTRE_MARGIN, 1 - CENTRE_MARGIN) * w,
-                     cy=rng.uniform(CENTRE_MARGIN, 1 - CENTRE_MARGIN) * h,
-                     scale=rng.uniform(*extent) * short / 2.0, angle=rng.uniform(-MAX_ANGLE, MAX_ANGLE),
-                     flip=bool(rng.integers(2)))
+    return [Part(random_polygon(rng, vertices=(4, 9), radius=(0.4, 1.0)), 0)]
 
 
 def render_pretrain_scene(rng: Rng, size: tuple[int, int], styles: tuple[Style, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -274,15 +240,15 @@ def render_pretrain_scene(rng: Rng, size: tuple[int, int], styles: tuple[Style, 
     chosen = [(int(rng.choice(PRETRAIN_CLASSES)), int(rng.integers(len(styles)))) for _ in range(n)]
     used = {s for _, s in chosen}  # the background never wears an object's style in the same image
     background = styles[int(rng.choice([s for s in range(len(styles)) if s not in used]))]
-    image = paint_style(background, h, w, short, rng, contrast=BACKGROUND_CONTRAST)
+    image = LOOK.paint(background, h, w, short, rng, contrast=BACKGROUND_CONTRAST)
     scratch = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.choice(CLUTTER_COUNTS))):
-        clutter = PlacedObject(0, _clutter_parts(rng), _placement(rng, CLUTTER_EXTENT, h, w),
-                               _style_painter(styles[int(rng.integers(len(styles)))], short))
+        clutter = PlacedObject(0, _clutter_parts(rng), _place(rng, CLUTTER_EXTENT, h, w),
+                               LOOK.painter(styles[int(rng.integers(len(styles)))], short, contrast=OBJECT_CONTRAST))
         paint_object(image, scratch, clutter, rng)
     label = np.zeros((h, w), np.uint8)
     for cls, style in chosen:
-        placed = PlacedObject(cls, _SHAPE_OF[cls](rng), _placement(rng, OBJECT_EXTENT, h, w),
-                              _style_painter(styles[style], short))
+        placed = PlacedObject(cls, _SHAPE_OF[cls](rng), _place(rng, OBJECT_EXTENT, h, w),
+                              LOOK.painter(styles[style], short, contrast=OBJECT_CONTRAST))
         paint_object(image, label, placed, rng)
     return finish_image(rng, image), boundary_band(label, width=BAND_HALF_WIDTH_PX, ignore=IGNORE_INDEX)

@@ -36,6 +36,14 @@ def poly(*points: tuple[float, float]) -> np.ndarray:
     return np.array(points, dtype=np.float64)
 
 
+def random_polygon(rng: np.random.Generator, *, vertices: tuple[int, int], radius: tuple[float, float]) -> np.ndarray:
+    """An irregular polygon around the origin: ``vertices`` [low, high) corners at sorted random
+    angles, each at a random distance in ``radius``."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(*vertices))))
+    radii = rng.uniform(*radius, size=angles.size)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
 def rotate(points: np.ndarray, angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return points @ np.array([[c, s], [-s, c]])
@@ -52,6 +60,16 @@ class Placement:
     def apply(self, points: np.ndarray) -> np.ndarray:
         pts = points * np.array([-1.0 if self.flip else 1.0, 1.0])
         return rotate(pts, self.angle) * self.scale + np.array([self.cx, self.cy])
+
+
+def random_placement(rng: np.random.Generator, extent: tuple[float, float], h: int, w: int, *, margin: float,
+                     max_angle: float) -> Placement:
+    """A placement anywhere at least ``margin`` (a fraction of a side) from the border, the object's
+    2-unit box spanning a fraction ``extent`` of the short side, tilted up to ``max_angle``, either way."""
+    short = min(h, w)
+    return Placement(cx=rng.uniform(margin, 1 - margin) * w, cy=rng.uniform(margin, 1 - margin) * h,
+                     scale=rng.uniform(*extent) * short / 2.0, angle=rng.uniform(-max_angle, max_angle),
+                     flip=bool(rng.integers(2)))
 
 
 def rasterize(parts: list[Part], placement: Placement, size: tuple[int, int]) -> np.ndarray:

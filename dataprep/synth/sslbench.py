@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ from fastforec.labels import IGNORE_INDEX, VOC_CLASS_NAMES
 
 from ..errors import DataprepError
 from .common import PlacedObject, boundary_band, finish_image, paint_object
-from .shapes import Part, Placement, chamfered_rect, ellipse, poly, rect
+from .shapes import Part, chamfered_rect, ellipse, poly, random_placement, random_polygon, rect
+from .styles import Look, Style
 from .textures import Rng, hsv, smooth_noise, stripes
 from .voc import bird_parts, car_parts, cat_parts
 
@@ -150,15 +152,6 @@ _SHAPE_OF = {VOC_CLASS_NAMES.index(n): fn for n, fn in CLASS_SHAPES.items()}
 # ---------------------------------------------------------------- the style pool
 
 @dataclass(frozen=True)
-class Style:
-    kind: str
-    colour_a: tuple[float, float, float]
-    colour_b: tuple[float, float, float]
-    period: float  # fraction of the image's short side
-    angle: float
-
-
-@dataclass(frozen=True)
 class StyleTable:
     styles: tuple[Style, ...]
     class_styles: dict[int, tuple[int, ...]]  # class id -> its styles, most frequent first
@@ -214,16 +207,9 @@ def _pattern(style: Style, h: int, w: int, short: int, rng: Rng) -> np.ndarray:
     return (smooth_noise(rng, h, w, cells=cells) > 0) * 1.0
 
 
-def paint_style(style: Style, h: int, w: int, short: int, rng: Rng, *, jitter: bool,
-                contrast: float = 1.0) -> np.ndarray:
-    a, b = np.array(style.colour_a, np.float32), np.array(style.colour_b, np.float32)
-    if jitter:  # instances of a style vary a little, like real materials
-        shift = np.float32(rng.uniform(-INSTANCE_VALUE_JITTER, INSTANCE_VALUE_JITTER))
-        tint = rng.uniform(-INSTANCE_TINT_JITTER, INSTANCE_TINT_JITTER, 3).astype(np.float32)
-        a, b = np.clip(a * (1 + tint) + shift, 0, 1), np.clip(b + shift, 0, 1)
-    field = _pattern(style, h, w, short, rng).astype(np.float32)[..., None]
-    field = (1 - contrast) / 2 + contrast * field
-    return (a * (1 - field) + b * field).astype(np.float32)
+_place = partial(random_placement, margin=CENTRE_MARGIN, max_angle=MAX_ANGLE)
+LOOK = Look(_pattern, value_jitter=INSTANCE_VALUE_JITTER, tint_jitter=INSTANCE_TINT_JITTER,
+            secondary_shade=SECONDARY_PART_SHADE)
 
 
 # ---------------------------------------------------------------- one image
@@ -234,34 +220,13 @@ class SceneObject:
     style: int
 
 
-def _style_painter(style: Style, short: int):
-    def paint(rng: Rng, partmap: np.ndarray) -> np.ndarray:
-        h, w = partmap.shape
-        out = paint_style(style, h, w, short, rng, jitter=True, contrast=OBJECT_CONTRAST)
-        second = np.array(style.colour_b, np.float32)
-        for part, factor in enumerate(SECONDARY_PART_SHADE, start=1):
-            out[partmap == 1 + part] = second * np.float32(factor)
-        return out
-    return paint
-
-
 def _clutter_parts(rng: Rng) -> list[Part]:
     kind = int(rng.integers(3))
     if kind == 0:
         return [Part(ellipse(0, 0, 1.0, rng.uniform(0.3, 1.0)), 0)]
     if kind == 1:
         return [Part(rect(-1.0, -rng.uniform(0.2, 1.0), 1.0, rng.uniform(0.2, 1.0)), 0)]
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(5, 8))))
-    radii = rng.uniform(0.5, 1.0, size=angles.size)
-    return [Part(np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1), 0)]
-
-
-def _placement(rng: Rng, extent: tuple[float, float], h: int, w: int) -> Placement:
-    short = min(h, w)
-    return Placement(cx=rng.uniform(CENTRE_MARGIN, 1 - CENTRE_MARGIN) * w,
-                     cy=rng.uniform(CENTRE_MARGIN, 1 - CENTRE_MARGIN) * h,
-                     scale=rng.uniform(*extent) * short / 2.0, angle=rng.uniform(-MAX_ANGLE, MAX_ANGLE),
-                     flip=bool(rng.integers(2)))
+    return [Part(random_polygon(rng, vertices=(5, 8), radius=(0.5, 1.0)), 0)]
 
 
 def render_sslbench_scene(rng: Rng, size: tuple[int, int], table: StyleTable
@@ -280,17 +245,17 @@ def render_sslbench_scene(rng: Rng, size: tuple[int, int], table: StyleTable
     used = {o.style for o in objects}
     free = [s for s in range(STYLE_POOL_SIZE) if s not in used]
     background = table.styles[int(rng.choice(free))]
-    image = paint_style(background, h, w, short, rng, jitter=True, contrast=BACKGROUND_CONTRAST)
+    image = LOOK.paint(background, h, w, short, rng, contrast=BACKGROUND_CONTRAST)
     scratch = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.choice(CLUTTER_COUNTS))):
         style = table.styles[int(rng.integers(STYLE_POOL_SIZE))]
-        clutter = PlacedObject(0, _clutter_parts(rng), _placement(rng, CLUTTER_EXTENT, h, w),
-                               _style_painter(style, short))
+        clutter = PlacedObject(0, _clutter_parts(rng), _place(rng, CLUTTER_EXTENT, h, w),
+                               LOOK.painter(style, short, contrast=OBJECT_CONTRAST))
         paint_object(image, scratch, clutter, rng)
     label = np.zeros((h, w), np.uint8)
     for obj in objects:
-        placed = PlacedObject(obj.class_id, _SHAPE_OF[obj.class_id](rng), _placement(rng, OBJECT_EXTENT, h, w),
-                              _style_painter(table.styles[obj.style], short))
+        placed = PlacedObject(obj.class_id, _SHAPE_OF[obj.class_id](rng), _place(rng, OBJECT_EXTENT, h, w),
+                              LOOK.painter(table.styles[obj.style], short, contrast=OBJECT_CONTRAST))
         paint_object(image, label, placed, rng)
     # Objects may hide each other completely: report only the ones left visible (before the void
     # band, which can still swallow a sliver of an object).

@@ -85,7 +85,7 @@ def test_every_silhouette_and_texture_draws() -> None:
         # about the [-1, 1] box that OBJECT_EXTENT scales (a raised head may reach a little beyond it)
         assert drawn and all(np.abs(p.polygon).max() <= 1.2 for p in drawn), name
     for style in pretrain.style_table(0):
-        img = pretrain.paint_style(style, 20, 30, 48, rng, contrast=1.0)
+        img = pretrain.LOOK.paint(style, 20, 30, 48, rng, contrast=1.0)
         assert img.shape == (20, 30, 3) and 0.0 <= img.min() and img.max() <= 1.0
         assert img.std() > 0.0, style.kind  # a pattern, not a flat colour
 
