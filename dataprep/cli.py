@@ -29,10 +29,28 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (no upper bound when ``high`` is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}")
+        return value
+    return parse
+
+
+JPEG_QUALITY = _int_in(1, 100)  # PIL's scale; values outside it are clamped without a word
+
+
 def _workers_arg(p: argparse.ArgumentParser) -> None:
     from .convert import default_workers
 
-    p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all usable cores)")
+    p.add_argument("--workers", type=_int_in(1), default=default_workers(),
+                   help="processes (default: all usable cores)")
 
 
 def _conversion_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val", type=int, default=DEFAULT_SYNTH_VAL)
     p.add_argument("--size", type=_size, default=None, help="HxW (default: 375x500 voc, 512x1024 cityscapes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jpeg-quality", type=int, default=SYNTH_JPEG_QUALITY, help="VOC JPEG quality")
+    p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=SYNTH_JPEG_QUALITY, help="VOC JPEG quality (1-100)")
     p.add_argument("--preset", choices=VOC_PRESETS, default="scenes",
                    help="voc: 'scenes' (5 classes in context; demo and tests), 'sslbench' (10 classes with shared "
                         "textures, made to need unlabeled data; its labeled budgets: `dataprep splits --balanced`) or "
@@ -93,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-format", choices=IMAGE_FORMATS, default="png",
                    help="png keeps the original bytes; jpg re-encodes labeled/unlabeled (smaller, faster to "
                         "decode) and keeps val's PNGs, so mIoU is measured on the original pixels")
-    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=DEFAULT_JPEG_QUALITY, help="1-100")
     _conversion_args(p)
 
     p = sub.add_parser("folder", help="a custom dataset: images + masks (+ unlabeled images) to shards")
@@ -154,10 +172,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_out_apart(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Shards go in a folder of their own: an --out that is an input folder would mix manifest.json
+    and shard files into the raw tree (a tree dataprep synthesised carries its mark, so the
+    foreign-folder check alone would let it through)."""
+    for option, path in inputs.items():
+        if path is not None and out.resolve() == Path(path).resolve():
+            raise DataprepError(f"--out '{out}' is the {option} folder; shards go in a folder of their own "
+                                f"(e.g. --out '{out.resolve().parent / (out.resolve().name + '_shards')}')")
+
+
 def _cmd_voc(args: argparse.Namespace) -> int:
     from .convert import run_conversion
     from .voc import voc_plan
 
+    _check_out_apart(args.out, {"--root": args.root, "--split-dir": args.split_dir})
     options = _run_options(args)
     run_conversion(voc_plan(root=args.root, split_dir=args.split_dir, blender=args.blender, skip_bad=args.skip_bad),
                    options)
@@ -168,6 +197,7 @@ def _cmd_cityscapes(args: argparse.Namespace) -> int:
     from .cityscapes import cityscapes_plan
     from .convert import run_conversion
 
+    _check_out_apart(args.out, {"--root": args.root, "--split-dir": args.split_dir})
     options = _run_options(args)
     run_conversion(cityscapes_plan(root=args.root, split_dir=args.split_dir, image_format=args.image_format,
                                    skip_bad=args.skip_bad, jpeg_quality=args.jpeg_quality), options)
@@ -178,6 +208,8 @@ def _cmd_folder(args: argparse.Namespace) -> int:
     from .convert import run_conversion
     from .folder import FolderClasses, FolderSplit, folder_plan
 
+    _check_out_apart(args.out, {"--images": args.images, "--masks": args.masks, "--unlabeled": args.unlabeled,
+                                "--split-dir": args.split_dir})
     options = _run_options(args)
     classes = FolderClasses(num_classes=args.num_classes,
                             class_names=tuple(args.class_names) if args.class_names else None,

@@ -35,6 +35,7 @@ from fastforec.checkpoint_files import (
     rank_file,
     resolve_checkpoint,
     save_checkpoint,
+    shared_file_of,
     without_hint,
 )
 from fastforec.config import LEGACY_DECODER, Config, config_from_dict, upgrade_legacy_keys
@@ -207,6 +208,10 @@ def load_trained_weights(path: str | Path) -> TrainedWeights:
     ckpt_path = resolve_checkpoint(path)
     state = load_checkpoint(ckpt_path)
     if state.get("format") not in READABLE_FORMATS:
+        if (shared := shared_file_of(ckpt_path)) is not None:
+            raise CheckpointError(f"'{ckpt_path}' is rank {shared[1]}'s part of checkpoint '{shared[0].name}' (its "
+                                  f"optimizer partition, counters and RNG, no network); give '{shared[0]}' or the "
+                                  f"run directory")
         raise CheckpointError(f"'{ckpt_path}' is not a fastforec training checkpoint (format "
                               f"{state.get('format')!r}, expected one of {', '.join(READABLE_FORMATS)})")
     missing = [k for k in ("config", "dataset", "student") if not isinstance(state.get(k), dict)]

@@ -28,6 +28,7 @@ from fastforec.errors import UserError
 CHECKPOINT_GLOB = "step_*.pt"
 CHECKSUM_KEY = "checksum_sha256"
 _STEP_RE = re.compile(r"step_(\d+)(?:\.rank\d+)?\.pt$")
+_RANK_FILE_RE = re.compile(r"^(step_\d+)\.rank(\d+)\.pt$")
 # The message torch.load(weights_only=True) raises when a file holds other Python objects; it
 # goes on to suggest weights_only=False, which is exactly what must never be done with it.
 _REFUSED_PICKLE = "Weights only load failed"
@@ -69,6 +70,12 @@ def rank_file(path: str | Path, rank: int) -> Path:
     """The per-rank companion of a checkpoint (optimizer partition, DeepSpeed counters, RNG)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.rank{rank}.pt")
+
+
+def shared_file_of(path: str | Path) -> tuple[Path, int] | None:
+    """(the shared checkpoint, the rank) when ``path`` is named as a per-rank companion file."""
+    m = _RANK_FILE_RE.match(Path(path).name)
+    return (Path(path).with_name(f"{m.group(1)}.pt"), int(m.group(2))) if m else None
 
 
 # ---------------------------------------------------------------------------------------------

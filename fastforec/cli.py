@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fastforec import ablate, bench, eval_cli, export, predict, pretrain, recipes, train, visualize
-from fastforec.errors import UserError, check_output_dir, output_error, report_user_error
+from fastforec.errors import UserError, check_output_dir, check_output_file, output_error, report_user_error
 
 COMMANDS = (train, eval_cli, predict, export, bench, visualize, ablate, pretrain, recipes)
 # The smallest value of `bench`'s numeric options, checked before any benchmark starts: its
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next(c for c in COMMANDS if c.NAME == args.command)
     outputs = _outputs(args)
     try:
+        for option, path in _output_files(args):
+            check_output_file(path, option)
         for option, directory in outputs:
             check_output_dir(directory, option)
         if args.command == bench.NAME:
@@ -75,15 +77,21 @@ def _check_bench_numbers(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be >= {minimum} ({meaning}), got {value}")
 
 
-def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(option, directory) of every output the user chose (train checks its --run-dir itself)."""
+def _output_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, path) of every single-file output the user chose."""
     found = []
     if getattr(args, "json_out", None):
-        found.append(("--json", Path(args.json_out).parent))
+        found.append(("--json", Path(args.json_out)))
+    if args.command in ("visualize", "export") and getattr(args, "out", None):
+        found.append(("--out", Path(args.out)))
+    return found
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, directory) of every output the user chose (train checks its --run-dir itself)."""
+    found = [(option, path.parent) for option, path in _output_files(args)]
     if args.command in ("predict", "ablate", "pretrain"):
         found.append(("--out", Path(args.out)))
-    elif args.command in ("visualize", "export") and getattr(args, "out", None):
-        found.append(("--out", Path(args.out).parent))
     return found
 
 

@@ -50,6 +50,16 @@ def check_output_dir(path: str | Path, option: str) -> Path:
     return path
 
 
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Fail before any work when a file output names an existing directory (the write would fail
+    only at the end, after an evaluation or an export)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} '{path}' is a directory; {option} takes a file path (a new file inside it, "
+                        f"for instance)")
+    return path
+
+
 def output_error(error: OSError, path: str | Path, option: str) -> UserError:
     """An OSError from writing under a user-chosen output path, as a UserError naming it."""
     reason = error.strerror or type(error).__name__

@@ -20,6 +20,7 @@ from typing import IO
 from fastforec.errors import UserError
 
 LOCK_NAME = ".lock"
+FOREIGN_SHOWN = 3  # names quoted in the refusal of a foreign directory
 
 
 class RunDirectoryBusy(UserError):
@@ -62,6 +63,22 @@ class RunLock:
             self.path.parent.rmdir()
         self._file.close()  # after the unlink: nobody can take a lock on the removed file meanwhile
         self._file = None
+
+
+def refuse_foreign_run_dir(run_dir: Path) -> None:
+    """A fresh run writes config.json, results.json, metrics.jsonl, ... into its directory. A
+    non-empty directory that no run has used (no lock file: every run leaves one) holds someone
+    else's files, which the run could replace: refused, before any work. Hidden entries do not
+    count, and nothing is touched."""
+    if not run_dir.is_dir() or (run_dir / LOCK_NAME).exists():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (f" and {len(foreign) - FOREIGN_SHOWN} more"
+                                                      if len(foreign) > FOREIGN_SHOWN else "")
+        raise UserError(f"run directory '{run_dir}' is not empty and no run has used it (it holds {shown}); a run "
+                        f"writes config.json, results.json, metrics.jsonl and more there: choose a new or empty "
+                        f"--run-dir / train.name")
 
 
 def _describe(holder: str) -> str:

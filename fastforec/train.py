@@ -26,6 +26,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 from fastforec.atomic import atomic_write_json  # noqa: E402
 from fastforec.config import Config, ConfigError, add_override_argument, load_config  # noqa: E402
 from fastforec.errors import UserError, check_output_dir, output_error, report_user_error  # noqa: E402
+from fastforec.run_lock import refuse_foreign_run_dir  # noqa: E402
 
 NAME = "train"
 HELP = "train a model (same as fastforec/train.py)"
@@ -68,6 +69,8 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
                           f"or choose another --run-dir / train.name")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         raise ConfigError(f"--resume: checkpoint '{args.resume}' does not exist")
+    if args.resume is None:
+        refuse_foreign_run_dir(run_dir)
     return cfg, run_dir
 
 

@@ -157,8 +157,9 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     (("--budgets", "three"), "not a comma-separated list of integers"),
     (("--seeds", "0"), "--seeds must be >= 1"),
     (("--set", "method.nope=1"), "method.nope: unknown key"),
+    (("--report-only",), "--report-only: '"),  # a folder with no finished run: no report of empty cells
 ])
-def test_bad_arguments_exit_2_before_any_work(change: tuple[str, str], message: str, config: Path, tmp_path: Path,
+def test_bad_arguments_exit_2_before_any_work(change: tuple[str, ...], message: str, config: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     argv = _argv(config, tmp_path / "study")
     if change[0] in argv and change[0] != "--set":

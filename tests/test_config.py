@@ -153,6 +153,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: di
     ({"data": {"crop_size": 8}}, "data.crop_size: must be >= 16, got 8"),
     ({"optim": {"lr": 0}}, "optim.lr: must be > 0, got 0.0"),
     ({"train": {"name": "a/b"}}, "train.name: must be a non-empty name without '/'"),
+    ({"train": {"name": ".."}}, "train.name: must be a non-empty name without '/', other than '.' and '..'"),
     ({"method": {"fg_classes": [1, -2]}}, "method.fg_classes: class ids must be >= 0"),
     ({"optim": {"lr": float("inf")}}, "optim.lr: must be a finite number, got inf"),  # JSON Infinity
     ({"method": {"lambda_u": float("nan")}}, "method.lambda_u: must be a finite number, got nan"),

@@ -156,6 +156,17 @@ def test_variance_selection_ranks_by_activation_variance(checkpoints: dict, imag
     assert arrays["c0_channels"].tolist() == np.argsort(-var, kind="stable")[:4].tolist()
 
 
+def test_more_channels_than_the_latent_has_shows_them_all_and_says_so(checkpoints: dict, images: list[Path],
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "all.png"
+    assert main(["visualize", "latent", "--checkpoint", str(checkpoints["rec_file"]), "--input", str(images[0]),
+                 "--out", str(out), "--channels", "100000"]) == 0
+    width = np.load(out.with_suffix(".npz"))["c0_i0_latent"].shape[0]
+    assert len(np.load(out.with_suffix(".npz"))["c0_channels"]) == width < 100000
+    assert f"{width} latent channels by weight (--channels 100000: all the latent has)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case, message", [
     ("supervised", "has no reconstruction decoder"),
     ("missing_input", "does-not-exist.png' does not exist"),

@@ -20,6 +20,7 @@ from fastforec.ablate.plan import (
     PRESETS,
     AblationError,
     DataSpec,
+    Run,
     parse_budgets,
     parse_formats,
     plan_runs,
@@ -89,6 +90,14 @@ def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
     return methods, budgets, spec
 
 
+def _check_finished_runs(out: Path, runs: list[Run]) -> None:
+    """--report-only over a folder with none of the study's runs finished would write a report of
+    empty cells (and data commands that never ran): refused, writing nothing."""
+    if not any((out / "runs" / r.name / "results.json").is_file() for r in runs):
+        raise AblationError(f"--report-only: '{out}' holds none of these runs finished ({runs[0].name}, ...); run "
+                            f"the same command without --report-only first, or check --out, --methods, --budgets")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -97,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         methods, budgets, spec = validate(args)
         check_study(out, spec)
+        if args.report_only:
+            _check_finished_runs(out, plan_runs(methods, budgets, args.seeds, spec.formats))
         shards = {} if args.report_only else prepare_data(out, spec, budgets, console)
     except (AblationError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -49,6 +49,9 @@ def resolve_config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory; --config takes a .json config file (or the name of "
+                          f"a shipped config: `fastforec recipes` lists them)")
     if path.parent == Path(".") or path.parent.name == CONFIGS_DIR.name:
         name = path.name[: -len(CONFIG_SUFFIX)] if path.suffix == CONFIG_SUFFIX else path.name
         shipped = shipped_config_paths().get(name)
@@ -106,6 +109,9 @@ def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     merged: dict[str, Any] = {}
     for parent in parents:
         parent_path = path.parent / parent
+        if parent_path.is_dir():
+            raise ConfigError(f"{path}: '{EXTENDS_KEY}' names '{parent}', which is a directory ({parent_path}); it "
+                              f"takes config files")
         if not parent_path.is_file():
             raise ConfigError(f"{path}: '{EXTENDS_KEY}' names '{parent}', which does not exist (looked for "
                               f"{parent_path}); paths are relative to the file that extends them")

@@ -307,7 +307,8 @@ class TrainConfig:
     deterministic: bool = False
 
     def validate(self, prefix: str = "train") -> None:
-        _check(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a non-empty name without '/'")
+        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), f"{prefix}.name",
+               "must be a non-empty name without '/', other than '.' and '..' (it names the folder runs/<name>)")
         _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 (or null for epochs)")

@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     save_figure(latent_figure(inputs, groups, select=args.select), out)
     arrays = save_arrays(out, inputs, groups, select=args.select)
-    print(f"{out} ({len(inputs)} inputs x {len(groups)} checkpoints, {args.channels} latent channels by "
-          f"{args.select}); arrays in {arrays}")
+    shown = sorted({len(g.channels) for g in groups})  # fewer than --channels where a latent has fewer
+    capped = "" if shown == [args.channels] else f" (--channels {args.channels}: all the latent has)"
+    print(f"{out} ({len(inputs)} inputs x {len(groups)} checkpoints, {'/'.join(map(str, shown))} latent channels by "
+          f"{args.select}{capped}); arrays in {arrays}")
     return 0

@@ -168,3 +168,12 @@ def test_out_under_a_regular_file_is_named_before_any_work(voc_raw: Path, voc_sp
     assert result.code == 2
     assert f"--out '{out}' lies under '{blocker}', which is a regular file" in result.err
     assert blocker.read_text() == "keep me"
+
+
+def test_out_that_is_the_raw_tree_is_refused(voc_raw: Path, voc_split: Path, cli: CliRunner) -> None:
+    # a synthesised tree carries dataprep's mark, so only this check keeps shards out of it
+    before = sorted(p.relative_to(voc_raw) for p in voc_raw.rglob("*"))
+    result = cli("voc", "--root", voc_raw, "--split-dir", voc_split, "--out", voc_raw, "--workers", 1, "--quiet")
+    assert result.code == 2
+    assert f"--out '{voc_raw}' is the --root folder; shards go in a folder of their own" in result.err
+    assert sorted(p.relative_to(voc_raw) for p in voc_raw.rglob("*")) == before

@@ -75,6 +75,19 @@ def test_cli_rejects_bad_size(cli: CliRunner, tmp_path: Path, capsys: pytest.Cap
     assert "'big' is not HxW" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--jpeg-quality", "500", "argument --jpeg-quality: must be an integer 1..100, got '500'"),
+    ("--jpeg-quality", "-5", "argument --jpeg-quality: must be an integer 1..100, got '-5'"),
+    ("--workers", "0", "argument --workers: must be an integer >= 1, got '0'"),
+])
+def test_cli_rejects_numbers_out_of_range(flag: str, value: str, message: str, cli: CliRunner, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli("synth", "--layout", "voc", "--out", tmp_path / "x", flag, value)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_not_trivial_and_context() -> None:
     """Objects are textured (not one colour per class), and the scene kind shifts the class mix."""
     size = (120, 160)

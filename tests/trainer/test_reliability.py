@@ -406,6 +406,25 @@ def test_unwritable_outputs_and_foreign_files_are_named(finished: tuple[Path, Pa
     assert f"--out '{blocker}' is a regular file, not a directory" in capsys.readouterr().err
     assert blocker.read_text() == "keep me"
 
+    # a file output that names a directory: refused before the evaluation / export, naming it
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert fastforec(["eval", "--checkpoint", str(run_dir), "--json", str(folder)]) == 2
+    assert f"--json '{folder}' is a directory; --json takes a file path" in capsys.readouterr().err
+    out = tmp_path / "x.safetensors"
+    out.mkdir()
+    assert fastforec(["export", "--checkpoint", str(run_dir), "--format", "safetensors", "--out", str(out)]) == 2
+    assert f"--out '{out}' is a directory; --out takes a file path" in capsys.readouterr().err
+    code, err = _train_in_process(["--config", str(folder), "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and f"config file '{folder}' is a directory; --config takes a .json config file" in err
+    assert list(folder.iterdir()) == [] and list(out.iterdir()) == []
+
+    # a checkpoint's per-rank file given for the checkpoint: named for what it is
+    part = next((run_dir / "checkpoints").glob("step_*.rank0.pt"))
+    assert fastforec(["eval", "--checkpoint", str(part)]) == 2
+    shared = part.with_name(part.name.replace(".rank0", ""))
+    assert f"'{part}' is rank 0's part of checkpoint '{shared.name}'" in capsys.readouterr().err
+
     # 8. a pickle that is not tensors: said for what it is, and never "use weights_only=False"
     evil = tmp_path / "model.pt"
     torch.save({"student": Foreign()}, evil)

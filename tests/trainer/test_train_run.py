@@ -89,6 +89,19 @@ def test_config_errors_stop_before_any_work(shards: Path, tmp_path: Path) -> Non
                       "--set", "model.output_stride=32", "--run-dir", str(tmp_path / "r3")], cwd=tmp_path)
     assert proc.returncode == 2 and "model.output_stride: must be 8 or 16" in proc.stderr
 
+    # a folder of the user's own files (a config.json among them) is not a run directory: refused
+    # before the run could replace them
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "photo.jpg").write_bytes(b"\xff\xd8")
+    proc = run_train(["--config", str(tmp_path / "ok.json"), "--run-dir", str(mine)], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"run directory '{mine}' is not empty and no run has used it (it holds config.json, photo.jpg)"
+            in proc.stderr)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "photo.jpg"]
+    assert (mine / "config.json").read_text() == "{}"
+
 
 def test_corrupt_checkpoint_on_resume_is_a_clear_error_and_nothing_is_overwritten(shards: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={"max_steps": 2}))
