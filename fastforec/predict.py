@@ -126,8 +126,15 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_outputs(inputs, input_root=input_root, out=out, formats=formats)
     # The dataset kind travels in the checkpoint; one written before it did counts as unknown.
     mode = resolve_eval_mode(cfg.eval.mode, dataset.get("kind", "unknown"))
-    for outputs in planned:
-        _predict_one(model, cfg, dataset, outputs, mode=mode, whole_max_pixels=args.whole_max_pixels, device=device)
+    for done, outputs in enumerate(planned):
+        try:
+            _predict_one(model, cfg, dataset, outputs, mode=mode, whole_max_pixels=args.whole_max_pixels,
+                         device=device)
+        except UserError as e:  # an unreadable image: say what is complete, and how to go on
+            if done:
+                raise UserError(f"{e}; the {done} image(s) before it are predicted (their files complete): replace or "
+                                f"remove this one and run again") from None
+            raise
     return 0
 
 

@@ -83,6 +83,19 @@ def test_out_inside_input_is_not_read_back_as_input(voc_export: Path, tmp_path: 
         assert sorted(_tree(d)) == ["a.jpg", "pred/overlay/a.png", "pred/palette/a.png"]
 
 
+def test_an_unreadable_image_midway_says_what_is_complete(voc_export: Path, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    _image(d / "a.jpg")
+    data = _image(d / "b.jpg", seed=1).read_bytes()
+    (d / "b.jpg").write_bytes(data[: len(data) // 2])  # a copy that stopped halfway
+    out = tmp_path / "out"
+    proc = _predict("--checkpoint", voc_export, "--input", d, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot read image '{d / 'b.jpg'}'" in proc.stderr
+    assert "the 1 image(s) before it are predicted (their files complete): replace or remove this one" in proc.stderr
+    assert sorted(_tree(out)) == ["overlay/a.png", "palette/a.png"]
+
+
 def test_inputs_sharing_a_stem_keep_their_extension(voc_export: Path, tmp_path: Path) -> None:
     d = tmp_path / "d"
     _image(d / "x.jpg", seed=1)
