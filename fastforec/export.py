@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     suffix = FORMATS[args.format]
     if out.suffix != suffix:
-        raise ConfigError(f"--out '{out}': a {args.format} export must end with '{suffix}' "
+        article = "an ONNX" if args.format == "onnx" else "a safetensors"
+        raise ConfigError(f"--out '{out}': {article} export must end with '{suffix}' "
                           f"(fastforec predict recognises exports by it)")
     check_exists(args.checkpoint)  # before the heavy imports: a typo is an instant error
     # lazy: torch and the model code; keeps `fastforec --help` and argument errors instant

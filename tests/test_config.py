@@ -130,12 +130,13 @@ def test_unknown_nested_and_top_level_keys(tmp_path: Path) -> None:
     ({"optim": {"lr": "0.01"}}, "optim.lr: must be a number, got '0.01'"),
     ({"model": {"sync_bn": 1}}, "model.sync_bn: must be true or false, got 1"),
     ({"data": {"root": 3}}, "data.root: must be a string, got 3"),
-    ({"data": {"aug": []}}, "data.aug: must be an object, got list"),
+    ({"data": {"aug": []}}, "data.aug: must be an object, got a list"),
+    ({"model": None}, "model: must be an object, got null"),
     ({"model": {"backbone": "resnet34"}}, "model.backbone: must be one of 'resnet18', 'resnet50'"),
     ({"method": {"fg_classes": [1, "car"]}}, "method.fg_classes[1]: must be an integer, got 'car'"),
     ({"method": {"fg_classes": 5}}, "method.fg_classes: must be a list of int or null, got 5"),
     ({"method": {"rec_conf_thresh": "high"}}, "method.rec_conf_thresh: must be float or null, got 'high'"),
-    ({"deepspeed": [1]}, "deepspeed: must be an object, got list"),
+    ({"deepspeed": [1]}, "deepspeed: must be an object, got a list"),
 ])
 def test_wrong_types_name_the_key_and_the_expected_type(tmp_path: Path, data: dict, expected: str) -> None:
     assert expected in _error(tmp_path, data)

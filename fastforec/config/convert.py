@@ -27,10 +27,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _json_name(value: Any) -> str:
+    """What a JSON value is, in JSON's words (a config is JSON, not Python)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    return {str: "a string", list: "a list", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), key, f"must be an object, got {type(value).__name__}")
+        _check(isinstance(value, dict), key, f"must be an object, got {_json_name(value)}")
         return _from_dict(tp, value, key)
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(tp)
@@ -53,7 +62,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        _check(isinstance(value, dict), key, f"must be an object, got {type(value).__name__}")
+        _check(isinstance(value, dict), key, f"must be an object, got {_json_name(value)}")
         return dict(value)
     if tp is bool:
         _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
