@@ -125,12 +125,17 @@ class Manifest:
     def load(cls, root: str | Path) -> "Manifest":
         root = Path(root)
         path = root / MANIFEST_NAME
+        if root.is_file():
+            what = "its manifest.json" if root.name == MANIFEST_NAME else "a file"
+            raise ManifestError(f"'{root}' is {what}, not a dataset directory; give the directory that holds "
+                                f"{MANIFEST_NAME} (dataprep's --out)")
         if not path.is_file():
             raise ManifestError(f"'{path}' does not exist; create the dataset with `dataprep` first")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ManifestError(f"'{path}' is not valid JSON ({e})") from None
+            raise ManifestError(f"'{path}' is not valid JSON ({e}); re-run the dataprep command that made "
+                                f"'{root}'") from None
         return cls.from_dict(raw, root)
 
     @classmethod

@@ -85,3 +85,19 @@ def test_corrupt_val_shard_is_named(identity_data, copy_of):
     victim.write_bytes(bytes(raw))
     with pytest.raises(ShardError, match=victim.name):
         list(ValData(m, DataConfig(), batch_size=1, rank=0, world_size=1, device="cpu"))
+
+
+def test_a_file_or_a_damaged_manifest_given_as_the_dataset_is_named(tmp_path):
+    from pathlib import Path
+
+    from fastforec.data.manifest import Manifest
+
+    cfg = Path(tmp_path) / "tiny.json"
+    cfg.write_text("{}")
+    with pytest.raises(ManifestError, match=r"'.*tiny.json' is a file, not a dataset directory; give the directory"):
+        Manifest.load(cfg)
+    (tmp_path / "manifest.json").write_text('{"format_version": ')
+    with pytest.raises(ManifestError, match="is its manifest.json, not a dataset directory"):
+        Manifest.load(tmp_path / "manifest.json")
+    with pytest.raises(ManifestError, match=r"is not valid JSON \(.*\); re-run the dataprep command that made"):
+        Manifest.load(tmp_path)
