@@ -17,6 +17,7 @@ import pickle
 import pickletools
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -179,7 +180,23 @@ def refusal(error: Exception, path: str | Path) -> str | None:
     if any(reason in text.lower() for reason in _NOT_TORCH_PICKLE) and _starts_as_pickle(Path(path)):
         name = foreign_import(Path(path))
         return f"{NOT_TENSORS} (its pickle imports {name})" if name else PLAIN_PICKLE
-    return None
+    return _foreign_zip(Path(path))
+
+
+def _foreign_zip(path: Path) -> str | None:
+    """A complete zip archive that is not torch.save's (no ``data.pkl`` inside), e.g. NumPy's .npz:
+    not a damaged checkpoint, another kind of file. None for anything else."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return None
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    npz = " (a NumPy .npz)" if names and all(n.endswith(".npy") for n in names) else ""
+    return (f"is a zip archive of other files ({shown}){npz}, not a checkpoint written by torch.save or a "
+            f"safetensors file; give a fastforec checkpoint, a run directory or an export")
 
 
 def _starts_as_pickle(path: Path) -> bool:

@@ -81,6 +81,16 @@ def test_a_plain_pickle_of_tensors_is_named_as_a_plain_pickle(tmp_path: Path) ->
         ResNetBackbone(name="resnet18", output_stride=16).load_pretrained(weights)
 
 
+def test_a_numpy_archive_given_as_the_checkpoint_is_not_called_corrupt(image: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    archive = tmp_path / "lat.npz"
+    np.savez(archive, input0=np.zeros(3), input1=np.ones(2))
+    assert main(["predict", "--checkpoint", str(archive), "--input", str(image), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{archive}' is a zip archive of other files (input0.npy, input1.npy) (a NumPy .npz)" in err, err
+    assert "corrupt" not in err and not (tmp_path / "p").exists()
+
+
 def test_onnx_export_as_checkpoint_says_what_it_is_and_what_to_give(onnx_export: Path, image: Path,
                                                                       tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
