@@ -45,6 +45,10 @@ def deepspeed_config(cfg: Config, device: torch.device, *, world_size: int | Non
                           f"({ds['train_micro_batch_size_per_gpu']} != {cfg.data.batch_size}); remove it from the "
                           "deepspeed block, it is filled in from data.batch_size")
     ds.setdefault("gradient_accumulation_steps", 1)
+    steps = ds["gradient_accumulation_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"deepspeed.gradient_accumulation_steps: must be an integer >= 1 (micro-batches per "
+                          f"optimizer step), got {steps!r}")
     ds.pop("train_batch_size", None)  # derived: micro x accumulation x world size
     # DeepSpeed (0.19) clips the global gradient norm at 1.0 unless told otherwise; the methods we
     # reproduce (UniMatch, UniMatch V2, U2PL, the FOrec paper) do not clip at all. Found by the

@@ -132,6 +132,7 @@ def test_unknown_nested_and_top_level_keys(tmp_path: Path) -> None:
     ({"data": {"root": 3}}, "data.root: must be a string, got 3"),
     ({"data": {"aug": []}}, "data.aug: must be an object, got a list"),
     ({"model": None}, "model: must be an object, got null"),
+    ({"method": {"fg_classes": []}}, "method.fg_classes: must name at least one class (or be null"),
     ({"model": {"backbone": "resnet34"}}, "model.backbone: must be one of 'resnet18', 'resnet50'"),
     ({"method": {"fg_classes": [1, "car"]}}, "method.fg_classes[1]: must be an integer, got 'car'"),
     ({"method": {"fg_classes": 5}}, "method.fg_classes: must be a list of int or null, got 5"),

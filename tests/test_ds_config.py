@@ -30,6 +30,8 @@ def _check(block: dict) -> dict:
     ({"torch_autocast": {"enabled": True, "dtyp": "bfloat16"}},
      "did you mean deepspeed.torch_autocast.dtype?"),
     ({"tensorboard": {"enabld": True}}, "deepspeed.tensorboard.enabld: Extra inputs are not permitted"),
+    ({"gradient_accumulation_steps": 0}, "deepspeed.gradient_accumulation_steps: must be an integer >= 1"),
+    ({"gradient_accumulation_steps": 1.5}, "deepspeed.gradient_accumulation_steps: must be an integer >= 1"),
 ])
 def test_unknown_keys_are_refused_with_the_closest_known_one(block: dict, message: str) -> None:
     with pytest.raises(ConfigError) as exc:

@@ -223,6 +223,8 @@ class MethodConfig:
         _check(self.warmup_epochs >= 0, f"{prefix}.warmup_epochs", "must be >= 0")
         if self.fg_classes is not None:
             _check(all(c >= 0 for c in self.fg_classes), f"{prefix}.fg_classes", "class ids must be >= 0")
+            _check(len(self.fg_classes) > 0, f"{prefix}.fg_classes", "must name at least one class (or be null: "
+                   "the dataset's foreground classes); with none, FOrec and fg/bg have nothing to learn")
 
     @property
     def label(self) -> str:
