@@ -19,6 +19,7 @@ from rich.console import Console
 from fastforec.atomic import atomic_write_json
 from fastforec.data.manifest import SPLITS, Manifest, ShardInfo, SplitInfo
 from fastforec.data.shard_writer import write_manifest
+from fastforec.errors import foreign_entries
 from fastforec.formats import sig
 from fastforec.labels import IGNORE_INDEX
 
@@ -42,7 +43,6 @@ REJECTED = "rejected.json"
 # marks an output directory as one dataprep wrote, which a re-run may update.
 MARK = ".dataprep"
 LOCK = f"{MARK}/lock"
-FOREIGN_SHOWN = 3  # foreign entries named in the refusal
 # Bump when the shard bytes for the same inputs change (encoding, tar layout): old shards are
 # then redone instead of being trusted.
 SHARD_LAYOUT_VERSION = 2  # 2: EXIF-rotated images are stored as displayed (re-encoded as PNG)
@@ -214,10 +214,7 @@ def refuse_foreign_output(out: Path, *, force: bool) -> None:
     Refused unless ``force``; hidden entries (``.DS_Store``) do not count, and none are touched."""
     if force or not out.is_dir() or (out / MARK).is_dir():
         return
-    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if foreign:
-        shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (f" and {len(foreign) - FOREIGN_SHOWN} more"
-                                                      if len(foreign) > FOREIGN_SHOWN else "")
+    if shown := foreign_entries(out):
         raise DataprepError(f"--out '{out}' is not empty and was not written by dataprep (it holds {shown}); "
                             f"dataprep would replace or delete such files: choose a new or empty --out, or "
                             f"pass --force to write into it anyway")

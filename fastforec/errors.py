@@ -28,6 +28,17 @@ def report_user_error(error: UserError, *, prefix: str = "") -> int:
     return EXIT_USER_ERROR
 
 
+FOREIGN_SHOWN = 3  # names quoted when a command refuses a folder of someone else's files
+
+
+def foreign_entries(folder: Path) -> str:
+    """The visible entries of ``folder`` as a message quotes them ("a, b, c and 4 more"); "" when
+    there are none (hidden ones, .DS_Store and the like, do not count)."""
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    more = f" and {len(names) - FOREIGN_SHOWN} more" if len(names) > FOREIGN_SHOWN else ""
+    return ", ".join(names[:FOREIGN_SHOWN]) + more if names else ""
+
+
 def check_output_dir(path: str | Path, option: str) -> Path:
     """Fail early, naming ``option`` and the path, when ``path`` cannot become a writable directory.
 

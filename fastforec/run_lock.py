@@ -17,10 +17,9 @@ import os
 from pathlib import Path
 from typing import IO
 
-from fastforec.errors import UserError
+from fastforec.errors import UserError, foreign_entries
 
 LOCK_NAME = ".lock"
-FOREIGN_SHOWN = 3  # names quoted in the refusal of a foreign directory
 
 
 class RunDirectoryBusy(UserError):
@@ -72,10 +71,7 @@ def refuse_foreign_run_dir(run_dir: Path) -> None:
     count, and nothing is touched."""
     if not run_dir.is_dir() or (run_dir / LOCK_NAME).exists():
         return
-    foreign = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
-    if foreign:
-        shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (f" and {len(foreign) - FOREIGN_SHOWN} more"
-                                                      if len(foreign) > FOREIGN_SHOWN else "")
+    if shown := foreign_entries(run_dir):
         raise UserError(f"run directory '{run_dir}' is not empty and no run has used it (it holds {shown}); a run "
                         f"writes config.json, results.json, metrics.jsonl and more there: choose a new or empty "
                         f"--run-dir / train.name")
