@@ -20,6 +20,9 @@ from typing import IO
 from fastforec.errors import UserError, foreign_entries
 
 LOCK_NAME = ".lock"
+# what fastforec's own commands write into a run directory before the run starts: `ablate`'s log of
+# the training subprocess and its provenance record, `pretrain`'s record of attempts
+BESIDE_A_RUN = ("train.log", "provenance.json", "attempts.json")
 
 
 class RunDirectoryBusy(UserError):
@@ -67,11 +70,11 @@ class RunLock:
 def refuse_foreign_run_dir(run_dir: Path) -> None:
     """A fresh run writes config.json, results.json, metrics.jsonl, ... into its directory. A
     non-empty directory that no run has used (no lock file: every run leaves one) holds someone
-    else's files, which the run could replace: refused, before any work. Hidden entries do not
-    count, and nothing is touched."""
+    else's files, which the run could replace: refused, before any work. Hidden entries and
+    ``BESIDE_A_RUN`` do not count, and nothing is touched."""
     if not run_dir.is_dir() or (run_dir / LOCK_NAME).exists():
         return
-    if shown := foreign_entries(run_dir):
+    if shown := foreign_entries(run_dir, ours=BESIDE_A_RUN):
         raise UserError(f"run directory '{run_dir}' is not empty and no run has used it (it holds {shown}); a run "
                         f"writes config.json, results.json, metrics.jsonl and more there: choose a new or empty "
                         f"--run-dir / train.name")
