@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.evaluate import evaluate, resolve_eval_mode
     from fastforec.inference import load_trained_model
     from fastforec.metrics import nan_to_none
-    from fastforec.precision import autocast_context
+    from fastforec.precision import autocast_context, cpu_precision_block
     from fastforec.report import print_iou_table
 
     dist = init_inference(args.local_rank)
@@ -82,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     val = ValData(manifest, cfg.data, batch_size=cfg.eval.batch_size, rank=dist.rank, world_size=dist.world_size,
                   device=resolve_device(cfg.data.device))
     crop = cfg.data.crop_size
+    # the precision the checkpoint trained and was scored in, where train.bf16_on_amx chose it
+    ds = cpu_precision_block(cfg.deepspeed, bf16_on_amx=cfg.train.bf16_on_amx, device=dist.device,
+                             started_with=own.deepspeed)
     result = evaluate(model, val, num_classes=manifest.num_classes, ignore_index=manifest.ignore_index, mode=mode,
                       window=crop, stride=cfg.eval.stride(crop), device=dist.device,
                       protocol=cfg.eval.sliding_protocol, size_multiple=cfg.eval.size_multiple,
-                      autocast=autocast_context(cfg.deepspeed, dist.device))
+                      autocast=autocast_context(ds, dist.device))
     if dist.is_main:
         protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""
         print_iou_table(manifest.class_names, result["iou"], result["miou"],

@@ -22,11 +22,17 @@ fp32 master copies in the ZeRO optimizer; buffers keep their dtype. Two conseque
 
 fp16 needs CUDA (DeepSpeed's CPU accelerator refuses it here): :func:`check_precision` says so
 before any work starts.
+
+``train.bf16_on_amx`` (the CPU recipes): a CPU run whose ``deepspeed`` block names no precision
+block trains in the bf16 block when the CPU has AMX-BF16 and in fp32 otherwise;
+:func:`cpu_precision_block` writes the choice into the block, so a run's config.json and
+checkpoints say which it was and a resume or an evaluation keeps it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, Literal
 
 import torch
@@ -37,6 +43,8 @@ from torch import nn
 from fastforec.config import ConfigError
 
 Precision = Literal["fp32", "torch_autocast", "bf16", "fp16"]
+PRECISION_BLOCKS = ("torch_autocast", "bf16", "fp16")
+AMX_BF16 = "amx_bf16"  # /proc/cpuinfo's flag for AMX tiles with bf16 matrix products
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
                    "fp16": torch.float16}
 PARAM_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,6 +88,28 @@ def check_precision(ds: dict[str, Any], device: torch.device) -> None:
                           "GPU, and this run is on the CPU, where DeepSpeed refuses fp16; set deepspeed.bf16 "
                           "{\"enabled\": true} or deepspeed.torch_autocast {\"enabled\": true, \"dtype\": "
                           "\"bfloat16\"} instead")
+
+
+def cpu_precision_block(ds: dict[str, Any], *, bf16_on_amx: bool, device: torch.device, has_amx: bool = False,
+                        started_with: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``ds`` with ``train.bf16_on_amx`` applied: on the CPU, when ``ds`` names none of the precision
+    blocks, an explicit ``bf16`` block, enabled when the CPU has AMX-BF16 (``has_amx``). Anything
+    else (a GPU, the setting off, a precision block written by the user) leaves ``ds`` as it is.
+
+    Why AMX only: its tiles run bf16 convolutions and matmuls several times faster than fp32, and
+    the block trains sslbench to the same mIoU as fp32 (docs/results.md, paired seeds); a CPU with
+    only AVX-512 bf16 dot products gains less, and one without bf16 units emulates it, slower than
+    fp32. ``started_with``: the ``deepspeed`` block of the run this one continues (its checkpoint's
+    config, already resolved): its precision is kept, whatever this CPU has, since the optimizer
+    state of a bf16 run (fp32 master weights) does not load into an fp32 one, nor the reverse.
+    """
+    if not bf16_on_amx or device.type != "cpu" or any(block in ds for block in PRECISION_BLOCKS):
+        return ds
+    if started_with is not None:
+        chosen = {b: started_with[b] for b in PRECISION_BLOCKS if b in started_with} or {"bf16": {"enabled": False}}
+    else:
+        chosen = {"bf16": {"enabled": has_amx}}
+    return {**ds, **copy.deepcopy(chosen)}
 
 
 def autocast_context(ds: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

@@ -135,7 +135,8 @@ def _fit(args: argparse.Namespace, cfg: Config, run_dir: Path, dist: Any, stop: 
     trainer = Trainer(cfg, run_dir=run_dir, dist=dist, resume=args.resume, stop=stop)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        # the trainer's: train.bf16_on_amx is resolved there into an explicit precision block
+        atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
     results = trainer.fit()
     if dist.is_main:
         print_iou_table(results["class_names"], list(results["per_class_iou"].values()), results["miou_last"],

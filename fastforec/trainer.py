@@ -10,6 +10,7 @@ teacher is a plain module beside it, identical on every rank.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -40,8 +41,10 @@ from fastforec.models import Segmentor, build_model
 from fastforec.models.sync_bn import convert_sync_batchnorm
 from fastforec.optim import build_optimizer
 from fastforec.precision import (
+    AMX_BF16,
     MasterWeights,
     autocast_context,
+    cpu_precision_block,
     keep_norm_statistics_fp32,
     precision_mode,
     weight_cast_scope,
@@ -58,6 +61,17 @@ EMPTY_LABEL_WARN_EVERY = 100  # after the first, one warning per this many label
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses, or weights that became non-finite."""
+
+
+def _with_cpu_precision(cfg: Config, dist: DistInfo, resume_from: Resumable | None) -> Config:
+    """``cfg`` with ``train.bf16_on_amx`` written into its deepspeed block (fastforec.precision)."""
+    if not (cfg.train.bf16_on_amx and dist.device.type == "cpu"):
+        return cfg
+    # every rank must build the same engine: the bf16 block only when every rank's CPU has AMX
+    has_amx = all_ranks_true(AMX_BF16 in provenance_cpu()["flags"], dist.device)
+    started_with = (resume_from.shared["config"].get("deepspeed") or {}) if resume_from is not None else None
+    return dataclasses.replace(cfg, deepspeed=cpu_precision_block(
+        cfg.deepspeed, bf16_on_amx=True, device=dist.device, has_amx=has_amx, started_with=started_with))
 
 
 class Trainer:
@@ -86,6 +100,12 @@ class Trainer:
         remove_partial_writes(self.ckpt_dir)  # temporaries of a write killed mid-way (kill -9)
         resume_from = (pick_checkpoint(resume, directory=self.ckpt_dir, dist=dist, config=cfg)
                        if resume is not None else None)
+        # train.bf16_on_amx resolved here, before the engine exists, into the config the checkpoints save
+        resolved = _with_cpu_precision(cfg, dist, resume_from)
+        # the run's first line says when the setting, not the recipe's deepspeed block, chose the precision
+        self.precision_note = ("" if resolved.deepspeed is cfg.deepspeed else
+                               f" (train.bf16_on_amx{', as the run started' if resume_from else ''})")
+        cfg = self.cfg = resolved
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)
@@ -334,7 +354,8 @@ class Trainer:
         estimated = False
         self.console.print(run_header(
             name=self.cfg.train.name, method=self.cfg.method.label, backbone=self.cfg.model.backbone,
-            precision=precision_mode(self.ds_config), device=self.device, ranks=self.dist.world_size,
+            precision=precision_mode(self.ds_config) + self.precision_note, device=self.device,
+            ranks=self.dist.world_size,
             zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0), steps=self.total_steps,
             cpu=provenance_cpu() if self.device.type == "cpu" else None))
         with self.console.training(total=self.total_steps, completed=self.state.step) as bar:
@@ -467,6 +488,7 @@ class Trainer:
         results = {**models[scored], "scored": scored, "models": models,
                    "last_epoch": self.last_eval[scored]["epoch"], "step": self.state.step,
                    "class_names": list(self.manifest.class_names), "method": self.cfg.method.label,
+                   "precision": precision_mode(self.ds_config),
                    "nonfinite_skipped": self.state.nonfinite_total,
                    "empty_label_batches": self.state.empty_label_batches}
         if self.dist.is_main:

@@ -14,6 +14,7 @@ from fastforec.precision import (
     Fp32StatsBatchNorm2d,
     check_precision,
     compute_dtype,
+    cpu_precision_block,
     keep_norm_statistics_fp32,
     load_loss_scaler_state,
     loss_scaler_state,
@@ -102,6 +103,29 @@ def test_precision_blocks() -> None:
         precision_mode({"fp16": {"enabled": True}, "torch_autocast": {"enabled": True}})
     with pytest.raises(ConfigError, match="deepspeed.torch_autocast.dtype: must be one of"):
         precision_mode({"torch_autocast": {"enabled": True, "dtype": "fp8"}})
+
+
+def test_bf16_on_amx_chooses_the_block_by_the_cpu_and_a_resume_keeps_the_start() -> None:
+    def pick(ds: dict, **kw) -> dict:
+        return cpu_precision_block(ds, **{"bf16_on_amx": True, "device": CPU, **kw})
+
+    zero = {"zero_optimization": {"stage": 1}}
+    assert pick(zero, has_amx=True) == {**zero, "bf16": {"enabled": True}}
+    assert pick(zero, has_amx=False) == {**zero, "bf16": {"enabled": False}}  # written out: config.json says fp32
+    assert zero == {"zero_optimization": {"stage": 1}}  # the caller's block is not changed
+    # a precision the user wrote wins, an explicit fp32 included; off, or on a GPU: nothing changes
+    for own in ({"bf16": {"enabled": False}}, {"torch_autocast": {"enabled": True}}, {"fp16": {"enabled": True}}):
+        assert pick(own, has_amx=True) is own
+    assert pick({}, has_amx=True, bf16_on_amx=False) == {}
+    assert pick({}, has_amx=True, device=torch.device("cuda", 0)) == {}
+    # a resume continues in its checkpoint's precision whatever this CPU has (the optimizer state
+    # of a bf16 run holds fp32 master weights an fp32 run has no place for, and the reverse)
+    started_bf16 = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
+    assert pick(zero, has_amx=False, started_with=started_bf16) == {**zero, "bf16": {"enabled": True}}
+    assert pick(zero, has_amx=True, started_with={"bf16": {"enabled": False}}) == {**zero, "bf16": {"enabled": False}}
+    # a checkpoint from before the setting existed (no precision block): it trained in fp32
+    assert pick({}, has_amx=True, started_with={}) == {"bf16": {"enabled": False}}
+    assert precision_mode(pick({}, has_amx=True)) == "bf16" and precision_mode(pick({}, has_amx=False)) == "fp32"
 
 
 def test_fp16_needs_cuda() -> None:

@@ -44,7 +44,8 @@ def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[s
             teacher = models.get("teacher", {}).get("miou_last")
             found.setdefault((run.method, run.data), []).append(
                 {"seed": run.seed, "miou_last": models.get("student", r)["miou_last"], "teacher_miou_last": teacher,
-                 "miou_best": r["miou_best"], "step": r.get("step"), "provenance": _attempts(path.parent)})
+                 "miou_best": r["miou_best"], "step": r.get("step"), "precision": r.get("precision"),
+                 "provenance": _attempts(path.parent)})
     return found
 
 
@@ -158,7 +159,8 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
         for a, b in pairs:
             cells = [fmt_stat(table[a][c]["vs_aux"][b], signed=True) for c, _ in columns]
             lines.append(f"| {aux_pair_label(a, b)} | " + " | ".join(cells) + " |")
-    lines += ["", "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
+    lines += ["", precision_line(table), "",
+              "Every run (student mIoU %, teacher in parentheses, seed in brackets):", "",
               "| method | training set | runs |", "|---|---:|---|"]
     for m in methods:
         for c, _ in columns:
@@ -171,6 +173,23 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
         lines += ["", "Failed runs (see their logs):", ""] + [f"- {o.run.name}: `{o.log}`" for o in failed]
     lines += ["", "Data preparation (what `fastforec ablate` ran):", "", "```", *commands, "```", ""]
     return "\n".join(lines)
+
+
+def precision_line(table: dict[str, Any]) -> str:
+    """Which precision the finished runs trained in: a CPU recipe's ``train.bf16_on_amx`` makes it
+    depend on the machine, and the bf16 block moves a run about as much as another seed does."""
+    counts: dict[str, int] = {}
+    for cells in table.values():
+        for cell in cells.values():
+            for r in cell["runs"]:
+                name = r.get("precision") or "not recorded (a run older than the record)"
+                counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return "Precision: no run has finished."
+    if len(counts) == 1:
+        return f"Precision: {next(iter(counts))} in every run."
+    return ("Precision: " + ", ".join(f"{name} in {n} run{'s' if n > 1 else ''}" for name, n in sorted(counts.items()))
+            + ": the runs of one cell should share it (train.bf16_on_amx chooses it per machine).")
 
 
 def figure(table: dict[str, Any], *, methods: Sequence[str], columns: Sequence[tuple[str, str]], layout: str) -> bytes:

@@ -304,6 +304,10 @@ class TrainConfig:
     channels_last: bool = False  # NHWC inputs and teacher (tensor-core convolutions prefer it; see trainer)
     cudnn_benchmark: bool = True  # cuDNN times its algorithms per input shape (CUDA only; crops are fixed)
     compile: bool = False  # torch.compile the student (the first steps pay the compilation)
+    # CPU runs whose deepspeed block names no precision: the bf16 block on a CPU with AMX-BF16, fp32
+    # elsewhere (fastforec.precision.cpu_precision_block; the CPU recipes turn it on). The run's
+    # config.json and checkpoints record the choice; a resume or an evaluation keeps it.
+    bf16_on_amx: bool = False
     # Deterministic GPU kernels where PyTorch has them (fastforec.determinism; README says what
     # remains): slower, and cudnn_benchmark is then off. The CPU is deterministic either way.
     deterministic: bool = False

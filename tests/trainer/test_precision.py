@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 from test_distributed import torchrun
-from trainer_support import clean_env, run_train, tiny_config, write_config
+from trainer_support import (
+    CPU_ONLY,
+    assert_same_end,
+    clean_env,
+    resume_midway,
+    run_train,
+    tiny_config,
+    write_config,
+)
+
+from tests import child_process
 
 HARNESS = Path(__file__).with_name("precision_harness.py")
 STEPS = 2
@@ -97,3 +107,45 @@ def test_two_precision_blocks_at_once_is_a_config_error(shards: Path, tmp_path: 
     cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, deepspeed=both))
     proc = run_train(["--config", str(cfg), "--run-dir", str(tmp_path / "run")], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "torch_autocast, bf16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+AMX_RUN = {"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2, "bf16_on_amx": True}
+
+
+def test_bf16_on_amx_trains_in_the_precision_of_this_cpu_and_records_it(shards: Path, tmp_path: Path) -> None:
+    from fastforec.provenance import cpu
+
+    want = "bf16" if "amx_bf16" in cpu()["flags"] else "fp32"  # this machine's own /proc/cpuinfo
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(shards, train={**AMX_RUN, "max_steps": 2}))
+    proc = run_train(["--config", str(cfg), "--run-dir", str(tmp_path / "run")], cwd=tmp_path, env=CPU_ONLY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"mean_teacher+forec, resnet18, {want} (train.bf16_on_amx) on cpu (" in proc.stderr  # the first line
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["deepspeed"]["bf16"] == {"enabled": want == "bf16"} and saved["train"]["bf16_on_amx"] is True
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["precision"] == want
+
+
+def test_a_run_resumed_by_bf16_on_amx_keeps_the_precision_it_started_in(shards: Path, tmp_path: Path) -> None:
+    # Started in the bf16 block (as on an AMX CPU), resumed with a config that leaves the choice to
+    # train.bf16_on_amx: on any CPU it continues in bf16, bit for bit the run that never stopped
+    # (fp32 would not even load the checkpoint's optimizer state), and eval scores it in bf16 too.
+    started = write_config(tmp_path / "started.json", tiny_config(
+        shards, train=AMX_RUN, deepspeed={"bf16": {"enabled": True}}))
+    proc = run_train(["--config", str(started), "--run-dir", str(tmp_path / "full")], cwd=tmp_path, env=CPU_ONLY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    auto = write_config(tmp_path / "auto.json", tiny_config(shards, train=AMX_RUN))
+    resumed = resume_midway(auto, tmp_path / "full", tmp_path / "part", midway=2, args=[], cwd=tmp_path,
+                            launcher=None, env=CPU_ONLY)
+    assert_same_end(tmp_path / "full", tmp_path / "part", steps=4, midway=2, networks=("student", "teacher"),
+                    loss_keys=("loss", "loss_s", "loss_u", "loss_rec"))
+    part = tmp_path / "part"
+    assert "bf16 (train.bf16_on_amx, as the run started) on cpu" in resumed.stderr
+    assert json.loads((part / "config.json").read_text())["deepspeed"]["bf16"] == {"enabled": True}
+    results = json.loads((part / "results.json").read_text())
+    assert results["precision"] == "bf16"
+    scored = tmp_path / "eval.json"
+    proc = child_process.run([sys.executable, "-m", "fastforec.cli", "eval", "--config", str(auto), "--checkpoint",
+                              str(part), "--json", str(scored)], cwd=tmp_path, env=clean_env(**CPU_ONLY),
+                             capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(scored.read_text())["miou"] == pytest.approx(results["miou_last"], abs=1e-9)

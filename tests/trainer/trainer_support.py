@@ -84,7 +84,7 @@ def train_records(run_dir: Path) -> dict[int, dict[str, Any]]:
 
 
 def resume_midway(cfg: Path, full: Path, part: Path, *, midway: int, args: list[str], cwd: Path,
-                  launcher: list[str] | None, env: dict[str, str] | None = None) -> None:
+                  launcher: list[str] | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``cfg`` again in ``part``, resumed from ``full``'s checkpoint at ``midway`` (all rank files)."""
     (part / "checkpoints").mkdir(parents=True)
     for f in (full / "checkpoints").glob(f"step_{midway:08d}*.pt"):
@@ -92,6 +92,7 @@ def resume_midway(cfg: Path, full: Path, part: Path, *, midway: int, args: list[
     proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", *args], cwd=cwd, launcher=launcher,
                      env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 def assert_same_end(full: Path, part: Path, *, steps: int, midway: int, networks: tuple[str, ...],
