@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from fastforec.atomic import atomic_path, remove_temporaries
-from fastforec.errors import UserError
+from fastforec.errors import UserError, quote_names
 
 CHECKPOINT_GLOB = "step_*.pt"
 CHECKSUM_KEY = "checksum_sha256"
@@ -193,9 +193,8 @@ def _foreign_zip(path: Path) -> str | None:
         return None
     if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         return None
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     npz = " (a NumPy .npz)" if names and all(n.endswith(".npy") for n in names) else ""
-    return (f"is a zip archive of other files ({shown}){npz}, not a checkpoint written by torch.save or a "
+    return (f"is a zip archive of other files ({quote_names(names)}){npz}, not a checkpoint written by torch.save or a "
             f"safetensors file; give a fastforec checkpoint, a run directory or an export")
 
 

@@ -28,15 +28,19 @@ def report_user_error(error: UserError, *, prefix: str = "") -> int:
     return EXIT_USER_ERROR
 
 
-FOREIGN_SHOWN = 3  # names quoted when a command refuses a folder of someone else's files
+FOREIGN_SHOWN = 3  # names quoted when a command refuses a folder (or an archive) of someone else's files
 
 
 def foreign_entries(folder: Path, *, ours: tuple[str, ...] = ()) -> str:
     """The visible entries of ``folder`` not named in ``ours``, as a message quotes them ("a, b, c
     and 4 more"); "" when there are none (hidden ones, .DS_Store and the like, do not count)."""
-    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in ours)
+    return quote_names(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in ours))
+
+
+def quote_names(names: list[str]) -> str:
+    """The first few of ``names`` as a message quotes them: "a, b, c and 4 more"."""
     more = f" and {len(names) - FOREIGN_SHOWN} more" if len(names) > FOREIGN_SHOWN else ""
-    return ", ".join(names[:FOREIGN_SHOWN]) + more if names else ""
+    return ", ".join(names[:FOREIGN_SHOWN]) + more
 
 
 def check_output_dir(path: str | Path, option: str) -> Path:
