@@ -40,6 +40,7 @@ from fastforec.checkpoint_files import (
 )
 from fastforec.config import LEGACY_DECODER, Config, config_from_dict, upgrade_legacy_keys
 from fastforec.distributed import DistInfo, all_ranks_true, barrier
+from fastforec.precision import PARAM_DTYPES, precision_mode
 from fastforec.train_state import Stateful
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,19 @@ def pick_checkpoint(resume: str, *, directory: Path, dist: DistInfo, config: Con
                               f"number of processes (now {dist.world_size})")
     check_same_settings(saved_config(shared["config"]), config.to_dict(), RESUME_MUST_MATCH, path=path)
     return Resumable(path, shared, own)
+
+
+def check_same_weight_precision(resumable: Resumable, ds: dict[str, Any]) -> None:
+    """Refuse, before the engine is built, a resume whose weights would change precision: the bf16
+    and fp16 blocks keep fp32 master weights in the optimizer state, which an fp32 or autocast run
+    has no place for (and the reverse). ``ds``: this run's deepspeed block, resolved."""
+    was = precision_mode(resumable.shared["config"].get("deepspeed") or {})
+    now = precision_mode(ds)
+    if PARAM_DTYPES.get(was) == PARAM_DTYPES.get(now):
+        return  # fp32 <-> torch_autocast: the same fp32 weights and optimizer state
+    fix = [f"--set deepspeed.{name}.enabled={str(name == was).lower()}" for name in (was, now) if name != "fp32"]
+    raise CheckpointError(f"checkpoint '{resumable.path}' was trained in {was}, this run would train in {now}; resume "
+                          f"in the checkpoint's precision ({' '.join(fix)}) or start a new run")
 
 
 def saved_config(raw: dict[str, Any]) -> dict[str, Any]:

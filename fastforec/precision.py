@@ -80,6 +80,11 @@ def compute_dtype(ds: dict[str, Any]) -> torch.dtype:
 
 def check_precision(ds: dict[str, Any], device: torch.device) -> None:
     """Fail early, with the key to change, on a precision this device cannot run."""
+    if "bfloat16" in ds:
+        # DeepSpeed reads "bfloat16" as an old name of "bf16" (only when "bf16" is absent); one name
+        # for it here, so that the trainer and train.bf16_on_amx see the block the engine will use
+        raise ConfigError("deepspeed.bfloat16: write this block as deepspeed.bf16 (DeepSpeed's current name for "
+                          "it, the one fastforec reads)")
     if device.type != "cuda" and compute_dtype(ds) == torch.float16 and precision_mode(ds) == "torch_autocast":
         raise ConfigError("deepspeed.torch_autocast.dtype: float16 autocast needs a CUDA GPU, and this run is on the "
                           "CPU; use \"bfloat16\"")

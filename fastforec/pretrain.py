@@ -20,6 +20,10 @@ done, so re-running the same command continues a stopped one:
    the provenance: the file's sha256, the command, the source checkpoint and its sha256, the
    shards' identity, code, packages, CPU, and the wall time of every training attempt.
 
+The recipe trains in fp32 on every CPU (``train.bf16_on_amx: false``, unlike the sslbench recipe
+it extends): the encoder file is an input every later study names by its checksum, and the bf16
+block's checkpoint holds the 16-bit copies of the weights.
+
 Training runs in this process, on one rank; a multi-GPU pretraining is a `fastforec train` run
 of the same config (with ``data.root`` at the shards), then ``fastforec pretrain --checkpoint``.
 """
@@ -213,9 +217,21 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_same_training(wanted: dict[str, Any], run_dir: Path) -> None:
     """A finished run is not trained again: refuse a command that asks for another training
     (data.root aside: the data's identity is pretrain_data.json's to check)."""
+    from fastforec.config import config_from_dict
+    from fastforec.precision import PRECISION_BLOCKS
+
     saved = _read_json(run_dir / "config.json", None)
     if saved is None:
         return
+    # settings that did not exist when it ran read as their defaults, as a resume would read them
+    try:
+        saved = config_from_dict(saved).to_dict()
+    except ValueError:
+        pass  # not a config this version reads: compared as it is, so the first key that differs is named
+    if wanted["train"]["bf16_on_amx"] and not any(b in wanted["deepspeed"] for b in PRECISION_BLOCKS):
+        # the precision is then the machine's choice, written into config.json; the training
+        # asked for is the same whichever it chose (a resume keeps the saved one)
+        saved = {**saved, "deepspeed": {k: v for k, v in saved["deepspeed"].items() if k not in PRECISION_BLOCKS}}
     have, want = _flat(saved), _flat(wanted)
     for key in sorted(set(have) | set(want)):
         if key != "data.root" and have.get(key) != want.get(key):

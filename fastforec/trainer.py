@@ -23,7 +23,13 @@ from torch import nn
 
 from fastforec import losses, methods
 from fastforec.atomic import atomic_write_json
-from fastforec.checkpoint import Checkpointer, NonFiniteWeights, Resumable, pick_checkpoint
+from fastforec.checkpoint import (
+    Checkpointer,
+    NonFiniteWeights,
+    Resumable,
+    check_same_weight_precision,
+    pick_checkpoint,
+)
 from fastforec.checkpoint_files import checkpoint_name, latest_checkpoint, remove_partial_writes
 from fastforec.config import Config
 from fastforec.console import ESTIMATE_AFTER_STEPS, Estimate, RunConsole, StepClock, run_header
@@ -106,6 +112,8 @@ class Trainer:
         self.precision_note = ("" if resolved.deepspeed is cfg.deepspeed else
                                f" (train.bf16_on_amx{', as the run started' if resume_from else ''})")
         cfg = self.cfg = resolved
+        if resume_from is not None:
+            check_same_weight_precision(resume_from, cfg.deepspeed)
         self.num_classes = self.manifest.num_classes
         self.fg_classes = list(cfg.method.fg_classes if cfg.method.fg_classes is not None
                                else self.manifest.foreground_classes)

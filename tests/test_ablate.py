@@ -135,8 +135,8 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
         assert row["provenance"] == [attempt] and row["precision"] == "fp32"
     # which precision the runs trained in (train.bf16_on_amx makes it the machine's choice); the
     # seed-1 results were written by hand, without one
-    assert ("Precision: fp32 in 2 runs, not recorded (a run older than the record) in 2 runs: the runs of one cell "
-            "should share it") in table
+    assert ("Precision: fp32 in 2 runs; not recorded in forec_b3_s1, supervised_b3_s1. Differences within a cell "
+            "then mix precisions") in table
     # FOrec against supervised, paired by seed: seed 1 differs by 25 points, seed 0 by whatever ran
     diff = report["table"]["forec"][str(BUDGET)]["vs"]["supervised"]
     assert diff["seeds"] == [0, 1] and diff["n"] == 2

@@ -133,6 +133,8 @@ def test_fp16_needs_cuda() -> None:
         check_precision({"fp16": {"enabled": True}}, CPU)
     check_precision({"fp16": {"enabled": True}}, torch.device("cuda", 0))  # only checks, allocates nothing
     check_precision({"bf16": {"enabled": True}}, CPU)
+    with pytest.raises(ConfigError, match=r"deepspeed\.bfloat16: write this block as deepspeed\.bf16"):
+        check_precision({"bfloat16": {"enabled": True}}, CPU)
 
 
 def test_loss_scaler_state_round_trip() -> None:

@@ -17,6 +17,7 @@ from fastforec.ablate.plan import DataSpec, Run, plan_runs, variant
 from fastforec.ablate.pool import PROVENANCE_FILE, Outcome
 from fastforec.ablate.stats import CONFIDENCE, mean_ci, paired_difference
 from fastforec.atomic import atomic_write_bytes, atomic_write_json
+from fastforec.errors import quote_names
 
 PLOT_INCHES = (8.0, 4.5)
 DPI = 110
@@ -44,7 +45,7 @@ def collect(out: Path, runs: Sequence[Run]) -> dict[tuple[str, str], list[dict[s
             teacher = models.get("teacher", {}).get("miou_last")
             found.setdefault((run.method, run.data), []).append(
                 {"seed": run.seed, "miou_last": models.get("student", r)["miou_last"], "teacher_miou_last": teacher,
-                 "miou_best": r["miou_best"], "step": r.get("step"), "precision": r.get("precision"),
+                 "miou_best": r["miou_best"], "step": r.get("step"), "precision": _precision(path.parent, r),
                  "provenance": _attempts(path.parent)})
     return found
 
@@ -59,6 +60,19 @@ def last_miou(study: Path, method: str, budget: str, model: str = "student") -> 
         if model in models:
             found[seed] = 100 * models[model]["miou_last"]
     return found
+
+
+def _precision(run_dir: Path, results: dict[str, Any]) -> str | None:
+    """The precision a run trained in: results.json says it; for a run from before it did, the
+    deepspeed block of its config.json (then always the one it ran: nothing chose it per machine)."""
+    if results.get("precision"):
+        return results["precision"]
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return None
+    from fastforec.precision import precision_mode  # lazy: torch, for old runs only
+
+    return precision_mode(json.loads(config.read_text()).get("deepspeed") or {})
 
 
 def _attempts(run_dir: Path) -> list[dict[str, Any]] | None:
@@ -177,19 +191,23 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
 
 def precision_line(table: dict[str, Any]) -> str:
     """Which precision the finished runs trained in: a CPU recipe's ``train.bf16_on_amx`` makes it
-    depend on the machine, and the bf16 block moves a run about as much as another seed does."""
-    counts: dict[str, int] = {}
-    for cells in table.values():
-        for cell in cells.values():
+    depend on the machine, and the bf16 block moves a run about as much as another seed does; a
+    mix names the runs outside the most common precision."""
+    runs: dict[str, list[str]] = {}
+    for m, cells in table.items():
+        for b, cell in cells.items():
             for r in cell["runs"]:
-                name = r.get("precision") or "not recorded (a run older than the record)"
-                counts[name] = counts.get(name, 0) + 1
-    if not counts:
+                runs.setdefault(r.get("precision") or "not recorded", []).append(f"{m}_b{b}_s{r['seed']}")
+    if not runs:
         return "Precision: no run has finished."
-    if len(counts) == 1:
-        return f"Precision: {next(iter(counts))} in every run."
-    return ("Precision: " + ", ".join(f"{name} in {n} run{'s' if n > 1 else ''}" for name, n in sorted(counts.items()))
-            + ": the runs of one cell should share it (train.bf16_on_amx chooses it per machine).")
+    if len(runs) == 1:
+        return f"Precision: {next(iter(runs))} in every run."
+    common = max(runs, key=lambda name: len(runs[name]))
+    others = "; ".join(f"{name} in {quote_names(sorted(names))}" for name, names in sorted(runs.items())
+                       if name != common)
+    return (f"Precision: {common} in {len(runs[common])} runs; {others}. Differences within a cell then mix "
+            f"precisions (train.bf16_on_amx chooses it per machine; --set train.bf16_on_amx=false is fp32 "
+            f"everywhere).")
 
 
 def figure(table: dict[str, Any], *, methods: Sequence[str], columns: Sequence[tuple[str, str]], layout: str) -> bytes:
