@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from fastforec.errors import UserError
+
+# DeepSpeed's C++ all-reduce op for CPU ranks: compiled by its first process group on a machine
+SHM_EXTENSION = "deepspeed_shm_comm"
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,23 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     if not dist.is_initialized():
         import deepspeed  # deferred: importing it prints accelerator banners
 
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu" and os.environ.get("RANK") == "0" and not _shm_extension_built():
+            print(f"DeepSpeed compiles its CPU communication extension ({SHM_EXTENSION}) first: once per "
+                  f"machine, a minute or two", file=sys.stderr, flush=True)
+        # DeepSpeed prints "... built successfully" to stdout, where a run's results go
+        with contextlib.redirect_stdout(sys.stderr):
+            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def _shm_extension_built() -> bool:
+    """Whether torch's extension cache holds DeepSpeed's compiled CPU op (True when unsure: the
+    note is for the silent first minute, never worth a wrong warning)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # torch's own cache layout
+    except ImportError:
+        return True
+    return any(Path(_get_build_directory(SHM_EXTENSION, verbose=False)).glob(f"{SHM_EXTENSION}*.so"))
 
 
 def init_inference(local_rank: int | None = None) -> DistInfo:

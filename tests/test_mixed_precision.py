@@ -1,7 +1,10 @@
 """fastforec.precision without DeepSpeed engines: BatchNorm with fp32 statistics next to 16-bit
-parameters, precision-block checks, the loss-scaler state; plus the launch check for GPUs."""
+parameters, precision-block checks and train.bf16_on_amx's rule, the loss-scaler state; plus the
+launch checks (GPUs per rank, the note before DeepSpeed's first CPU extension build)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +168,13 @@ def test_more_ranks_than_gpus_is_a_clear_error() -> None:
 def test_all_ranks_true_takes_a_device_flag() -> None:
     assert all_ranks_true(torch.isfinite(torch.tensor(1.0)), CPU) is True
     assert all_ranks_true(torch.isfinite(torch.tensor(float("nan"))), CPU) is False
+
+
+def test_the_first_build_note_looks_where_torch_caches_deepspeeds_cpu_extension(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastforec.distributed import SHM_EXTENSION, _shm_extension_built
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not _shm_extension_built()  # nothing compiled there: train.py prints the one-minute note
+    (tmp_path / SHM_EXTENSION / f"{SHM_EXTENSION}.so").write_bytes(b"")
+    assert _shm_extension_built()
