@@ -294,8 +294,9 @@ def test_the_cpu_configs_resolve_by_name_and_by_their_old_top_level_path(
     monkeypatch.chdir(tmp_path)  # no configs/ here: the project's are meant
     new_path = CONFIGS_DIR / "cpu" / f"{stem}.json"
     assert new_path.is_file() and not (CONFIGS_DIR / f"{stem}.json").exists()
-    # bare, with and without .json, and the path from before configs/cpu/ (Makefile, docs, scripts)
-    for name in (stem, f"{stem}.json", f"configs/{stem}.json"):
+    # bare, with and without .json, the path from before configs/cpu/ (Makefile, docs, scripts), and
+    # the path the docs write from the project's root, here from another directory
+    for name in (stem, f"{stem}.json", f"configs/{stem}.json", f"configs/cpu/{stem}.json"):
         assert resolve_config_path(name) == new_path
         cfg = load_config(name)
         assert cfg.train.name == stem
@@ -311,14 +312,18 @@ def test_an_existing_path_wins_over_a_shipped_config(tmp_path: Path, monkeypatch
 
 def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("cityscapes_1_3.json", "sub/cityscapes_1_4.json"):  # a path with a folder is never a name
-        with pytest.raises(ConfigError) as exc:
-            load_config(name)
-        msg = str(exc.value)
-        assert f"config file '{name}' does not exist" in msg and str(CONFIGS_DIR) in msg
-        listed = msg.split(" are: ")[1].split(", ")
-        assert listed == sorted(p.stem for p in CONFIGS_DIR.rglob("*.json") if p.parent.name != "base")
-        assert "cityscapes_1_4" in listed and "voc_classic_92" in listed and "unimatch_v2_vitb_cityscapes_1_2" in listed
+    with pytest.raises(ConfigError) as exc:
+        load_config("cityscapes_1_3.json")
+    msg = str(exc.value)
+    assert "config file 'cityscapes_1_3.json' does not exist" in msg and str(CONFIGS_DIR) in msg
+    listed = msg.split(" are: ")[1].split(", ")
+    assert listed == sorted(p.stem for p in CONFIGS_DIR.rglob("*.json") if p.parent.name != "base")
+    assert "cityscapes_1_4" in listed and "voc_classic_92" in listed and "unimatch_v2_vitb_cityscapes_1_2" in listed
+    # a path with a folder is never a name, but a missing file named like a shipped config names it
+    with pytest.raises(ConfigError, match=r"config file 'sub/cityscapes_1_4.json' does not exist; the shipped config "
+                                          r"of that name is 'cityscapes_1_4' \(--config cityscapes_1_4, from any "
+                                          r"directory\)$"):
+        load_config("sub/cityscapes_1_4.json")
 
 
 def test_recipes_live_in_one_folder_per_source_with_unique_names() -> None:

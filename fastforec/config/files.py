@@ -42,21 +42,26 @@ def shipped_configs() -> list[str]:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """An existing file as given; else the name of a shipped config: bare (``cityscapes_1_4.json``
+    """An existing file as given; else a shipped config: its path in the project as the docs write
+    it (``configs/cpu/synth_demo.json``, from any directory), its bare name (``cityscapes_1_4.json``
     or ``cityscapes_1_4``), or its path from before the recipes had folders
     (``configs/cityscapes_1_4.json``, ``configs/synth_demo.json``: now under configs/forec/ and
-    configs/cpu/). Raises ConfigError listing the shipped configs."""
+    configs/cpu/). Raises ConfigError naming the shipped config of the same name, or listing them all."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         raise ConfigError(f"config file '{path}' is a directory; --config takes a .json config file (or the name of "
                           f"a shipped config: `fastforec recipes` lists them)")
-    if path.parent == Path(".") or path.parent.name == CONFIGS_DIR.name:
-        name = path.name[: -len(CONFIG_SUFFIX)] if path.suffix == CONFIG_SUFFIX else path.name
-        shipped = shipped_config_paths().get(name)
-        if shipped is not None:
-            return shipped
+    if not path.is_absolute() and path.parts[:1] == (CONFIGS_DIR.name,) and (CONFIGS_DIR.parent / path).is_file():
+        return CONFIGS_DIR.parent / path  # the docs' paths (configs/cpu/synth_demo.json) from any directory
+    name = path.name[: -len(CONFIG_SUFFIX)] if path.suffix == CONFIG_SUFFIX else path.name
+    shipped = shipped_config_paths().get(name)
+    if shipped is not None and (path.parent == Path(".") or path.parent.name == CONFIGS_DIR.name):
+        return shipped
+    if shipped is not None:
+        raise ConfigError(f"config file '{path}' does not exist; the shipped config of that name is '{name}' "
+                          f"(--config {name}, from any directory)")
     names = shipped_configs()
     listing = f"the configs in {CONFIGS_DIR} are: {', '.join(names)}" if names else f"{CONFIGS_DIR} holds no config"
     raise ConfigError(f"config file '{path}' does not exist, and it is not the name of a shipped config; {listing}")
