@@ -149,6 +149,11 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     assert capsys.readouterr().err.count("finished earlier, skipped") == 4
     assert {m: (run / "train.log").read_text() for m, run in runs.items()} == logs
     assert (out / "ablation.md").read_text() == table
+    # the report alone needs no data option: a study's own are in its data/study.json
+    (out / "ablation.md").unlink()
+    assert main(["ablate", "--config", str(config), "--methods", ",".join(METHODS), "--budgets", str(BUDGET),
+                 "--seeds", "2", "--out", str(out), "--report-only"]) == 0
+    assert (out / "ablation.md").read_text() == table
 
     # the same directory with other data is refused: results of two datasets never get averaged
     assert main(_argv(config, out)[:-2] + ["--num-val", "4"]) == 2

@@ -32,7 +32,8 @@
    ``ablation.json`` and ``ablation.png``.
 
 The study's data parameters are stored in ``OUT/data/study.json``; re-running into the same
-directory with different ones is refused (results of two datasets must not be averaged).
+directory with different ones is refused (results of two datasets must not be averaged), and a
+data option left out takes the study's own value (``--report-only`` needs none of them).
 
 The command (``NAME``, ``HELP``, ``add_arguments``, ``run``) is ``cli.py``; the names below are
 this package's public interface (tests and ``tools/sslbench_gates.py`` import them from here).

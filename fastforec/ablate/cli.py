@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from fastforec.ablate.data import check_study, prepare_data
+from fastforec.ablate.data import check_study, prepare_data, read_study
 from fastforec.ablate.method_names import DEFAULT_METHODS, parse_methods
 from fastforec.ablate.plan import (
     DEFAULT_DATA_SEED,
@@ -50,22 +51,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per (method, budget): 0..N-1")
     p.add_argument("--out", required=True, help="study directory (data/, runs/, ablation.md/.json/.png)")
     add_override_argument(p, help="extra config override for every run (repeatable)")
-    p.add_argument("--preset", choices=PRESETS, default="scenes",
-                   help="synthetic dataset: VOC layout (dataprep synth --preset scenes|sslbench) or cityscapes")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="synthetic dataset: VOC layout (dataprep synth --preset scenes|sslbench) or cityscapes "
+                        "(default scenes). Every data option left out takes the study's own value when --out "
+                        "holds one (its data/study.json), else its default")
     p.add_argument("--image-formats", default=None,
                    help=f"cityscapes: shard image formats to compare, from {', '.join(IMAGE_FORMATS)} (default png; "
                         f"e.g. png,jpg: every run once per format, paired against the first)")
-    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help="cityscapes jpg shards' quality")
-    p.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="synthetic training images")
-    p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="synthetic validation images")
-    p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="synthetic image size HxW")
-    p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the synthetic images")
-    p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
-                   help="seed of the labeled/unlabeled split (scenes; sslbench budgets follow --data-seed)")
+    p.add_argument("--jpeg-quality", type=int, default=None,
+                   help=f"cityscapes jpg shards' quality (default {DEFAULT_JPEG_QUALITY})")
+    p.add_argument("--num-train", type=int, default=None,
+                   help=f"synthetic training images (default {DEFAULT_NUM_TRAIN})")
+    p.add_argument("--num-val", type=int, default=None, help=f"synthetic validation images (default {DEFAULT_NUM_VAL})")
+    p.add_argument("--size", type=_size, default=None,
+                   help=f"synthetic image size HxW (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help=f"seed of the synthetic images (default {DEFAULT_DATA_SEED})")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help=f"seed of the labeled/unlabeled split (scenes; sslbench budgets follow --data-seed; default "
+                        f"{DEFAULT_SPLIT_SEED})")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="OMP_NUM_THREADS of each training run (default: inherited)")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
+
+
+def fill_data_options(args: argparse.Namespace, saved: dict[str, Any] | None) -> None:
+    """The data options left out: the study's own (``saved``: its study.json) when --out holds one,
+    so that continuing a study or --report-only needs only --out, methods and budgets; else the
+    defaults. An option given on the command line stays, and check_study compares it."""
+    own = {} if saved is None else {
+        "preset": saved.get("preset"), "num_train": saved.get("num_train"), "num_val": saved.get("num_val"),
+        "size": (saved["height"], saved["width"]) if "height" in saved and "width" in saved else None,
+        "data_seed": saved.get("data_seed"), "split_seed": saved.get("split_seed"),
+        "image_formats": saved.get("image_formats") or None, "jpeg_quality": saved.get("jpeg_quality")}
+    defaults = {"preset": "scenes", "num_train": DEFAULT_NUM_TRAIN, "num_val": DEFAULT_NUM_VAL, "size": DEFAULT_SIZE,
+                "data_seed": DEFAULT_DATA_SEED, "split_seed": DEFAULT_SPLIT_SEED, "image_formats": None,
+                "jpeg_quality": DEFAULT_JPEG_QUALITY}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, own[name] if own.get(name) is not None else default)
 
 
 def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
@@ -104,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     out, config = Path(args.out), Path(args.config).resolve()
     try:
+        fill_data_options(args, read_study(out))
         methods, budgets, spec = validate(args)
         check_study(out, spec)
         if args.report_only:

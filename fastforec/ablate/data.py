@@ -19,6 +19,19 @@ def data_dirs(out: Path, budget: str, image_format: str = "") -> tuple[Path, Pat
     return out / "data" / f"splits_{budget}", out / "data" / f"shards_{variant(budget, image_format)}"
 
 
+def read_study(out: Path) -> dict[str, Any] | None:
+    """The data parameters of the study in ``out`` (its data/study.json), or None when there is none."""
+    path = out / "data" / "study.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise AblationError(f"'{path}' is not valid JSON; it records the study's data: remove the study folder's "
+                            f"data/ to make it again, or use another --out") from None
+    return saved if isinstance(saved, dict) else None
+
+
 def check_study(out: Path, spec: DataSpec) -> None:
     """Refuse to mix datasets: an existing study.json must describe the same data."""
     path = out / "data" / "study.json"
