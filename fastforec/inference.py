@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from rich.console import Console
 
 from fastforec.checkpoint import load_trained_weights
 from fastforec.checkpoint_files import CheckpointError, first_line, resolve_checkpoint
@@ -18,6 +17,7 @@ from fastforec.export_format import read_export, refuse_onnx
 from fastforec.methods import eval_models
 from fastforec.models import Segmentor, build_model
 from fastforec.peer_checkpoints import SOURCE_NAMES, is_peer_checkpoint, load_into, peer_config, read_peer_checkpoint
+from fastforec.terminal import output_console
 
 Weights = Literal["student", "teacher"]
 SAFETENSORS_SUFFIX = ".safetensors"  # `fastforec export --format safetensors`
@@ -103,7 +103,7 @@ def load_peer_model(spec: str | Path, *, weights: Weights | None, device: torch.
         dataset["assumed"] = assumed
     model = build_model(cfg.model, num_classes=peer.num_classes, reconstruction=None)
     table_ = load_into(model, peer)
-    Console(stderr=True).print(table_)
+    output_console(stderr=True).print(table_)
     return model.to(device).eval(), cfg, dataset
 
 

@@ -125,8 +125,9 @@ def terminal_rows() -> list[tuple[str, ...]]:
 
 
 def print_terminal_table() -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fastforec.terminal import output_console
 
     table = Table(title="shipped recipes (fastforec train --config NAME; --markdown: every setting)")
     for column in TERMINAL_COLUMNS:
@@ -135,7 +136,7 @@ def print_terminal_table() -> None:
                          overflow="fold", no_wrap=numeric)
     for row in terminal_rows():
         table.add_row(*row)
-    Console().print(table)
+    output_console().print(table)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from rich.console import Console
 from rich.table import Table
+
+from fastforec.terminal import output_console
 
 
 def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *, title: str = "IoU") -> Table:
@@ -23,4 +24,4 @@ def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: flo
 
 def print_iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *,
                     title: str = "IoU") -> None:
-    Console().print(iou_table(class_names, iou, miou, title=title))
+    output_console().print(iou_table(class_names, iou, miou, title=title))

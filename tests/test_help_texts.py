@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from fastforec.cli import build_parser
+from fastforec.config import CONFIGS_DIR, shipped_configs
 from fastforec.console import Estimate
 
 FASTFOREC = [sys.executable, "-m", "fastforec.cli"]
@@ -54,6 +55,13 @@ def test_recipes_is_a_terminal_table_and_markdown_on_request() -> None:
     assert max(map(len, lines)) <= 120
     assert "backbone" in proc.stdout and "published" in proc.stdout and "unimatch_v2_vits_voc_classic_92" in proc.stdout
     assert not any(line.startswith("| recipe |") for line in lines)
+    # into a pipe without COLUMNS: names kept whole (rich alone would wrap at 80 and split them)
+    piped = subprocess.run(FASTFOREC + ["recipes"], capture_output=True, text=True, timeout=300,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert piped.returncode == 0, piped.stderr
+    first_column = {line.split("│")[1].strip() for line in piped.stdout.splitlines() if line.startswith("│")}
+    cpu_recipes = {p.stem for p in (CONFIGS_DIR / "cpu").glob("*.json")}  # the table lists the paper recipes
+    assert first_column == set(shipped_configs()) - cpu_recipes
     md = subprocess.run(FASTFOREC + ["recipes", "--markdown"], capture_output=True, text=True, timeout=300)
     assert md.returncode == 0 and md.stdout.startswith("### Recipes")
 

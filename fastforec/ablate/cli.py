@@ -29,6 +29,7 @@ from fastforec.ablate.plan import (
 from fastforec.ablate.pool import Outcome, run_all
 from fastforec.ablate.report import write_report
 from fastforec.config import ConfigError, add_override_argument, load_config
+from fastforec.terminal import output_console
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -124,9 +125,7 @@ def _check_finished_runs(out: Path, runs: list[Run]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     out, config = Path(args.out), Path(args.config).resolve()
     try:
         fill_data_options(args, read_study(out))

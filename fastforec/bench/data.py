@@ -38,7 +38,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -52,6 +51,7 @@ from fastforec.data.pipelines import build_decode_pipeline
 from fastforec.data.shard_reader import SplitReader
 from fastforec.errors import UserError, check_output_dir
 from fastforec.methods import base_of
+from fastforec.terminal import output_console
 
 DEFAULT_BATCHES = 30  # timed batches per contender and round
 ROUNDS = 5
@@ -362,7 +362,7 @@ def _print(result: dict[str, Any], console: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     try:
         settings, data = _settings(args)
         manifest = _manifest(settings.root, settings.synthetic, console)
@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     except (UserError, FileNotFoundError) as e:  # config, manifest, and a failed dataprep command
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _print(result, Console())
+    _print(result, output_console())
     if args.json_out:
         atomic_write_json(args.json_out, result)
     return 0

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 import fastforec_kernels as kernels
 from fastforec.atomic import atomic_write_json
 from fastforec.bench.timing import synchronize
 from fastforec.losses import masked_mse_reference, pseudo_label_ce_reference, pseudo_label_reference
+from fastforec.terminal import output_console
 from fastforec_kernels._autograd import gradient_in_backward
 
 # The benchmark shape: B=8, VOC's 21 classes; 512 is the paper's crop.
@@ -59,7 +59,6 @@ INDEX_BYTES = 8  # int64 labels
 MAP_BYTES = 1  # bool maps
 CONF_BYTES = 4  # fp32 confidence
 RGB = 3
-PIPE_WIDTH = 140
 
 Call = Callable[[], object]
 
@@ -316,9 +315,7 @@ def print_table(results: list[Result], *, device: torch.device, backend: str) ->
         table.add_row(r.kernel, str(r.size), r.dtype, f"{r.fused_ms:.2f}", f"{r.naive_ms:.2f}", f"{r.speedup:.2f}x",
                       _mib(r.fused_peak_bytes), _mib(r.naive_peak_bytes), f"{r.peak_ratio:.2f}",
                       "-" if r.fused_gbps is None else f"{r.fused_gbps:.0f}", verdict[r.meets_target])
-    console = Console()
-    if not console.is_terminal:  # a log file or pipe: do not truncate the columns to 80 chars
-        console = Console(width=PIPE_WIDTH)
+    console = output_console()
     console.print(table)
     load, cpus = load_average(), os.cpu_count() or 1
     if device.type == "cpu" and load is not None and load[0] > cpus and torch.get_num_threads() > 1:

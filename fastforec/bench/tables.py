@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from fastforec.terminal import output_console
 
 
 def model_label(result: dict[str, Any]) -> str:
@@ -13,7 +13,4 @@ def model_label(result: dict[str, Any]) -> str:
 
 
 def print_rich(renderable: Any) -> None:
-    console = Console()
-    if not console.is_terminal:  # a log file or pipe: keep the columns instead of wrapping at 80
-        console = Console(width=160)
-    console.print(renderable)
+    output_console().print(renderable)
