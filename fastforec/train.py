@@ -64,6 +64,9 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path]:
     check_output_dir(run_dir, "--run-dir")
     if args.resume == "auto":
         args.resume = "latest" if list_checkpoints(run_dir / "checkpoints") else None
+        if args.resume is None and os.environ.get("RANK", "0") == "0":
+            print(f"--resume auto: no checkpoint in '{run_dir / 'checkpoints'}', so this is a new run", file=sys.stderr,
+                  flush=True)
     if args.resume is None and list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue it, "
                           f"or choose another --run-dir / train.name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -366,6 +367,11 @@ class Trainer:
             ranks=self.dist.world_size,
             zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0), steps=self.total_steps,
             cpu=provenance_cpu() if self.device.type == "cpu" else None))
+        done_before = self._finished_earlier()
+        if done_before is not None:
+            self.console.print(f"run {self.cfg.train.name} finished at step {self.state.step} before; its results "
+                               f"('{self.run_dir / 'results.json'}') stand: nothing to train or evaluate")
+            return done_before
         with self.console.training(total=self.total_steps, completed=self.state.step) as bar:
             while self.state.batches < self.total_batches:
                 epoch = self.state.epoch
@@ -408,6 +414,21 @@ class Trainer:
         self.run_evaluation(epoch)
         self.save_checkpoint()
         return self.write_results()
+
+    def _finished_earlier(self) -> dict[str, Any] | None:
+        """results.json, when this run resumed from its last step and wrote it then: a finished job
+        requeued (``--resume auto``) or resumed again ends here instead of evaluating once more and
+        logging that evaluation twice. Without it (killed between the last checkpoint and the
+        results) the final evaluation runs as usual; every rank takes the same branch."""
+        if self.state.batches < self.total_batches:
+            return None
+        path, results = self.run_dir / "results.json", None
+        try:
+            results = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            results = None
+        ok = isinstance(results, dict) and results.get("step") == self.state.step
+        return results if all_ranks_true(ok, self.device) else None
 
     def _log_train(self, epoch: int, *, samples_per_s: float, data_wait: float, sec_per_step: float,
                    estimate: Estimate | None) -> None:

@@ -40,9 +40,10 @@ STOPPED = re.compile(r"stopped by (\S+|a signal to another rank) at step (\d+) \
                      r"resume with --resume")
 
 
-def _start(cfg: Path, run_dir: Path, cwd: Path, launcher: list[str] | None = None) -> tuple[subprocess.Popen, Path]:
+def _start(cfg: Path, run_dir: Path, cwd: Path, launcher: list[str] | None = None,
+           extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
     err = cwd / f"{run_dir.name}.stderr"
-    cmd = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(run_dir)]
+    cmd = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT), "--config", str(cfg), "--run-dir", str(run_dir), *extra]
     # a session of its own: the signal goes to the whole job, as SLURM and a terminal send it
     child = subprocess.Popen(cmd, cwd=cwd, env=clean_env(**CPU_ONLY), stdout=subprocess.DEVNULL, stderr=open(err, "w"),
                              start_new_session=True)
@@ -84,16 +85,18 @@ def test_sigterm_saves_the_step_and_resume_equals_the_uninterrupted_run(uninterr
                                                                         tmp_path: Path) -> None:
     cfg, full = uninterrupted_run
     part = tmp_path / "part"
-    child, err = _start(cfg, part, tmp_path)
+    # the job script a scheduler may requeue: the same command, --resume auto, both times
+    child, err = _start(cfg, part, tmp_path, extra=("--resume", "auto"))
     _wait_for_step(part, SIGNAL_AFTER, child)
     assert _signal_job(child, signal.SIGTERM) == 128 + signal.SIGTERM
     stderr = err.read_text()
+    assert f"--resume auto: no checkpoint in '{part / 'checkpoints'}', so this is a new run" in stderr
     step = _stopped_at(stderr, part)
     assert "SIGTERM received: stopping after the current step" in stderr and "Traceback" not in stderr
     logged = [r["step"] for r in read_jsonl(part / "metrics.jsonl") if r["kind"] == "train"]
     assert logged == list(range(1, step + 1))
 
-    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume"], cwd=tmp_path, env=CPU_ONLY)
+    proc = run_train(["--config", str(cfg), "--run-dir", str(part), "--resume", "auto"], cwd=tmp_path, env=CPU_ONLY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {part / 'checkpoints' / f'step_{step:08d}.pt'} at step {step}" in proc.stderr
     assert_same_end(full, part, steps=RESUME_STEPS, midway=0, networks=("student", "teacher"), loss_keys=LOSS_KEYS)

@@ -4,6 +4,7 @@ leaves no trace of the kill (metrics.jsonl holds each step once, no temporary fi
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import textwrap
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_support import CPU_ONLY, clean_env, read_jsonl, run_train
 from trainer_support import RESUME_CHECKPOINT_EVERY as KILL_AT  # the checkpoint the killed run leaves
 from trainer_support import RESUME_STEPS as STEPS
-from trainer_support import clean_env, read_jsonl, run_train
 
 from tests import child_process
 
@@ -94,3 +95,18 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(uninterrupted_run: tupl
     assert not any(p.exists() for p in stale)
     names = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
     assert names(part) == names(full)
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_is(uninterrupted_run: tuple[Path, Path], tmp_path: Path) -> None:
+    # a requeued job whose run had finished: --resume auto (and --resume) say so and change nothing,
+    # instead of evaluating again and logging that evaluation twice
+    cfg, full = uninterrupted_run
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "results.json")}
+    for how in (["--resume", "auto"], ["--resume"]):
+        proc = run_train(["--config", str(cfg), "--run-dir", str(run), *how], cwd=tmp_path, env=CPU_ONLY)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"finished at step {STEPS} before; its results ('{run / 'results.json'}') stand" in proc.stderr
+        assert "eval student" not in proc.stderr and "scored: student" in proc.stdout  # its table, not a new one
+        assert {name: (run / name).read_bytes() for name in before} == before
