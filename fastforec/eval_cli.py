@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from fastforec.evaluate import evaluate, resolve_eval_mode
     from fastforec.inference import load_trained_model
     from fastforec.metrics import nan_to_none
-    from fastforec.precision import autocast_context, cpu_precision_block
+    from fastforec.precision import autocast_context, cpu_precision_block, precision_mode
     from fastforec.report import print_iou_table
 
     dist = init_inference(args.local_rank)
@@ -91,13 +91,15 @@ def run(args: argparse.Namespace) -> int:
                       autocast=autocast_context(ds, dist.device))
     if dist.is_main:
         protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""
+        precision = precision_mode(ds)  # autocast's compute dtype; the weights are the checkpoint's
         print_iou_table(manifest.class_names, result["iou"], result["miou"],
-                        title=f"{args.checkpoint} ({weights}, {mode}{protocol})")
+                        title=f"{args.checkpoint} ({weights}, {mode}{protocol}, {precision})")
         if args.json_out:
             atomic_write_json(args.json_out, {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "mode": mode,
                                               "sliding_protocol": (cfg.eval.sliding_protocol if mode == "sliding"
                                                                    else None),
                                               "per_class_iou": {n: nan_to_none(v) for n, v in
                                                                 zip(manifest.class_names, result["iou"])},
-                                              "checkpoint": str(args.checkpoint), "weights": weights})
+                                              "checkpoint": str(args.checkpoint), "weights": weights,
+                                              "precision": precision})
     return 0

@@ -10,8 +10,8 @@ from rich.table import Table
 from fastforec.terminal import output_console
 
 
-def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *, title: str = "IoU") -> Table:
-    table = Table(title=title)
+def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float) -> Table:
+    table = Table()
     table.add_column("class")
     table.add_column("IoU %", justify="right")
     for name, v in zip(class_names, iou):
@@ -24,4 +24,8 @@ def iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: flo
 
 def print_iou_table(class_names: Sequence[str], iou: Sequence[float | None], miou: float, *,
                     title: str = "IoU") -> None:
-    output_console().print(iou_table(class_names, iou, miou, title=title))
+    # the title on a line of its own: as a table title rich wraps it to the (narrow) table's width,
+    # splitting the checkpoint path it names
+    console = output_console()
+    console.print(title, markup=False, highlight=False, soft_wrap=True)
+    console.print(iou_table(class_names, iou, miou))

@@ -80,7 +80,7 @@ def test_eval_scores_the_checkpoint_as_computed_here(trained: tuple[Path, Path],
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     want = json.loads((run_dir / "results.json").read_text())
-    assert got["mode"] == "whole"
+    assert got["mode"] == "whole" and got["precision"] == want["precision"] == "fp32"
     assert got["miou"] == pytest.approx(reference["student"], abs=1e-9)
     assert got["miou"] == pytest.approx(want["miou_last"], abs=1e-9)  # and training's own evaluation agrees
     assert "mIoU" in proc.stdout

@@ -150,6 +150,7 @@ def test_a_run_resumed_by_bf16_on_amx_keeps_the_precision_it_started_in(shards: 
                              capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(scored.read_text())["miou"] == pytest.approx(results["miou_last"], abs=1e-9)
+    assert json.loads(scored.read_text())["precision"] == "bf16" and f"{part} (student, whole, bf16)" in proc.stdout
     # the same checkpoint with the setting off: fp32 weights cannot continue a bf16 run; said before any work
     fp32 = write_config(tmp_path / "fp32.json", tiny_config(shards, train={**AMX_RUN, "bf16_on_amx": False}))
     proc = run_train(["--config", str(fp32), "--run-dir", str(part), "--resume"], cwd=tmp_path, env=CPU_ONLY)
