@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastforec", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        description = DESCRIPTIONS.get(command.NAME, command.HELP[:1].upper() + command.HELP[1:] + ".")
+        # a sentence from the one-line help; "mIoU ..." keeps its case
+        first = command.HELP[:1] if command.HELP[1:2].isupper() else command.HELP[:1].upper()
+        description = DESCRIPTIONS.get(command.NAME, first + command.HELP[1:] + ".")
         command.add_arguments(sub.add_parser(command.NAME, help=command.HELP, description=description))
     return parser
 

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fastforec.formats import duration, sig
+from fastforec.formats import count, duration, sig
 
 ESTIMATE_AFTER_STEPS = 3  # the up-front estimate is printed once this many steps after the first are timed
 DAYS_WARNING = 1.0  # runs estimated longer than this many days get a warning
@@ -63,7 +63,7 @@ def run_header(*, name: str, method: str, backbone: str, precision: str, device:
     else:
         where = device.type
     return (f"run {name}: {method}, {backbone}, {precision} on {where}, {ranks} rank{'s' if ranks > 1 else ''}, "
-            f"ZeRO stage {zero_stage}, {steps} steps")
+            f"ZeRO stage {zero_stage}, {count(steps, 'step')}")
 
 
 @dataclass
@@ -94,13 +94,14 @@ class Estimate:
             if self.evals_left <= 0:
                 return text
             if self.sec_per_eval is None:
-                return text + f", {self.evals_left} evaluation(s) to run"
-            return text + f", {self.evals_left} evaluation(s) x {duration(self.sec_per_eval)} = " \
+                return text + f", {count(self.evals_left, 'evaluation')} to run"
+            return text + f", {count(self.evals_left, 'evaluation')} x {duration(self.sec_per_eval)} = " \
                           f"{duration(self.eval_seconds)}"
-        text = f"{self.steps_left} steps x {sig(self.sec_per_step)} s = {duration(self.train_seconds)} of training"
+        text = f"{count(self.steps_left, 'step')} x {sig(self.sec_per_step)} s = {duration(self.train_seconds)} of " \
+               f"training"
         if self.sec_per_eval is None:
-            return text + f", plus {self.evals_left} evaluations (timed at the first one)"
-        return text + f" + {self.evals_left} evaluations x {duration(self.sec_per_eval)} = " \
+            return text + f", plus {count(self.evals_left, 'evaluation')} (timed at the first one)"
+        return text + f" + {count(self.evals_left, 'evaluation')} x {duration(self.sec_per_eval)} = " \
                       f"{duration(self.total_seconds)}"
 
     def warning(self, device: torch.device) -> str | None:

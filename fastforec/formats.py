@@ -36,3 +36,8 @@ def duration(seconds: float) -> str:
     if m:
         return f"{m} min {sec:02d} s"
     return f"{sec} s"
+
+
+def count(n: int, noun: str) -> str:
+    """"1 step", "600 steps": ``noun`` with an s unless ``n`` is 1."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from fastforec.atomic import atomic_write_bytes
 from fastforec.checkpoint_spec import PEER_SPEC_FORMS, check_exists
 from fastforec.config import add_override_argument
-from fastforec.errors import UserError
+from fastforec.errors import UserError, quote_names
 
 if TYPE_CHECKING:  # annotations only: torch and the model code are imported inside run
     import torch
@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{e}; the {done} image(s) before it are predicted (their files complete): replace or "
                                 f"remove this one and run again") from None
             raise
+    if len(planned) > 1:
+        folders = sorted({str(path.parent) for outputs in planned for path in outputs.files})
+        print(f"{len(planned)} images predicted: {', '.join(formats)} PNGs in {quote_names(folders)}", file=sys.stderr)
     return 0
 
 

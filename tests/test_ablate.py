@@ -91,6 +91,7 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     assert main(_argv(config, out)) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 2  # the two seed-1 runs
+    assert f"report: {out / 'ablation.md'} (above), {out / 'ablation.json'}" in err
     runs = {m: out / "runs" / Run(m, BUDGET, 0).name for m in METHODS}
     assert all(json.loads(line)["step"] != 999 for line in (killed / "metrics.jsonl").read_text().splitlines())
     for m, run in runs.items():
@@ -140,7 +141,8 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     # FOrec against supervised, paired by seed: seed 1 differs by 25 points, seed 0 by whatever ran
     diff = report["table"]["forec"][str(BUDGET)]["vs"]["supervised"]
     assert diff["seeds"] == [0, 1] and diff["n"] == 2
-    assert "| Supervised only |" in table and "| + FOrec |" in table
+    # no mean teacher row above it: FOrec's row says its base ("+ FOrec" would read as supervised + FOrec)
+    assert "| Supervised only |" in table and "| Mean teacher + FOrec |" in table
     with Image.open(out / "ablation.png") as png:
         assert png.format == "PNG" and png.size == (880, 495)  # 8 x 4.5 inches at 110 dpi
 
@@ -215,6 +217,10 @@ def test_plain_bases_become_baselines() -> None:
     methods = parse_methods("supervised,unimatch,unimatch+forec")
     assert baselines(methods) == ["supervised", "unimatch"]
     assert [method_label(m) for m in methods] == ["Supervised only", "UniMatch", "UniMatch + FOrec"]
+    paper = ["supervised", "mean_teacher", "rec", "forec", "fgbg"]
+    assert [method_label(m, paper) for m in paper] == ["Supervised only", "Mean teacher", "+ reconstruction (rec)",
+                                                       "+ FOrec", "+ fg/bg prediction"]
+    assert method_label("forec", ["supervised", "forec"]) == method_label("forec") == "Mean teacher + FOrec"
     with pytest.raises(ValueError, match="unknown method.s. unimatch.bogus; .* e.g. unimatch.forec"):
         parse_methods("unimatch+bogus")
 

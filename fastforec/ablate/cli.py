@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
                          overrides=args.overrides, torch_threads=args.torch_threads, jobs=args.jobs, console=console)
     write_report(out, methods=methods, budgets=budgets, seeds=args.seeds, spec=spec, config=config, failed=failed)
     print((out / "ablation.md").read_text())
+    print(f"report: {out / 'ablation.md'} (above), {out / 'ablation.json'} (every run, with its provenance), "
+          f"{out / 'ablation.png'}", file=sys.stderr)
     if failed:
         print(f"error: {len(failed)} run(s) failed: " + ", ".join(f"{o.run.name} (log: {o.log})" for o in failed),
               file=sys.stderr)

@@ -60,9 +60,12 @@ def method_config(method: str) -> MethodConfig:
     return MethodConfig(**method_settings(method))
 
 
-def method_label(method: str) -> str:
-    """The report's name of ``method``'s row."""
-    if method in PAPER_ROW_LABELS:
+def method_label(method: str, methods: Sequence[str] = ()) -> str:
+    """The report's name of ``method``'s row among the study's ``methods``: the paper's "+ FOrec"
+    under a "Mean teacher" row above it, else the full name ("Mean teacher + FOrec": below
+    "Supervised only", "+ FOrec" would read as supervised training plus FOrec)."""
+    above = list(methods)[:list(methods).index(method)] if method in methods else []
+    if method in PAPER_ROW_LABELS and "mean_teacher" in above:
         return PAPER_ROW_LABELS[method]
     cfg = method_config(method)
     return BASE_LABELS[cfg.base] + ("" if cfg.aux == "none" else f" + {AUX_LABELS[cfg.aux]}")

@@ -144,7 +144,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
              "|---|" + "---:|---:|" * len(columns)]
     for m in methods:
         cells = [f"{fmt_stat(table[m][c]['student'])} | {fmt_stat(table[m][c]['teacher'])}" for c, _ in columns]
-        lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(m, methods)} | " + " | ".join(cells) + " |")
     if len(formats) > 1:
         others = [(b, f) for b in budgets for f in formats[1:]]
         lines += ["", f"Paired difference of the student's mIoU (points) against the same method and seed "
@@ -153,7 +153,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
                   "|---|" + "---:|" * len(others)]
         for m in methods:
             cells = [fmt_stat(table[m][variant(b, f)]["vs_format"][formats[0]], signed=True) for b, f in others]
-            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_label(m, methods)} | " + " | ".join(cells) + " |")
     bases = baselines(methods)
     if any(base != m for base in bases for m in methods):  # a study of one baseline compares nothing
         lines += ["", "Paired difference of the student's mIoU (points), mean [95 % CI]; an interval that "
@@ -163,7 +163,7 @@ def markdown(table: dict[str, Any], *, methods: Sequence[str], budgets: Sequence
         for m in methods:
             cells = [fmt_stat(table[m][c]["vs"].get(base), signed=True) if base != m else "·"
                      for c, _ in columns for base in bases]
-            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_label(m, methods)} | " + " | ".join(cells) + " |")
     pairs = aux_pairs(methods)
     if pairs:
         lines += ["", "The auxiliary tasks against each other on the same base (the paper's FOrec - reconstruction "
@@ -226,7 +226,7 @@ def figure(table: dict[str, Any], *, methods: Sequence[str], columns: Sequence[t
             x = j + (i - (len(methods) - 1) / 2) * width
             if stat is not None:
                 err = None if stat["ci_high"] is None else stat["ci_high"] - stat["mean"]
-                ax.bar(x, stat["mean"], width * 0.9, color=f"C{i}", label=method_label(m) if j == 0 else None,
+                ax.bar(x, stat["mean"], width * 0.9, color=f"C{i}", label=method_label(m, methods) if j == 0 else None,
                        yerr=err, capsize=3)
                 ys = list(_by_seed(table[m][b]["runs"], "miou_last").values())
                 ax.plot([x] * len(ys), ys, "k.", markersize=3)

@@ -128,6 +128,7 @@ def test_predict_writes_palette_masks_and_overlays(trained: tuple[Path, Path], t
     # each kind in its own folder (not Cityscapes: no label ids)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
         "overlay/a.png", "overlay/b.png", "palette/a.png", "palette/b.png"]
+    assert f"2 images predicted: palette, overlay PNGs in {out / 'overlay'}, {out / 'palette'}" in proc.stderr
     # each mask is the student's argmax on the image (whole-image mode on VOC), in the dataset's palette
     model = _network(run_dir, "student")
     palette = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["dataset"]["palette"]
