@@ -75,7 +75,7 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
     if not dist.is_initialized():
         import deepspeed  # deferred: importing it prints accelerator banners
 
-        if device.type == "cpu" and os.environ.get("RANK") == "0" and not _shm_extension_built():
+        if device.type == "cpu" and os.environ.get("LOCAL_RANK") == "0" and not _shm_extension_built():
             print(f"DeepSpeed compiles its CPU communication extension ({SHM_EXTENSION}) first: once per "
                   f"machine, a minute or two", file=sys.stderr, flush=True)
         # DeepSpeed prints "... built successfully" to stdout, where a run's results go
@@ -87,11 +87,17 @@ def init_distributed(local_rank: int | None = None) -> DistInfo:
 def _shm_extension_built() -> bool:
     """Whether torch's extension cache holds DeepSpeed's compiled CPU op (True when unsure: the
     note is for the silent first minute, never worth a wrong warning)."""
+    if sys.platform != "linux":
+        return True  # DeepSpeed builds its shared-memory op on Linux only
     try:
+        from deepspeed.git_version_info import installed_ops
         from torch.utils.cpp_extension import _get_build_directory  # torch's own cache layout
-    except ImportError:
+
+        if installed_ops.get(SHM_EXTENSION):
+            return True  # built when DeepSpeed was installed (DS_BUILD_SHM_COMM=1)
+        return any(Path(_get_build_directory(SHM_EXTENSION, verbose=False)).glob(f"{SHM_EXTENSION}*.so"))
+    except (ImportError, OSError):
         return True
-    return any(Path(_get_build_directory(SHM_EXTENSION, verbose=False)).glob(f"{SHM_EXTENSION}*.so"))
 
 
 def init_inference(local_rank: int | None = None) -> DistInfo:

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                       autocast=autocast_context(ds, dist.device))
     if dist.is_main:
         protocol = f", {cfg.eval.sliding_protocol} windows" if mode == "sliding" else ""
-        precision = precision_mode(ds)  # autocast's compute dtype; the weights are the checkpoint's
+        precision = precision_mode(ds)  # the deepspeed block the evaluation's autocast follows
         print_iou_table(manifest.class_names, result["iou"], result["miou"],
                         title=f"{args.checkpoint} ({weights}, {mode}{protocol}, {precision})")
         if args.json_out:

@@ -425,7 +425,7 @@ class Trainer:
         path, results = self.run_dir / "results.json", None
         try:
             results = json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not JSON, not UTF-8
             results = None
         ok = isinstance(results, dict) and results.get("step") == self.state.step
         return results if all_ranks_true(ok, self.device) else None

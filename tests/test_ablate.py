@@ -29,7 +29,7 @@ from fastforec.ablate import (
 from fastforec.ablate.method_names import aux_pair_label, aux_pairs
 from fastforec.ablate.report import markdown, summary
 from fastforec.cli import main
-from fastforec.config import LEGACY_METHOD_NAMES, load_config
+from fastforec.config import CONFIGS_DIR, LEGACY_METHOD_NAMES, load_config
 from fastforec.data.manifest import Manifest
 from tests.shard_sets import shard_samples
 
@@ -156,6 +156,10 @@ def test_study_writes_the_table_and_skips_finished_runs(config: Path, tmp_path: 
     assert main(["ablate", "--config", str(config), "--methods", ",".join(METHODS), "--budgets", str(BUDGET),
                  "--seeds", "2", "--out", str(out), "--report-only"]) == 0
     assert (out / "ablation.md").read_text() == table
+    # a shipped config's name: resolved once, so the children and the report get its file
+    assert main(["ablate", "--config", "synth_ablation", "--methods", ",".join(METHODS), "--budgets", str(BUDGET),
+                 "--seeds", "2", "--out", str(out), "--report-only"]) == 0
+    assert json.loads((out / "ablation.json").read_text())["config"] == str(CONFIGS_DIR / "cpu" / "synth_ablation.json")
 
     # the same directory with other data is refused: results of two datasets never get averaged
     assert main(_argv(config, out)[:-2] + ["--num-val", "4"]) == 2
@@ -221,6 +225,8 @@ def test_plain_bases_become_baselines() -> None:
     assert [method_label(m, paper) for m in paper] == ["Supervised only", "Mean teacher", "+ reconstruction (rec)",
                                                        "+ FOrec", "+ fg/bg prediction"]
     assert method_label("forec", ["supervised", "forec"]) == method_label("forec") == "Mean teacher + FOrec"
+    assert method_label("forec", ["mean_teacher", "rec", "forec"]) == "+ FOrec"  # rows hanging from the mean teacher
+    assert method_label("forec", ["mean_teacher", "unimatch", "forec"]) == "Mean teacher + FOrec"  # not UniMatch's
     with pytest.raises(ValueError, match="unknown method.s. unimatch.bogus; .* e.g. unimatch.forec"):
         parse_methods("unimatch+bogus")
 

@@ -324,6 +324,9 @@ def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path: Path, monkey
                                           r"of that name is 'cityscapes_1_4' \(--config cityscapes_1_4, from any "
                                           r"directory\)$"):
         load_config("sub/cityscapes_1_4.json")
+    # nor is a missing file in someone else's configs/ folder: never this project's recipe in its place
+    with pytest.raises(ConfigError, match="the shipped config of that name is 'cityscapes_1_4'"):
+        load_config(str(tmp_path / "exp" / "configs" / "cityscapes_1_4.json"))
 
 
 def test_recipes_live_in_one_folder_per_source_with_unique_names() -> None:

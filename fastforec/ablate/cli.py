@@ -28,7 +28,7 @@ from fastforec.ablate.plan import (
 )
 from fastforec.ablate.pool import Outcome, run_all
 from fastforec.ablate.report import write_report
-from fastforec.config import ConfigError, add_override_argument, load_config
+from fastforec.config import ConfigError, add_override_argument, load_config, resolve_config_path
 from fastforec.terminal import output_console
 
 
@@ -95,6 +95,7 @@ def fill_data_options(args: argparse.Namespace, saved: dict[str, Any] | None) ->
 
 
 def validate(args: argparse.Namespace) -> tuple[list[str], list[str], DataSpec]:
+    fill_data_options(args, None)  # a no-op after run() filled them from the study
     if args.seeds < 1:
         raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
@@ -126,8 +127,10 @@ def _check_finished_runs(out: Path, runs: list[Run]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = output_console(stderr=True)
-    out, config = Path(args.out), Path(args.config).resolve()
+    out = Path(args.out)
     try:
+        # the file every child trains with: a shipped config's name or docs path resolved here, once
+        config = resolve_config_path(args.config).resolve()
         fill_data_options(args, read_study(out))
         methods, budgets, spec = validate(args)
         check_study(out, spec)

@@ -26,7 +26,7 @@ def read_study(out: Path) -> dict[str, Any] | None:
         return None
     try:
         saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except ValueError:
         raise AblationError(f"'{path}' is not valid JSON; it records the study's data: remove the study folder's "
                             f"data/ to make it again, or use another --out") from None
     return saved if isinstance(saved, dict) else None

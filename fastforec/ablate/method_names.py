@@ -62,10 +62,12 @@ def method_config(method: str) -> MethodConfig:
 
 def method_label(method: str, methods: Sequence[str] = ()) -> str:
     """The report's name of ``method``'s row among the study's ``methods``: the paper's "+ FOrec"
-    under a "Mean teacher" row above it, else the full name ("Mean teacher + FOrec": below
-    "Supervised only", "+ FOrec" would read as supervised training plus FOrec)."""
+    when the nearest row above that is not such a "+" row is "Mean teacher", else the full name
+    ("Mean teacher + FOrec": below "Supervised only" or "UniMatch", "+ FOrec" would read as that
+    base plus FOrec)."""
     above = list(methods)[:list(methods).index(method)] if method in methods else []
-    if method in PAPER_ROW_LABELS and "mean_teacher" in above:
+    base_row = next((m for m in reversed(above) if m not in PAPER_ROW_LABELS), None)  # the row "+ X" hangs from
+    if method in PAPER_ROW_LABELS and base_row == "mean_teacher":
         return PAPER_ROW_LABELS[method]
     cfg = method_config(method)
     return BASE_LABELS[cfg.base] + ("" if cfg.aux == "none" else f" + {AUX_LABELS[cfg.aux]}")

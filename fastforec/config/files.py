@@ -57,8 +57,8 @@ def resolve_config_path(path: str | Path) -> Path:
         return CONFIGS_DIR.parent / path  # the docs' paths (configs/cpu/synth_demo.json) from any directory
     name = path.name[: -len(CONFIG_SUFFIX)] if path.suffix == CONFIG_SUFFIX else path.name
     shipped = shipped_config_paths().get(name)
-    if shipped is not None and (path.parent == Path(".") or path.parent.name == CONFIGS_DIR.name):
-        return shipped
+    if shipped is not None and path.parts in ((path.name,), (CONFIGS_DIR.name, path.name)):
+        return shipped  # bare, or configs/<name>.json from before the recipes had folders
     if shipped is not None:
         raise ConfigError(f"config file '{path}' does not exist; the shipped config of that name is '{name}' "
                           f"(--config {name}, from any directory)")
