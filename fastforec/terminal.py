@@ -2,14 +2,13 @@
 
 On a terminal rich wraps at its width. Written to a file or a pipe rich assumes 80 columns and
 wraps there too, which splits recipe names, commands and table titles in the middle (and so
-breaks copying and grep): there the console is :data:`PIPE_WIDTH` wide instead, unless the
-environment sets ``COLUMNS`` (rich then takes that). Only rich, so that `fastforec recipes` and
-ablate stay free of torch.
+breaks copying and grep): there the console is :data:`PIPE_WIDTH` wide instead, whatever
+``COLUMNS`` says (pytest-xdist workers and some CI runners export COLUMNS=80 to every child).
+On a terminal rich's own rules stand (its width, or COLUMNS). Only rich, so that `fastforec
+recipes` and ablate stay free of torch.
 """
 
 from __future__ import annotations
-
-import os
 
 from rich.console import Console
 
@@ -18,6 +17,6 @@ PIPE_WIDTH = 200  # columns of output that goes to a file or a pipe
 
 def output_console(*, stderr: bool = False) -> Console:
     console = Console(stderr=stderr)
-    if console.is_terminal or "COLUMNS" in os.environ:
+    if console.is_terminal:
         return console
     return Console(stderr=stderr, width=PIPE_WIDTH)

@@ -4,6 +4,7 @@ command, --set and bench --what explained, `fastforec recipes` as a terminal tab
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -48,16 +49,18 @@ def test_bench_help_says_what_each_benchmark_measures() -> None:
 
 
 def test_recipes_is_a_terminal_table_and_markdown_on_request() -> None:
+    # a terminal 120 columns wide (rich's TTY_COMPATIBLE: as if on one): the table fits it
     proc = subprocess.run(FASTFOREC + ["recipes"], capture_output=True, text=True, timeout=300,
-                          env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+                          env={"COLUMNS": "120", "TTY_COMPATIBLE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout).splitlines()  # without the terminal's styles
     assert max(map(len, lines)) <= 120
     assert "backbone" in proc.stdout and "published" in proc.stdout and "unimatch_v2_vits_voc_classic_92" in proc.stdout
     assert not any(line.startswith("| recipe |") for line in lines)
-    # into a pipe without COLUMNS: names kept whole (rich alone would wrap at 80 and split them)
+    # into a pipe: names kept whole, whatever COLUMNS says (rich alone would wrap at it, 80 under
+    # pytest-xdist, and split them)
     piped = subprocess.run(FASTFOREC + ["recipes"], capture_output=True, text=True, timeout=300,
-                           env={"PATH": "/usr/bin:/bin"})
+                           env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
     assert piped.returncode == 0, piped.stderr
     first_column = {line.split("│")[1].strip() for line in piped.stdout.splitlines() if line.startswith("│")}
     cpu_recipes = {p.stem for p in (CONFIGS_DIR / "cpu").glob("*.json")}  # the table lists the paper recipes
