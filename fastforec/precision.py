@@ -95,6 +95,12 @@ def check_precision(ds: dict[str, Any], device: torch.device) -> None:
                           "\"bfloat16\"} instead")
 
 
+def names_precision(ds: dict[str, Any]) -> bool:
+    """Whether a deepspeed block writes any precision block (enabled or not): then it, not
+    ``train.bf16_on_amx``, says the precision."""
+    return any(block in ds for block in PRECISION_BLOCKS)
+
+
 def cpu_precision_block(ds: dict[str, Any], *, bf16_on_amx: bool, device: torch.device, has_amx: bool = False,
                         started_with: dict[str, Any] | None = None) -> dict[str, Any]:
     """``ds`` with ``train.bf16_on_amx`` applied: on the CPU, when ``ds`` names none of the precision
@@ -108,7 +114,7 @@ def cpu_precision_block(ds: dict[str, Any], *, bf16_on_amx: bool, device: torch.
     config, already resolved): its precision is kept, whatever this CPU has, since the optimizer
     state of a bf16 run (fp32 master weights) does not load into an fp32 one, nor the reverse.
     """
-    if not bf16_on_amx or device.type != "cpu" or any(block in ds for block in PRECISION_BLOCKS):
+    if not bf16_on_amx or device.type != "cpu" or names_precision(ds):
         return ds
     if started_with is not None:
         chosen = {b: started_with[b] for b in PRECISION_BLOCKS if b in started_with} or {"bf16": {"enabled": False}}

@@ -218,7 +218,7 @@ def _check_same_training(wanted: dict[str, Any], run_dir: Path) -> None:
     """A finished run is not trained again: refuse a command that asks for another training
     (data.root aside: the data's identity is pretrain_data.json's to check)."""
     from fastforec.config import config_from_dict
-    from fastforec.precision import PRECISION_BLOCKS
+    from fastforec.precision import PRECISION_BLOCKS, names_precision
 
     saved = _read_json(run_dir / "config.json", None)
     if saved is None:
@@ -228,7 +228,7 @@ def _check_same_training(wanted: dict[str, Any], run_dir: Path) -> None:
         saved = config_from_dict(saved).to_dict()
     except ValueError:
         pass  # not a config this version reads: compared as it is, so the first key that differs is named
-    if wanted["train"]["bf16_on_amx"] and not any(b in wanted["deepspeed"] for b in PRECISION_BLOCKS):
+    if wanted["train"]["bf16_on_amx"] and not names_precision(wanted["deepspeed"]):
         # the precision is then the machine's choice, written into config.json; the training
         # asked for is the same whichever it chose (a resume keeps the saved one)
         saved = {**saved, "deepspeed": {k: v for k, v in saved["deepspeed"].items() if k not in PRECISION_BLOCKS}}

@@ -35,9 +35,9 @@ def read_study(out: Path) -> dict[str, Any] | None:
 def check_study(out: Path, spec: DataSpec) -> None:
     """Refuse to mix datasets: an existing study.json must describe the same data."""
     path = out / "data" / "study.json"
-    if not path.is_file():
+    old = read_study(out)
+    if old is None:
         return
-    old = json.loads(path.read_text())
     defaults = {f.name: f.default for f in fields(DataSpec)}  # MISSING where a key has no default
     for key, value in asdict(spec).items():
         if old.get(key, defaults[key]) != value:  # keys added since: a study from before has their defaults
